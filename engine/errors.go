@@ -1,0 +1,65 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a wire error code. Codes below 1000 are the ones IM clients already
+// know from the vendor SDKs; mdsync's own codes start at 1001.
+type Code int32
+
+// Codes known to clients (DESIGN.md, "Error codes clients already know").
+const (
+	CodeOK                  Code = 0
+	CodeLoginOtherDevice    Code = 206 // kicked by a newer login; carries its name and extension
+	CodeUserRemoved         Code = 207
+	CodeTooManyDevices      Code = 214 // auto-login refused under KEEP_CURRENT
+	CodePasswordChanged     Code = 216
+	CodeKickedByOtherDevice Code = 217 // kickDevice / kickAllDevices
+)
+
+// mdsync's own codes.
+const (
+	CodeInvalidArgument Code = 1001 // a field is malformed or out of range
+	CodeUnknownKind     Code = 1002
+	CodeMissingField    Code = 1003
+	CodeTooLarge        Code = 1004 // a size limit was exceeded
+	CodeNotFound        Code = 1005 // e.g. kicking a device that is not logged in
+	CodeConflict        Code = 1006 // e.g. an active login ID reused on another platform
+	CodeUserIsRemoved   Code = 1007 // operation by or on a removed user
+	CodeForbidden       Code = 1008 // the actor may not do this
+	CodeUnavailable     Code = 1009 // the log or projection is not serving
+	CodeInternal        Code = 1010
+	CodeNotMember       Code = 1011
+	CodeMuted           Code = 1012
+	CodeUnauthenticated Code = 1013
+	CodeRateLimited     Code = 1014
+)
+
+// Error is an error with a wire code. Callers match it with errors.As, or
+// compare codes with CodeOf.
+type Error struct {
+	Code    Code
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("mdsync: %d: %s", e.Code, e.Message) }
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the code carried by err, CodeOK for nil, and CodeInternal
+// for an error that carries none.
+func CodeOf(err error) Code {
+	if err == nil {
+		return CodeOK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
