@@ -1082,9 +1082,12 @@ type MessageSend struct {
 	// to is a user id, group id, chatroom id, thread id or own login ID.
 	To string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
 	// client_msg_id identifies the message; a retry never creates a second one.
-	ClientMsgId   string `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	ContentType   string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	Body          []byte `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	ClientMsgId string `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Body        []byte `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	// group_id is the parent group of a thread message (CHAT_TYPE_THREAD); it
+	// picks the stream the message is ordered on.
+	GroupId       string `protobuf:"bytes,6,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1155,13 @@ func (x *MessageSend) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *MessageSend) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
 }
 
 type Receipt struct {
@@ -1649,13 +1659,14 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\tpartition\x18\x06 \x01(\x05R\tpartition\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\a \x01(\x05R\n" +
-	"partitions\"\xaa\x01\n" +
+	"partitions\"\xc5\x01\n" +
 	"\vMessageSend\x120\n" +
 	"\tchat_type\x18\x01 \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\"\n" +
 	"\rclient_msg_id\x18\x03 \x01(\tR\vclientMsgId\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x05 \x01(\fR\x04body\"\x83\x01\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x12\x19\n" +
+	"\bgroup_id\x18\x06 \x01(\tR\agroupId\"\x83\x01\n" +
 	"\aReceipt\x120\n" +
 	"\tchat_type\x18\x01 \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12\x1d\n" +

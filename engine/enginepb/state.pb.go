@@ -37,7 +37,7 @@ const (
 	Reason_REASON_PASSWORD_CHANGED Reason = 3
 	// User removed (207).
 	Reason_REASON_USER_REMOVED Reason = 4
-	// A policy change lowered the platform's limit (206 semantics, see docs).
+	// A policy change lowered the platform's limit; sent as 217 (docs/sessions.md).
 	Reason_REASON_POLICY_LIMIT Reason = 5
 	// The device logged out itself.
 	Reason_REASON_LOGOUT Reason = 6
@@ -208,10 +208,9 @@ func (x *Session) GetLastLoginTimeUnixMs() int64 {
 type UserSessions struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Sessions []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
-	// removed is set by USER_REMOVE; further logins are refused.
-	Removed bool `protobuf:"varint,2,opt,name=removed,proto3" json:"removed,omitempty"`
-	// credential_epoch counts password changes (informational).
-	CredentialEpoch uint64 `protobuf:"varint,3,opt,name=credential_epoch,json=credentialEpoch,proto3" json:"credential_epoch,omitempty"`
+	// credential_epoch counts password changes; the auth layer can refuse
+	// tokens issued under an older epoch.
+	CredentialEpoch uint64 `protobuf:"varint,2,opt,name=credential_epoch,json=credentialEpoch,proto3" json:"credential_epoch,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -251,13 +250,6 @@ func (x *UserSessions) GetSessions() []*Session {
 		return x.Sessions
 	}
 	return nil
-}
-
-func (x *UserSessions) GetRemoved() bool {
-	if x != nil {
-		return x.Removed
-	}
-	return false
 }
 
 func (x *UserSessions) GetCredentialEpoch() uint64 {
@@ -626,6 +618,81 @@ func (x *Decision) GetReconnect() bool {
 	return false
 }
 
+// Checkpoint is a projection's position in one partition. It is written in
+// the same Pebble batch as the state the consumed events produced.
+type Checkpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// next_offset is the next offset to consume (last consumed + 1).
+	NextOffset int64 `protobuf:"varint,1,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// applied counts events applied; duplicates counts retried appends
+	// dropped; skipped counts records that could not be decoded or are of a
+	// kind this build does not know. applied + duplicates + skipped equals
+	// next_offset on a partition that was never truncated.
+	Applied       uint64 `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	Duplicates    uint64 `protobuf:"varint,3,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
+	Skipped       uint64 `protobuf:"varint,4,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Checkpoint) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *Checkpoint) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *Checkpoint) GetDuplicates() uint64 {
+	if x != nil {
+		return x.Duplicates
+	}
+	return 0
+}
+
+func (x *Checkpoint) GetSkipped() uint64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
 var File_mdsync_v1_state_proto protoreflect.FileDescriptor
 
 const file_mdsync_v1_state_proto_rawDesc = "" +
@@ -641,11 +708,10 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\flogin_offset\x18\x06 \x01(\x03R\vloginOffset\x12+\n" +
 	"\x12login_time_unix_ms\x18\a \x01(\x03R\x0floginTimeUnixMs\x12*\n" +
 	"\x11last_login_offset\x18\b \x01(\x03R\x0flastLoginOffset\x124\n" +
-	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"\x83\x01\n" +
+	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"i\n" +
 	"\fUserSessions\x12.\n" +
-	"\bsessions\x18\x01 \x03(\v2\x12.mdsync.v1.SessionR\bsessions\x12\x18\n" +
-	"\aremoved\x18\x02 \x01(\bR\aremoved\x12)\n" +
-	"\x10credential_epoch\x18\x03 \x01(\x04R\x0fcredentialEpoch\"\x80\x02\n" +
+	"\bsessions\x18\x01 \x03(\v2\x12.mdsync.v1.SessionR\bsessions\x12)\n" +
+	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"\x80\x02\n" +
 	"\x06Policy\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.mdsync.v1.PlatformModeR\x04mode\x12#\n" +
@@ -684,7 +750,16 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	" \x01(\x03R\x06offset\x12%\n" +
 	"\x0epolicy_version\x18\v \x01(\x04R\rpolicyVersion\x12\x19\n" +
 	"\blogin_id\x18\f \x01(\tR\aloginId\x12\x1c\n" +
-	"\treconnect\x18\r \x01(\bR\treconnect*\xb4\x01\n" +
+	"\treconnect\x18\r \x01(\bR\treconnect\"\x81\x01\n" +
+	"\n" +
+	"Checkpoint\x12\x1f\n" +
+	"\vnext_offset\x18\x01 \x01(\x03R\n" +
+	"nextOffset\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\x04R\aapplied\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\x03 \x01(\x04R\n" +
+	"duplicates\x12\x18\n" +
+	"\askipped\x18\x04 \x01(\x04R\askipped*\xb4\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REASON_LOGIN_OTHER_DEVICE\x10\x01\x12\x11\n" +
@@ -707,7 +782,7 @@ func file_mdsync_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_mdsync_v1_state_proto_goTypes = []any{
 	(Reason)(0),           // 0: mdsync.v1.Reason
 	(*Session)(nil),       // 1: mdsync.v1.Session
@@ -715,21 +790,22 @@ var file_mdsync_v1_state_proto_goTypes = []any{
 	(*Policy)(nil),        // 3: mdsync.v1.Policy
 	(*Ended)(nil),         // 4: mdsync.v1.Ended
 	(*Decision)(nil),      // 5: mdsync.v1.Decision
-	(PlatformMode)(0),     // 6: mdsync.v1.PlatformMode
-	(*PlatformLimit)(nil), // 7: mdsync.v1.PlatformLimit
-	(AutoLoginPolicy)(0),  // 8: mdsync.v1.AutoLoginPolicy
-	(*Actor)(nil),         // 9: mdsync.v1.Actor
-	(Kind)(0),             // 10: mdsync.v1.Kind
+	(*Checkpoint)(nil),    // 6: mdsync.v1.Checkpoint
+	(PlatformMode)(0),     // 7: mdsync.v1.PlatformMode
+	(*PlatformLimit)(nil), // 8: mdsync.v1.PlatformLimit
+	(AutoLoginPolicy)(0),  // 9: mdsync.v1.AutoLoginPolicy
+	(*Actor)(nil),         // 10: mdsync.v1.Actor
+	(Kind)(0),             // 11: mdsync.v1.Kind
 }
 var file_mdsync_v1_state_proto_depIdxs = []int32{
 	1,  // 0: mdsync.v1.UserSessions.sessions:type_name -> mdsync.v1.Session
-	6,  // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
-	7,  // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
-	8,  // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	7,  // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
+	8,  // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
+	9,  // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
 	1,  // 4: mdsync.v1.Ended.session:type_name -> mdsync.v1.Session
 	0,  // 5: mdsync.v1.Ended.reason:type_name -> mdsync.v1.Reason
-	9,  // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
-	10, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
+	10, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
+	11, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
 	4,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
 	9,  // [9:9] is the sub-list for method output_type
 	9,  // [9:9] is the sub-list for method input_type
@@ -750,7 +826,7 @@ func file_mdsync_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_state_proto_rawDesc), len(file_mdsync_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,251 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Projector is the port to the read side the engine waits on. The
+// projections package implements it. Implementations are safe for
+// concurrent use.
+type Projector interface {
+	// WaitApplied blocks until the event at pos has been applied and is
+	// visible to Decision, or ctx is done.
+	WaitApplied(ctx context.Context, pos Position) error
+	// Decision returns the decision recorded for an operation, keyed by
+	// its stream, acting user and client op id; ok is false when none.
+	Decision(app, streamKey, user, clientOpID string) (d *pb.Decision, ok bool, err error)
+	// Policy returns the newest policy of app applied on any partition.
+	Policy(app string) (*pb.Policy, error)
+}
+
+// Options configure an Engine. The zero value is valid.
+type Options struct {
+	// Now is the clock that stamps events at append. Default: time.Now.
+	// Projections never read a clock; they read Event.time_unix_ms.
+	Now func() time.Time
+}
+
+// Engine is the write side: it validates an operation, appends it to the
+// log (the single commit point), waits until the projection has applied it,
+// and returns the decision. It is safe for concurrent use.
+type Engine struct {
+	log  Log
+	proj Projector
+	now  func() time.Time
+
+	policyMu sync.Mutex // policy versions are assigned one at a time
+
+	mu       sync.Mutex
+	inflight map[string]*call
+}
+
+type call struct {
+	done chan struct{}
+	d    *pb.Decision
+	err  error
+}
+
+// New returns an Engine over log and proj.
+func New(log Log, proj Projector, opts Options) *Engine {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Engine{log: log, proj: proj, now: opts.Now, inflight: map[string]*call{}}
+}
+
+// Submit performs one operation and returns its decision: Code 0 when it was
+// accepted (with any sessions it ended), or a refusal code decided by the
+// projection (214, 1005...). An invalid operation returns an *Error and
+// appends nothing. The decision is returned only after the event is durable
+// in the log and applied. A retry with the same app, user and client op id
+// appends nothing new and returns the first decision.
+func (e *Engine) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
+	if err := Validate(op); err != nil {
+		return nil, err
+	}
+	if op.Kind == pb.Kind_KIND_POLICY_SET {
+		return e.setPolicy(ctx, op)
+	}
+	stream := StreamKeyFor(op)
+	key := stream + "\x00" + op.Actor.User + "\x00" + op.ClientOpId
+	return e.once(ctx, key, func() (*pb.Decision, error) {
+		if d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId); err != nil {
+			return nil, unavailable(err)
+		} else if ok {
+			return sameOp(d, op)
+		}
+		ev := e.envelope(op, stream)
+		pos, err := e.append(ctx, []*pb.Event{ev}, nil)
+		if err != nil {
+			return nil, err
+		}
+		return e.await(ctx, op, stream, pos[0])
+	})
+}
+
+// once collapses concurrent submissions of the same operation into one.
+func (e *Engine) once(ctx context.Context, key string, fn func() (*pb.Decision, error)) (*pb.Decision, error) {
+	e.mu.Lock()
+	if c, ok := e.inflight[key]; ok {
+		e.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.d, c.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c := &call{done: make(chan struct{})}
+	e.inflight[key] = c
+	e.mu.Unlock()
+
+	c.d, c.err = fn()
+	e.mu.Lock()
+	delete(e.inflight, key)
+	e.mu.Unlock()
+	close(c.done)
+	return c.d, c.err
+}
+
+func (e *Engine) envelope(op *pb.Event, stream string) *pb.Event {
+	ev := proto.Clone(op).(*pb.Event)
+	ev.SchemaVersion = SchemaVersion
+	ev.StreamKey = stream
+	ev.EventId = EventID(stream, op.Actor.User, op.ClientOpId)
+	ev.TimeUnixMs = e.now().UnixMilli()
+	return ev
+}
+
+// append encodes evs and appends them; parts, when set, pins each event's
+// partition (policy copies), otherwise the stream key picks it.
+func (e *Engine) append(ctx context.Context, evs []*pb.Event, parts []int32) ([]Position, error) {
+	n := e.log.Partitions()
+	recs := make([]Record, len(evs))
+	for i, ev := range evs {
+		b, err := Encode(ev)
+		if err != nil {
+			return nil, Errorf(CodeInternal, "encode: %v", err)
+		}
+		p := PartitionFor([]byte(ev.StreamKey), n)
+		if parts != nil {
+			p = parts[i]
+		}
+		recs[i] = Record{Partition: p, Key: []byte(ev.StreamKey), Value: b}
+	}
+	pos, err := e.log.Append(ctx, recs)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return pos, nil
+}
+
+func (e *Engine) await(ctx context.Context, op *pb.Event, stream string, pos Position) (*pb.Decision, error) {
+	if err := e.proj.WaitApplied(ctx, pos); err != nil {
+		return nil, unavailable(err)
+	}
+	d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if !ok {
+		return nil, Errorf(CodeInternal, "operation applied at %d/%d but no decision recorded", pos.Partition, pos.Offset)
+	}
+	return sameOp(d, op)
+}
+
+// sameOp returns d when it was recorded for the same kind of operation: a
+// client op id re-used for another operation is a conflict, not a retry.
+func sameOp(d *pb.Decision, op *pb.Event) (*pb.Decision, error) {
+	if d.Kind != op.Kind {
+		return nil, Errorf(CodeConflict, "client_op_id %s was already used for %s", op.ClientOpId, KindName(d.Kind))
+	}
+	return d, nil
+}
+
+// setPolicy appends one POLICY_SET copy to every partition, so that every
+// partition applies the change at a fixed position of its own order. Version
+// numbers are assigned under a lock from the newest applied version.
+func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
+	e.policyMu.Lock()
+	defer e.policyMu.Unlock()
+	n := e.log.Partitions()
+	first := PolicyStream(op.App, 0)
+	if d, ok, err := e.proj.Decision(op.App, first, op.Actor.User, op.ClientOpId); err != nil {
+		return nil, unavailable(err)
+	} else if ok {
+		if _, err := sameOp(d, op); err != nil {
+			return nil, err
+		}
+		return e.policyDecision(op)
+	}
+	cur, err := e.proj.Policy(op.App)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	version := cur.GetVersion() + 1
+	evs := make([]*pb.Event, n)
+	parts := make([]int32, n)
+	now := e.now().UnixMilli()
+	for p := int32(0); p < n; p++ {
+		stream := PolicyStream(op.App, p)
+		ev := proto.Clone(op).(*pb.Event)
+		ev.SchemaVersion = SchemaVersion
+		ev.StreamKey = stream
+		ev.EventId = EventID(first, op.Actor.User, op.ClientOpId)
+		ev.TimeUnixMs = now
+		ps := ev.GetPolicySet()
+		ps.Version, ps.Partition, ps.Partitions = version, p, n
+		evs[p], parts[p] = ev, p
+	}
+	pos, err := e.append(ctx, evs, parts)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pos {
+		if err := e.proj.WaitApplied(ctx, p); err != nil {
+			return nil, unavailable(err)
+		}
+	}
+	return e.policyDecision(op)
+}
+
+// policyDecision merges the per-partition decisions of a policy change: the
+// first partition's decision, with the sessions ended on every partition.
+func (e *Engine) policyDecision(op *pb.Event) (*pb.Decision, error) {
+	var out *pb.Decision
+	for p := int32(0); p < e.log.Partitions(); p++ {
+		d, ok, err := e.proj.Decision(op.App, PolicyStream(op.App, p), op.Actor.User, op.ClientOpId)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		if !ok {
+			// A partition without its copy: an earlier attempt failed part-way
+			// (possible on Kafka, where a multi-partition append is not atomic).
+			return nil, Errorf(CodeUnavailable, "policy change %s is incomplete on partition %d; retry with a new client_op_id", op.ClientOpId, p)
+		}
+		if out == nil {
+			out = proto.Clone(d).(*pb.Decision)
+			continue
+		}
+		out.Ended = append(out.Ended, d.Ended...)
+	}
+	return out, nil
+}
+
+func unavailable(err error) error {
+	var ce *Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &Error{Code: CodeUnavailable, Message: fmt.Sprint(err)}
+}

@@ -1,0 +1,166 @@
+package engine
+
+import (
+	"strings"
+
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+)
+
+// Category groups kinds by the projection and event handler that own them.
+type Category int
+
+const (
+	CatSession Category = iota + 1
+	CatMessage
+	CatContact
+	CatGroup
+	CatThread
+	CatConversation
+	CatChatroom
+)
+
+// payloadCase names the oneof field a kind carries.
+type payloadCase int
+
+const (
+	plEmpty payloadCase = iota + 1
+	plLogin
+	plKick
+	plPolicy
+	plMessage
+	plReceipt
+	plConversation
+	plContact
+	plGroup
+	plThread
+	plChatroom
+)
+
+// KindInfo describes one kind: its names on the wire and what it carries.
+type KindInfo struct {
+	Kind     pb.Kind
+	Category Category
+	// Name is the snake_case name used in JSON (replay files, export).
+	Name string
+	// WebName is the Web SDK's operation string for multi-device events
+	// ("pinnedConversation", "chatThreadCreate"...), empty where the Web SDK
+	// reuses the single-device event name.
+	WebName string
+	payload payloadCase
+	// needsUsers: the payload's users list must be non-empty.
+	needsUsers bool
+}
+
+var kindTable = []KindInfo{
+	{pb.Kind_KIND_LOGIN, CatSession, "login", "", plLogin, false},
+	{pb.Kind_KIND_LOGOUT, CatSession, "logout", "", plEmpty, false},
+	{pb.Kind_KIND_KICK_DEVICE, CatSession, "kick_device", "", plKick, false},
+	{pb.Kind_KIND_KICK_ALL_DEVICES, CatSession, "kick_all_devices", "", plEmpty, false},
+	{pb.Kind_KIND_PASSWORD_CHANGE, CatSession, "password_change", "", plEmpty, false},
+	{pb.Kind_KIND_USER_REMOVE, CatSession, "user_remove", "", plEmpty, false},
+	{pb.Kind_KIND_POLICY_SET, CatSession, "policy_set", "", plPolicy, false},
+
+	{pb.Kind_KIND_MESSAGE_SEND, CatMessage, "message_send", "", plMessage, false},
+	{pb.Kind_KIND_DELIVERY_RECEIPT, CatMessage, "delivery_receipt", "", plReceipt, false},
+	{pb.Kind_KIND_READ_RECEIPT, CatMessage, "read_receipt", "", plReceipt, false},
+	{pb.Kind_KIND_CONVERSATION_READ, CatMessage, "conversation_read", "", plConversation, false},
+
+	{pb.Kind_KIND_CONTACT_REQUEST, CatContact, "contact_request", "", plContact, false},
+	{pb.Kind_KIND_CONTACT_ACCEPT, CatContact, "contact_accept", "", plContact, false},
+	{pb.Kind_KIND_CONTACT_DECLINE, CatContact, "contact_decline", "", plContact, false},
+	{pb.Kind_KIND_CONTACT_REMOVE, CatContact, "contact_remove", "", plContact, false},
+	{pb.Kind_KIND_CONTACT_BAN, CatContact, "contact_ban", "", plContact, false},
+	{pb.Kind_KIND_CONTACT_ALLOW, CatContact, "contact_allow", "", plContact, false},
+
+	{pb.Kind_KIND_GROUP_CREATE, CatGroup, "group_create", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_DESTROY, CatGroup, "group_destroy", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_JOIN, CatGroup, "group_join", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_LEAVE, CatGroup, "group_leave", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_APPLY, CatGroup, "group_apply", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_APPLY_ACCEPT, CatGroup, "group_apply_accept", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_APPLY_DECLINE, CatGroup, "group_apply_decline", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_INVITE, CatGroup, "group_invite", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_INVITE_ACCEPT, CatGroup, "group_invite_accept", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_INVITE_DECLINE, CatGroup, "group_invite_decline", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_KICK, CatGroup, "group_kick", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_BAN, CatGroup, "group_ban", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_ALLOW, CatGroup, "group_allow", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_BLOCK, CatGroup, "group_block", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_UNBLOCK, CatGroup, "group_unblock", "", plGroup, false},
+	{pb.Kind_KIND_GROUP_ASSIGN_OWNER, CatGroup, "group_assign_owner", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_ADD_ADMIN, CatGroup, "group_add_admin", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_REMOVE_ADMIN, CatGroup, "group_remove_admin", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_ADD_MUTE, CatGroup, "group_add_mute", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_REMOVE_MUTE, CatGroup, "group_remove_mute", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_ADD_USER_ALLOW_LIST, CatGroup, "group_add_user_allow_list", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_REMOVE_USER_ALLOW_LIST, CatGroup, "group_remove_user_allow_list", "", plGroup, true},
+	{pb.Kind_KIND_GROUP_MEMBER_ATTRIBUTES_CHANGED, CatGroup, "group_member_attributes_changed", "memberAttributesUpdate", plGroup, false},
+
+	{pb.Kind_KIND_THREAD_CREATE, CatThread, "thread_create", "chatThreadCreate", plThread, false},
+	{pb.Kind_KIND_THREAD_DESTROY, CatThread, "thread_destroy", "chatThreadDestroy", plThread, false},
+	{pb.Kind_KIND_THREAD_JOIN, CatThread, "thread_join", "chatThreadJoin", plThread, false},
+	{pb.Kind_KIND_THREAD_LEAVE, CatThread, "thread_leave", "chatThreadLeave", plThread, false},
+	{pb.Kind_KIND_THREAD_UPDATE, CatThread, "thread_update", "chatThreadNameUpdate", plThread, false},
+	{pb.Kind_KIND_THREAD_KICK, CatThread, "thread_kick", "chatThreadKick", plThread, true},
+
+	{pb.Kind_KIND_CONVERSATION_PIN, CatConversation, "conversation_pin", "pinnedConversation", plConversation, false},
+	{pb.Kind_KIND_CONVERSATION_UNPIN, CatConversation, "conversation_unpin", "unpinnedConversation", plConversation, false},
+	{pb.Kind_KIND_CONVERSATION_DELETE, CatConversation, "conversation_delete", "deleteConversation", plConversation, false},
+	{pb.Kind_KIND_CONVERSATION_MARK, CatConversation, "conversation_mark", "markConversation", plConversation, false},
+	{pb.Kind_KIND_CONVERSATION_UNMARK, CatConversation, "conversation_unmark", "unMarkConversation", plConversation, false},
+	{pb.Kind_KIND_REMOTE_MESSAGES_REMOVE, CatConversation, "remote_messages_remove", "deleteRoaming", plConversation, false},
+
+	{pb.Kind_KIND_CHATROOM_JOIN, CatChatroom, "chatroom_join", "", plChatroom, false},
+	{pb.Kind_KIND_CHATROOM_LEAVE, CatChatroom, "chatroom_leave", "", plChatroom, false},
+}
+
+var (
+	kindByValue = map[pb.Kind]*KindInfo{}
+	kindByName  = map[string]*KindInfo{}
+)
+
+func init() {
+	for i := range kindTable {
+		k := &kindTable[i]
+		kindByValue[k.Kind] = k
+		kindByName[k.Name] = k
+	}
+}
+
+// Kinds returns every defined kind, in wire-value order.
+func Kinds() []KindInfo {
+	out := make([]KindInfo, len(kindTable))
+	copy(out, kindTable)
+	return out
+}
+
+// LookupKind returns the description of k, or false for an unknown kind.
+func LookupKind(k pb.Kind) (KindInfo, bool) {
+	ki, ok := kindByValue[k]
+	if !ok {
+		return KindInfo{}, false
+	}
+	return *ki, true
+}
+
+// KindByName resolves a JSON kind name ("login", "group_kick", or the proto
+// enum name "KIND_LOGIN").
+func KindByName(name string) (pb.Kind, bool) {
+	if ki, ok := kindByName[name]; ok {
+		return ki.Kind, true
+	}
+	if v, ok := pb.Kind_value[strings.ToUpper(name)]; ok && v != 0 {
+		if _, known := kindByValue[pb.Kind(v)]; known {
+			return pb.Kind(v), true
+		}
+	}
+	return 0, false
+}
+
+// KindName is the JSON name of k ("login"), or the enum string if unknown.
+func KindName(k pb.Kind) string {
+	if ki, ok := kindByValue[k]; ok {
+		return ki.Name
+	}
+	return k.String()
+}
