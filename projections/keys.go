@@ -1,0 +1,70 @@
+package projections
+
+import (
+	"encoding/binary"
+)
+
+// Key layout. Every key starts with a one-byte table tag and a NUL; ids
+// never contain NUL (engine.ValidID), so prefixes cannot collide.
+//
+//	c 0 <p:4>                                   checkpoint of partition p
+//	s 0 <app> 0 <user>                          sessions of a user
+//	P 0 <app> 0 <p:4>                           the app's policy as partition p sees it
+//	d 0 <stream> 0 <user> 0 <op>                decision of an operation
+//	a 0 <app> 0 <user> 0 <p:4> <off:8> <i:2>    audit: a session ended
+const (
+	tagCheckpoint = 'c'
+	tagSessions   = 's'
+	tagPolicy     = 'P'
+	tagDecision   = 'd'
+	tagAudit      = 'a'
+)
+
+func key(tag byte, parts ...string) []byte {
+	n := 2
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	k := make([]byte, 0, n)
+	k = append(k, tag, 0)
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, 0)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+func checkpointKey(p int32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{tagCheckpoint, 0}, uint32(p))
+}
+
+func sessionsKey(app, user string) []byte { return key(tagSessions, app, user) }
+
+func policyKey(app string, p int32) []byte {
+	return binary.BigEndian.AppendUint32(append(key(tagPolicy, app), 0), uint32(p))
+}
+
+func decisionKey(stream, user, op string) []byte { return key(tagDecision, stream, user, op) }
+
+func auditPrefix(app, user string) []byte { return append(key(tagAudit, app, user), 0) }
+
+func auditKey(app, user string, p int32, off int64, i int) []byte {
+	k := auditPrefix(app, user)
+	k = binary.BigEndian.AppendUint32(k, uint32(p))
+	k = binary.BigEndian.AppendUint64(k, uint64(off))
+	return binary.BigEndian.AppendUint16(k, uint16(i))
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix.
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}

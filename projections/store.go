@@ -1,0 +1,229 @@
+// Package projections keeps the read side of mdsync in Pebble: state that is
+// a pure function of the log, written in the same batch as the offset that
+// produced it (DESIGN.md invariants 2 and 3).
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+)
+
+// ErrClosed is returned by a Store used after Close.
+var ErrClosed = errors.New("projections: closed")
+
+// ErrPartitionMismatch is returned when a store is opened with another
+// partition count than the one it was built with.
+var ErrPartitionMismatch = errors.New("projections: partition count differs from the store's")
+
+// Options configure a Store.
+type Options struct {
+	// Dir holds the Pebble files. Required unless FS is an in-memory FS.
+	Dir string
+	// FS is the file system. Default: vfs.Default.
+	FS vfs.FS
+	// Partitions must equal the log's partition count. Required.
+	Partitions int32
+	// Sync commits every projection batch with fsync. Default false: the
+	// state is derived from the durable log, each batch is atomic and holds
+	// its own checkpoint, so a crash that loses the newest batches only
+	// moves the checkpoint back and those events are applied again
+	// (exactly once in the resulting state). Set it when the projection
+	// must not regress across a crash (e.g. it feeds outside systems).
+	Sync bool
+	// OnApplied, when set, is called after each committed batch with the
+	// decisions it produced, in log order. It must not block for long: it
+	// runs on the partition's projector goroutine. After a crash, decisions
+	// of re-applied events are reported again (at-least-once).
+	OnApplied func(p int32, ds []*pb.Decision)
+	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
+	CacheSize int64
+}
+
+func (o *Options) ensureDefaults() {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 64 << 20
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Partitions < 1 {
+		return fmt.Errorf("projections: Options.Partitions must be >= 1, got %d", o.Partitions)
+	}
+	return nil
+}
+
+// Store is the projection state of every partition of one log. A Store is
+// safe for concurrent use; each partition is applied by one goroutine.
+type Store struct {
+	opts Options
+	db   *pebble.DB
+	wo   *pebble.WriteOptions
+
+	parts []*partState
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// partState is the in-memory view of one partition's progress.
+type partState struct {
+	mu      sync.Mutex
+	cp      *pb.Checkpoint // last committed checkpoint
+	changed chan struct{}  // closed and replaced when cp advances
+	apply   sync.Mutex     // one applier at a time
+}
+
+// Open opens (or creates) a store.
+func Open(opts Options) (*Store, error) {
+	opts.ensureDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	cache := pebble.NewCache(opts.CacheSize)
+	defer cache.Unref()
+	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Cache: cache, Logger: quietLogger{}})
+	if err != nil {
+		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
+	}
+	s := &Store{opts: opts, db: db, wo: pebble.NoSync, closed: make(chan struct{})}
+	if opts.Sync {
+		s.wo = pebble.Sync
+	}
+	if err := s.checkPartitions(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	for p := int32(0); p < opts.Partitions; p++ {
+		cp := &pb.Checkpoint{}
+		if ok, err := s.getProto(checkpointKey(p), cp); err != nil {
+			db.Close()
+			return nil, err
+		} else if !ok {
+			cp = &pb.Checkpoint{}
+		}
+		s.parts = append(s.parts, &partState{cp: cp, changed: make(chan struct{})})
+	}
+	return s, nil
+}
+
+var metaPartitionsKey = []byte("m\x00partitions")
+
+func (s *Store) checkPartitions() error {
+	v, closer, err := s.db.Get(metaPartitionsKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return s.db.Set(metaPartitionsKey, []byte(fmt.Sprint(s.opts.Partitions)), pebble.Sync)
+	}
+	if err != nil {
+		return fmt.Errorf("projections: read meta: %w", err)
+	}
+	defer closer.Close()
+	if string(v) != fmt.Sprint(s.opts.Partitions) {
+		return fmt.Errorf("%w: store has %s, log has %d", ErrPartitionMismatch, v, s.opts.Partitions)
+	}
+	return nil
+}
+
+// Close closes the store. Waiters return ErrClosed.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		// Take every applier lock so no batch is mid-commit when the DB closes.
+		for _, ps := range s.parts {
+			ps.apply.Lock()
+		}
+		err = s.db.Close()
+		for _, ps := range s.parts {
+			ps.apply.Unlock()
+		}
+	})
+	return err
+}
+
+func (s *Store) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Partitions is the partition count the store was opened with.
+func (s *Store) Partitions() int32 { return s.opts.Partitions }
+
+// Checkpoint returns partition p's committed checkpoint.
+func (s *Store) Checkpoint(p int32) *pb.Checkpoint {
+	ps := s.parts[p]
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return proto.Clone(ps.cp).(*pb.Checkpoint)
+}
+
+// WaitApplied blocks until the event at pos is applied and visible.
+func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
+	if pos.Partition < 0 || int(pos.Partition) >= len(s.parts) {
+		return fmt.Errorf("projections: wait: %w", engine.ErrBadPartition)
+	}
+	ps := s.parts[pos.Partition]
+	for {
+		ps.mu.Lock()
+		done, ch := ps.cp.NextOffset > pos.Offset, ps.changed
+		ps.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-s.closed:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Store) getProto(k []byte, m proto.Message) (bool, error) {
+	return getProto(s.db, k, m)
+}
+
+type getter interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+}
+
+func getProto(g getter, k []byte, m proto.Message) (bool, error) {
+	v, closer, err := g.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("projections: get: %w", err)
+	}
+	defer closer.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("projections: decode %q: %w", k, err)
+	}
+	return true, nil
+}
+
+// quietLogger keeps Pebble's informational logs out of the server's output;
+// errors still surface as returned errors.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}
