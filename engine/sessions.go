@@ -76,7 +76,10 @@ func applyLogin(st, next *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Pos
 	}
 	if over := len(competitors) - int(limit) + 1; over > 0 {
 		if l.AutoLogin && pol.AutoLogin == pb.AutoLoginPolicy_AUTO_LOGIN_POLICY_KEEP_CURRENT {
-			return st, refuse(d, CodeTooManyDevices, "platform %d is at its limit of %d devices", l.Platform, limit)
+			if pol.Mode == pb.PlatformMode_PLATFORM_MODE_SINGLE {
+				return st, refuse(d, CodeTooManyDevices, "single-platform mode: a device is online and the policy keeps it")
+			}
+			return st, refuse(d, CodeTooManyDevices, "platform %d is at its limit of %d devices and the policy keeps them", l.Platform, limit)
 		}
 		// Sessions are kept in login order, so the first competitors are
 		// the earliest logins.
