@@ -127,7 +127,7 @@ func ApplyPolicy(cur *pb.Policy, ev *pb.Event, pos Position) (*pb.Policy, bool) 
 // and code 217: the same "earliest goes first" rule as a login, applied at
 // the policy's position in the log. It returns st unchanged and nil when no
 // session is over the limit.
-func EnforcePolicy(st *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.UserSessions, []*pb.Ended) {
+func EnforcePolicy(user string, st *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.UserSessions, []*pb.Ended) {
 	var evict []int
 	if pol.Mode == pb.PlatformMode_PLATFORM_MODE_SINGLE {
 		for i := 0; i < len(st.Sessions)-1; i++ {
@@ -157,7 +157,9 @@ func EnforcePolicy(st *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Positi
 	next := proto.Clone(st).(*pb.UserSessions)
 	var out []*pb.Ended
 	for _, i := range evict {
-		out = append(out, ended(next.Sessions[i], pb.Reason_REASON_POLICY_LIMIT, CodeKickedByOtherDevice, nil, ev, pos, pol))
+		e := ended(next.Sessions[i], pb.Reason_REASON_POLICY_LIMIT, CodeKickedByOtherDevice, nil, ev, pos, pol)
+		e.User = user
+		out = append(out, e)
 	}
 	next.Sessions = removeIndexes(next.Sessions, evict)
 	return next, out
@@ -190,6 +192,7 @@ func refuse(d *pb.Decision, code Code, format string, args ...any) *pb.Decision 
 
 func ended(s *pb.Session, r pb.Reason, code Code, by *pb.Session, ev *pb.Event, pos Position, pol *pb.Policy) *pb.Ended {
 	e := &pb.Ended{
+		User:          ev.GetActor().GetUser(),
 		Session:       s,
 		Reason:        r,
 		Code:          int32(code),

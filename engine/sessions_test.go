@@ -97,7 +97,7 @@ func (h *goldenHarness) run(t *testing.T, d *datadriven.TestData) string {
 		var b strings.Builder
 		fmt.Fprintf(&b, "policy v%d %s default=%d auto=%s\n", h.pol.Version, h.pol.Mode, h.pol.DefaultLimit, h.pol.AutoLogin)
 		for _, u := range sortedKeys(h.users) {
-			next, ended := EnforcePolicy(h.users[u], h.pol, ev, pos)
+			next, ended := EnforcePolicy(u, h.users[u], h.pol, ev, pos)
 			h.users[u] = next
 			writeEnded(&b, ended)
 			writeDevices(&b, u, next)

@@ -232,7 +232,7 @@ func (s *Store) applyPolicy(t *txn, cur *pb.Policy, ev *pb.Event, pos engine.Pos
 		if _, err := t.get(sk, st); err != nil {
 			return nil, err
 		}
-		next, ended := engine.EnforcePolicy(st, pol, ev, pos)
+		next, ended := engine.EnforcePolicy(user, st, pol, ev, pos)
 		if len(ended) == 0 {
 			continue
 		}

@@ -362,6 +362,8 @@ type Ended struct {
 	Partition     int32  `protobuf:"varint,9,opt,name=partition,proto3" json:"partition,omitempty"`
 	Offset        int64  `protobuf:"varint,10,opt,name=offset,proto3" json:"offset,omitempty"`
 	TimeUnixMs    int64  `protobuf:"varint,11,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	// user whose session ended.
+	User          string `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +473,13 @@ func (x *Ended) GetTimeUnixMs() int64 {
 		return x.TimeUnixMs
 	}
 	return 0
+}
+
+func (x *Ended) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // Decision is the outcome of one applied operation, kept for idempotent
@@ -720,7 +729,7 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"auto_login\x18\x05 \x01(\x0e2\x1a.mdsync.v1.AutoLoginPolicyR\tautoLogin\x12\x1d\n" +
 	"\n" +
-	"set_offset\x18\x06 \x01(\x03R\tsetOffset\"\x89\x03\n" +
+	"set_offset\x18\x06 \x01(\x03R\tsetOffset\"\x9d\x03\n" +
 	"\x05Ended\x12,\n" +
 	"\asession\x18\x01 \x01(\v2\x12.mdsync.v1.SessionR\asession\x12)\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x11.mdsync.v1.ReasonR\x06reason\x12\x12\n" +
@@ -734,7 +743,8 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\x06offset\x18\n" +
 	" \x01(\x03R\x06offset\x12 \n" +
 	"\ftime_unix_ms\x18\v \x01(\x03R\n" +
-	"timeUnixMs\"\xfe\x02\n" +
+	"timeUnixMs\x12\x12\n" +
+	"\x04user\x18\f \x01(\tR\x04user\"\xfe\x02\n" +
 	"\bDecision\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12 \n" +
