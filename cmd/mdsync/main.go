@@ -1,0 +1,32 @@
+// Command mdsync is the mdsync server and its tools.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// commands maps a subcommand to its entry point. Each parses its own flags.
+var commands = map[string]func(args []string) error{
+	"stress": runStress,
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	run, ok := commands[os.Args[1]]
+	if !ok {
+		usage()
+		os.Exit(2)
+	}
+	if err := run(os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "mdsync:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  stress   submit random session operations (used by the crash test)")
+}
