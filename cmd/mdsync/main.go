@@ -8,6 +8,8 @@ import (
 
 // commands maps a subcommand to its entry point. Each parses its own flags.
 var commands = map[string]func(args []string) error{
+	"replay": runReplay,
+	"serve":  runServe,
 	"stress": runStress,
 }
 
@@ -28,5 +30,5 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  stress   submit random session operations (used by the crash test)")
+	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  replay   replay operations from JSON lines and print decisions and devices (docs/operations.md)\n  stress   submit random session operations (used by the crash test)")
 }
