@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/adapters/restapi"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// serveConfig holds serve's settings. Each flag also reads an environment
+// variable (MDSYNC_<FLAG>), and flags win over the environment.
+type serveConfig struct {
+	data       string
+	addr       string
+	partitions int
+	adminToken string
+	logFormat  string
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// runServe runs the server on the embedded log: a data directory and an
+// HTTP listener on 127.0.0.1:8080 by default, with no other setup.
+func runServe(args []string) error {
+	var c serveConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&c.data, "data", envOr("MDSYNC_DATA", "data"), "data directory (env MDSYNC_DATA)")
+	fs.StringVar(&c.addr, "addr", envOr("MDSYNC_ADDR", "127.0.0.1:8080"), "HTTP listen address (env MDSYNC_ADDR)")
+	parts, _ := strconv.Atoi(envOr("MDSYNC_PARTITIONS", "8"))
+	fs.IntVar(&c.partitions, "partitions", parts, "partitions of a new log; an existing log keeps its count (env MDSYNC_PARTITIONS)")
+	fs.StringVar(&c.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
+	fs.StringVar(&c.logFormat, "log-format", envOr("MDSYNC_LOG_FORMAT", "text"), "text or json (env MDSYNC_LOG_FORMAT)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	if c.logFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	logger := slog.New(h)
+
+	if err := os.MkdirAll(c.data, 0o700); err != nil {
+		return err
+	}
+	token, err := adminToken(c)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mdsync_sessions_ended_total",
+		Help: "Sessions ended by evictions, kicks, logouts, password changes and removals, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(ended)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	n, err := node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions),
+		OnApplied: func(p int32, ds []*pb.Decision) {
+			for _, d := range ds {
+				for _, e := range d.Ended {
+					ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
+				}
+			}
+		}})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mdsync_projection_lag_events",
+		Help: "Events appended to the log but not yet applied, summed over partitions.",
+	}, func() float64 {
+		var lag int64
+		for p := int32(0); p < n.Log.Partitions(); p++ {
+			end, err := n.Log.End(context.Background(), p)
+			if err == nil {
+				lag += end - n.Store.Checkpoint(p).NextOffset
+			}
+		}
+		return float64(lag)
+	}))
+
+	api, err := restapi.New(n.Engine, n.Store, restapi.Options{AdminToken: token, Registry: reg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	logger.Info("mdsync serving", "addr", ln.Addr().String(), "data", c.data, "partitions", n.Log.Partitions(),
+		"admin_token_file", filepath.Join(c.data, "admin-token"))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// Graceful: stop taking requests, let in-flight operations get their
+	// decisions, then close the projector, the store and the log.
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error("shutdown", "err", err)
+	}
+	return n.Close()
+}
+
+// adminToken returns the configured token, or the one stored in the data
+// directory, creating it (0600) on first start.
+func adminToken(c serveConfig) (string, error) {
+	if c.adminToken != "" {
+		return c.adminToken, nil
+	}
+	path := filepath.Join(c.data, "admin-token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 24)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(buf)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("serve: write admin token: %w", err)
+	}
+	return tok, nil
+}
