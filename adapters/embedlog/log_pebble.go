@@ -103,9 +103,9 @@ type Log struct {
 	partitions int32
 	maxRecord  int
 
-	reqs    chan *appendReq // unbuffered: a request is either taken or not
-	closing chan struct{}   // closed by Close; stops the writer, wakes waiters
-	stopped chan struct{}   // closed when the writer has exited
+	reqs     chan *appendReq // unbuffered: a request is either taken or not
+	closing  chan struct{}   // closed by Close; stops the writer, wakes waiters
+	stopped  chan struct{}   // closed when the writer has exited
 	once     sync.Once
 	closeErr error // set once by Close
 
@@ -202,7 +202,8 @@ func Open(opts Options) (*Log, error) {
 				durable:    ends,
 				changed:    make(chan struct{}),
 			}
-			go l.writer(ends)
+			// The writer gets its own copy: durable is only touched under mu.
+			go l.writer(append([]int64(nil), ends...))
 			return l, nil
 		}
 	}
