@@ -32,7 +32,7 @@ const (
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultReadMaxWait    = 500 * time.Millisecond
 	DefaultReadMaxBytes   = 1 << 20
-	DefaultMetadataTTL    = 6 * time.Second
+	DefaultMetadataTTL    = 2 * time.Second
 	DefaultClientID       = "mdsync"
 )
 
@@ -106,8 +106,9 @@ type Options struct {
 	DialTimeout time.Duration
 
 	// RequestTimeout bounds one request to Kafka (produce, list offsets,
-	// metadata) and is half of it is sent as the produce timeout, as
-	// kafka-go does. Default 10 s.
+	// metadata; kafka-go sends half of it as the broker-side produce
+	// timeout), and also the retries of a request the broker refused
+	// without writing (not leader, too few in-sync replicas). Default 10 s.
 	RequestTimeout time.Duration
 
 	// ReadMaxWait is how long one fetch waits at the end of a partition
@@ -118,8 +119,10 @@ type Options struct {
 	// returns at least one whole batch even when it is larger.
 	ReadMaxBytes int
 
-	// MetadataTTL is how long cached cluster metadata is trusted. Default
-	// 6 s.
+	// MetadataTTL bounds how long kafka-go trusts cached metadata (partition
+	// leaders). kafka-go does not refresh it when a broker says "not leader",
+	// so this is how long Appends retry after a leader moves. Default 2 s
+	// (kafka-go's is 6 s); only the log's topic is fetched.
 	MetadataTTL time.Duration
 
 	// ClientID is sent to the brokers. Default "mdsync".
@@ -225,8 +228,10 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	tr := &kafka.Transport{
 		DialTimeout: opts.DialTimeout,
 		MetadataTTL: opts.MetadataTTL,
-		ClientID:    opts.ClientID,
-		Context:     lctx,
+		// Only the log's topic: a cluster's full metadata can be large.
+		MetadataTopics: []string{opts.Topic},
+		ClientID:       opts.ClientID,
+		Context:        lctx,
 	}
 	l := &Log{
 		opts:      opts,
@@ -289,7 +294,7 @@ func (l *Log) ensureTopic(ctx context.Context) error {
 			return fmt.Errorf("%w: topic %q has %d partitions, Options.Partitions is %d",
 				ErrTopic, o.Topic, len(t.Partitions), o.Partitions)
 		case allLed(t.Partitions):
-			return nil
+			return l.probe(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -306,6 +311,52 @@ func allLed(ps []kafka.Partition) bool {
 		}
 	}
 	return true
+}
+
+// retriable reports Kafka errors that mean the request was refused before
+// anything was written (the broker is not, or not yet, the partition's
+// leader; too few in-sync replicas to accept acks=all), so sending it again
+// cannot duplicate records. A new topic's leader also answers these for a
+// moment after the controller has elected it. Timeouts are not here: a timed
+// out produce may have been written.
+func retriable(err error) bool {
+	return errors.Is(err, kafka.NotLeaderForPartition) ||
+		errors.Is(err, kafka.LeaderNotAvailable) ||
+		errors.Is(err, kafka.UnknownTopicOrPartition) ||
+		errors.Is(err, kafka.NotEnoughReplicas)
+}
+
+// retry calls fn until it succeeds, fails with an error that is not
+// retriable, or RequestTimeout (or ctx) ends; then it returns fn's last
+// error. The backoff gives the transport time to refresh its metadata.
+func (l *Log) retry(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(l.opts.RequestTimeout)
+	backoff := 20 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil || !retriable(err) || time.Now().Add(backoff).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// probe lists every partition's end until each leader answers, so Open
+// returns a log that can serve at once.
+func (l *Log) probe(ctx context.Context) error {
+	for p := int32(0); p < l.opts.Partitions; p++ {
+		if _, err := l.End(ctx, p); err != nil {
+			return fmt.Errorf("kafkalog: topic %q not ready: %w", l.opts.Topic, err)
+		}
+	}
+	return nil
 }
 
 func (l *Log) createTopic(ctx context.Context) error {
@@ -561,24 +612,29 @@ func (c *committer) produce(batch []*request) {
 	}
 	// The log's context, not a caller's: a request already sent must be
 	// seen to the end so its outcome is known. Close cancels it.
-	ctx, cancel := context.WithTimeout(c.l.ctx, c.l.opts.RequestTimeout)
-	res, err := c.l.client.Produce(ctx, &kafka.ProduceRequest{
-		Topic:        c.l.opts.Topic,
-		Partition:    int(c.p),
-		RequiredAcks: kafka.RequireAll,
-		Records:      kafka.NewRecordReader(recs...),
-	})
-	cancel()
-	switch {
-	case err != nil:
-	case res.Error != nil:
-		err = res.Error
-	case len(res.RecordErrors) > 0:
-		for i, e := range res.RecordErrors {
-			err = fmt.Errorf("record %d: %w", i, e)
-			break
+	var res *kafka.ProduceResponse
+	err := c.l.retry(c.l.ctx, func() error {
+		ctx, cancel := context.WithTimeout(c.l.ctx, c.l.opts.RequestTimeout)
+		defer cancel()
+		var err error
+		res, err = c.l.client.Produce(ctx, &kafka.ProduceRequest{
+			Topic:        c.l.opts.Topic,
+			Partition:    int(c.p),
+			RequiredAcks: kafka.RequireAll,
+			Records:      kafka.NewRecordReader(recs...),
+		})
+		switch {
+		case err != nil:
+			return err
+		case res.Error != nil:
+			return res.Error
+		case len(res.RecordErrors) > 0:
+			for i, e := range res.RecordErrors {
+				return fmt.Errorf("record %d: %w", i, e)
+			}
 		}
-	}
+		return nil
+	})
 	if err != nil {
 		err = c.wrap(err, len(recs))
 	}
@@ -636,17 +692,22 @@ func (l *Log) Read(ctx context.Context, p int32, from int64, max int) ([]engine.
 	ctx, cancel := l.readCtx(ctx)
 	defer cancel()
 	for {
-		res, err := l.client.Fetch(ctx, &kafka.FetchRequest{
-			Topic:     l.opts.Topic,
-			Partition: int(p),
-			Offset:    from,
-			MinBytes:  1,
-			MaxBytes:  int64(l.opts.ReadMaxBytes),
-			MaxWait:   l.opts.ReadMaxWait,
+		var res *kafka.FetchResponse
+		err := l.retry(ctx, func() error {
+			var err error
+			res, err = l.client.Fetch(ctx, &kafka.FetchRequest{
+				Topic:     l.opts.Topic,
+				Partition: int(p),
+				Offset:    from,
+				MinBytes:  1,
+				MaxBytes:  int64(l.opts.ReadMaxBytes),
+				MaxWait:   l.opts.ReadMaxWait,
+			})
+			if err == nil && res.Error != nil {
+				err = res.Error
+			}
+			return err
 		})
-		if err == nil && res.Error != nil {
-			err = res.Error
-		}
 		if err != nil {
 			return nil, l.readErr(ctx, p, from, err)
 		}
@@ -745,21 +806,26 @@ func (l *Log) End(ctx context.Context, p int32) (int64, error) {
 	}
 	ctx, cancel := l.readCtx(ctx)
 	defer cancel()
-	res, err := l.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
-		l.opts.Topic: {kafka.LastOffsetOf(int(p))},
-	}})
+	var end int64
+	err := l.retry(ctx, func() error {
+		res, err := l.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+			l.opts.Topic: {kafka.LastOffsetOf(int(p))},
+		}})
+		if err != nil {
+			return err
+		}
+		for _, po := range res.Topics[l.opts.Topic] {
+			if po.Partition == int(p) {
+				end = po.LastOffset
+				return po.Error
+			}
+		}
+		return errors.New("no offsets in the response")
+	})
 	if err != nil {
 		return 0, l.endErr(ctx, p, err)
 	}
-	for _, po := range res.Topics[l.opts.Topic] {
-		if po.Partition == int(p) {
-			if po.Error != nil {
-				return 0, l.endErr(ctx, p, po.Error)
-			}
-			return po.LastOffset, nil
-		}
-	}
-	return 0, l.endErr(ctx, p, errors.New("no offsets in the response"))
+	return end, nil
 }
 
 func (l *Log) endErr(ctx context.Context, p int32, err error) error {
