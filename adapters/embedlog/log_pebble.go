@@ -87,7 +87,7 @@ type Stats struct {
 	Commits uint64 // fsynced group commits
 	Appends uint64 // Append calls answered by a commit
 	Records uint64 // records written
-	Bytes   uint64 // key+value bytes written
+	Bytes   uint64 // stored record bytes (key, value and their length prefix)
 }
 
 // Log is the embedded engine.Log. Use Open to make one.
