@@ -27,6 +27,7 @@ const (
 	// overhead, under the broker's default message.max.bytes (1048588).
 	DefaultMaxRecordBytes = 1_000_000
 	DefaultBatchSize      = 10_000
+	DefaultMaxInFlight    = 4
 	DefaultBatchBytes     = 1_000_000
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
@@ -88,6 +89,14 @@ type Options struct {
 	// replaces kafka-go Writer's BatchTimeout, whose zero value is 1 s.)
 	Linger time.Duration
 
+	// MaxInFlight is how many produce requests one partition may have in
+	// flight. Default DefaultMaxInFlight (4). Requests in flight together
+	// carry concurrent Appends, which the port does not order; each call's
+	// records for a partition stay in one request, so they stay contiguous
+	// and in order. 1 sends strictly one batch after the other (larger
+	// batches, one round trip more per batch under load).
+	MaxInFlight int
+
 	// BatchSize and BatchBytes bound one produce request (records, and
 	// bytes of Kafka framing). Defaults DefaultBatchSize (10000) and
 	// DefaultBatchBytes (1000000). A single Append's records for one
@@ -137,6 +146,9 @@ func (o *Options) EnsureDefaults() {
 	if o.ReplicationFactor == 0 {
 		o.ReplicationFactor = DefaultReplicationFactor
 	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
 	if o.BatchSize == 0 {
 		o.BatchSize = DefaultBatchSize
 	}
@@ -179,6 +191,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("kafkalog: Options.ReplicationFactor %d < 1", o.ReplicationFactor)
 	case o.Linger < 0:
 		return fmt.Errorf("kafkalog: Options.Linger %v is negative", o.Linger)
+	case o.MaxInFlight < 1:
+		return fmt.Errorf("kafkalog: Options.MaxInFlight %d < 1", o.MaxInFlight)
 	case o.BatchSize < 1:
 		return fmt.Errorf("kafkalog: Options.BatchSize %d < 1", o.BatchSize)
 	case o.BatchBytes < 1:
@@ -513,9 +527,9 @@ func (r *request) finish(base int64, err error) {
 	}
 }
 
-// committer owns the writes to one partition: one produce request in
-// flight at a time, so batches land in queue order, and everything queued
-// meanwhile goes in the next request (group commit).
+// committer owns the writes to one partition: up to MaxInFlight produce
+// requests at a time, and everything that queues while they are all busy
+// goes in the next request (group commit).
 type committer struct {
 	l    *Log
 	p    int32
@@ -544,6 +558,9 @@ func (c *committer) enqueue(r *request) {
 func (c *committer) run() {
 	defer c.l.wg.Done()
 	o := &c.l.opts
+	slots := make(chan struct{}, o.MaxInFlight)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
 	for {
 		select {
 		case <-c.wake:
@@ -567,11 +584,32 @@ func (c *committer) run() {
 			}
 		}
 		for {
-			batch := c.take()
-			if len(batch) == 0 {
+			acquired := false
+			select {
+			case slots <- struct{}{}:
+				acquired = true
+			default:
+			}
+			if !acquired {
+				// All slots busy: the next produce to finish wakes us, and
+				// what queues meanwhile goes out in one batch.
 				break
 			}
-			c.produce(batch)
+			batch := c.take()
+			if len(batch) == 0 {
+				<-slots
+				break
+			}
+			inflight.Add(1)
+			go func() {
+				defer inflight.Done()
+				c.produce(batch)
+				<-slots
+				select {
+				case c.wake <- struct{}{}:
+				default:
+				}
+			}()
 		}
 	}
 }
