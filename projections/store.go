@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -93,7 +94,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(opts.CacheSize)
 	defer cache.Unref()
-	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Cache: cache, Logger: quietLogger{}})
+	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Cache: cache, Logger: PebbleLogger(nil)})
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
 	}
@@ -218,12 +219,28 @@ func getProto(g getter, k []byte, m proto.Message) (bool, error) {
 	return true, nil
 }
 
-// quietLogger keeps Pebble's informational logs out of the server's output;
-// errors still surface as returned errors.
-type quietLogger struct{}
+// PebbleLogger adapts slog to Pebble's logger: Pebble's informational
+// messages (WAL replay, compactions) go to Debug so they stay out of normal
+// output, errors to Error. A nil logger means slog.Default().
+func PebbleLogger(l *slog.Logger) pebble.Logger {
+	if l == nil {
+		l = slog.Default()
+	}
+	return pebbleLogger{l}
+}
 
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf is called by Pebble on unrecoverable corruption; it must not return.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	panic(fmt.Sprintf("pebble: "+format, args...))
 }

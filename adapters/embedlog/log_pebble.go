@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/mdsync/mdsync/engine"
+	"github.com/mdsync/mdsync/projections"
 )
 
 // Defaults applied by Options.EnsureDefaults.
@@ -183,6 +184,9 @@ func Open(opts Options) (*Log, error) {
 	}
 	if po.FS == nil {
 		po.FS = opts.FS
+	}
+	if po.Logger == nil {
+		po.Logger = projections.PebbleLogger(nil)
 	}
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
