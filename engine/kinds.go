@@ -17,6 +17,8 @@ const (
 	CatThread
 	CatConversation
 	CatChatroom
+	// CatDerived kinds are appended by mdsync itself (fan-out copies).
+	CatDerived
 )
 
 // payloadCase names the oneof field a kind carries.
@@ -34,6 +36,7 @@ const (
 	plGroup
 	plThread
 	plChatroom
+	plDeliver
 )
 
 // KindInfo describes one kind: its names on the wire and what it carries.
@@ -112,6 +115,8 @@ var kindTable = []KindInfo{
 
 	{pb.Kind_KIND_CHATROOM_JOIN, CatChatroom, "chatroom_join", "", plChatroom, false},
 	{pb.Kind_KIND_CHATROOM_LEAVE, CatChatroom, "chatroom_leave", "", plChatroom, false},
+
+	{pb.Kind_KIND_DELIVER, CatDerived, "deliver", "", plDeliver, false},
 }
 
 var (

@@ -288,6 +288,10 @@ func validatePayload(ki *KindInfo, ev *pb.Event) error {
 			}
 		}
 		return checkUsers("thread.users", t.Users, ki.needsUsers)
+	case plDeliver:
+		// Fan-out copies are derived by mdsync from accepted events; a
+		// caller can never submit one (invariant 7).
+		return Errorf(CodeForbidden, "%s is derived by mdsync and cannot be submitted", ki.Name)
 	case plChatroom:
 		c := ev.GetChatroom()
 		if c == nil {

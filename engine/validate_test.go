@@ -85,6 +85,10 @@ func TestValidateRules(t *testing.T) {
 			ev.Kind = pb.Kind_KIND_THREAD_CREATE
 			ev.Payload = &pb.Event_Thread{Thread: &pb.ThreadOp{ThreadId: "t1"}}
 		}, CodeMissingField},
+		{"derived deliver refused", func(ev *pb.Event) {
+			ev.Kind = pb.Kind_KIND_DELIVER
+			ev.Payload = &pb.Event_Deliver{Deliver: &pb.Deliver{Recipient: "bob"}}
+		}, CodeForbidden},
 		{"chatroom ok", func(ev *pb.Event) {
 			ev.Kind = pb.Kind_KIND_CHATROOM_JOIN
 			ev.Payload = &pb.Event_Chatroom{Chatroom: &pb.ChatroomOp{RoomId: "r1"}}

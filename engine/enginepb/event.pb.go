@@ -96,6 +96,10 @@ const (
 	// Chatrooms: 140..159
 	Kind_KIND_CHATROOM_JOIN  Kind = 140
 	Kind_KIND_CHATROOM_LEAVE Kind = 141
+	// Derived: 200..219. Never submitted by clients; appended by mdsync.
+	// DELIVER is the copy of a source event for one recipient's timeline
+	// (fan-out, DESIGN.md invariant 6).
+	Kind_KIND_DELIVER Kind = 200
 )
 
 // Enum value maps for Kind.
@@ -156,6 +160,7 @@ var (
 		125: "KIND_REMOTE_MESSAGES_REMOVE",
 		140: "KIND_CHATROOM_JOIN",
 		141: "KIND_CHATROOM_LEAVE",
+		200: "KIND_DELIVER",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":                     0,
@@ -213,6 +218,7 @@ var (
 		"KIND_REMOTE_MESSAGES_REMOVE":          125,
 		"KIND_CHATROOM_JOIN":                   140,
 		"KIND_CHATROOM_LEAVE":                  141,
+		"KIND_DELIVER":                         200,
 	}
 )
 
@@ -499,6 +505,7 @@ type Event struct {
 	//	*Event_Thread
 	//	*Event_Chatroom
 	//	*Event_Empty
+	//	*Event_Deliver
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -696,6 +703,15 @@ func (x *Event) GetEmpty() *Empty {
 	return nil
 }
 
+func (x *Event) GetDeliver() *Deliver {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_Deliver); ok {
+			return x.Deliver
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -744,6 +760,10 @@ type Event_Empty struct {
 	Empty *Empty `protobuf:"bytes,30,opt,name=empty,proto3,oneof"`
 }
 
+type Event_Deliver struct {
+	Deliver *Deliver `protobuf:"bytes,31,opt,name=deliver,proto3,oneof"`
+}
+
 func (*Event_Login) isEvent_Payload() {}
 
 func (*Event_KickDevice) isEvent_Payload() {}
@@ -766,6 +786,117 @@ func (*Event_Chatroom) isEvent_Payload() {}
 
 func (*Event_Empty) isEvent_Payload() {}
 
+func (*Event_Deliver) isEvent_Payload() {}
+
+// Deliver carries a source event to one recipient. Its client_op_id is
+// "dlv." + the source event id, and its stream is the recipient's user
+// stream, so a re-derived copy has the same identity and is dropped as a
+// duplicate.
+type Deliver struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Recipient string                 `protobuf:"bytes,1,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// from is what the recipient's devices see as the event's `from`: the
+	// acting user (for a multi-device event, that is the recipient itself).
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	// multi_device marks the actor's own operation shown on its other devices.
+	MultiDevice bool `protobuf:"varint,3,opt,name=multi_device,json=multiDevice,proto3" json:"multi_device,omitempty"`
+	// exclude_login_id: the device that performed the operation gets nothing.
+	ExcludeLoginId string `protobuf:"bytes,4,opt,name=exclude_login_id,json=excludeLoginId,proto3" json:"exclude_login_id,omitempty"`
+	// only_login_id: a message to one of the user's own devices.
+	OnlyLoginId     string `protobuf:"bytes,5,opt,name=only_login_id,json=onlyLoginId,proto3" json:"only_login_id,omitempty"`
+	Source          *Event `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	SourcePartition int32  `protobuf:"varint,7,opt,name=source_partition,json=sourcePartition,proto3" json:"source_partition,omitempty"`
+	SourceOffset    int64  `protobuf:"varint,8,opt,name=source_offset,json=sourceOffset,proto3" json:"source_offset,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Deliver) Reset() {
+	*x = Deliver{}
+	mi := &file_mdsync_v1_event_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Deliver) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Deliver) ProtoMessage() {}
+
+func (x *Deliver) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_event_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
+func (*Deliver) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Deliver) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *Deliver) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *Deliver) GetMultiDevice() bool {
+	if x != nil {
+		return x.MultiDevice
+	}
+	return false
+}
+
+func (x *Deliver) GetExcludeLoginId() string {
+	if x != nil {
+		return x.ExcludeLoginId
+	}
+	return ""
+}
+
+func (x *Deliver) GetOnlyLoginId() string {
+	if x != nil {
+		return x.OnlyLoginId
+	}
+	return ""
+}
+
+func (x *Deliver) GetSource() *Event {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Deliver) GetSourcePartition() int32 {
+	if x != nil {
+		return x.SourcePartition
+	}
+	return 0
+}
+
+func (x *Deliver) GetSourceOffset() int64 {
+	if x != nil {
+		return x.SourceOffset
+	}
+	return 0
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -774,7 +905,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[2]
+	mi := &file_mdsync_v1_event_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +917,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[2]
+	mi := &file_mdsync_v1_event_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +930,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{2}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{3}
 }
 
 type Login struct {
@@ -818,7 +949,7 @@ type Login struct {
 
 func (x *Login) Reset() {
 	*x = Login{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[3]
+	mi := &file_mdsync_v1_event_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +961,7 @@ func (x *Login) String() string {
 func (*Login) ProtoMessage() {}
 
 func (x *Login) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[3]
+	mi := &file_mdsync_v1_event_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +974,7 @@ func (x *Login) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Login.ProtoReflect.Descriptor instead.
 func (*Login) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{3}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Login) GetPlatform() int32 {
@@ -890,7 +1021,7 @@ type KickDevice struct {
 
 func (x *KickDevice) Reset() {
 	*x = KickDevice{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	mi := &file_mdsync_v1_event_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1033,7 @@ func (x *KickDevice) String() string {
 func (*KickDevice) ProtoMessage() {}
 
 func (x *KickDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	mi := &file_mdsync_v1_event_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1046,7 @@ func (x *KickDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickDevice.ProtoReflect.Descriptor instead.
 func (*KickDevice) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{4}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *KickDevice) GetLoginId() string {
@@ -935,7 +1066,7 @@ type PlatformLimit struct {
 
 func (x *PlatformLimit) Reset() {
 	*x = PlatformLimit{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[5]
+	mi := &file_mdsync_v1_event_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1078,7 @@ func (x *PlatformLimit) String() string {
 func (*PlatformLimit) ProtoMessage() {}
 
 func (x *PlatformLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[5]
+	mi := &file_mdsync_v1_event_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1091,7 @@ func (x *PlatformLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformLimit.ProtoReflect.Descriptor instead.
 func (*PlatformLimit) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{5}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PlatformLimit) GetPlatform() int32 {
@@ -992,14 +1123,19 @@ type PolicySet struct {
 	// partition this copy is addressed to (one copy per partition).
 	Partition int32 `protobuf:"varint,6,opt,name=partition,proto3" json:"partition,omitempty"`
 	// partitions is the number of copies appended.
-	Partitions    int32 `protobuf:"varint,7,opt,name=partitions,proto3" json:"partitions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Partitions int32 `protobuf:"varint,7,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	// Timeline retention per user: entries beyond the newest max_entries, or
+	// older than max_age_ms (by event time), are trimmed. 0 = the default
+	// (10,000 entries, 30 days).
+	TimelineMaxEntries int64 `protobuf:"varint,8,opt,name=timeline_max_entries,json=timelineMaxEntries,proto3" json:"timeline_max_entries,omitempty"`
+	TimelineMaxAgeMs   int64 `protobuf:"varint,9,opt,name=timeline_max_age_ms,json=timelineMaxAgeMs,proto3" json:"timeline_max_age_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *PolicySet) Reset() {
 	*x = PolicySet{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[6]
+	mi := &file_mdsync_v1_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1147,7 @@ func (x *PolicySet) String() string {
 func (*PolicySet) ProtoMessage() {}
 
 func (x *PolicySet) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[6]
+	mi := &file_mdsync_v1_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1160,7 @@ func (x *PolicySet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySet.ProtoReflect.Descriptor instead.
 func (*PolicySet) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{6}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PolicySet) GetVersion() uint64 {
@@ -1076,6 +1212,20 @@ func (x *PolicySet) GetPartitions() int32 {
 	return 0
 }
 
+func (x *PolicySet) GetTimelineMaxEntries() int64 {
+	if x != nil {
+		return x.TimelineMaxEntries
+	}
+	return 0
+}
+
+func (x *PolicySet) GetTimelineMaxAgeMs() int64 {
+	if x != nil {
+		return x.TimelineMaxAgeMs
+	}
+	return 0
+}
+
 type MessageSend struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	ChatType ChatType               `protobuf:"varint,1,opt,name=chat_type,json=chatType,proto3,enum=mdsync.v1.ChatType" json:"chat_type,omitempty"`
@@ -1094,7 +1244,7 @@ type MessageSend struct {
 
 func (x *MessageSend) Reset() {
 	*x = MessageSend{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[7]
+	mi := &file_mdsync_v1_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1256,7 @@ func (x *MessageSend) String() string {
 func (*MessageSend) ProtoMessage() {}
 
 func (x *MessageSend) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[7]
+	mi := &file_mdsync_v1_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1269,7 @@ func (x *MessageSend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageSend.ProtoReflect.Descriptor instead.
 func (*MessageSend) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MessageSend) GetChatType() ChatType {
@@ -1177,7 +1327,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[8]
+	mi := &file_mdsync_v1_event_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1339,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[8]
+	mi := &file_mdsync_v1_event_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1352,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Receipt) GetChatType() ChatType {
@@ -1238,7 +1388,7 @@ type ConversationRef struct {
 
 func (x *ConversationRef) Reset() {
 	*x = ConversationRef{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[9]
+	mi := &file_mdsync_v1_event_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1400,7 @@ func (x *ConversationRef) String() string {
 func (*ConversationRef) ProtoMessage() {}
 
 func (x *ConversationRef) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[9]
+	mi := &file_mdsync_v1_event_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1413,7 @@ func (x *ConversationRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationRef.ProtoReflect.Descriptor instead.
 func (*ConversationRef) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConversationRef) GetChatType() ChatType {
@@ -1297,7 +1447,7 @@ type ContactOp struct {
 
 func (x *ContactOp) Reset() {
 	*x = ContactOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[10]
+	mi := &file_mdsync_v1_event_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1459,7 @@ func (x *ContactOp) String() string {
 func (*ContactOp) ProtoMessage() {}
 
 func (x *ContactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[10]
+	mi := &file_mdsync_v1_event_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1472,7 @@ func (x *ContactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContactOp.ProtoReflect.Descriptor instead.
 func (*ContactOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContactOp) GetUser() string {
@@ -1356,7 +1506,7 @@ type GroupOp struct {
 
 func (x *GroupOp) Reset() {
 	*x = GroupOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[11]
+	mi := &file_mdsync_v1_event_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1518,7 @@ func (x *GroupOp) String() string {
 func (*GroupOp) ProtoMessage() {}
 
 func (x *GroupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[11]
+	mi := &file_mdsync_v1_event_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1531,7 @@ func (x *GroupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOp.ProtoReflect.Descriptor instead.
 func (*GroupOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GroupOp) GetGroupId() string {
@@ -1436,7 +1586,7 @@ type Attribute struct {
 
 func (x *Attribute) Reset() {
 	*x = Attribute{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[12]
+	mi := &file_mdsync_v1_event_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1598,7 @@ func (x *Attribute) String() string {
 func (*Attribute) ProtoMessage() {}
 
 func (x *Attribute) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[12]
+	mi := &file_mdsync_v1_event_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1611,7 @@ func (x *Attribute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attribute.ProtoReflect.Descriptor instead.
 func (*Attribute) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Attribute) GetKey() string {
@@ -1492,7 +1642,7 @@ type ThreadOp struct {
 
 func (x *ThreadOp) Reset() {
 	*x = ThreadOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[13]
+	mi := &file_mdsync_v1_event_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1654,7 @@ func (x *ThreadOp) String() string {
 func (*ThreadOp) ProtoMessage() {}
 
 func (x *ThreadOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[13]
+	mi := &file_mdsync_v1_event_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1667,7 @@ func (x *ThreadOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThreadOp.ProtoReflect.Descriptor instead.
 func (*ThreadOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ThreadOp) GetThreadId() string {
@@ -1564,7 +1714,7 @@ type ChatroomOp struct {
 
 func (x *ChatroomOp) Reset() {
 	*x = ChatroomOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[14]
+	mi := &file_mdsync_v1_event_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1726,7 @@ func (x *ChatroomOp) String() string {
 func (*ChatroomOp) ProtoMessage() {}
 
 func (x *ChatroomOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[14]
+	mi := &file_mdsync_v1_event_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1739,7 @@ func (x *ChatroomOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatroomOp.ProtoReflect.Descriptor instead.
 func (*ChatroomOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{14}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ChatroomOp) GetRoomId() string {
@@ -1607,7 +1757,7 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x05Actor\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x19\n" +
 	"\blogin_id\x18\x02 \x01(\tR\aloginId\x12\x14\n" +
-	"\x05admin\x18\x03 \x01(\bR\x05admin\"\xc3\x06\n" +
+	"\x05admin\x18\x03 \x01(\bR\x05admin\"\xf3\x06\n" +
 	"\x05Event\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x1d\n" +
@@ -1632,8 +1782,18 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x05group\x18\x1b \x01(\v2\x12.mdsync.v1.GroupOpH\x00R\x05group\x12-\n" +
 	"\x06thread\x18\x1c \x01(\v2\x13.mdsync.v1.ThreadOpH\x00R\x06thread\x123\n" +
 	"\bchatroom\x18\x1d \x01(\v2\x15.mdsync.v1.ChatroomOpH\x00R\bchatroom\x12(\n" +
-	"\x05empty\x18\x1e \x01(\v2\x10.mdsync.v1.EmptyH\x00R\x05emptyB\t\n" +
-	"\apayload\"\a\n" +
+	"\x05empty\x18\x1e \x01(\v2\x10.mdsync.v1.EmptyH\x00R\x05empty\x12.\n" +
+	"\adeliver\x18\x1f \x01(\v2\x12.mdsync.v1.DeliverH\x00R\adeliverB\t\n" +
+	"\apayload\"\xa6\x02\n" +
+	"\aDeliver\x12\x1c\n" +
+	"\trecipient\x18\x01 \x01(\tR\trecipient\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12!\n" +
+	"\fmulti_device\x18\x03 \x01(\bR\vmultiDevice\x12(\n" +
+	"\x10exclude_login_id\x18\x04 \x01(\tR\x0eexcludeLoginId\x12\"\n" +
+	"\ronly_login_id\x18\x05 \x01(\tR\vonlyLoginId\x12(\n" +
+	"\x06source\x18\x06 \x01(\v2\x10.mdsync.v1.EventR\x06source\x12)\n" +
+	"\x10source_partition\x18\a \x01(\x05R\x0fsourcePartition\x12#\n" +
+	"\rsource_offset\x18\b \x01(\x03R\fsourceOffset\"\a\n" +
 	"\x05Empty\"\x9c\x01\n" +
 	"\x05Login\x12\x1a\n" +
 	"\bplatform\x18\x01 \x01(\x05R\bplatform\x12\x19\n" +
@@ -1648,7 +1808,7 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\blogin_id\x18\x01 \x01(\tR\aloginId\"A\n" +
 	"\rPlatformLimit\x12\x1a\n" +
 	"\bplatform\x18\x01 \x01(\x05R\bplatform\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\xa2\x02\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\x83\x03\n" +
 	"\tPolicySet\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.mdsync.v1.PlatformModeR\x04mode\x12#\n" +
@@ -1659,7 +1819,9 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\tpartition\x18\x06 \x01(\x05R\tpartition\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\a \x01(\x05R\n" +
-	"partitions\"\xc5\x01\n" +
+	"partitions\x120\n" +
+	"\x14timeline_max_entries\x18\b \x01(\x03R\x12timelineMaxEntries\x12-\n" +
+	"\x13timeline_max_age_ms\x18\t \x01(\x03R\x10timelineMaxAgeMs\"\xc5\x01\n" +
 	"\vMessageSend\x120\n" +
 	"\tchat_type\x18\x01 \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\"\n" +
@@ -1700,7 +1862,7 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"message_id\x18\x05 \x01(\tR\tmessageId\"%\n" +
 	"\n" +
 	"ChatroomOp\x12\x17\n" +
-	"\aroom_id\x18\x01 \x01(\tR\x06roomId*\x86\v\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId*\x99\v\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1757,7 +1919,8 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x18KIND_CONVERSATION_UNMARK\x10|\x12\x1f\n" +
 	"\x1bKIND_REMOTE_MESSAGES_REMOVE\x10}\x12\x17\n" +
 	"\x12KIND_CHATROOM_JOIN\x10\x8c\x01\x12\x18\n" +
-	"\x13KIND_CHATROOM_LEAVE\x10\x8d\x01*`\n" +
+	"\x13KIND_CHATROOM_LEAVE\x10\x8d\x01\x12\x11\n" +
+	"\fKIND_DELIVER\x10\xc8\x01*`\n" +
 	"\fPlatformMode\x12\x1d\n" +
 	"\x19PLATFORM_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PLATFORM_MODE_MULTI\x10\x01\x12\x18\n" +
@@ -1787,7 +1950,7 @@ func file_mdsync_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mdsync_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_mdsync_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_mdsync_v1_event_proto_goTypes = []any{
 	(Kind)(0),               // 0: mdsync.v1.Kind
 	(PlatformMode)(0),       // 1: mdsync.v1.PlatformMode
@@ -1795,46 +1958,49 @@ var file_mdsync_v1_event_proto_goTypes = []any{
 	(ChatType)(0),           // 3: mdsync.v1.ChatType
 	(*Actor)(nil),           // 4: mdsync.v1.Actor
 	(*Event)(nil),           // 5: mdsync.v1.Event
-	(*Empty)(nil),           // 6: mdsync.v1.Empty
-	(*Login)(nil),           // 7: mdsync.v1.Login
-	(*KickDevice)(nil),      // 8: mdsync.v1.KickDevice
-	(*PlatformLimit)(nil),   // 9: mdsync.v1.PlatformLimit
-	(*PolicySet)(nil),       // 10: mdsync.v1.PolicySet
-	(*MessageSend)(nil),     // 11: mdsync.v1.MessageSend
-	(*Receipt)(nil),         // 12: mdsync.v1.Receipt
-	(*ConversationRef)(nil), // 13: mdsync.v1.ConversationRef
-	(*ContactOp)(nil),       // 14: mdsync.v1.ContactOp
-	(*GroupOp)(nil),         // 15: mdsync.v1.GroupOp
-	(*Attribute)(nil),       // 16: mdsync.v1.Attribute
-	(*ThreadOp)(nil),        // 17: mdsync.v1.ThreadOp
-	(*ChatroomOp)(nil),      // 18: mdsync.v1.ChatroomOp
+	(*Deliver)(nil),         // 6: mdsync.v1.Deliver
+	(*Empty)(nil),           // 7: mdsync.v1.Empty
+	(*Login)(nil),           // 8: mdsync.v1.Login
+	(*KickDevice)(nil),      // 9: mdsync.v1.KickDevice
+	(*PlatformLimit)(nil),   // 10: mdsync.v1.PlatformLimit
+	(*PolicySet)(nil),       // 11: mdsync.v1.PolicySet
+	(*MessageSend)(nil),     // 12: mdsync.v1.MessageSend
+	(*Receipt)(nil),         // 13: mdsync.v1.Receipt
+	(*ConversationRef)(nil), // 14: mdsync.v1.ConversationRef
+	(*ContactOp)(nil),       // 15: mdsync.v1.ContactOp
+	(*GroupOp)(nil),         // 16: mdsync.v1.GroupOp
+	(*Attribute)(nil),       // 17: mdsync.v1.Attribute
+	(*ThreadOp)(nil),        // 18: mdsync.v1.ThreadOp
+	(*ChatroomOp)(nil),      // 19: mdsync.v1.ChatroomOp
 }
 var file_mdsync_v1_event_proto_depIdxs = []int32{
 	0,  // 0: mdsync.v1.Event.kind:type_name -> mdsync.v1.Kind
 	4,  // 1: mdsync.v1.Event.actor:type_name -> mdsync.v1.Actor
-	7,  // 2: mdsync.v1.Event.login:type_name -> mdsync.v1.Login
-	8,  // 3: mdsync.v1.Event.kick_device:type_name -> mdsync.v1.KickDevice
-	10, // 4: mdsync.v1.Event.policy_set:type_name -> mdsync.v1.PolicySet
-	11, // 5: mdsync.v1.Event.message:type_name -> mdsync.v1.MessageSend
-	12, // 6: mdsync.v1.Event.receipt:type_name -> mdsync.v1.Receipt
-	13, // 7: mdsync.v1.Event.conversation:type_name -> mdsync.v1.ConversationRef
-	14, // 8: mdsync.v1.Event.contact:type_name -> mdsync.v1.ContactOp
-	15, // 9: mdsync.v1.Event.group:type_name -> mdsync.v1.GroupOp
-	17, // 10: mdsync.v1.Event.thread:type_name -> mdsync.v1.ThreadOp
-	18, // 11: mdsync.v1.Event.chatroom:type_name -> mdsync.v1.ChatroomOp
-	6,  // 12: mdsync.v1.Event.empty:type_name -> mdsync.v1.Empty
-	1,  // 13: mdsync.v1.PolicySet.mode:type_name -> mdsync.v1.PlatformMode
-	9,  // 14: mdsync.v1.PolicySet.limits:type_name -> mdsync.v1.PlatformLimit
-	2,  // 15: mdsync.v1.PolicySet.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
-	3,  // 16: mdsync.v1.MessageSend.chat_type:type_name -> mdsync.v1.ChatType
-	3,  // 17: mdsync.v1.Receipt.chat_type:type_name -> mdsync.v1.ChatType
-	3,  // 18: mdsync.v1.ConversationRef.chat_type:type_name -> mdsync.v1.ChatType
-	16, // 19: mdsync.v1.GroupOp.attributes:type_name -> mdsync.v1.Attribute
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	8,  // 2: mdsync.v1.Event.login:type_name -> mdsync.v1.Login
+	9,  // 3: mdsync.v1.Event.kick_device:type_name -> mdsync.v1.KickDevice
+	11, // 4: mdsync.v1.Event.policy_set:type_name -> mdsync.v1.PolicySet
+	12, // 5: mdsync.v1.Event.message:type_name -> mdsync.v1.MessageSend
+	13, // 6: mdsync.v1.Event.receipt:type_name -> mdsync.v1.Receipt
+	14, // 7: mdsync.v1.Event.conversation:type_name -> mdsync.v1.ConversationRef
+	15, // 8: mdsync.v1.Event.contact:type_name -> mdsync.v1.ContactOp
+	16, // 9: mdsync.v1.Event.group:type_name -> mdsync.v1.GroupOp
+	18, // 10: mdsync.v1.Event.thread:type_name -> mdsync.v1.ThreadOp
+	19, // 11: mdsync.v1.Event.chatroom:type_name -> mdsync.v1.ChatroomOp
+	7,  // 12: mdsync.v1.Event.empty:type_name -> mdsync.v1.Empty
+	6,  // 13: mdsync.v1.Event.deliver:type_name -> mdsync.v1.Deliver
+	5,  // 14: mdsync.v1.Deliver.source:type_name -> mdsync.v1.Event
+	1,  // 15: mdsync.v1.PolicySet.mode:type_name -> mdsync.v1.PlatformMode
+	10, // 16: mdsync.v1.PolicySet.limits:type_name -> mdsync.v1.PlatformLimit
+	2,  // 17: mdsync.v1.PolicySet.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	3,  // 18: mdsync.v1.MessageSend.chat_type:type_name -> mdsync.v1.ChatType
+	3,  // 19: mdsync.v1.Receipt.chat_type:type_name -> mdsync.v1.ChatType
+	3,  // 20: mdsync.v1.ConversationRef.chat_type:type_name -> mdsync.v1.ChatType
+	17, // 21: mdsync.v1.GroupOp.attributes:type_name -> mdsync.v1.Attribute
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_mdsync_v1_event_proto_init() }
@@ -1854,6 +2020,7 @@ func file_mdsync_v1_event_proto_init() {
 		(*Event_Thread)(nil),
 		(*Event_Chatroom)(nil),
 		(*Event_Empty)(nil),
+		(*Event_Deliver)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1861,7 +2028,7 @@ func file_mdsync_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_event_proto_rawDesc), len(file_mdsync_v1_event_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

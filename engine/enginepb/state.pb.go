@@ -268,9 +268,11 @@ type Policy struct {
 	Limits       []*PlatformLimit       `protobuf:"bytes,4,rep,name=limits,proto3" json:"limits,omitempty"`
 	AutoLogin    AutoLoginPolicy        `protobuf:"varint,5,opt,name=auto_login,json=autoLogin,proto3,enum=mdsync.v1.AutoLoginPolicy" json:"auto_login,omitempty"`
 	// set_offset is the offset of the POLICY_SET copy in this partition.
-	SetOffset     int64 `protobuf:"varint,6,opt,name=set_offset,json=setOffset,proto3" json:"set_offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SetOffset          int64 `protobuf:"varint,6,opt,name=set_offset,json=setOffset,proto3" json:"set_offset,omitempty"`
+	TimelineMaxEntries int64 `protobuf:"varint,7,opt,name=timeline_max_entries,json=timelineMaxEntries,proto3" json:"timeline_max_entries,omitempty"`
+	TimelineMaxAgeMs   int64 `protobuf:"varint,8,opt,name=timeline_max_age_ms,json=timelineMaxAgeMs,proto3" json:"timeline_max_age_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Policy) Reset() {
@@ -341,6 +343,20 @@ func (x *Policy) GetAutoLogin() AutoLoginPolicy {
 func (x *Policy) GetSetOffset() int64 {
 	if x != nil {
 		return x.SetOffset
+	}
+	return 0
+}
+
+func (x *Policy) GetTimelineMaxEntries() int64 {
+	if x != nil {
+		return x.TimelineMaxEntries
+	}
+	return 0
+}
+
+func (x *Policy) GetTimelineMaxAgeMs() int64 {
+	if x != nil {
+		return x.TimelineMaxAgeMs
 	}
 	return 0
 }
@@ -501,7 +517,13 @@ type Decision struct {
 	// login_id of the device a LOGIN admitted.
 	LoginId string `protobuf:"bytes,12,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
 	// reconnect is true when a LOGIN re-used an active login ID.
-	Reconnect     bool `protobuf:"varint,13,opt,name=reconnect,proto3" json:"reconnect,omitempty"`
+	Reconnect bool `protobuf:"varint,13,opt,name=reconnect,proto3" json:"reconnect,omitempty"`
+	// fanout lists the copies this operation sends to other partitions'
+	// timelines; a relay appends them as DELIVER events after the decision
+	// is committed, and again after a crash (recipients drop duplicates).
+	Fanout []*Deliver `protobuf:"bytes,14,rep,name=fanout,proto3" json:"fanout,omitempty"`
+	// message_id assigned to an accepted MESSAGE_SEND (the event id).
+	MessageId     string `protobuf:"bytes,15,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -627,6 +649,842 @@ func (x *Decision) GetReconnect() bool {
 	return false
 }
 
+func (x *Decision) GetFanout() []*Deliver {
+	if x != nil {
+		return x.Fanout
+	}
+	return nil
+}
+
+func (x *Decision) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// TimelineEntry is one item of a user's timeline: what the user's devices
+// must see, with a dense sequence number per user.
+type TimelineEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// entry_id is unique per user: the source event id.
+	EntryId        string `protobuf:"bytes,2,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	From           string `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	MultiDevice    bool   `protobuf:"varint,4,opt,name=multi_device,json=multiDevice,proto3" json:"multi_device,omitempty"`
+	ExcludeLoginId string `protobuf:"bytes,5,opt,name=exclude_login_id,json=excludeLoginId,proto3" json:"exclude_login_id,omitempty"`
+	OnlyLoginId    string `protobuf:"bytes,6,opt,name=only_login_id,json=onlyLoginId,proto3" json:"only_login_id,omitempty"`
+	// source is the operation as appended (kind, actor, payload, time).
+	Source          *Event `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	SourcePartition int32  `protobuf:"varint,8,opt,name=source_partition,json=sourcePartition,proto3" json:"source_partition,omitempty"`
+	SourceOffset    int64  `protobuf:"varint,9,opt,name=source_offset,json=sourceOffset,proto3" json:"source_offset,omitempty"`
+	// conversation this entry belongs to, from the user's point of view
+	// ("" for entries outside conversations).
+	ConversationId string   `protobuf:"bytes,10,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	ChatType       ChatType `protobuf:"varint,11,opt,name=chat_type,json=chatType,proto3,enum=mdsync.v1.ChatType" json:"chat_type,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TimelineEntry) Reset() {
+	*x = TimelineEntry{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineEntry) ProtoMessage() {}
+
+func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
+func (*TimelineEntry) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TimelineEntry) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *TimelineEntry) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *TimelineEntry) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *TimelineEntry) GetMultiDevice() bool {
+	if x != nil {
+		return x.MultiDevice
+	}
+	return false
+}
+
+func (x *TimelineEntry) GetExcludeLoginId() string {
+	if x != nil {
+		return x.ExcludeLoginId
+	}
+	return ""
+}
+
+func (x *TimelineEntry) GetOnlyLoginId() string {
+	if x != nil {
+		return x.OnlyLoginId
+	}
+	return ""
+}
+
+func (x *TimelineEntry) GetSource() *Event {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *TimelineEntry) GetSourcePartition() int32 {
+	if x != nil {
+		return x.SourcePartition
+	}
+	return 0
+}
+
+func (x *TimelineEntry) GetSourceOffset() int64 {
+	if x != nil {
+		return x.SourceOffset
+	}
+	return 0
+}
+
+func (x *TimelineEntry) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *TimelineEntry) GetChatType() ChatType {
+	if x != nil {
+		return x.ChatType
+	}
+	return ChatType_CHAT_TYPE_UNSPECIFIED
+}
+
+// TimelineMeta is the bounds of a user's timeline. epoch identifies the
+// history the sequence numbers belong to: the event id of the entry that
+// opened the timeline. A cursor with another epoch must resync.
+type TimelineMeta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Epoch string                 `protobuf:"bytes,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// first_seq is the oldest retained entry; last_seq the newest (0: empty).
+	FirstSeq      uint64 `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq       uint64 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineMeta) Reset() {
+	*x = TimelineMeta{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineMeta) ProtoMessage() {}
+
+func (x *TimelineMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineMeta.ProtoReflect.Descriptor instead.
+func (*TimelineMeta) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TimelineMeta) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+func (x *TimelineMeta) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *TimelineMeta) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+// Contacts is one user's contact state; lists are kept sorted.
+type Contacts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Friends       []string               `protobuf:"bytes,1,rep,name=friends,proto3" json:"friends,omitempty"`
+	RequestsIn    []string               `protobuf:"bytes,2,rep,name=requests_in,json=requestsIn,proto3" json:"requests_in,omitempty"`
+	RequestsOut   []string               `protobuf:"bytes,3,rep,name=requests_out,json=requestsOut,proto3" json:"requests_out,omitempty"`
+	Blocked       []string               `protobuf:"bytes,4,rep,name=blocked,proto3" json:"blocked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Contacts) Reset() {
+	*x = Contacts{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Contacts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Contacts) ProtoMessage() {}
+
+func (x *Contacts) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Contacts.ProtoReflect.Descriptor instead.
+func (*Contacts) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Contacts) GetFriends() []string {
+	if x != nil {
+		return x.Friends
+	}
+	return nil
+}
+
+func (x *Contacts) GetRequestsIn() []string {
+	if x != nil {
+		return x.RequestsIn
+	}
+	return nil
+}
+
+func (x *Contacts) GetRequestsOut() []string {
+	if x != nil {
+		return x.RequestsOut
+	}
+	return nil
+}
+
+func (x *Contacts) GetBlocked() []string {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
+// Conversation is one user's state of one conversation.
+type Conversation struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ChatType       ChatType               `protobuf:"varint,1,opt,name=chat_type,json=chatType,proto3,enum=mdsync.v1.ChatType" json:"chat_type,omitempty"`
+	ConversationId string                 `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	Pinned         bool                   `protobuf:"varint,3,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	PinnedAtMs     int64                  `protobuf:"varint,4,opt,name=pinned_at_ms,json=pinnedAtMs,proto3" json:"pinned_at_ms,omitempty"`
+	// marks is a bit set of mark indexes 0..19.
+	Marks   uint32 `protobuf:"varint,5,opt,name=marks,proto3" json:"marks,omitempty"`
+	Deleted bool   `protobuf:"varint,6,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Unread  uint64 `protobuf:"varint,7,opt,name=unread,proto3" json:"unread,omitempty"`
+	// last_seq: the newest timeline entry of this conversation.
+	LastSeq uint64 `protobuf:"varint,8,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// read_seq: entries up to here are read.
+	ReadSeq uint64 `protobuf:"varint,9,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	// cleared_seq: history at or before this seq was removed (remote removal).
+	ClearedSeq    uint64 `protobuf:"varint,10,opt,name=cleared_seq,json=clearedSeq,proto3" json:"cleared_seq,omitempty"`
+	LastMessageId string `protobuf:"bytes,11,opt,name=last_message_id,json=lastMessageId,proto3" json:"last_message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Conversation) Reset() {
+	*x = Conversation{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Conversation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Conversation) ProtoMessage() {}
+
+func (x *Conversation) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
+func (*Conversation) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Conversation) GetChatType() ChatType {
+	if x != nil {
+		return x.ChatType
+	}
+	return ChatType_CHAT_TYPE_UNSPECIFIED
+}
+
+func (x *Conversation) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *Conversation) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
+func (x *Conversation) GetPinnedAtMs() int64 {
+	if x != nil {
+		return x.PinnedAtMs
+	}
+	return 0
+}
+
+func (x *Conversation) GetMarks() uint32 {
+	if x != nil {
+		return x.Marks
+	}
+	return 0
+}
+
+func (x *Conversation) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *Conversation) GetUnread() uint64 {
+	if x != nil {
+		return x.Unread
+	}
+	return 0
+}
+
+func (x *Conversation) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *Conversation) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *Conversation) GetClearedSeq() uint64 {
+	if x != nil {
+		return x.ClearedSeq
+	}
+	return 0
+}
+
+func (x *Conversation) GetLastMessageId() string {
+	if x != nil {
+		return x.LastMessageId
+	}
+	return ""
+}
+
+type Mute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// until_ms is the event time the mute ends; 0 = until removed.
+	UntilMs       int64 `protobuf:"varint,2,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mute) Reset() {
+	*x = Mute{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mute) ProtoMessage() {}
+
+func (x *Mute) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mute.ProtoReflect.Descriptor instead.
+func (*Mute) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Mute) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Mute) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+type MemberAttributes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Attributes    []*Attribute           `protobuf:"bytes,2,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberAttributes) Reset() {
+	*x = MemberAttributes{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberAttributes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberAttributes) ProtoMessage() {}
+
+func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberAttributes.ProtoReflect.Descriptor instead.
+func (*MemberAttributes) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MemberAttributes) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *MemberAttributes) GetAttributes() []*Attribute {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+type Thread struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ThreadId      string                 `protobuf:"bytes,1,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Members       []string               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	MessageId     string                 `protobuf:"bytes,5,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Thread) Reset() {
+	*x = Thread{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Thread) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Thread) ProtoMessage() {}
+
+func (x *Thread) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Thread.ProtoReflect.Descriptor instead.
+func (*Thread) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Thread) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
+	}
+	return ""
+}
+
+func (x *Thread) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Thread) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Thread) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *Thread) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// Group is one group's state, owned by the group's stream; lists sorted.
+type Group struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	GroupId   string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner     string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Admins    []string               `protobuf:"bytes,4,rep,name=admins,proto3" json:"admins,omitempty"`
+	Members   []string               `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	Mutes     []*Mute                `protobuf:"bytes,6,rep,name=mutes,proto3" json:"mutes,omitempty"`
+	AllowList []string               `protobuf:"bytes,7,rep,name=allow_list,json=allowList,proto3" json:"allow_list,omitempty"`
+	BlockList []string               `protobuf:"bytes,8,rep,name=block_list,json=blockList,proto3" json:"block_list,omitempty"`
+	// blocked_by: members who blocked the group's messages (GROUP_BLOCK).
+	BlockedBy     []string            `protobuf:"bytes,9,rep,name=blocked_by,json=blockedBy,proto3" json:"blocked_by,omitempty"`
+	Applicants    []string            `protobuf:"bytes,10,rep,name=applicants,proto3" json:"applicants,omitempty"`
+	Invitees      []string            `protobuf:"bytes,11,rep,name=invitees,proto3" json:"invitees,omitempty"`
+	Attributes    []*MemberAttributes `protobuf:"bytes,12,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	Threads       []*Thread           `protobuf:"bytes,13,rep,name=threads,proto3" json:"threads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Group) Reset() {
+	*x = Group{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Group) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Group) ProtoMessage() {}
+
+func (x *Group) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Group.ProtoReflect.Descriptor instead.
+func (*Group) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Group) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Group) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Group) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Group) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *Group) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *Group) GetMutes() []*Mute {
+	if x != nil {
+		return x.Mutes
+	}
+	return nil
+}
+
+func (x *Group) GetAllowList() []string {
+	if x != nil {
+		return x.AllowList
+	}
+	return nil
+}
+
+func (x *Group) GetBlockList() []string {
+	if x != nil {
+		return x.BlockList
+	}
+	return nil
+}
+
+func (x *Group) GetBlockedBy() []string {
+	if x != nil {
+		return x.BlockedBy
+	}
+	return nil
+}
+
+func (x *Group) GetApplicants() []string {
+	if x != nil {
+		return x.Applicants
+	}
+	return nil
+}
+
+func (x *Group) GetInvitees() []string {
+	if x != nil {
+		return x.Invitees
+	}
+	return nil
+}
+
+func (x *Group) GetAttributes() []*MemberAttributes {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *Group) GetThreads() []*Thread {
+	if x != nil {
+		return x.Threads
+	}
+	return nil
+}
+
+// Chatroom membership, owned by the room's stream.
+type Chatroom struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Members       []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chatroom) Reset() {
+	*x = Chatroom{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chatroom) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chatroom) ProtoMessage() {}
+
+func (x *Chatroom) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chatroom.ProtoReflect.Descriptor instead.
+func (*Chatroom) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Chatroom) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *Chatroom) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// UserGroups is the groups and threads a user belongs to, kept on the
+// user's partition from DELIVER events, for snapshots.
+type UserGroups struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []string               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	Threads       []string               `protobuf:"bytes,2,rep,name=threads,proto3" json:"threads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserGroups) Reset() {
+	*x = UserGroups{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserGroups) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserGroups) ProtoMessage() {}
+
+func (x *UserGroups) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserGroups.ProtoReflect.Descriptor instead.
+func (*UserGroups) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UserGroups) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *UserGroups) GetThreads() []string {
+	if x != nil {
+		return x.Threads
+	}
+	return nil
+}
+
 // Checkpoint is a projection's position in one partition. It is written in
 // the same Pebble batch as the state the consumed events produced.
 type Checkpoint struct {
@@ -646,7 +1504,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +1516,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +1529,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Checkpoint) GetNextOffset() int64 {
@@ -720,7 +1578,7 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"i\n" +
 	"\fUserSessions\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.mdsync.v1.SessionR\bsessions\x12)\n" +
-	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"\x80\x02\n" +
+	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"\xe1\x02\n" +
 	"\x06Policy\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.mdsync.v1.PlatformModeR\x04mode\x12#\n" +
@@ -729,7 +1587,9 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"auto_login\x18\x05 \x01(\x0e2\x1a.mdsync.v1.AutoLoginPolicyR\tautoLogin\x12\x1d\n" +
 	"\n" +
-	"set_offset\x18\x06 \x01(\x03R\tsetOffset\"\x9d\x03\n" +
+	"set_offset\x18\x06 \x01(\x03R\tsetOffset\x120\n" +
+	"\x14timeline_max_entries\x18\a \x01(\x03R\x12timelineMaxEntries\x12-\n" +
+	"\x13timeline_max_age_ms\x18\b \x01(\x03R\x10timelineMaxAgeMs\"\x9d\x03\n" +
 	"\x05Ended\x12,\n" +
 	"\asession\x18\x01 \x01(\v2\x12.mdsync.v1.SessionR\asession\x12)\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x11.mdsync.v1.ReasonR\x06reason\x12\x12\n" +
@@ -744,7 +1604,7 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	" \x01(\x03R\x06offset\x12 \n" +
 	"\ftime_unix_ms\x18\v \x01(\x03R\n" +
 	"timeUnixMs\x12\x12\n" +
-	"\x04user\x18\f \x01(\tR\x04user\"\xfe\x02\n" +
+	"\x04user\x18\f \x01(\tR\x04user\"\xc9\x03\n" +
 	"\bDecision\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12 \n" +
@@ -760,7 +1620,92 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	" \x01(\x03R\x06offset\x12%\n" +
 	"\x0epolicy_version\x18\v \x01(\x04R\rpolicyVersion\x12\x19\n" +
 	"\blogin_id\x18\f \x01(\tR\aloginId\x12\x1c\n" +
-	"\treconnect\x18\r \x01(\bR\treconnect\"\x81\x01\n" +
+	"\treconnect\x18\r \x01(\bR\treconnect\x12*\n" +
+	"\x06fanout\x18\x0e \x03(\v2\x12.mdsync.v1.DeliverR\x06fanout\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x0f \x01(\tR\tmessageId\"\x96\x03\n" +
+	"\rTimelineEntry\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x19\n" +
+	"\bentry_id\x18\x02 \x01(\tR\aentryId\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x12!\n" +
+	"\fmulti_device\x18\x04 \x01(\bR\vmultiDevice\x12(\n" +
+	"\x10exclude_login_id\x18\x05 \x01(\tR\x0eexcludeLoginId\x12\"\n" +
+	"\ronly_login_id\x18\x06 \x01(\tR\vonlyLoginId\x12(\n" +
+	"\x06source\x18\a \x01(\v2\x10.mdsync.v1.EventR\x06source\x12)\n" +
+	"\x10source_partition\x18\b \x01(\x05R\x0fsourcePartition\x12#\n" +
+	"\rsource_offset\x18\t \x01(\x03R\fsourceOffset\x12'\n" +
+	"\x0fconversation_id\x18\n" +
+	" \x01(\tR\x0econversationId\x120\n" +
+	"\tchat_type\x18\v \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\"\\\n" +
+	"\fTimelineMeta\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x1b\n" +
+	"\tfirst_seq\x18\x02 \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\"\x82\x01\n" +
+	"\bContacts\x12\x18\n" +
+	"\afriends\x18\x01 \x03(\tR\afriends\x12\x1f\n" +
+	"\vrequests_in\x18\x02 \x03(\tR\n" +
+	"requestsIn\x12!\n" +
+	"\frequests_out\x18\x03 \x03(\tR\vrequestsOut\x12\x18\n" +
+	"\ablocked\x18\x04 \x03(\tR\ablocked\"\xea\x02\n" +
+	"\fConversation\x120\n" +
+	"\tchat_type\x18\x01 \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12\x16\n" +
+	"\x06pinned\x18\x03 \x01(\bR\x06pinned\x12 \n" +
+	"\fpinned_at_ms\x18\x04 \x01(\x03R\n" +
+	"pinnedAtMs\x12\x14\n" +
+	"\x05marks\x18\x05 \x01(\rR\x05marks\x12\x18\n" +
+	"\adeleted\x18\x06 \x01(\bR\adeleted\x12\x16\n" +
+	"\x06unread\x18\a \x01(\x04R\x06unread\x12\x19\n" +
+	"\blast_seq\x18\b \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bread_seq\x18\t \x01(\x04R\areadSeq\x12\x1f\n" +
+	"\vcleared_seq\x18\n" +
+	" \x01(\x04R\n" +
+	"clearedSeq\x12&\n" +
+	"\x0flast_message_id\x18\v \x01(\tR\rlastMessageId\"5\n" +
+	"\x04Mute\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x19\n" +
+	"\buntil_ms\x18\x02 \x01(\x03R\auntilMs\"\\\n" +
+	"\x10MemberAttributes\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x124\n" +
+	"\n" +
+	"attributes\x18\x02 \x03(\v2\x14.mdsync.v1.AttributeR\n" +
+	"attributes\"\x88\x01\n" +
+	"\x06Thread\x12\x1b\n" +
+	"\tthread_id\x18\x01 \x01(\tR\bthreadId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x18\n" +
+	"\amembers\x18\x04 \x03(\tR\amembers\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x05 \x01(\tR\tmessageId\"\xa8\x03\n" +
+	"\x05Group\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06admins\x18\x04 \x03(\tR\x06admins\x12\x18\n" +
+	"\amembers\x18\x05 \x03(\tR\amembers\x12%\n" +
+	"\x05mutes\x18\x06 \x03(\v2\x0f.mdsync.v1.MuteR\x05mutes\x12\x1d\n" +
+	"\n" +
+	"allow_list\x18\a \x03(\tR\tallowList\x12\x1d\n" +
+	"\n" +
+	"block_list\x18\b \x03(\tR\tblockList\x12\x1d\n" +
+	"\n" +
+	"blocked_by\x18\t \x03(\tR\tblockedBy\x12\x1e\n" +
+	"\n" +
+	"applicants\x18\n" +
+	" \x03(\tR\n" +
+	"applicants\x12\x1a\n" +
+	"\binvitees\x18\v \x03(\tR\binvitees\x12;\n" +
+	"\n" +
+	"attributes\x18\f \x03(\v2\x1b.mdsync.v1.MemberAttributesR\n" +
+	"attributes\x12+\n" +
+	"\athreads\x18\r \x03(\v2\x11.mdsync.v1.ThreadR\athreads\"=\n" +
+	"\bChatroom\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\">\n" +
+	"\n" +
+	"UserGroups\x12\x16\n" +
+	"\x06groups\x18\x01 \x03(\tR\x06groups\x12\x18\n" +
+	"\athreads\x18\x02 \x03(\tR\athreads\"\x81\x01\n" +
 	"\n" +
 	"Checkpoint\x12\x1f\n" +
 	"\vnext_offset\x18\x01 \x01(\x03R\n" +
@@ -792,36 +1737,58 @@ func file_mdsync_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_mdsync_v1_state_proto_goTypes = []any{
-	(Reason)(0),           // 0: mdsync.v1.Reason
-	(*Session)(nil),       // 1: mdsync.v1.Session
-	(*UserSessions)(nil),  // 2: mdsync.v1.UserSessions
-	(*Policy)(nil),        // 3: mdsync.v1.Policy
-	(*Ended)(nil),         // 4: mdsync.v1.Ended
-	(*Decision)(nil),      // 5: mdsync.v1.Decision
-	(*Checkpoint)(nil),    // 6: mdsync.v1.Checkpoint
-	(PlatformMode)(0),     // 7: mdsync.v1.PlatformMode
-	(*PlatformLimit)(nil), // 8: mdsync.v1.PlatformLimit
-	(AutoLoginPolicy)(0),  // 9: mdsync.v1.AutoLoginPolicy
-	(*Actor)(nil),         // 10: mdsync.v1.Actor
-	(Kind)(0),             // 11: mdsync.v1.Kind
+	(Reason)(0),              // 0: mdsync.v1.Reason
+	(*Session)(nil),          // 1: mdsync.v1.Session
+	(*UserSessions)(nil),     // 2: mdsync.v1.UserSessions
+	(*Policy)(nil),           // 3: mdsync.v1.Policy
+	(*Ended)(nil),            // 4: mdsync.v1.Ended
+	(*Decision)(nil),         // 5: mdsync.v1.Decision
+	(*TimelineEntry)(nil),    // 6: mdsync.v1.TimelineEntry
+	(*TimelineMeta)(nil),     // 7: mdsync.v1.TimelineMeta
+	(*Contacts)(nil),         // 8: mdsync.v1.Contacts
+	(*Conversation)(nil),     // 9: mdsync.v1.Conversation
+	(*Mute)(nil),             // 10: mdsync.v1.Mute
+	(*MemberAttributes)(nil), // 11: mdsync.v1.MemberAttributes
+	(*Thread)(nil),           // 12: mdsync.v1.Thread
+	(*Group)(nil),            // 13: mdsync.v1.Group
+	(*Chatroom)(nil),         // 14: mdsync.v1.Chatroom
+	(*UserGroups)(nil),       // 15: mdsync.v1.UserGroups
+	(*Checkpoint)(nil),       // 16: mdsync.v1.Checkpoint
+	(PlatformMode)(0),        // 17: mdsync.v1.PlatformMode
+	(*PlatformLimit)(nil),    // 18: mdsync.v1.PlatformLimit
+	(AutoLoginPolicy)(0),     // 19: mdsync.v1.AutoLoginPolicy
+	(*Actor)(nil),            // 20: mdsync.v1.Actor
+	(Kind)(0),                // 21: mdsync.v1.Kind
+	(*Deliver)(nil),          // 22: mdsync.v1.Deliver
+	(*Event)(nil),            // 23: mdsync.v1.Event
+	(ChatType)(0),            // 24: mdsync.v1.ChatType
+	(*Attribute)(nil),        // 25: mdsync.v1.Attribute
 }
 var file_mdsync_v1_state_proto_depIdxs = []int32{
 	1,  // 0: mdsync.v1.UserSessions.sessions:type_name -> mdsync.v1.Session
-	7,  // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
-	8,  // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
-	9,  // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	17, // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
+	18, // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
+	19, // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
 	1,  // 4: mdsync.v1.Ended.session:type_name -> mdsync.v1.Session
 	0,  // 5: mdsync.v1.Ended.reason:type_name -> mdsync.v1.Reason
-	10, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
-	11, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
+	20, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
+	21, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
 	4,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 9: mdsync.v1.Decision.fanout:type_name -> mdsync.v1.Deliver
+	23, // 10: mdsync.v1.TimelineEntry.source:type_name -> mdsync.v1.Event
+	24, // 11: mdsync.v1.TimelineEntry.chat_type:type_name -> mdsync.v1.ChatType
+	24, // 12: mdsync.v1.Conversation.chat_type:type_name -> mdsync.v1.ChatType
+	25, // 13: mdsync.v1.MemberAttributes.attributes:type_name -> mdsync.v1.Attribute
+	10, // 14: mdsync.v1.Group.mutes:type_name -> mdsync.v1.Mute
+	11, // 15: mdsync.v1.Group.attributes:type_name -> mdsync.v1.MemberAttributes
+	12, // 16: mdsync.v1.Group.threads:type_name -> mdsync.v1.Thread
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_mdsync_v1_state_proto_init() }
@@ -836,7 +1803,7 @@ func file_mdsync_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_state_proto_rawDesc), len(file_mdsync_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
