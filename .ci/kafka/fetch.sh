@@ -36,7 +36,7 @@ esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat >"$work/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
+<project>
   <modelVersion>4.0.0</modelVersion>
   <groupId>mdsync.ci</groupId>
   <artifactId>kafka-broker</artifactId>
