@@ -51,7 +51,9 @@ POM
 rm -rf "$libs"
 mkdir -p "$libs"
 # Runtime scope: what the broker needs to run, not its test or provided deps.
-(cd "$work" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs")
+# Maven's output goes to stderr: stdout is only the libs dir, for start.sh.
+(cd "$work" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
+	-DincludeScope=runtime -DoutputDirectory="$libs") >&2
 ls "$libs"/kafka_2.13-"$version".jar >/dev/null
 touch "$libs/.complete"
 echo "$libs"
