@@ -17,6 +17,7 @@ const (
 	streamUser   = "u"
 	streamGroup  = "g"
 	streamPolicy = "p"
+	streamRoom   = "r"
 )
 
 // UserStream is the stream of one user: its sessions, its messages and its
@@ -26,6 +27,9 @@ func UserStream(app, user string) string { return streamUser + "\x00" + app + "\
 // GroupStream is the stream of a group and its threads: operations decided
 // by the group's rules are ordered there, so one partition owns the group.
 func GroupStream(app, group string) string { return streamGroup + "\x00" + app + "\x00" + group }
+
+// RoomStream is the stream of a chatroom: its membership and messages.
+func RoomStream(app, room string) string { return streamRoom + "\x00" + app + "\x00" + room }
 
 // PolicyStream is the stream of the copy of an app's policy addressed to one
 // partition; POLICY_SET is appended once to every partition.
@@ -41,6 +45,8 @@ func StreamKeyFor(ev *pb.Event) string {
 		return GroupStream(ev.App, ev.GetGroup().GetGroupId())
 	case ki != nil && ki.Category == CatThread:
 		return GroupStream(ev.App, ev.GetThread().GetGroupId())
+	case ki != nil && ki.Category == CatChatroom:
+		return RoomStream(ev.App, ev.GetChatroom().GetRoomId())
 	case ev.Kind == pb.Kind_KIND_MESSAGE_SEND:
 		m := ev.GetMessage()
 		switch m.GetChatType() {
@@ -48,6 +54,8 @@ func StreamKeyFor(ev *pb.Event) string {
 			return GroupStream(ev.App, m.To)
 		case pb.ChatType_CHAT_TYPE_THREAD:
 			return GroupStream(ev.App, m.GroupId)
+		case pb.ChatType_CHAT_TYPE_CHATROOM:
+			return RoomStream(ev.App, m.To)
 		}
 	}
 	return UserStream(ev.App, ev.GetActor().GetUser())

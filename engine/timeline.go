@@ -1,0 +1,221 @@
+package engine
+
+import (
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Timeline retention defaults, used when the policy leaves them at 0.
+const (
+	DefaultTimelineMaxEntries = 10_000
+	DefaultTimelineMaxAgeMs   = int64(30 * 24 * 3600 * 1000)
+)
+
+// Retention returns the policy's timeline limits with defaults applied.
+func Retention(pol *pb.Policy) (maxEntries, maxAgeMs int64) {
+	maxEntries, maxAgeMs = pol.GetTimelineMaxEntries(), pol.GetTimelineMaxAgeMs()
+	if maxEntries <= 0 {
+		maxEntries = DefaultTimelineMaxEntries
+	}
+	if maxAgeMs <= 0 {
+		maxAgeMs = DefaultTimelineMaxAgeMs
+	}
+	return maxEntries, maxAgeMs
+}
+
+// UserState is the part of one user's state a delivery reads and writes.
+// Conv is the conversation the delivery belongs to (ConversationOf), or
+// nil when it belongs to none; the caller loads and stores it.
+type UserState struct {
+	Contacts *pb.Contacts
+	Groups   *pb.UserGroups
+	Meta     *pb.TimelineMeta
+	Conv     *pb.Conversation
+}
+
+// ConversationOf returns the conversation a delivery belongs to, seen from
+// its recipient, or ok=false.
+func ConversationOf(d *pb.Deliver) (pb.ChatType, string, bool) {
+	src := d.Source
+	own := d.Recipient == src.GetActor().GetUser()
+	switch {
+	case src.GetMessage() != nil:
+		m := src.GetMessage()
+		switch m.ChatType {
+		case pb.ChatType_CHAT_TYPE_USER:
+			if own {
+				return m.ChatType, m.To, true
+			}
+			return m.ChatType, src.Actor.User, true
+		case pb.ChatType_CHAT_TYPE_SELF_DEVICE:
+			return pb.ChatType_CHAT_TYPE_USER, d.Recipient, true
+		default:
+			return m.ChatType, m.To, true
+		}
+	case src.GetReceipt() != nil:
+		r := src.GetReceipt()
+		if own || r.ChatType != pb.ChatType_CHAT_TYPE_USER {
+			return r.ChatType, r.ConversationId, true
+		}
+		return r.ChatType, src.Actor.User, true
+	case src.GetConversation() != nil:
+		c := src.GetConversation()
+		if own || c.ChatType != pb.ChatType_CHAT_TYPE_USER {
+			return c.ChatType, c.ConversationId, true
+		}
+		return c.ChatType, src.Actor.User, true
+	}
+	return 0, "", false
+}
+
+// affected reports whether a group/thread delivery changes the recipient's
+// own membership, and in which direction.
+func affected(d *pb.Deliver) (join, leave bool) {
+	src := d.Source
+	own := d.Recipient == src.Actor.User
+	named := false
+	for _, u := range append(src.GetGroup().GetUsers(), src.GetThread().GetUsers()...) {
+		named = named || u == d.Recipient
+	}
+	switch src.Kind {
+	case pb.Kind_KIND_GROUP_CREATE:
+		return true, false
+	case pb.Kind_KIND_GROUP_DESTROY, pb.Kind_KIND_THREAD_DESTROY:
+		return false, true
+	case pb.Kind_KIND_GROUP_JOIN, pb.Kind_KIND_GROUP_INVITE_ACCEPT, pb.Kind_KIND_THREAD_CREATE, pb.Kind_KIND_THREAD_JOIN:
+		return own, false
+	case pb.Kind_KIND_GROUP_LEAVE, pb.Kind_KIND_THREAD_LEAVE:
+		return false, own
+	case pb.Kind_KIND_GROUP_APPLY_ACCEPT:
+		return named, false
+	case pb.Kind_KIND_GROUP_KICK, pb.Kind_KIND_GROUP_BAN, pb.Kind_KIND_THREAD_KICK:
+		return false, named
+	}
+	return false, false
+}
+
+// ApplyDelivery applies one delivery to its recipient: the recipient's side
+// of contact operations, its group and thread memberships, the state of the
+// conversation it belongs to, and the new timeline entry. It returns a nil
+// entry when the recipient drops the delivery (a message or request from a
+// user on its block list). It never mutates st.
+func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.TimelineEntry) {
+	src := d.Source
+	actor := src.Actor.User
+	own := d.Recipient == actor
+	next := UserState{
+		Contacts: proto.Clone(st.Contacts).(*pb.Contacts),
+		Groups:   proto.Clone(st.Groups).(*pb.UserGroups),
+		Meta:     proto.Clone(st.Meta).(*pb.TimelineMeta),
+	}
+	if st.Conv != nil {
+		next.Conv = proto.Clone(st.Conv).(*pb.Conversation)
+	}
+	if !own && has(st.Contacts.Blocked, actor) {
+		switch src.Kind {
+		case pb.Kind_KIND_MESSAGE_SEND, pb.Kind_KIND_CONTACT_REQUEST:
+			if src.GetMessage().GetChatType() == pb.ChatType_CHAT_TYPE_USER || src.Kind == pb.Kind_KIND_CONTACT_REQUEST {
+				return st, nil
+			}
+		}
+	}
+	if !own {
+		c := next.Contacts
+		switch src.Kind {
+		case pb.Kind_KIND_CONTACT_REQUEST:
+			c.RequestsIn = add(c.RequestsIn, actor)
+		case pb.Kind_KIND_CONTACT_ACCEPT:
+			c.Friends = add(c.Friends, actor)
+			c.RequestsOut = del(c.RequestsOut, actor)
+		case pb.Kind_KIND_CONTACT_DECLINE:
+			c.RequestsOut = del(c.RequestsOut, actor)
+		case pb.Kind_KIND_CONTACT_REMOVE:
+			c.Friends = del(c.Friends, actor)
+		}
+	}
+	if g := src.GetGroup(); g != nil || src.GetThread() != nil {
+		join, leave := affected(d)
+		if t := src.GetThread(); t != nil {
+			if join {
+				next.Groups.Threads = add(next.Groups.Threads, t.GroupId+"/"+t.ThreadId)
+			} else if leave {
+				next.Groups.Threads = del(next.Groups.Threads, t.GroupId+"/"+t.ThreadId)
+			}
+		} else if join {
+			next.Groups.Groups = add(next.Groups.Groups, g.GroupId)
+		} else if leave {
+			next.Groups.Groups = del(next.Groups.Groups, g.GroupId)
+			next.Groups.Threads = dropPrefix(next.Groups.Threads, g.GroupId+"/")
+		}
+	}
+
+	m := next.Meta
+	e := &pb.TimelineEntry{
+		Seq: m.LastSeq + 1, EntryId: src.EventId, From: d.From, MultiDevice: d.MultiDevice,
+		ExcludeLoginId: d.ExcludeLoginId, OnlyLoginId: d.OnlyLoginId, Source: src,
+		SourcePartition: d.SourcePartition, SourceOffset: d.SourceOffset,
+	}
+	if m.Epoch == "" {
+		m.Epoch, m.FirstSeq = src.EventId, 1
+	}
+	m.LastSeq = e.Seq
+	if max, _ := Retention(pol); int64(m.LastSeq-m.FirstSeq+1) > max {
+		m.FirstSeq = m.LastSeq - uint64(max) + 1
+	}
+	if ct, id, ok := ConversationOf(d); ok {
+		e.ChatType, e.ConversationId = ct, id
+		if next.Conv == nil {
+			next.Conv = &pb.Conversation{ChatType: ct, ConversationId: id}
+		}
+		applyConversation(next.Conv, src, e, own)
+	}
+	return next, e
+}
+
+func applyConversation(c *pb.Conversation, src *pb.Event, e *pb.TimelineEntry, own bool) {
+	switch src.Kind {
+	case pb.Kind_KIND_MESSAGE_SEND:
+		c.LastSeq, c.LastMessageId, c.Deleted = e.Seq, src.EventId, false
+		if !own {
+			c.Unread++
+		} else {
+			c.ReadSeq = e.Seq // what the user sent, it has read
+		}
+	case pb.Kind_KIND_CONVERSATION_READ:
+		if own {
+			c.Unread, c.ReadSeq = 0, c.LastSeq
+		}
+	case pb.Kind_KIND_CONVERSATION_PIN:
+		c.Pinned, c.PinnedAtMs = true, src.TimeUnixMs
+	case pb.Kind_KIND_CONVERSATION_UNPIN:
+		c.Pinned, c.PinnedAtMs = false, 0
+	case pb.Kind_KIND_CONVERSATION_DELETE:
+		c.Deleted, c.Unread, c.ReadSeq = true, 0, c.LastSeq
+	case pb.Kind_KIND_CONVERSATION_MARK:
+		c.Marks |= 1 << uint(src.GetConversation().Mark)
+	case pb.Kind_KIND_CONVERSATION_UNMARK:
+		c.Marks &^= 1 << uint(src.GetConversation().Mark)
+	case pb.Kind_KIND_REMOTE_MESSAGES_REMOVE:
+		c.ClearedSeq, c.Unread, c.ReadSeq = e.Seq, 0, c.LastSeq
+	}
+}
+
+func dropPrefix(set []string, prefix string) []string {
+	out := set[:0:0]
+	for _, s := range set {
+		if len(s) < len(prefix) || s[:len(prefix)] != prefix {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Visible reports whether a timeline entry is shown on device loginID: not
+// on the device that performed it, and a message to one own device only
+// there.
+func Visible(e *pb.TimelineEntry, loginID string) bool {
+	if e.OnlyLoginId != "" {
+		return e.OnlyLoginId == loginID
+	}
+	return e.ExcludeLoginId == "" || e.ExcludeLoginId != loginID
+}
