@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the Kafka log suites against a real Apache Kafka broker (KRaft,
+# single node, 127.0.0.1:19092): fetch the jars with Maven, start the broker
+# with Java 17, run the tests, always stop the broker.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+.ci/kafka/fetch.sh || exit 1
+start=$(date +%s)
+brokers=$(.ci/kafka/start.sh) || { .ci/kafka/stop.sh; exit 1; }
+trap '.ci/kafka/stop.sh' EXIT
+echo "kafka broker at $brokers, started in $(( $(date +%s) - start ))s"
+log=$(mktemp)
+MDSYNC_KAFKA_BROKERS=$brokers go test -count=1 ./adapters/kafkalog/ 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+passed=$(grep -c '^ok ' "$log" || true)
+failed=$(grep -c -E '^FAIL[[:space:]]+[^[:space:]]' "$log" || true)
+echo
+echo "kafka (real broker) packages: $passed passed, $failed failed"
+exit "$status"
