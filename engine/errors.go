@@ -35,6 +35,7 @@ const (
 	CodeMuted           Code = 1012
 	CodeUnauthenticated Code = 1013
 	CodeRateLimited     Code = 1014
+	CodeResync          Code = 1015 // a device's position cannot be continued: take a snapshot
 )
 
 // Error is an error with a wire code. Callers match it with errors.As, or

@@ -139,11 +139,15 @@ func (s *Store) applyOne(t *txn, en engine.Entry) (*pb.Decision, bool, error) {
 		d, err = s.applyPolicy(t, pol, ev, pos)
 	case isSessionKind(ev.Kind):
 		d, err = s.applySession(t, pol, ev, pos)
-	default:
-		// Operations decided by the sync projections (messages, contacts,
-		// groups...) are accepted here; their rules are applied by those
-		// projections when they consume the same log.
+	case ev.Kind == pb.Kind_KIND_DELIVER:
+		dl := ev.GetDeliver()
+		if dl.GetSource() == nil || dl.Recipient == "" {
+			return nil, false, nil // malformed derived record: skipped, counted
+		}
 		d = engine.NewDecision(ev, pos, pol)
+		err = s.applyDelivery(t, en.Partition, dl)
+	default:
+		d, err = s.applySync(t, pol, ev, pos)
 	}
 	if err != nil {
 		return nil, false, err

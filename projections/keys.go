@@ -68,3 +68,70 @@ func prefixEnd(prefix []byte) []byte {
 	}
 	return nil
 }
+
+// Sync tables.
+//
+//	t 0 <app> 0 <user> 0 <seq:8>                     timeline entry
+//	T 0 <app> 0 <user>                               timeline bounds and epoch
+//	h 0 <app> 0 <user> 0 <ct:1><conv> 0 <seq:8>      history index (messages per conversation)
+//	C 0 <app> 0 <user>                               contacts
+//	v 0 <app> 0 <user> 0 <ct:1><conv>                conversation state
+//	U 0 <app> 0 <user>                               the user's groups and threads
+//	G 0 <app> 0 <group>                              group (with its threads)
+//	R 0 <app> 0 <room>                               chatroom membership
+//
+// Operational tables, outside the digest (not a function of the log):
+//
+//	z 0 relay 0 <p:4>                                relay position of partition p
+//	z 0 cursor 0 <app> 0 <user> 0 <login>            a device's acknowledged position
+const (
+	tagTimeline    = 't'
+	tagMeta        = 'T'
+	tagHistory     = 'h'
+	tagContacts    = 'C'
+	tagConv        = 'v'
+	tagUserGroups  = 'U'
+	tagGroup       = 'G'
+	tagRoom        = 'R'
+	tagOperational = 'z'
+)
+
+func timelinePrefix(app, user string) []byte { return append(key(tagTimeline, app, user), 0) }
+
+func timelineKey(app, user string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(timelinePrefix(app, user), seq)
+}
+
+func metaKey(app, user string) []byte { return key(tagMeta, app, user) }
+
+func convSuffix(ct int32, conv string) string { return string([]byte{byte(ct)}) + conv }
+
+func historyPrefix(app, user string, ct int32, conv string) []byte {
+	return append(key(tagHistory, app, user, convSuffix(ct, conv)), 0)
+}
+
+func historyKey(app, user string, ct int32, conv string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(historyPrefix(app, user, ct, conv), seq)
+}
+
+func contactsKey(app, user string) []byte { return key(tagContacts, app, user) }
+
+func convKey(app, user string, ct int32, conv string) []byte {
+	return key(tagConv, app, user, convSuffix(ct, conv))
+}
+
+func convPrefix(app, user string) []byte { return append(key(tagConv, app, user), 0) }
+
+func userGroupsKey(app, user string) []byte { return key(tagUserGroups, app, user) }
+
+func groupKey(app, group string) []byte { return key(tagGroup, app, group) }
+
+func roomKey(app, room string) []byte { return key(tagRoom, app, room) }
+
+func relayKey(p int32) []byte {
+	return binary.BigEndian.AppendUint32(key(tagOperational, "relay", ""), uint32(p))
+}
+
+func cursorKey(app, user, login string) []byte {
+	return key(tagOperational, "cursor", app, user, login)
+}

@@ -133,9 +133,11 @@ func (s *Store) DeviceTable() ([]UserDevices, error) {
 	return out, it.Error()
 }
 
-// Digest is a SHA-256 over every key and value of the store, in key order,
-// each length-prefixed. Two stores built from the same log to the same
-// offsets have equal digests (invariant 2).
+// Digest is a SHA-256 over every key and value of the projection state, in
+// key order, each length-prefixed; operational tables (relay positions,
+// device cursors) are not state derived from the log and are left out. Two
+// stores built from the same log to the same offsets have equal digests
+// (invariant 2).
 func (s *Store) Digest() (string, error) {
 	if s.isClosed() {
 		return "", ErrClosed
@@ -148,6 +150,9 @@ func (s *Store) Digest() (string, error) {
 	h := sha256.New()
 	var n [binary.MaxVarintLen64]byte
 	for it.First(); it.Valid(); it.Next() {
+		if it.Key()[0] == tagOperational {
+			continue
+		}
 		h.Write(n[:binary.PutUvarint(n[:], uint64(len(it.Key())))])
 		h.Write(it.Key())
 		v := it.Value()

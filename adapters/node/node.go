@@ -15,6 +15,7 @@ import (
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
+	"golang.org/x/sync/errgroup"
 )
 
 // Options configure a Node on the embedded log.
@@ -84,12 +85,16 @@ func start(ctx context.Context, lg engine.Log, st *projections.Store, now func()
 	n := &Node{Log: lg, Store: st, Engine: engine.New(lg, st, engine.Options{Now: now}), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(n.done)
-		n.runErr = st.Run(runCtx, lg)
+		// If either stops with an error, the other stops too.
+		g, gctx := errgroup.WithContext(runCtx)
+		g.Go(func() error { return st.Run(gctx, lg) })
+		g.Go(func() error { return st.RunRelay(gctx, lg) })
+		n.runErr = g.Wait()
 	}()
 	return n, nil
 }
 
-// Err returns the projector's error once it stopped, nil while running.
+// Err returns the projector's or the relay's error once it stopped, nil while running.
 func (n *Node) Err() error {
 	select {
 	case <-n.done:

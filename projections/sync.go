@@ -1,0 +1,345 @@
+package projections
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxAgeTrimPerApply bounds the entries one delivery trims by age, so an
+// apply's cost stays bounded; the rest go with later deliveries.
+const maxAgeTrimPerApply = 64
+
+// applySync decides an operation of the sync half and applies its copies.
+func (s *Store) applySync(t *txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
+	var (
+		d   *pb.Decision
+		dls []*pb.Deliver
+	)
+	ki, _ := engine.LookupKind(ev.Kind)
+	m := ev.GetMessage()
+	switch {
+	case ki.Category == engine.CatContact:
+		k := contactsKey(ev.App, ev.Actor.User)
+		c := &pb.Contacts{}
+		if _, err := t.get(k, c); err != nil {
+			return nil, err
+		}
+		var next *pb.Contacts
+		next, d, dls = engine.ApplyContact(c, pol, ev, pos)
+		if next != c {
+			if err := t.put(k, next); err != nil {
+				return nil, err
+			}
+		}
+	case ki.Category == engine.CatGroup || ki.Category == engine.CatThread ||
+		m.GetChatType() == pb.ChatType_CHAT_TYPE_GROUP || m.GetChatType() == pb.ChatType_CHAT_TYPE_THREAD:
+		gid := ev.GetGroup().GetGroupId()
+		switch {
+		case ev.GetThread() != nil:
+			gid = ev.GetThread().GroupId
+		case m.GetChatType() == pb.ChatType_CHAT_TYPE_GROUP:
+			gid = m.To
+		case m.GetChatType() == pb.ChatType_CHAT_TYPE_THREAD:
+			gid = m.GroupId
+		}
+		k := groupKey(ev.App, gid)
+		g := &pb.Group{}
+		ok, err := t.get(k, g)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			g = nil
+		}
+		var next *pb.Group
+		next, d, dls = engine.ApplyGroup(g, pol, ev, pos)
+		switch {
+		case next == nil && g != nil:
+			err = t.del(k)
+		case next != g:
+			err = t.put(k, next)
+		}
+		if err != nil {
+			return nil, err
+		}
+	case ki.Category == engine.CatChatroom || m.GetChatType() == pb.ChatType_CHAT_TYPE_CHATROOM:
+		rid := ev.GetChatroom().GetRoomId()
+		if m != nil {
+			rid = m.To
+		}
+		k := roomKey(ev.App, rid)
+		r := &pb.Chatroom{}
+		if _, err := t.get(k, r); err != nil {
+			return nil, err
+		}
+		var next *pb.Chatroom
+		next, d, dls = engine.ApplyChatroom(r, pol, ev, pos)
+		if next != r {
+			var err error
+			if len(next.Members) == 0 {
+				err = t.del(k)
+			} else {
+				err = t.put(k, next)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	case m != nil:
+		st := &pb.UserSessions{}
+		if _, err := t.get(sessionsKey(ev.App, ev.Actor.User), st); err != nil {
+			return nil, err
+		}
+		d, dls = engine.ApplyUserMessage(st, pol, ev, pos)
+	default:
+		d, dls = engine.ApplyOwnOperation(pol, ev, pos)
+	}
+	if d.Code != 0 {
+		return d, nil
+	}
+	return d, s.route(t, pos.Partition, ev.App, d, dls)
+}
+
+// route applies each copy whose recipient lives on this partition inline,
+// in this batch, and records the others in the decision for the relay
+// (without the source event: the relay reads it from the log).
+func (s *Store) route(t *txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
+	for _, dl := range dls {
+		if engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions) == p {
+			if err := s.applyDelivery(t, p, dl); err != nil {
+				return err
+			}
+			continue
+		}
+		out := proto.Clone(dl).(*pb.Deliver)
+		out.Source = nil
+		d.Fanout = append(d.Fanout, out)
+	}
+	return nil
+}
+
+// applyDelivery applies one copy to its recipient's state and timeline.
+func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
+	app, user := dl.Source.App, dl.Recipient
+	pol, err := s.policy(t, app, p)
+	if err != nil {
+		return err
+	}
+	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: &pb.TimelineMeta{}}
+	for _, x := range []struct {
+		k []byte
+		m proto.Message
+	}{{contactsKey(app, user), st.Contacts}, {userGroupsKey(app, user), st.Groups}, {metaKey(app, user), st.Meta}} {
+		if _, err := t.get(x.k, x.m); err != nil {
+			return err
+		}
+	}
+	var ck []byte
+	if ct, id, ok := engine.ConversationOf(dl); ok {
+		ck = convKey(app, user, int32(ct), id)
+		c := &pb.Conversation{}
+		if found, err := t.get(ck, c); err != nil {
+			return err
+		} else if found {
+			st.Conv = c
+		}
+	}
+	next, e := engine.ApplyDelivery(st, pol, dl)
+	if e == nil {
+		return nil
+	}
+	puts := []struct {
+		k []byte
+		m proto.Message
+	}{{contactsKey(app, user), next.Contacts}, {userGroupsKey(app, user), next.Groups}, {metaKey(app, user), next.Meta}}
+	if ck != nil {
+		puts = append(puts, struct {
+			k []byte
+			m proto.Message
+		}{ck, next.Conv})
+	}
+	for _, x := range puts {
+		if err := t.put(x.k, x.m); err != nil {
+			return err
+		}
+	}
+	if err := t.put(timelineKey(app, user, e.Seq), e); err != nil {
+		return err
+	}
+	if dl.Source.Kind == pb.Kind_KIND_MESSAGE_SEND {
+		if err := t.b.Set(historyKey(app, user, int32(e.ChatType), e.ConversationId, e.Seq), nil, nil); err != nil {
+			return err
+		}
+	}
+	return s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs)
+}
+
+// trim deletes entries the retention policy dropped: those below the new
+// first_seq (count limit) and, bounded per call, those older than the age
+// limit by event time. Every input is from the log, so rebuilds trim alike.
+func (s *Store) trim(t *txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64) error {
+	_, maxAge := engine.Retention(pol)
+	first := oldFirst
+	if first == 0 {
+		first = 1
+	}
+	for n := 0; first < m.LastSeq; n++ {
+		e := &pb.TimelineEntry{}
+		ok, err := t.get(timelineKey(app, user, first), e)
+		if err != nil {
+			return err
+		}
+		countTrim := first < m.FirstSeq
+		ageTrim := ok && e.Source.GetTimeUnixMs() < now-maxAge && n < maxAgeTrimPerApply
+		if !countTrim && !ageTrim {
+			break
+		}
+		if ok {
+			if err := t.del(timelineKey(app, user, first)); err != nil {
+				return err
+			}
+			if e.Source.GetKind() == pb.Kind_KIND_MESSAGE_SEND {
+				if err := t.b.Delete(historyKey(app, user, int32(e.ChatType), e.ConversationId, first), nil); err != nil {
+					return err
+				}
+			}
+		}
+		first++
+	}
+	if first > m.FirstSeq {
+		m.FirstSeq = first
+		return t.put(metaKey(app, user), m)
+	}
+	return nil
+}
+
+// ErrResync is returned by Timeline when the device's position cannot be
+// continued: its epoch is not the timeline's, or the entries after it were
+// trimmed by retention. The device must take a snapshot and start over.
+var ErrResync = fmt.Errorf("projections: position cannot be continued: resync (%w)", engine.Errorf(engine.CodeResync, "resync"))
+
+// Timeline returns up to limit entries visible to device loginID after
+// position (epoch, after), in order, and the position to continue from: the
+// sequence of the last entry examined, so a page of entries all hidden from
+// this device still advances. Cost is proportional to the entries read.
+func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error) {
+	if s.isClosed() {
+		return nil, 0, nil, ErrClosed
+	}
+	meta := &pb.TimelineMeta{}
+	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
+		return nil, 0, nil, err
+	}
+	if after > 0 || epoch != "" {
+		if epoch != meta.Epoch || after > meta.LastSeq || after+1 < meta.FirstSeq {
+			return nil, 0, meta, ErrResync
+		}
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
+	})
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	defer it.Close()
+	var out []*pb.TimelineEntry
+	next := after
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		e := &pb.TimelineEntry{}
+		if err := unmarshal(it.Value(), e); err != nil {
+			return nil, 0, nil, err
+		}
+		next = e.Seq
+		if engine.Visible(e, loginID) {
+			out = append(out, e)
+		}
+	}
+	return out, next, meta, it.Error()
+}
+
+// Snapshot is what a new device receives before it follows the timeline.
+type Snapshot struct {
+	Meta          *pb.TimelineMeta
+	Contacts      *pb.Contacts
+	Groups        *pb.UserGroups
+	Conversations []*pb.Conversation
+}
+
+// Snapshot returns a user's contacts, groups, threads and conversations,
+// and the timeline position they are current at.
+func (s *Store) Snapshot(app, user string) (*Snapshot, error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	// One Pebble snapshot, so the parts agree with the position.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	out := &Snapshot{Meta: &pb.TimelineMeta{}, Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}}
+	for _, x := range []struct {
+		k []byte
+		m proto.Message
+	}{{metaKey(app, user), out.Meta}, {contactsKey(app, user), out.Contacts}, {userGroupsKey(app, user), out.Groups}} {
+		if _, err := getProto(snap, x.k, x.m); err != nil {
+			return nil, err
+		}
+	}
+	prefix := convPrefix(app, user)
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		c := &pb.Conversation{}
+		if err := unmarshal(it.Value(), c); err != nil {
+			return nil, err
+		}
+		out.Conversations = append(out.Conversations, c)
+	}
+	return out, it.Error()
+}
+
+// History pages a conversation's messages for a user, newest first, with
+// sequences below before (0: from the newest). Removed history (remote
+// message removal) is not returned.
+func (s *Store) History(app, user string, ct pb.ChatType, conv string, before uint64, limit int) ([]*pb.TimelineEntry, error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	c := &pb.Conversation{}
+	if _, err := s.getProto(convKey(app, user, int32(ct), conv), c); err != nil {
+		return nil, err
+	}
+	prefix := historyPrefix(app, user, int32(ct), conv)
+	upper := prefixEnd(prefix)
+	if before > 0 {
+		upper = historyKey(app, user, int32(ct), conv, before)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: historyKey(app, user, int32(ct), conv, c.ClearedSeq+1), UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	if limit <= 0 {
+		limit = 50
+	}
+	var out []*pb.TimelineEntry
+	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
+		seq := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
+		e := &pb.TimelineEntry{}
+		if ok, err := s.getProto(timelineKey(app, user, seq), e); err != nil {
+			return nil, err
+		} else if ok {
+			out = append(out, e)
+		}
+	}
+	return out, it.Error()
+}
