@@ -153,7 +153,8 @@ func BenchmarkProjectionApply(b *testing.B) {
 		mfs := newCountingFS()
 		st, err := projections.Open(projections.Options{
 			Dir: filepath.Join(dir, "proj"), FS: mfs, Partitions: 1,
-			OnApplied: func(_ int32, ds []*pb.Decision) {
+			OnApplied: func(_ int32, a projections.Applied) {
+				ds := a.Decisions
 				for _, d := range ds {
 					ended += int64(len(d.Ended))
 				}

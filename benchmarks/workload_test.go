@@ -18,7 +18,8 @@ func TestSessionWorkloadIsDecided(t *testing.T) {
 	evs := sessionEvents(t, 20*users, users)
 	var decided, kicked, evicted int
 	st, err := projections.Open(projections.Options{FS: vfs.NewMem(), Partitions: 1,
-		OnApplied: func(_ int32, ds []*pb.Decision) {
+		OnApplied: func(_ int32, a projections.Applied) {
+			ds := a.Decisions
 			for _, d := range ds {
 				decided++
 				if d.Code != 0 {

@@ -23,6 +23,7 @@ type txn struct {
 	db      *pebble.DB
 	b       *pebble.Batch
 	overlay map[string][]byte
+	entries []AppliedEntry // timeline entries appended in this batch
 }
 
 func (t *txn) get(k []byte, m proto.Message) (bool, error) {
@@ -103,8 +104,8 @@ func (s *Store) Apply(p int32, entries []engine.Entry) error {
 	close(ps.changed)
 	ps.changed = make(chan struct{})
 	ps.mu.Unlock()
-	if s.opts.OnApplied != nil && len(decisions) > 0 {
-		s.opts.OnApplied(p, decisions)
+	if s.opts.OnApplied != nil && (len(decisions) > 0 || len(t.entries) > 0) {
+		s.opts.OnApplied(p, Applied{Decisions: decisions, Entries: t.entries})
 	}
 	return nil
 }

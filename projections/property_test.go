@@ -435,7 +435,11 @@ func TestPropertyRandomHistories(t *testing.T) {
 
 func openMem(t *testing.T, parts int32, on func(int32, []*pb.Decision)) *Store {
 	t.Helper()
-	s, err := Open(Options{Dir: "", FS: vfs.NewMem(), Partitions: parts, OnApplied: on})
+	opts := Options{Dir: "", FS: vfs.NewMem(), Partitions: parts}
+	if on != nil {
+		opts.OnApplied = func(p int32, a Applied) { on(p, a.Decisions) }
+	}
+	s, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,11 +40,12 @@ type Options struct {
 	// (exactly once in the resulting state). Set it when the projection
 	// must not regress across a crash (e.g. it feeds outside systems).
 	Sync bool
-	// OnApplied, when set, is called after each committed batch with the
-	// decisions it produced, in log order. It must not block for long: it
-	// runs on the partition's projector goroutine. After a crash, decisions
-	// of re-applied events are reported again (at-least-once).
-	OnApplied func(p int32, ds []*pb.Decision)
+	// OnApplied, when set, is called after each committed batch with what
+	// it produced, in log order: decisions (with the sessions they ended)
+	// and the timeline entries appended. It must not block for long: it runs
+	// on the partition's projector goroutine. After a crash, re-applied
+	// events are reported again (at-least-once; entries carry their seq).
+	OnApplied func(p int32, a Applied)
 	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
 	CacheSize int64
 }
@@ -63,6 +64,18 @@ func (o *Options) validate() error {
 		return fmt.Errorf("projections: Options.Partitions must be >= 1, got %d", o.Partitions)
 	}
 	return nil
+}
+
+// Applied is what one committed projection batch produced.
+type Applied struct {
+	Decisions []*pb.Decision
+	Entries   []AppliedEntry
+}
+
+// AppliedEntry is a timeline entry appended to a user's timeline.
+type AppliedEntry struct {
+	App, User string
+	Entry     *pb.TimelineEntry
 }
 
 // Store is the projection state of every partition of one log. A Store is

@@ -171,6 +171,7 @@ func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
 	if err := t.put(timelineKey(app, user, e.Seq), e); err != nil {
 		return err
 	}
+	t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
 	if dl.Source.Kind == pb.Kind_KIND_MESSAGE_SEND {
 		if err := t.b.Set(historyKey(app, user, int32(e.ChatType), e.ConversationId, e.Seq), nil, nil); err != nil {
 			return err

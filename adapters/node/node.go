@@ -13,7 +13,6 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/embedlog"
 	"github.com/mdsync/mdsync/engine"
-	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 	"golang.org/x/sync/errgroup"
 )
@@ -27,7 +26,7 @@ type Options struct {
 	// Now stamps events at append. Default time.Now.
 	Now func() time.Time
 	// OnApplied is passed to the projection store (see projections.Options).
-	OnApplied func(p int32, ds []*pb.Decision)
+	OnApplied func(p int32, a projections.Applied)
 	// ProjectionSync commits projection batches with fsync (default false;
 	// see projections.Options.Sync).
 	ProjectionSync bool

@@ -20,7 +20,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/restapi"
-	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -81,8 +81,8 @@ func runServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	n, err := node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions),
-		OnApplied: func(p int32, ds []*pb.Decision) {
-			for _, d := range ds {
+		OnApplied: func(p int32, a projections.Applied) {
+			for _, d := range a.Decisions {
 				for _, e := range d.Ended {
 					ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
 				}
