@@ -344,3 +344,37 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}
 	return out, it.Error()
 }
+
+// SetCursor records the position device loginID acknowledged. Cursors are
+// operational state, like a consumer's committed offset: they say where a
+// device is, not what the log decided, so they are outside the digest and
+// written without fsync (a lost cursor only re-sends entries, which the
+// device drops by seq). A cursor never moves backwards within an epoch.
+func (s *Store) SetCursor(app, user, loginID, epoch string, seq uint64) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	k := cursorKey(app, user, loginID)
+	cur := &pb.TimelineMeta{}
+	if ok, err := s.getProto(k, cur); err != nil {
+		return err
+	} else if ok && cur.Epoch == epoch && cur.LastSeq >= seq {
+		return nil
+	}
+	b, err := engine.EncodeState(&pb.TimelineMeta{Epoch: epoch, LastSeq: seq})
+	if err != nil {
+		return err
+	}
+	return s.db.Set(k, b, pebble.NoSync)
+}
+
+// Cursor returns device loginID's acknowledged position; ok is false for a
+// device that never acknowledged (a new device: give it a snapshot).
+func (s *Store) Cursor(app, user, loginID string) (epoch string, seq uint64, ok bool, err error) {
+	if s.isClosed() {
+		return "", 0, false, ErrClosed
+	}
+	cur := &pb.TimelineMeta{}
+	ok, err = s.getProto(cursorKey(app, user, loginID), cur)
+	return cur.Epoch, cur.LastSeq, ok, err
+}

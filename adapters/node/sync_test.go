@@ -188,3 +188,22 @@ func relayIdle(t *testing.T, n *Node) bool {
 	}
 	return true
 }
+
+func TestCursorIsOperational(t *testing.T) {
+	n := openNode(t, 2)
+	submit(t, n, login("erin", "l1", "E1", 1, false))
+	before, _ := n.Store.Digest()
+	if _, _, ok, _ := n.Store.Cursor("app", "erin", "E1"); ok {
+		t.Fatal("a new device has a cursor")
+	}
+	if err := n.Store.SetCursor("app", "erin", "E1", "ep", 5); err != nil {
+		t.Fatal(err)
+	}
+	n.Store.SetCursor("app", "erin", "E1", "ep", 3) // never backwards
+	if ep, seq, ok, _ := n.Store.Cursor("app", "erin", "E1"); !ok || ep != "ep" || seq != 5 {
+		t.Fatalf("cursor %s %d %v", ep, seq, ok)
+	}
+	if after, _ := n.Store.Digest(); after != before {
+		t.Fatal("a cursor changed the digest")
+	}
+}
