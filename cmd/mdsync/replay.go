@@ -184,6 +184,9 @@ func replay(ctx context.Context, cfg replayConfig, in io.Reader, out io.Writer) 
 		return fmt.Errorf("replay: %w: stopped at the first (--keep-going=false)", errInvalidLines)
 	}
 
+	if err := r.settle(ctx); err != nil {
+		return err
+	}
 	// The device table and digest: the final state, or a store caught up
 	// to --at from the same log.
 	view := r.n.Store
@@ -313,6 +316,38 @@ func (r *replayer) submit(ctx context.Context, ev *pb.Event, timeMs int64) (*pb.
 }
 
 func (r *replayer) close() error { return r.n.Close() }
+
+// settle waits until the node's relay has appended every fan-out copy and
+// the projections applied them. With one partition copies are applied
+// inline and this returns at once; with more, the relay appends DELIVER
+// records after Submit returned, and the digest, --at and --verify must
+// see a log that no longer grows.
+func (r *replayer) settle(ctx context.Context) error {
+	lg, st := r.n.Log, r.n.Store
+	for {
+		quiet := true
+		for p := int32(0); p < lg.Partitions(); p++ {
+			end, err := lg.End(ctx, p)
+			if err != nil {
+				return err
+			}
+			if st.Checkpoint(p).NextOffset < end || st.RelayPosition(p) < end {
+				quiet = false
+			}
+		}
+		if quiet {
+			return nil
+		}
+		if err := r.n.Err(); err != nil {
+			return fmt.Errorf("replay: projector stopped: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
 
 // storeAt builds a store from the log up to and including offset at of each
 // partition (clamped to the partition's end).
@@ -660,6 +695,13 @@ func parseOp(n int, b []byte, defApp string) opLine {
 	}
 	l.op = engine.KindName(kind) // "KIND_LOGIN" is accepted and reported as "login"
 	shape := shapeOf(kind)
+	if ki, _ := engine.LookupKind(kind); ki.Category == engine.CatDerived {
+		l.err = engine.Errorf(engine.CodeForbidden, "op %s is derived by mdsync and cannot be submitted", l.op)
+		return l
+	} else if shape == "" {
+		l.err = engine.Errorf(engine.CodeUnknownKind, "op %s has no JSON mapping in this build", l.op)
+		return l
+	}
 	allowed := append(slices.Clone(commonFields), shapeFields[shape]...)
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
