@@ -26,14 +26,27 @@ type txn struct {
 	entries []AppliedEntry // timeline entries appended in this batch
 }
 
+// get reads k as of this batch. Reads from Pebble are remembered in the
+// overlay, misses as nil, so a batch reads each key (the app's policy, a busy
+// user's sessions) from Pebble at most once.
 func (t *txn) get(k []byte, m proto.Message) (bool, error) {
-	if v, ok := t.overlay[string(k)]; ok {
-		if v == nil { // deleted in this batch
-			return false, nil
+	v, ok := t.overlay[string(k)]
+	if !ok {
+		raw, closer, err := t.db.Get(k)
+		switch {
+		case errors.Is(err, pebble.ErrNotFound):
+		case err != nil:
+			return false, fmt.Errorf("projections: get: %w", err)
+		default:
+			v = append([]byte(nil), raw...)
+			closer.Close()
 		}
-		return true, proto.Unmarshal(v, m)
+		t.overlay[string(k)] = v
 	}
-	return getProto(t.db, k, m)
+	if v == nil { // absent, or deleted in this batch
+		return false, nil
+	}
+	return true, proto.Unmarshal(v, m)
 }
 
 func (t *txn) put(k []byte, m proto.Message) error {

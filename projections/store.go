@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -107,7 +108,13 @@ func Open(opts Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(opts.CacheSize)
 	defer cache.Unref()
-	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Cache: cache, Logger: PebbleLogger(nil)})
+	po := &pebble.Options{FS: opts.FS, Cache: cache, Logger: PebbleLogger(nil)}
+	// Every new operation's duplicate check is a point read that misses;
+	// bloom filters answer most misses without reading data blocks.
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
 	}
