@@ -93,6 +93,11 @@ func (o *Options) EnsureDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	// A nil *Registry in the interface is not nil; callers pass one when
+	// metrics are off.
+	if r, ok := o.Registerer.(*prometheus.Registry); ok && r == nil {
+		o.Registerer = nil
+	}
 }
 
 // Validate reports options that cannot work.
