@@ -157,8 +157,8 @@ func replay(ctx context.Context, cfg replayConfig, in io.Reader, out io.Writer) 
 	for _, l := range lines {
 		res := opResult{line: l}
 		if l.err == nil {
-			res.d, res.err = r.submit(ctx, l.ev, l.timeMs)
-			if fatal(ctx, res.err) {
+			res.d, res.err = r.submit(l.ev, l.timeMs)
+			if fatal(r.ctx, res.err) {
 				return fmt.Errorf("replay: line %d: %w", l.n, res.err)
 			}
 		} else {
@@ -184,7 +184,7 @@ func replay(ctx context.Context, cfg replayConfig, in io.Reader, out io.Writer) 
 		return fmt.Errorf("replay: %w: stopped at the first (--keep-going=false)", errInvalidLines)
 	}
 
-	if err := r.settle(ctx); err != nil {
+	if err := r.settle(); err != nil {
 		return err
 	}
 	// The device table and digest: the final state, or a store caught up
@@ -281,6 +281,11 @@ type opResult struct {
 type replayer struct {
 	n     *node.Node
 	clock atomic.Int64
+	// ctx is cancelled, with the projector's error as its cause, when the
+	// node's projector or relay stops: Submit waits for the projection and
+	// would otherwise wait forever.
+	ctx  context.Context
+	stop context.CancelFunc
 }
 
 func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer, error) {
@@ -306,23 +311,49 @@ func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer,
 			return nil, fmt.Errorf("replay: %s already holds a log (partition %d has %d records); replay needs a fresh directory", dir, p, end)
 		}
 	}
+	rctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	r.ctx, r.stop = rctx, func() { close(done); cancel(nil) }
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := n.Err(); err != nil {
+					cancel(fmt.Errorf("projector stopped: %w", err))
+					return
+				}
+			}
+		}
+	}()
 	return r, nil
 }
 
 // submit submits one operation at a time, so log order is input order.
-func (r *replayer) submit(ctx context.Context, ev *pb.Event, timeMs int64) (*pb.Decision, error) {
+func (r *replayer) submit(ev *pb.Event, timeMs int64) (*pb.Decision, error) {
 	r.clock.Store(timeMs)
-	return r.n.Engine.Submit(ctx, ev)
+	d, err := r.n.Engine.Submit(r.ctx, ev)
+	if r.ctx.Err() != nil {
+		return nil, fmt.Errorf("%w (%v)", context.Cause(r.ctx), err)
+	}
+	return d, err
 }
 
-func (r *replayer) close() error { return r.n.Close() }
+func (r *replayer) close() error {
+	r.stop()
+	return r.n.Close()
+}
 
 // settle waits until the node's relay has appended every fan-out copy and
 // the projections applied them. With one partition copies are applied
 // inline and this returns at once; with more, the relay appends DELIVER
 // records after Submit returned, and the digest, --at and --verify must
 // see a log that no longer grows.
-func (r *replayer) settle(ctx context.Context) error {
+func (r *replayer) settle() error {
+	ctx := r.ctx
 	lg, st := r.n.Log, r.n.Store
 	for {
 		quiet := true
@@ -338,12 +369,9 @@ func (r *replayer) settle(ctx context.Context) error {
 		if quiet {
 			return nil
 		}
-		if err := r.n.Err(); err != nil {
-			return fmt.Errorf("replay: projector stopped: %w", err)
-		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx)
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -458,7 +486,7 @@ func whatIf(ctx context.Context, dir string, cfg replayConfig, lines []opLine, o
 			Actor:   &pb.Actor{User: "admin", Admin: true},
 			Payload: &pb.Event_PolicySet{PolicySet: cfg.Policy.settings},
 		}
-		if d, err := r.submit(ctx, ev, 0); err != nil {
+		if d, err := r.submit(ev, 0); err != nil {
 			return fmt.Errorf("replay: --policy for app %s: %w", app, err)
 		} else if d.Code != 0 {
 			return fmt.Errorf("replay: --policy for app %s refused: %d %s", app, d.Code, d.Message)
@@ -479,8 +507,8 @@ func whatIf(ctx context.Context, dir string, cfg replayConfig, lines []opLine, o
 			row.WhatIfEnded = []endedRow{}
 		} else {
 			alt = opResult{line: l}
-			alt.d, alt.err = r.submit(ctx, l.ev, l.timeMs)
-			if fatal(ctx, alt.err) {
+			alt.d, alt.err = r.submit(l.ev, l.timeMs)
+			if fatal(r.ctx, alt.err) {
 				return fmt.Errorf("replay: what-if line %d: %w", l.n, alt.err)
 			}
 			row.WhatIfCode, row.WhatIfEnded = outcome(alt)
