@@ -17,11 +17,13 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// ErrBusy is returned by Run when another Run is using the same Outbox.
+var ErrBusy = errors.New("push: outbox already has a running dispatcher")
 
 // Headers of a webhook request.
 const (
@@ -133,10 +135,17 @@ const window = 1024
 // with exponential backoff. A Retry-After on a failed response pauses every
 // attempt until then, since it speaks for the endpoint, not one entry.
 // Entries are attempted oldest first; order of arrival is not guaranteed.
+//
+// Each request is a POST with Content-Type application/json, the entry's
+// key in HeaderIdempotencyKey (the same on every retry and after a
+// restart: receivers deduplicate on it), HeaderSignature when a Secret is
+// set, and the Entry as body, plus its key, byte-identical on every retry:
+//
+//	{"key":"app/bob/EV1","app":"app","user":"bob","entry_id":"EV1","seq":12,"from":"alice",
+//	 "chat_type":"user","conversation_id":"alice","time_unix_ms":1767225600000}
 type Dispatcher struct {
-	ob      *Outbox
-	opts    Options
-	running atomic.Bool
+	ob   *Outbox
+	opts Options
 
 	depth      prometheus.Gauge
 	deliveries *prometheus.CounterVec
@@ -189,12 +198,12 @@ type result struct {
 // stopped; it returns earlier with an error only if the outbox fails (e.g.
 // ErrClosed). Entries in flight when it stops stay in the outbox and are
 // sent again by the next Run: the webhook may see a key twice. One Run at a
-// time per dispatcher.
+// time per Outbox (ErrBusy otherwise): two would send every entry twice.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	if !d.running.CompareAndSwap(false, true) {
-		return errors.New("push: dispatcher already running")
+	if !d.ob.dispatching.CompareAndSwap(false, true) {
+		return ErrBusy
 	}
-	defer d.running.Store(false)
+	defer d.ob.dispatching.Store(false)
 	ctx, cancel := context.WithCancel(ctx)
 	jobs := make(chan *item)
 	// Buffered for every request in flight, so a worker never blocks on it.
@@ -221,6 +230,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		inflight   int
 		pauseUntil time.Time
 	)
+	// An outbox error after ctx is done is part of shutting down.
+	fail := func(err error) error {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	prune := time.NewTicker(time.Minute)
@@ -235,7 +251,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				if held := len(ready) + len(waiting) + inflight; len(ready) == 0 && more && held < window {
 					xs, err := d.ob.load(next, min(64, window-held))
 					if err != nil {
-						return err
+						return fail(err)
 					}
 					more = len(xs) > 0
 					if more {
@@ -254,13 +270,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.depth.Set(float64(d.ob.Depth()))
 
 		// Sleep until the earliest retry, or the end of a pause (a spare
-		// wake-up when nothing waits is harmless).
+		// wake-up when nothing waits is harmless). With every worker busy,
+		// a result wakes the loop; a timer for an overdue retry would spin.
 		var wake time.Time
-		if len(waiting) > 0 {
-			wake = waiting[0].due
-		}
-		if pauseUntil.After(now) && pauseUntil.After(wake) {
-			wake = pauseUntil
+		if inflight < d.opts.Concurrency {
+			if len(waiting) > 0 {
+				wake = waiting[0].due
+			}
+			if pauseUntil.After(now) && pauseUntil.After(wake) {
+				wake = pauseUntil
+			}
 		}
 		timer.Stop()
 		if !wake.IsZero() {
@@ -275,16 +294,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-prune.C:
 			if _, err := d.ob.prune(10_000); err != nil {
-				return err
+				return fail(err)
 			}
 		case r := <-results:
 			inflight--
 			p, err := d.settle(r)
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+				return fail(err)
 			}
 			if p.After(pauseUntil) {
 				pauseUntil = p
@@ -328,8 +344,13 @@ func (d *Dispatcher) settle(r result) (pause time.Time, err error) {
 }
 
 func describe(r result) string {
-	if r.err != nil {
-		return r.err.Error()
+	if err := r.err; err != nil {
+		// Leave out the URL: it may carry a token.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return err.Error()
 	}
 	return "status " + strconv.Itoa(r.status)
 }

@@ -410,7 +410,8 @@ func TestRestartResumesUndelivered(t *testing.T) {
 	}
 	stop := run(t, d)
 	waitFor(t, "requests in flight", func() bool { return len(rc.requests()) == 4 }) // Concurrency
-	if err := ob.Close(); err != nil { // the crash: nothing more reaches the outbox
+	// The crash: nothing more reaches the outbox.
+	if err := ob.Close(); err != nil {
 		t.Fatal(err)
 	}
 	once.Do(func() { close(release) }) // the webhook did get them
@@ -454,7 +455,7 @@ func TestRestartResumesUndelivered(t *testing.T) {
 	}
 }
 
-func TestRunTwiceAtOnceIsRefused(t *testing.T) {
+func TestOneRunPerOutbox(t *testing.T) {
 	rc := newReceiver(t, nil)
 	ob := openMemOutbox(t, vfs.NewMem(), OutboxOptions{})
 	d, err := NewDispatcher(ob, fastOptions(rc.srv.URL, nil))
@@ -462,9 +463,16 @@ func TestRunTwiceAtOnceIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, d)
-	waitFor(t, "first Run", func() bool { return d.running.Load() })
-	if err := d.Run(context.Background()); err == nil {
-		t.Fatal("a second concurrent Run was allowed")
+	waitFor(t, "first Run", func() bool { return ob.dispatching.Load() })
+	if err := d.Run(context.Background()); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second Run on the same dispatcher: %v", err)
+	}
+	d2, err := NewDispatcher(ob, fastOptions(rc.srv.URL, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Run(context.Background()); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second dispatcher on the same outbox: %v", err)
 	}
 }
 

@@ -112,6 +112,8 @@ type Outbox struct {
 	pos    uint64     // last pending position assigned
 	depth  atomic.Int64
 	notify chan struct{} // a token when entries were added
+
+	dispatching atomic.Bool // a Dispatcher.Run is using this outbox
 }
 
 // OpenOutbox opens (or creates) an outbox.
