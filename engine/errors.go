@@ -27,7 +27,7 @@ const (
 	CodeTooLarge        Code = 1004 // a size limit was exceeded
 	CodeNotFound        Code = 1005 // e.g. kicking a device that is not logged in
 	CodeConflict        Code = 1006 // e.g. an active login ID reused on another platform
-	CodeUserIsRemoved   Code = 1007 // operation by or on a removed user
+	// 1007 is reserved (was "user removed"; removal is enforced by the auth layer).
 	CodeForbidden       Code = 1008 // the actor may not do this
 	CodeUnavailable     Code = 1009 // the log or projection is not serving
 	CodeInternal        Code = 1010

@@ -27,6 +27,9 @@ func (s *Store) Run(ctx context.Context, log engine.Log) error {
 	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, engine.ErrLogClosed) || errors.Is(err, ErrClosed)) {
 		return nil
 	}
+	if err != nil {
+		s.fail(err)
+	}
 	return err
 }
 

@@ -90,6 +90,13 @@ type Store struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	// failed is closed when the projector stopped on an error (failErr), so
+	// that writers waiting for their event to be applied return instead of
+	// waiting for ever.
+	failOnce sync.Once
+	failed   chan struct{}
+	failErr  error
 }
 
 // partState is the in-memory view of one partition's progress.
@@ -118,7 +125,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
 	}
-	s := &Store{opts: opts, db: db, wo: pebble.NoSync, closed: make(chan struct{})}
+	s := &Store{opts: opts, db: db, wo: pebble.NoSync, closed: make(chan struct{}), failed: make(chan struct{})}
 	if opts.Sync {
 		s.wo = pebble.Sync
 	}
@@ -193,7 +200,17 @@ func (s *Store) Checkpoint(p int32) *pb.Checkpoint {
 	return proto.Clone(ps.cp).(*pb.Checkpoint)
 }
 
-// WaitApplied blocks until the event at pos is applied and visible.
+// fail records that the projector stopped on err and wakes every waiter.
+func (s *Store) fail(err error) {
+	s.failOnce.Do(func() {
+		s.failErr = err
+		close(s.failed)
+	})
+}
+
+// WaitApplied blocks until the event at pos is applied and visible. It
+// returns an error when the projector stopped on an error, the store is
+// closed, or ctx is done.
 func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
 	if pos.Partition < 0 || int(pos.Partition) >= len(s.parts) {
 		return fmt.Errorf("projections: wait: %w", engine.ErrBadPartition)
@@ -210,6 +227,8 @@ func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
 		case <-ch:
 		case <-s.closed:
 			return ErrClosed
+		case <-s.failed:
+			return fmt.Errorf("projections: projector stopped: %w", s.failErr)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
