@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/adapters/push"
 	"github.com/mdsync/mdsync/adapters/restapi"
 	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +34,8 @@ type serveConfig struct {
 	partitions int
 	adminToken string
 	logFormat  string
+	pushURL    string
+	pushSecret string
 }
 
 func envOr(name, def string) string {
@@ -53,6 +56,8 @@ func runServe(args []string) error {
 	fs.IntVar(&c.partitions, "partitions", parts, "partitions of a new log; an existing log keeps its count (env MDSYNC_PARTITIONS)")
 	fs.StringVar(&c.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
 	fs.StringVar(&c.logFormat, "log-format", envOr("MDSYNC_LOG_FORMAT", "text"), "text or json (env MDSYNC_LOG_FORMAT)")
+	fs.StringVar(&c.pushURL, "push-webhook", envOr("MDSYNC_PUSH_WEBHOOK", ""), "URL that receives offline push entries (HTTP POST); empty disables push (env MDSYNC_PUSH_WEBHOOK)")
+	fs.StringVar(&c.pushSecret, "push-secret", envOr("MDSYNC_PUSH_SECRET", ""), "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,12 +85,46 @@ func runServe(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	// Offline push: devices connect through the gateway; until one is
+	// connected for a user, that user's messages are pushed.
+	presence := push.NewPresenceSet()
+	var outbox *push.Outbox
+	if c.pushURL != "" {
+		if outbox, err = push.OpenOutbox(push.OutboxOptions{Dir: filepath.Join(c.data, "push"), Logger: logger}); err != nil {
+			return err
+		}
+		defer outbox.Close()
+		d, err := push.NewDispatcher(outbox, push.Options{URL: c.pushURL, Secret: []byte(c.pushSecret), Registerer: reg, Logger: logger})
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := d.Run(ctx); err != nil {
+				logger.Error("push dispatcher stopped", "err", err)
+			}
+		}()
+	}
 	n, err := node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions),
 		OnApplied: func(p int32, a projections.Applied) {
 			for _, d := range a.Decisions {
 				for _, e := range d.Ended {
 					ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
 				}
+			}
+			if outbox == nil {
+				return
+			}
+			var out []push.Entry
+			for _, ae := range a.Entries {
+				if e, ok := push.Candidates(ae.App, ae.User, ae.Entry); ok && !presence.Connected(ae.App, ae.User) {
+					out = append(out, e)
+				}
+			}
+			// The batch is committed; a failed enqueue cannot undo it. It is
+			// logged and counted; see docs/design-notes.md (push).
+			if err := outbox.Enqueue(out...); err != nil {
+				logger.Error("push enqueue", "err", err, "entries", len(out))
 			}
 		}})
 	if err != nil {
