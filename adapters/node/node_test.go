@@ -3,30 +3,81 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mdsync/mdsync/adapters/kafkalog"
+	"github.com/mdsync/mdsync/projections"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/proto"
 )
 
+// The scenario tests of this package run unchanged on either log:
+// MDSYNC_NODE_LOG=kafka runs them on Kafka — the brokers in
+// MDSYNC_KAFKA_BROKERS, or an in-process kfake cluster — and anything else
+// on the embedded log.
+const nodeLogEnv = "MDSYNC_NODE_LOG"
+
+var topicSeq atomic.Int64
+
 func openNode(t *testing.T, parts int32) *Node {
 	t.Helper()
 	clock := time.UnixMilli(1_700_000_000_000)
 	var mu sync.Mutex
-	n, err := Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: func() time.Time {
+	now := func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
 		clock = clock.Add(time.Millisecond)
 		return clock
-	}})
+	}
+	var (
+		n   *Node
+		err error
+	)
+	if os.Getenv(nodeLogEnv) == "kafka" {
+		n, err = openKafkaNode(t, parts, now)
+	} else {
+		n, err = Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: now})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
 	return n
+}
+
+func openKafkaNode(t *testing.T, parts int32, now func() time.Time) (*Node, error) {
+	brokers := strings.Split(os.Getenv("MDSYNC_KAFKA_BROKERS"), ",")
+	if brokers[0] == "" {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(c.Close)
+		brokers = c.ListenAddrs()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lg, err := kafkalog.Open(ctx, kafkalog.Options{
+		Brokers: brokers, Topic: fmt.Sprintf("mdsync-node-test.%d.%d", time.Now().UnixNano(), topicSeq.Add(1)),
+		Partitions: parts, CreateTopic: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st, err := projections.Open(projections.Options{Dir: t.TempDir(), Partitions: parts})
+	if err != nil {
+		lg.Close()
+		return nil, err
+	}
+	return Start(context.Background(), lg, st, now)
 }
 
 func login(user, op, id string, platform int32, auto bool) *pb.Event {
