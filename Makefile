@@ -36,6 +36,9 @@ bench: ## Go benchmarks (see benchmarks/RESULTS.md for recorded figures)
 run: ## run the server on the embedded default
 	$(GO) run ./cmd/mdsync serve
 
+kafka-test: ## fetch, start and stop a real Apache Kafka broker around the Kafka suites
+	bash .ci/kafka/ci.sh
+
 ci: ## what CI runs
 	bash .ci/run
 

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/push"
 	"github.com/mdsync/mdsync/adapters/restapi"
@@ -36,6 +37,9 @@ type serveConfig struct {
 	logFormat  string
 	pushURL    string
 	pushSecret string
+	kafka      string
+	topic      string
+	rf         int
 }
 
 func envOr(name, def string) string {
@@ -57,6 +61,10 @@ func runServe(args []string) error {
 	fs.StringVar(&c.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
 	fs.StringVar(&c.logFormat, "log-format", envOr("MDSYNC_LOG_FORMAT", "text"), "text or json (env MDSYNC_LOG_FORMAT)")
 	fs.StringVar(&c.pushURL, "push-webhook", envOr("MDSYNC_PUSH_WEBHOOK", ""), "URL that receives offline push entries (HTTP POST); empty disables push (env MDSYNC_PUSH_WEBHOOK)")
+	fs.StringVar(&c.kafka, "kafka-brokers", envOr("MDSYNC_KAFKA_BROKERS", ""), "comma-separated Kafka bootstrap brokers; empty uses the embedded log (env MDSYNC_KAFKA_BROKERS)")
+	fs.StringVar(&c.topic, "kafka-topic", envOr("MDSYNC_KAFKA_TOPIC", "mdsync.log"), "the log's Kafka topic; created with --partitions if missing, else its partition count must match (env MDSYNC_KAFKA_TOPIC)")
+	rf, _ := strconv.Atoi(envOr("MDSYNC_KAFKA_REPLICATION", "1"))
+	fs.IntVar(&c.rf, "kafka-replication", rf, "replication factor of a topic mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
 	fs.StringVar(&c.pushSecret, "push-secret", envOr("MDSYNC_PUSH_SECRET", ""), "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,28 +113,28 @@ func runServe(args []string) error {
 			}
 		}()
 	}
-	n, err := node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions),
-		OnApplied: func(p int32, a projections.Applied) {
-			for _, d := range a.Decisions {
-				for _, e := range d.Ended {
-					ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
-				}
+	onApplied := func(p int32, a projections.Applied) {
+		for _, d := range a.Decisions {
+			for _, e := range d.Ended {
+				ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
 			}
-			if outbox == nil {
-				return
+		}
+		if outbox == nil {
+			return
+		}
+		var out []push.Entry
+		for _, ae := range a.Entries {
+			if e, ok := push.Candidates(ae.App, ae.User, ae.Entry); ok && !presence.Connected(ae.App, ae.User) {
+				out = append(out, e)
 			}
-			var out []push.Entry
-			for _, ae := range a.Entries {
-				if e, ok := push.Candidates(ae.App, ae.User, ae.Entry); ok && !presence.Connected(ae.App, ae.User) {
-					out = append(out, e)
-				}
-			}
-			// The batch is committed; a failed enqueue cannot undo it. It is
-			// logged and counted; see docs/design-notes.md (push).
-			if err := outbox.Enqueue(out...); err != nil {
-				logger.Error("push enqueue", "err", err, "entries", len(out))
-			}
-		}})
+		}
+		// The batch is committed; a failed enqueue cannot undo it, so it is
+		// logged (docs/design-notes.md, push).
+		if err := outbox.Enqueue(out...); err != nil {
+			logger.Error("push enqueue", "err", err, "entries", len(out))
+		}
+	}
+	n, err := openNode(ctx, c, onApplied)
 	if err != nil {
 		return err
 	}
@@ -172,6 +180,30 @@ func runServe(args []string) error {
 		logger.Error("shutdown", "err", err)
 	}
 	return n.Close()
+}
+
+// openNode opens the embedded log, or the Kafka topic when brokers are set.
+// One process owns every partition; several processes sharing a topic need
+// partition ownership, which is not built yet (see the open Kafka issue).
+func openNode(ctx context.Context, c serveConfig, onApplied func(int32, projections.Applied)) (*node.Node, error) {
+	if c.kafka == "" {
+		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied})
+	}
+	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	lg, err := kafkalog.Open(octx, kafkalog.Options{
+		Brokers: strings.Split(c.kafka, ","), Topic: c.topic, Partitions: int32(c.partitions),
+		ReplicationFactor: c.rf, CreateTopic: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st, err := projections.Open(projections.Options{Dir: filepath.Join(c.data, "proj-kafka"), Partitions: lg.Partitions(), OnApplied: onApplied})
+	if err != nil {
+		lg.Close()
+		return nil, err
+	}
+	return node.Start(ctx, lg, st, nil)
 }
 
 // adminToken returns the configured token, or the one stored in the data

@@ -16,16 +16,35 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// TestServeEndToEnd starts the real binary on the embedded default with a
-// push webhook, plays a fifth login that evicts the earliest device, sends
-// a message to a user with no connected device, and checks the push
-// arrives with an idempotency key; then SIGTERM shuts it down cleanly.
+// TestServeEndToEnd starts the real binary, on the embedded default and on
+// Kafka (an in-process kfake broker), with a push webhook; plays a fifth
+// login that evicts the earliest device, sends a message to a user with no
+// connected device, and checks the push arrives with an idempotency key;
+// then SIGTERM shuts it down cleanly.
 func TestServeEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	bin := filepath.Join(t.TempDir(), "mdsync")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	t.Run("embedded", func(t *testing.T) { serveEndToEnd(t, bin) })
+	t.Run("kafka", func(t *testing.T) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		serveEndToEnd(t, bin, "--kafka-brokers", strings.Join(c.ListenAddrs(), ","), "--partitions", "4")
+	})
+}
+
+func serveEndToEnd(t *testing.T, bin string, extra ...string) {
 	var mu sync.Mutex
 	var pushes []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -36,10 +55,6 @@ func TestServeEndToEnd(t *testing.T) {
 	}))
 	defer hook.Close()
 
-	bin := filepath.Join(t.TempDir(), "mdsync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +62,7 @@ func TestServeEndToEnd(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	data := t.TempDir()
-	cmd := exec.Command(bin, "serve", "--data", data, "--addr", addr, "--push-webhook", hook.URL, "--admin-token", "tok")
+	cmd := exec.Command(bin, append([]string{"serve", "--data", data, "--addr", addr, "--push-webhook", hook.URL, "--admin-token", "tok"}, extra...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
