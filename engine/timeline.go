@@ -156,7 +156,7 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 		SourcePartition: d.SourcePartition, SourceOffset: d.SourceOffset,
 	}
 	if m.Epoch == "" {
-		m.Epoch, m.FirstSeq = src.EventId, 1
+		m.Epoch, m.FirstSeq, m.FirstTimeUnixMs = src.EventId, 1, src.TimeUnixMs
 	}
 	m.LastSeq = e.Seq
 	if max, _ := Retention(pol); int64(m.LastSeq-m.FirstSeq+1) > max {

@@ -183,21 +183,23 @@ func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
 // trim deletes entries the retention policy dropped: those below the new
 // first_seq (count limit) and, bounded per call, those older than the age
 // limit by event time. Every input is from the log, so rebuilds trim alike.
+// The common case, nothing due, reads nothing: the oldest entry's time is
+// kept in the timeline's meta.
 func (s *Store) trim(t *txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64) error {
 	_, maxAge := engine.Retention(pol)
-	first := oldFirst
-	if first == 0 {
-		first = 1
+	cutoff := now - maxAge
+	first := max(oldFirst, 1)
+	if first >= m.FirstSeq && m.FirstTimeUnixMs >= cutoff {
+		return nil
 	}
-	for n := 0; first < m.LastSeq; n++ {
+	for n := 0; first < m.LastSeq; {
 		e := &pb.TimelineEntry{}
 		ok, err := t.get(timelineKey(app, user, first), e)
 		if err != nil {
 			return err
 		}
-		countTrim := first < m.FirstSeq
-		ageTrim := ok && e.Source.GetTimeUnixMs() < now-maxAge && n < maxAgeTrimPerApply
-		if !countTrim && !ageTrim {
+		if ok && first >= m.FirstSeq && (e.Source.GetTimeUnixMs() >= cutoff || n >= maxAgeTrimPerApply) {
+			m.FirstTimeUnixMs = e.Source.GetTimeUnixMs()
 			break
 		}
 		if ok {
@@ -209,14 +211,17 @@ func (s *Store) trim(t *txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 					return err
 				}
 			}
+			if first >= m.FirstSeq {
+				n++ // an age trim
+			}
 		}
 		first++
 	}
-	if first > m.FirstSeq {
-		m.FirstSeq = first
-		return t.put(metaKey(app, user), m)
+	if first == m.LastSeq {
+		m.FirstTimeUnixMs = now // only the newest entry is left
 	}
-	return nil
+	m.FirstSeq = max(m.FirstSeq, first)
+	return t.put(metaKey(app, user), m)
 }
 
 // ErrResync is returned by Timeline when the device's position cannot be

@@ -800,10 +800,13 @@ type TimelineMeta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Epoch string                 `protobuf:"bytes,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// first_seq is the oldest retained entry; last_seq the newest (0: empty).
-	FirstSeq      uint64 `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
-	LastSeq       uint64 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FirstSeq uint64 `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq  uint64 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// first_time_unix_ms is the event time of the entry at first_seq, so the
+	// age limit is checked without reading that entry.
+	FirstTimeUnixMs int64 `protobuf:"varint,4,opt,name=first_time_unix_ms,json=firstTimeUnixMs,proto3" json:"first_time_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TimelineMeta) Reset() {
@@ -853,6 +856,13 @@ func (x *TimelineMeta) GetFirstSeq() uint64 {
 func (x *TimelineMeta) GetLastSeq() uint64 {
 	if x != nil {
 		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *TimelineMeta) GetFirstTimeUnixMs() int64 {
+	if x != nil {
+		return x.FirstTimeUnixMs
 	}
 	return 0
 }
@@ -1636,11 +1646,12 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\rsource_offset\x18\t \x01(\x03R\fsourceOffset\x12'\n" +
 	"\x0fconversation_id\x18\n" +
 	" \x01(\tR\x0econversationId\x120\n" +
-	"\tchat_type\x18\v \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\"\\\n" +
+	"\tchat_type\x18\v \x01(\x0e2\x13.mdsync.v1.ChatTypeR\bchatType\"\x89\x01\n" +
 	"\fTimelineMeta\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x1b\n" +
 	"\tfirst_seq\x18\x02 \x01(\x04R\bfirstSeq\x12\x19\n" +
-	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\"\x82\x01\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\x12+\n" +
+	"\x12first_time_unix_ms\x18\x04 \x01(\x03R\x0ffirstTimeUnixMs\"\x82\x01\n" +
 	"\bContacts\x12\x18\n" +
 	"\afriends\x18\x01 \x03(\tR\afriends\x12\x1f\n" +
 	"\vrequests_in\x18\x02 \x03(\tR\n" +
