@@ -1,12 +1,14 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -435,6 +437,9 @@ var refusalCases = []refusalCase{
 		by: "member", op: message(ctThread, "g/t"), code: engine.CodeMuted},
 	{name: "accept without a request", by: "owner", op: contactOp(kAccept, "outsider"), code: engine.CodeNotFound},
 	{name: "a chatroom message from a non-member", by: "outsider", op: message(ctRoom, "r"), code: engine.CodeNotMember},
+	{name: "a message to an own device that is not logged in", by: "owner", op: message(ctSelfDev, "owner.z"), code: engine.CodeNotFound},
+	{name: "a message to another user's device as an own device", by: "owner", op: message(ctSelfDev, "member.b"), code: engine.CodeNotFound},
+	{name: "a device cannot message itself", by: "owner", op: message(ctSelfDev, "owner.a"), code: engine.CodeInvalidArgument},
 }
 
 // TestSyncRefusals: refused operations carry their code, and nobody — not
@@ -458,5 +463,128 @@ func TestSyncRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// groupsOf returns a user's groups and threads as its snapshot shows them.
+func (w *kindsWorld) groupsOf(user string) string {
+	w.t.Helper()
+	eventually(w.t, func() bool { return relayIdle(w.t, w.n) })
+	s, err := w.n.Store.Snapshot("app", user)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return fmt.Sprint(s.Groups.GetGroups(), s.Groups.GetThreads())
+}
+
+// The snapshot's groups and threads follow every membership change: a new
+// device learns them without replaying the timeline.
+func TestSyncMembershipInSnapshot(t *testing.T) {
+	w := newKindsWorld(t)
+	check := func(step string, want map[string]string) {
+		t.Helper()
+		for _, u := range kindsUsers {
+			if got := w.groupsOf(u); got != want[u] {
+				t.Errorf("after %s: %s has %s, want %s", step, u, got, want[u])
+			}
+		}
+	}
+	in, gt, none := "[g] []", "[g] [g/t]", "[] []"
+	check("setup", map[string]string{"owner": in, "admin": gt, "member": gt, "member2": in, "outsider": none})
+	w.must(step{"member2", threadOp(pb.Kind_KIND_THREAD_JOIN, "g", "t")})
+	w.must(step{"admin", threadOp(pb.Kind_KIND_THREAD_LEAVE, "g", "t")})
+	check("thread join and leave", map[string]string{"owner": in, "admin": in, "member": gt, "member2": gt, "outsider": none})
+	w.must(step{"outsider", groupOp(kApply, "g")})
+	w.must(step{"admin", groupOp(pb.Kind_KIND_GROUP_APPLY_ACCEPT, "g", "outsider")})
+	check("apply accepted", map[string]string{"owner": in, "admin": in, "member": gt, "member2": gt, "outsider": in})
+	w.must(step{"admin", groupOp(pb.Kind_KIND_GROUP_KICK, "g", "member")})
+	w.must(step{"member2", groupOp(pb.Kind_KIND_GROUP_LEAVE, "g")})
+	check("kick and leave", map[string]string{"owner": in, "admin": in, "member": none, "member2": none, "outsider": in})
+	w.must(step{"owner", groupOp(pb.Kind_KIND_GROUP_INVITE, "g", "member")})
+	w.must(step{"member", groupOp(pb.Kind_KIND_GROUP_INVITE_ACCEPT, "g")})
+	w.must(step{"member", threadOp(pb.Kind_KIND_THREAD_JOIN, "g", "t")})
+	check("invite accepted", map[string]string{"owner": in, "admin": in, "member": gt, "member2": none, "outsider": in})
+	w.must(step{"owner", threadOp(pb.Kind_KIND_THREAD_DESTROY, "g", "t")})
+	check("thread destroyed", map[string]string{"owner": in, "admin": in, "member": in, "member2": none, "outsider": in})
+	w.must(step{"owner", groupOp(pb.Kind_KIND_GROUP_DESTROY, "g")})
+	check("group destroyed", map[string]string{"owner": none, "admin": none, "member": none, "member2": none, "outsider": none})
+}
+
+// A timed mute ends by event time (the node's clock), and a member on the
+// allow list may post while muted.
+func TestSyncTimedMuteAndAllowList(t *testing.T) {
+	n, clk := openNodeClock(t, 4)
+	w := &kindsWorld{t: t, n: n}
+	for _, u := range kindsUsers {
+		w.login(u, u+".a", 1)
+		w.login(u, u+".b", 2)
+	}
+	w.must(step{"owner", groupOp(pb.Kind_KIND_GROUP_CREATE, "g", "admin", "member", "member2")})
+	mute := func(user, login string) *pb.Event {
+		ev := groupOp(kGroupMute, "g", "member", "member2")(user, login)
+		ev.GetGroup().MuteMs = 60_000
+		return ev
+	}
+	w.must(step{"owner", mute})
+	post := func(by string) engine.Code {
+		_, d := w.do(step{by, message(ctGroup, "g")})
+		return engine.Code(d.Code)
+	}
+	if c := post("member"); c != engine.CodeMuted {
+		t.Fatalf("muted member posted: code %d", c)
+	}
+	w.must(step{"owner", groupOp(pb.Kind_KIND_GROUP_ADD_USER_ALLOW_LIST, "g", "member2")})
+	if c := post("member2"); c != 0 {
+		t.Fatalf("a muted member on the allow list: code %d, want accepted", c)
+	}
+	clk.Advance(2 * time.Minute)
+	if c := post("member"); c != 0 {
+		t.Fatalf("after the mute expired: code %d, want accepted", c)
+	}
+}
+
+// The DELIVER copy of an operation is recorded under the client op id
+// "dlv."+source event id on the recipient's stream (engine.DeliverOpID). A
+// client chooses its own op ids and can compute that id for its own next
+// group message, so it must not be able to take it first: either the op id
+// is refused, or the copy still reaches the actor's other devices.
+//
+// BUG: engine.Validate accepts any client op id, including "dlv.<id>".
+// A device that submits any operation on its own stream with op id
+// DeliverOpID(EventID(GroupStream(app, g), user, nextOp)) makes the
+// projection record a decision under the key the relay's DELIVER copy of
+// that later group message uses (decisionKey(u/app/user, user, "dlv."+id)),
+// so when the group lives on another partition the copy is dropped as a
+// duplicate and the actor's other devices never get the message (observed:
+// member.b gets nothing). Expected: client op ids with the reserved "dlv."
+// prefix are refused by Validate (1001, nothing appended) — or derived
+// copies are keyed apart from client ops — and the copy is delivered.
+func TestSyncReservedDeliverOpID(t *testing.T) {
+	t.Skip("BUG: a client op id \"dlv.<source event id>\" shadows the actor's own relayed copy; see the comment")
+	w := newKindsWorld(t)
+	parts := w.n.Log.Partitions()
+	userPart := engine.PartitionFor([]byte(engine.UserStream("app", "member")), parts)
+	if engine.PartitionFor([]byte(engine.GroupStream("app", "g")), parts) == userPart {
+		t.Fatal("test setup: g must live on another partition than member's stream")
+	}
+	w.settle()
+	next := message(ctGroup, "g")("member", "member.a")
+	src := engine.EventID(engine.GroupStream("app", "g"), "member", next.ClientOpId)
+	squat := convOp(pb.Kind_KIND_CONVERSATION_PIN, ctGroup, "g")("member", "member.a")
+	squat.ClientOpId = engine.DeliverOpID(src)
+	if _, err := w.n.Engine.Submit(context.Background(), squat); err != nil {
+		t.Logf("reserved op id refused: %v", err) // one acceptable outcome
+	}
+	w.settle()
+	if d := submit(t, w.n, next); d.Code != 0 {
+		t.Fatalf("group message refused: %v", d)
+	}
+	got := w.settle()
+	for _, dev := range w.devices {
+		if dev.login == "member.b" || dev.user == "owner" || dev.user == "admin" || dev.user == "member2" {
+			if es := got[dev.login]; len(es) != 1 || es[0].EntryId != src {
+				t.Errorf("BUG: %s got %v, want the group message", dev.login, kinds(es))
+			}
+		}
 	}
 }
