@@ -588,3 +588,39 @@ func TestSyncReservedDeliverOpID(t *testing.T) {
 		}
 	}
 }
+
+// Removing a conversation's remote (roaming) messages clears its history
+// and unread count for the user on every device, not for the peer; later
+// messages appear again.
+func TestSyncRemoteMessagesRemove(t *testing.T) {
+	w := newKindsWorld(t)
+	w.must(step{"member", message(ctUser, "owner")})
+	w.must(step{"member", message(ctUser, "owner")})
+	history := func(user, peer string) int {
+		t.Helper()
+		h, err := w.n.Store.History("app", user, ctUser, peer, 0, 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(h)
+	}
+	if a, b := history("owner", "member"), history("member", "owner"); a != 2 || b != 2 {
+		t.Fatalf("history before: owner %d, member %d", a, b)
+	}
+	w.settle()
+	w.must(step{"owner", convOp(pb.Kind_KIND_REMOTE_MESSAGES_REMOVE, ctUser, "member")})
+	if got := kinds(w.settle()["owner.b"]); fmt.Sprint(got) != "[remote_messages_remove:owner]" {
+		t.Fatalf("owner.b got %v", got)
+	}
+	s, _ := w.n.Store.Snapshot("app", "owner")
+	if u, ok := unreadOf(s, ctUser, "member"); !ok || u != 0 {
+		t.Fatalf("unread after removal %d (found %v)", u, ok)
+	}
+	if a, b := history("owner", "member"), history("member", "owner"); a != 0 || b != 2 {
+		t.Fatalf("history after removal: owner %d (want 0), member %d (want 2)", a, b)
+	}
+	w.must(step{"member", message(ctUser, "owner")})
+	if a := history("owner", "member"); a != 1 {
+		t.Fatalf("history after a new message: %d, want 1", a)
+	}
+}
