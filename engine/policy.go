@@ -48,6 +48,12 @@ func ValidatePolicy(p *pb.PolicySet) error {
 	if p.DefaultLimit < 1 || p.DefaultLimit > MaxPlatformLimit {
 		return Errorf(CodeInvalidArgument, "policy.default_limit %d is outside [1,%d]", p.DefaultLimit, MaxPlatformLimit)
 	}
+	if p.TimelineMaxEntries < 0 || p.TimelineMaxEntries > MaxTimelineEntries {
+		return Errorf(CodeInvalidArgument, "policy.timeline_max_entries %d is outside [0,%d] (0: default)", p.TimelineMaxEntries, MaxTimelineEntries)
+	}
+	if p.TimelineMaxAgeMs < 0 || p.TimelineMaxAgeMs > MaxTimelineAgeMs {
+		return Errorf(CodeInvalidArgument, "policy.timeline_max_age_ms %d is outside [0,%d] (0: default)", p.TimelineMaxAgeMs, MaxTimelineAgeMs)
+	}
 	if len(p.Limits) > MaxPlatform {
 		return Errorf(CodeTooLarge, "policy.limits has %d entries, limit %d", len(p.Limits), MaxPlatform)
 	}

@@ -118,6 +118,9 @@ func ApplyPolicy(cur *pb.Policy, ev *pb.Event, pos Position) (*pb.Policy, bool) 
 		Limits:       ps.Limits,
 		AutoLogin:    ps.AutoLogin,
 		SetOffset:    pos.Offset,
+
+		TimelineMaxEntries: ps.TimelineMaxEntries,
+		TimelineMaxAgeMs:   ps.TimelineMaxAgeMs,
 	}, true
 }
 

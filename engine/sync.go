@@ -20,7 +20,7 @@ import (
 
 // DeliverOpID is the client op id of the DELIVER copy of source: the same
 // on every re-derivation, so recipients drop duplicates (invariant 6).
-func DeliverOpID(sourceEventID string) string { return "dlv." + sourceEventID }
+func DeliverOpID(sourceEventID string) string { return ReservedOpIDPrefix + sourceEventID }
 
 // DeliverEvent builds the DELIVER event that carries d to its recipient.
 func DeliverEvent(d *pb.Deliver) *pb.Event {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strings"
 	"unicode/utf8"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -26,7 +27,14 @@ const (
 	MaxPlatformLimit    = 100 // devices per platform
 	MaxMark             = 19  // conversation mark index 0..19
 	MaxMuteMillis       = int64(365 * 24 * 3600 * 1000)
+	MaxTimelineEntries  = 10_000_000                         // retention by count, per user
+	MaxTimelineAgeMs    = int64(10 * 365 * 24 * 3600 * 1000) // retention by age
 )
+
+// ReservedOpIDPrefix starts the client op ids of derived events (fan-out
+// copies). A caller's op id may not start with it, or it could claim the
+// identity of a future copy and have that copy dropped as a duplicate.
+const ReservedOpIDPrefix = "dlv."
 
 // ValidID reports whether s is a well-formed id: 1..64 bytes of letters,
 // digits and "_-.@". The narrow alphabet keeps ids safe as key parts
@@ -128,6 +136,9 @@ func Validate(ev *pb.Event) error {
 	}
 	if err := checkID("client_op_id", ev.ClientOpId); err != nil {
 		return err
+	}
+	if strings.HasPrefix(ev.ClientOpId, ReservedOpIDPrefix) {
+		return Errorf(CodeInvalidArgument, "client_op_id may not start with %q (reserved for fan-out copies)", ReservedOpIDPrefix)
 	}
 	ki, ok := kindByValue[ev.Kind]
 	if !ok {
