@@ -125,8 +125,10 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 		case pb.Kind_KIND_CONTACT_REQUEST:
 			c.RequestsIn = add(c.RequestsIn, actor)
 		case pb.Kind_KIND_CONTACT_ACCEPT:
+			// Both may have asked each other: the accept settles both requests.
 			c.Friends = add(c.Friends, actor)
 			c.RequestsOut = del(c.RequestsOut, actor)
+			c.RequestsIn = del(c.RequestsIn, actor)
 		case pb.Kind_KIND_CONTACT_DECLINE:
 			c.RequestsOut = del(c.RequestsOut, actor)
 		case pb.Kind_KIND_CONTACT_REMOVE:
