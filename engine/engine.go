@@ -73,6 +73,13 @@ func (e *Engine) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
 	if op.Kind == pb.Kind_KIND_POLICY_SET {
 		return e.setPolicy(ctx, op)
 	}
+	if m := op.GetMessage(); m != nil && op.ClientOpId != m.ClientMsgId {
+		// A message's identity is its client message id: a retry that
+		// carries the same client_msg_id under a new client_op_id must
+		// not create a second message.
+		op = proto.Clone(op).(*pb.Event)
+		op.ClientOpId = m.ClientMsgId
+	}
 	stream := StreamKeyFor(op)
 	key := stream + "\x00" + op.Actor.User + "\x00" + op.ClientOpId
 	return e.once(ctx, key, func() (*pb.Decision, error) {

@@ -326,6 +326,9 @@ func validateMessage(ki *KindInfo, m *pb.MessageSend) error {
 	if err := checkID("message.client_msg_id", m.ClientMsgId); err != nil {
 		return err
 	}
+	if strings.HasPrefix(m.ClientMsgId, ReservedOpIDPrefix) {
+		return Errorf(CodeInvalidArgument, "message.client_msg_id may not start with %q (reserved)", ReservedOpIDPrefix)
+	}
 	if err := checkText("message.content_type", m.ContentType, MaxContentTypeBytes); err != nil {
 		return err
 	}

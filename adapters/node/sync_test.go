@@ -207,3 +207,23 @@ func TestCursorIsOperational(t *testing.T) {
 		t.Fatal("a cursor changed the digest")
 	}
 }
+
+// A retried message with the same client message id, even under a new
+// client op id, creates no second message.
+func TestMessageRetryByClientMsgID(t *testing.T) {
+	n := openNode(t, 2)
+	first := msg("frank", "", pb.ChatType_CHAT_TYPE_USER, "gina", "hello")
+	first.GetMessage().ClientMsgId = "cm-1"
+	d1 := submit(t, n, first)
+	retry := msg("frank", "", pb.ChatType_CHAT_TYPE_USER, "gina", "hello")
+	retry.GetMessage().ClientMsgId = "cm-1" // new client_op_id from msg(), same message id
+	d2 := submit(t, n, retry)
+	if d1.MessageId == "" || d1.MessageId != d2.MessageId || d1.Offset != d2.Offset {
+		t.Fatalf("retry made a second message: %v / %v", d1, d2)
+	}
+	eventually(t, func() bool { return relayIdle(t, n) })
+	es, _, _, err := n.Store.Timeline("app", "gina", "G1", "", 0, 100)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("gina's timeline: %d entries, %v", len(es), err)
+	}
+}
