@@ -13,7 +13,7 @@ import (
 // under the partition's current policy. It never mutates st; it returns the
 // new state and the decision. Refused operations return st unchanged.
 func ApplySession(st *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.UserSessions, *pb.Decision) {
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	next := proto.Clone(st).(*pb.UserSessions)
 	switch ev.Kind {
 	case pb.Kind_KIND_LOGIN:
@@ -168,7 +168,9 @@ func EnforcePolicy(user string, st *pb.UserSessions, pol *pb.Policy, ev *pb.Even
 	return next, out
 }
 
-func newDecision(ev *pb.Event, pos Position, pol *pb.Policy) *pb.Decision {
+// NewDecision is the decision for an operation applied at pos: accepted
+// (code 0) until a rule refuses it.
+func NewDecision(ev *pb.Event, pos Position, pol *pb.Policy) *pb.Decision {
 	return &pb.Decision{
 		App:           ev.App,
 		User:          ev.GetActor().GetUser(),
@@ -179,12 +181,6 @@ func newDecision(ev *pb.Event, pos Position, pol *pb.Policy) *pb.Decision {
 		Offset:        pos.Offset,
 		PolicyVersion: pol.GetVersion(),
 	}
-}
-
-// NewDecision is the decision for an operation accepted without a session
-// rule (operations whose rules live in other projections start here).
-func NewDecision(ev *pb.Event, pos Position, pol *pb.Policy) *pb.Decision {
-	return newDecision(ev, pos, pol)
 }
 
 func refuse(d *pb.Decision, code Code, format string, args ...any) *pb.Decision {

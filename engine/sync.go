@@ -86,7 +86,7 @@ func del(set []string, vs ...string) []string {
 }
 
 func refused(ev *pb.Event, pos Position, pol *pb.Policy, code Code, format string, args ...any) *pb.Decision {
-	return refuse(newDecision(ev, pos, pol), code, format, args...)
+	return refuse(NewDecision(ev, pos, pol), code, format, args...)
 }
 
 // ApplyContact applies a contact operation to the actor's contacts. The
@@ -94,7 +94,7 @@ func refused(ev *pb.Event, pos Position, pol *pb.Policy, code Code, format strin
 func ApplyContact(c *pb.Contacts, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Contacts, *pb.Decision, []*pb.Deliver) {
 	peer := ev.GetContact().GetUser()
 	next := proto.Clone(c).(*pb.Contacts)
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	notify := []string{peer}
 	switch ev.Kind {
 	case pb.Kind_KIND_CONTACT_REQUEST:
@@ -174,7 +174,7 @@ func ApplyGroup(g *pb.Group, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Gr
 	fail := func(code Code, format string, args ...any) (*pb.Group, *pb.Decision, []*pb.Deliver) {
 		return g, refused(ev, pos, pol, code, format, args...), nil
 	}
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	if ev.Kind == pb.Kind_KIND_GROUP_CREATE {
 		if g != nil {
 			return fail(CodeConflict, "group %s exists", g.GroupId)
@@ -515,7 +515,7 @@ func setAttributes(as []*pb.MemberAttributes, user string, attrs []*pb.Attribute
 // messages only: join and leave produce no multi-device events.
 func ApplyChatroom(r *pb.Chatroom, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Chatroom, *pb.Decision, []*pb.Deliver) {
 	actor := ev.Actor.User
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	next := proto.Clone(r).(*pb.Chatroom)
 	switch ev.Kind {
 	case pb.Kind_KIND_CHATROOM_JOIN:
@@ -544,7 +544,7 @@ func ApplyChatroom(r *pb.Chatroom, pol *pb.Policy, ev *pb.Event, pos Position) (
 // own devices (by login ID; sessions are the sender's active devices).
 func ApplyUserMessage(sessions *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Decision, []*pb.Deliver) {
 	m := ev.GetMessage()
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	d.MessageId = ev.EventId
 	if m.ChatType == pb.ChatType_CHAT_TYPE_SELF_DEVICE {
 		if indexOf(sessions.GetSessions(), m.To) < 0 {
@@ -568,7 +568,7 @@ func ApplyUserMessage(sessions *pb.UserSessions, pol *pb.Policy, ev *pb.Event, p
 // effect is applied with the actor's copy (ApplyDelivery). Receipts also go
 // to the conversation's peer user, whose devices show them.
 func ApplyOwnOperation(pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Decision, []*pb.Deliver) {
-	d := newDecision(ev, pos, pol)
+	d := NewDecision(ev, pos, pol)
 	var peers []string
 	if r := ev.GetReceipt(); r != nil && r.ChatType == pb.ChatType_CHAT_TYPE_USER {
 		peers = []string{r.ConversationId}
