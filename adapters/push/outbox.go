@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/mdsync/mdsync/projections"
 )
 
 // ErrClosed is returned by an Outbox used after Close.
@@ -122,7 +123,7 @@ func OpenOutbox(opts OutboxOptions) (*Outbox, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Logger: pebbleLogger{opts.Logger}})
+	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Logger: projections.PebbleLogger(opts.Logger.With("db", "push-outbox"))})
 	if err != nil {
 		return nil, fmt.Errorf("push: open outbox %s: %w", opts.Dir, err)
 	}
@@ -371,21 +372,4 @@ func (o *Outbox) prune(limit int) (int, error) {
 		return 0, fmt.Errorf("push: prune: %w", err)
 	}
 	return n, nil
-}
-
-// pebbleLogger sends Pebble's messages to slog (Pebble's default writes to
-// stderr).
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble", "db", "push-outbox")
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble", "db", "push-outbox")
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble", "db", "push-outbox")
-	panic(fmt.Sprintf(format, args...)) // Pebble expects Fatalf not to return
 }
