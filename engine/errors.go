@@ -36,6 +36,9 @@ const (
 	CodeUnauthenticated Code = 1013
 	CodeRateLimited     Code = 1014
 	CodeResync          Code = 1015 // a device's position cannot be continued: take a snapshot
+	CodeSlowConsumer    Code = 1016 // a connection's send queue overflowed: it was closed
+	CodeIdleTimeout     Code = 1017 // no frame within the heartbeat timeout: the connection was closed
+	CodeNotOwner        Code = 1018 // another process owns the user's partition: reconnect to it
 )
 
 // Error is an error with a wire code. Callers match it with errors.As, or
