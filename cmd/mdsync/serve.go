@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,8 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// serveConfig holds serve's settings. Each flag also reads an environment
-// variable (MDSYNC_<FLAG>), and flags win over the environment.
+// serveConfig holds serve's settings. Each flag can also be set by an
+// environment variable (MDSYNC_<FLAG>) or the --config file; see
+// parseSettings for the precedence.
 type serveConfig struct {
 	data       string
 	addr       string
@@ -42,31 +42,22 @@ type serveConfig struct {
 	rf         int
 }
 
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
 // runServe runs the server on the embedded log: a data directory and an
 // HTTP listener on 127.0.0.1:8080 by default, with no other setup.
 func runServe(args []string) error {
 	var c serveConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&c.data, "data", envOr("MDSYNC_DATA", "data"), "data directory (env MDSYNC_DATA)")
-	fs.StringVar(&c.addr, "addr", envOr("MDSYNC_ADDR", "127.0.0.1:8080"), "HTTP listen address (env MDSYNC_ADDR)")
-	parts, _ := strconv.Atoi(envOr("MDSYNC_PARTITIONS", "8"))
-	fs.IntVar(&c.partitions, "partitions", parts, "partitions of a new log; an existing log keeps its count (env MDSYNC_PARTITIONS)")
-	fs.StringVar(&c.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
-	fs.StringVar(&c.logFormat, "log-format", envOr("MDSYNC_LOG_FORMAT", "text"), "text or json (env MDSYNC_LOG_FORMAT)")
-	fs.StringVar(&c.pushURL, "push-webhook", envOr("MDSYNC_PUSH_WEBHOOK", ""), "URL that receives offline push entries (HTTP POST); empty disables push (env MDSYNC_PUSH_WEBHOOK)")
-	fs.StringVar(&c.kafka, "kafka-brokers", envOr("MDSYNC_KAFKA_BROKERS", ""), "comma-separated Kafka bootstrap brokers; empty uses the embedded log (env MDSYNC_KAFKA_BROKERS)")
-	fs.StringVar(&c.topic, "kafka-topic", envOr("MDSYNC_KAFKA_TOPIC", "mdsync.log"), "the log's Kafka topic; created with --partitions if missing, else its partition count must match (env MDSYNC_KAFKA_TOPIC)")
-	rf, _ := strconv.Atoi(envOr("MDSYNC_KAFKA_REPLICATION", "1"))
-	fs.IntVar(&c.rf, "kafka-replication", rf, "replication factor of a topic mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
-	fs.StringVar(&c.pushSecret, "push-secret", envOr("MDSYNC_PUSH_SECRET", ""), "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
-	if err := fs.Parse(args); err != nil {
+	fs.StringVar(&c.data, "data", "data", "data directory (env MDSYNC_DATA)")
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "HTTP listen address (env MDSYNC_ADDR)")
+	fs.IntVar(&c.partitions, "partitions", 8, "partitions of a new log; an existing log keeps its count (env MDSYNC_PARTITIONS)")
+	fs.StringVar(&c.adminToken, "admin-token", "", "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json (env MDSYNC_LOG_FORMAT)")
+	fs.StringVar(&c.pushURL, "push-webhook", "", "URL that receives offline push entries (HTTP POST); empty disables push (env MDSYNC_PUSH_WEBHOOK)")
+	fs.StringVar(&c.kafka, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty uses the embedded log (env MDSYNC_KAFKA_BROKERS)")
+	fs.StringVar(&c.topic, "kafka-topic", "mdsync.log", "the log's Kafka topic; created with --partitions if missing, else its partition count must match (env MDSYNC_KAFKA_TOPIC)")
+	fs.IntVar(&c.rf, "kafka-replication", 1, "replication factor of a topic mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
+	fs.StringVar(&c.pushSecret, "push-secret", "", "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
+	if err := parseSettings(fs, args); err != nil {
 		return err
 	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
