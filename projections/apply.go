@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
@@ -74,6 +75,7 @@ func (s *Store) Apply(p int32, entries []engine.Entry) error {
 		return fmt.Errorf("projections: apply: %w", engine.ErrBadPartition)
 	}
 	ps := s.parts[p]
+	start := time.Now()
 	ps.apply.Lock()
 	defer ps.apply.Unlock()
 	if s.isClosed() {
@@ -118,7 +120,7 @@ func (s *Store) Apply(p int32, entries []engine.Entry) error {
 	ps.changed = make(chan struct{})
 	ps.mu.Unlock()
 	if s.opts.OnApplied != nil && (len(decisions) > 0 || len(t.entries) > 0) {
-		s.opts.OnApplied(p, Applied{Decisions: decisions, Entries: t.entries})
+		s.opts.OnApplied(p, Applied{Decisions: decisions, Entries: t.entries, Events: len(entries), Duration: time.Since(start)})
 	}
 	return nil
 }

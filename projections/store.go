@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -71,6 +72,10 @@ func (o *Options) validate() error {
 type Applied struct {
 	Decisions []*pb.Decision
 	Entries   []AppliedEntry
+	// Events is the number of log entries in the batch (applied, duplicate
+	// or skipped); Duration the time from starting the batch to its commit.
+	Events   int
+	Duration time.Duration
 }
 
 // AppliedEntry is a timeline entry appended to a user's timeline.

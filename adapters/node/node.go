@@ -30,6 +30,8 @@ type Options struct {
 	// ProjectionSync commits projection batches with fsync (default false;
 	// see projections.Options.Sync).
 	ProjectionSync bool
+	// WrapLog, when set, wraps the opened log (e.g. to time appends).
+	WrapLog func(engine.Log) engine.Log
 }
 
 // Node is a running single-process mdsync core on the embedded log.
@@ -64,7 +66,11 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 		lg.Close()
 		return nil, err
 	}
-	return start(ctx, lg, st, opts.Now)
+	var l engine.Log = lg
+	if opts.WrapLog != nil {
+		l = opts.WrapLog(lg)
+	}
+	return start(ctx, l, st, opts.Now)
 }
 
 // Start runs a node over an already open log and store (Kafka, tests).

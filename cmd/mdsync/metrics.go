@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mdsync/mdsync/engine"
+	"github.com/mdsync/mdsync/projections"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// coreMetrics are the log's and the projector's metrics. The edges (the
+// gateway, the bus, the REST API, push) register their own.
+type coreMetrics struct {
+	appendSeconds prometheus.Histogram
+	applySeconds  prometheus.Histogram
+	applied       *prometheus.CounterVec
+	ended         *prometheus.CounterVec
+}
+
+func newCoreMetrics(reg prometheus.Registerer) (*coreMetrics, error) {
+	m := &coreMetrics{
+		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mdsync_log_append_duration_seconds",
+			Help:    "Time of one durable log append (a call may carry several records).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mdsync_projection_apply_duration_seconds",
+			Help:    "Time to apply and commit one projection batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_operations_applied_total",
+			Help: "Operations decided by the projections, by kind and result code (0 = accepted), whatever submitted them.",
+		}, []string{"kind", "code"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_sessions_ended_total",
+			Help: "Sessions ended by evictions, kicks, logouts, password changes and removals, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.appendSeconds, m.applySeconds, m.applied, m.ended} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// observe counts one committed projection batch.
+func (m *coreMetrics) observe(a projections.Applied) {
+	m.applySeconds.Observe(a.Duration.Seconds())
+	for _, d := range a.Decisions {
+		m.applied.WithLabelValues(engine.KindName(d.Kind), strconv.Itoa(int(d.Code))).Inc()
+		for _, e := range d.Ended {
+			m.ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
+		}
+	}
+}
+
+// timedLog times the engine's appends; reads pass through.
+type timedLog struct {
+	engine.Log
+	h prometheus.Histogram
+}
+
+func (l timedLog) Append(ctx context.Context, recs []engine.Record) ([]engine.Position, error) {
+	start := time.Now()
+	pos, err := l.Log.Append(ctx, recs)
+	if err == nil {
+		l.h.Observe(time.Since(start).Seconds())
+	}
+	return pos, err
+}
+
+// lagCollector reports, per partition, the events appended but not yet
+// applied: the projector's lag.
+type lagCollector struct {
+	desc *prometheus.Desc
+	log  engine.Log
+	st   *projections.Store
+}
+
+func newLagCollector(log engine.Log, st *projections.Store) *lagCollector {
+	return &lagCollector{log: log, st: st, desc: prometheus.NewDesc("mdsync_projection_lag_events",
+		"Events appended to the log but not yet applied, per partition.", []string{"partition"}, nil)}
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for p := int32(0); p < c.log.Partitions(); p++ {
+		end, err := c.log.End(ctx, p)
+		if err != nil {
+			continue // a scrape must not fail because one partition is unreachable
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
+			float64(end-c.st.Checkpoint(p).NextOffset), strconv.Itoa(int(p)))
+	}
+}
