@@ -1,0 +1,533 @@
+// Package bus carries the projector's effects (deliver, ended) to the
+// edges (WebSocket gateways, push outbox) over a Watermill Publisher and
+// Subscriber: in-process (gochannel) by default, a Kafka topic (kafka-go)
+// across processes when brokers are given.
+//
+// Delivery is at-least-once per handler, with these bounds:
+//   - Publish never waits longer than Options.QueueWait; effects that find
+//     the queue still full are dropped and counted
+//     (mdsync_bus_dropped_total{reason="queue_full"}).
+//   - A handler that keeps failing is retried Options.Retries times, then
+//     the effect is given up for that handler only and counted
+//     (mdsync_bus_deliveries_total{result="failed"}), so that one broken
+//     edge cannot stall every other.
+//
+// Neither loses data: effects are derived from the store, the source of
+// truth. A gateway re-reads a user's timeline from the last seq it sent
+// (so a later deliver, or the device's next sync, brings a missed entry),
+// and devices drop duplicates by seq.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of Options.
+const (
+	DefaultTopic          = "mdsync.effects"
+	DefaultPartitions     = 8
+	DefaultQueueSize      = 65536
+	DefaultQueueWait      = 50 * time.Millisecond
+	DefaultMaxBatch       = 256
+	DefaultRetries        = 3
+	DefaultRetryBackoff   = 10 * time.Millisecond
+	DefaultMaxBackoff     = time.Second
+	DefaultHandlerTimeout = 5 * time.Second
+	DefaultCloseTimeout   = 5 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultReadMaxWait    = 500 * time.Millisecond
+	DefaultRetention      = time.Hour
+	DefaultClientID       = "mdsync-bus"
+)
+
+// Options configure New. Registerer is required; every other field has a
+// stated default.
+type Options struct {
+	// Brokers selects the transport: empty, in-process (gochannel); else
+	// the Kafka topic Topic on these brokers (host:port).
+	Brokers []string
+	// Topic is the Kafka topic, also the gochannel topic. Default
+	// DefaultTopic.
+	Topic string
+	// Partitions is the partition count of a topic New creates. Default
+	// DefaultPartitions. An existing topic is used with its own count.
+	Partitions int
+	// ReplicationFactor of a topic New creates. Default 1.
+	ReplicationFactor int
+	// Retention is the retention.ms of a topic New creates. Default
+	// DefaultRetention: nobody reads old effects (a process starts at the
+	// end), so the topic only needs to hold what is in flight.
+	Retention time.Duration
+
+	// Registerer receives the bus's metrics. Required.
+	Registerer prometheus.Registerer
+	// Logger. Default: discards.
+	Logger *slog.Logger
+
+	// QueueSize bounds the effects Publish holds before the transport took
+	// them. Default DefaultQueueSize.
+	QueueSize int
+	// QueueWait is the longest one Publish call waits for room in a full
+	// queue; the effects still without room are then dropped. Default
+	// DefaultQueueWait.
+	QueueWait time.Duration
+	// MaxBatch is the most effects handed to the transport in one call.
+	// Default DefaultMaxBatch.
+	MaxBatch int
+
+	// Retries is how often a failed (or panicking, or timed-out) handler
+	// call is retried before the effect is given up for that handler.
+	// Default DefaultRetries; negative: no retry.
+	Retries int
+	// RetryBackoff is the first retry's delay, doubling up to MaxBackoff.
+	// Defaults DefaultRetryBackoff and DefaultMaxBackoff.
+	RetryBackoff, MaxBackoff time.Duration
+	// HandlerTimeout bounds one handler call (its ctx's deadline). Default
+	// DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
+	// CloseTimeout bounds how long stopping waits for running handlers.
+	// Default DefaultCloseTimeout.
+	CloseTimeout time.Duration
+
+	// Kafka only. DialTimeout bounds connecting to a broker, RequestTimeout
+	// one request (metadata, list offsets, produce) and the wait for a new
+	// topic's leaders, ReadMaxWait one fetch at the end of a partition.
+	// Defaults DefaultDialTimeout, DefaultRequestTimeout,
+	// DefaultReadMaxWait; ClientID default DefaultClientID.
+	DialTimeout, RequestTimeout, ReadMaxWait time.Duration
+	ClientID                                 string
+}
+
+// EnsureDefaults fills unset fields with their documented defaults.
+func (o *Options) EnsureDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if o.Topic == "" {
+		o.Topic = DefaultTopic
+	}
+	if o.Partitions == 0 {
+		o.Partitions = DefaultPartitions
+	}
+	if o.ReplicationFactor == 0 {
+		o.ReplicationFactor = 1
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.Retries == 0 {
+		o.Retries = DefaultRetries
+	} else if o.Retries < 0 {
+		o.Retries = -1
+	}
+	def(&o.Retention, DefaultRetention)
+	def(&o.QueueWait, DefaultQueueWait)
+	def(&o.RetryBackoff, DefaultRetryBackoff)
+	def(&o.MaxBackoff, DefaultMaxBackoff)
+	def(&o.HandlerTimeout, DefaultHandlerTimeout)
+	def(&o.CloseTimeout, DefaultCloseTimeout)
+	def(&o.DialTimeout, DefaultDialTimeout)
+	def(&o.RequestTimeout, DefaultRequestTimeout)
+	def(&o.ReadMaxWait, DefaultReadMaxWait)
+	if o.ClientID == "" {
+		o.ClientID = DefaultClientID
+	}
+}
+
+// Validate reports options New cannot use.
+func (o *Options) Validate() error {
+	switch {
+	case o.Registerer == nil:
+		return errors.New("bus: Options.Registerer is required")
+	case o.Partitions < 1 || o.Partitions > 1024:
+		return fmt.Errorf("bus: Options.Partitions %d not in [1, 1024]", o.Partitions)
+	case o.ReplicationFactor < 1:
+		return fmt.Errorf("bus: Options.ReplicationFactor %d < 1", o.ReplicationFactor)
+	case o.QueueSize < 1 || o.QueueSize > 1<<24:
+		return fmt.Errorf("bus: Options.QueueSize %d not in [1, 2^24]", o.QueueSize)
+	case o.MaxBatch < 1 || o.MaxBatch > 1<<16:
+		return fmt.Errorf("bus: Options.MaxBatch %d not in [1, 65536]", o.MaxBatch)
+	case o.Retries > 100:
+		return fmt.Errorf("bus: Options.Retries %d > 100", o.Retries)
+	case o.Retention < 0 || o.QueueWait < 0 || o.RetryBackoff < 0 || o.MaxBackoff < 0 ||
+		o.HandlerTimeout < 0 || o.CloseTimeout < 0 || o.DialTimeout < 0 || o.RequestTimeout < 0:
+		return errors.New("bus: Options durations must not be negative")
+	case o.ReadMaxWait < time.Millisecond:
+		// Kafka counts max wait in ms; below 1 ms a fetch at the end spins.
+		return fmt.Errorf("bus: Options.ReadMaxWait %v < 1ms", o.ReadMaxWait)
+	}
+	return nil
+}
+
+// ErrClosed is returned by Run after Close.
+var ErrClosed = errors.New("bus: closed")
+
+// Bus carries effects from Publish to every handler of every process on
+// the same transport. Publish is safe for concurrent use; Handle must be
+// called before Run.
+type Bus struct {
+	o   Options
+	log *slog.Logger
+	m   *metrics
+
+	pub    message.Publisher
+	sub    message.Subscriber
+	closeT func() error // closes the transport (publisher and subscriber)
+	router *message.Router
+
+	queue chan Effect
+
+	mu       sync.Mutex
+	handlers map[string]bool
+	started  bool
+
+	runDone   chan struct{} // closed when Run returned (or never ran and Close)
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	running   chan struct{}
+	ranOnce   atomic.Bool
+}
+
+// New builds a bus on the transport Options select. ctx bounds only the
+// setup (Kafka: connecting, creating the topic).
+func New(ctx context.Context, o Options) (*Bus, error) {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.Brokers = append([]string(nil), o.Brokers...)
+	b := &Bus{
+		o:        o,
+		log:      o.Logger.With("component", "bus"),
+		queue:    make(chan Effect, o.QueueSize),
+		handlers: map[string]bool{},
+		runDone:  make(chan struct{}),
+		closed:   make(chan struct{}),
+		running:  make(chan struct{}),
+	}
+	// Watermill logs every start and stop at info; keep those at debug.
+	wlog := watermill.NewSlogLoggerWithLevelMapping(b.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	if len(o.Brokers) == 0 {
+		gc := gochannel.NewGoChannel(gochannel.Config{
+			// Unbuffered: a subscriber takes the next message only after
+			// acking the one before, so each handler sees effects in
+			// publish order.
+			OutputChannelBuffer: 0,
+			// Effects published while no handler runs are not kept:
+			// nobody would be connected to receive them.
+			Persistent: false,
+			// Publish returns once every handler acked: the pump is the
+			// only publisher, so this keeps the global order and makes the
+			// bounded queue the one place effects wait.
+			BlockPublishUntilSubscriberAck: true,
+		}, wlog)
+		b.pub, b.sub, b.closeT = gc, gc, gc.Close
+	} else {
+		k, err := newKafka(ctx, &b.o, b.log)
+		if err != nil {
+			return nil, err
+		}
+		b.pub, b.sub, b.closeT = k.pub, k.sub, k.Close
+	}
+	m, err := newMetrics(o.Registerer, func() float64 { return float64(len(b.queue)) })
+	if err != nil {
+		_ = b.closeT()
+		return nil, err
+	}
+	b.m = m
+	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: o.CloseTimeout}, wlog)
+	if err != nil {
+		_ = b.closeT()
+		return nil, fmt.Errorf("bus: router: %w", err)
+	}
+	// First added runs outermost: observe sees the final outcome of all
+	// attempts; each attempt gets its own timeout; a panic becomes an
+	// error the retry sees.
+	r.AddMiddleware(b.observe, middleware.Retry{
+		MaxRetries:          max(o.Retries, 0),
+		InitialInterval:     o.RetryBackoff,
+		MaxInterval:         o.MaxBackoff,
+		Multiplier:          2,
+		MaxElapsedTime:      0, // bounded by MaxRetries alone
+		RandomizationFactor: 0.2,
+		ResetContextOnRetry: true, // drop the previous attempt's expired deadline
+		// A malformed message fails the same way every time.
+		ShouldRetry: func(p middleware.RetryParams) bool { return !errors.Is(p.Err, ErrMalformed) },
+	}.Middleware, b.attempt, middleware.Timeout(o.HandlerTimeout), middleware.Recoverer)
+	b.router = r
+	return b, nil
+}
+
+// Publish queues effects for every handler of every process on the
+// transport, in order. It does not block on the transport: when the queue
+// (Options.QueueSize) is full it waits at most Options.QueueWait in total,
+// then drops the effects still without room, logs once and counts them in
+// mdsync_bus_dropped_total{reason="queue_full"}. After Close it drops
+// everything (reason="closed"). Effects queued before Run are sent once the
+// handlers run. The bus keeps the effects: callers must not change them.
+func (b *Bus) Publish(effects ...Effect) {
+	var timer *time.Timer
+	for i, e := range effects {
+		select {
+		case <-b.closed:
+			b.drop("closed", len(effects)-i)
+			return
+		default:
+		}
+		select {
+		case b.queue <- e:
+			b.m.lag.Observe(ageSeconds(e))
+			continue
+		default:
+		}
+		if timer == nil {
+			timer = time.NewTimer(b.o.QueueWait)
+			defer timer.Stop()
+		}
+		select {
+		case b.queue <- e:
+			b.m.lag.Observe(ageSeconds(e))
+		case <-timer.C:
+			b.drop("queue_full", len(effects)-i)
+			return
+		case <-b.closed:
+			b.drop("closed", len(effects)-i)
+			return
+		}
+	}
+}
+
+func (b *Bus) drop(reason string, n int) {
+	b.m.dropped.WithLabelValues(reason).Add(float64(n))
+	b.log.Warn("bus: effects dropped", "reason", reason, "count", n, "queue_size", b.o.QueueSize)
+}
+
+// ageSeconds is how long ago the operation behind e was accepted: the
+// projector's lag when e is published.
+func ageSeconds(e Effect) float64 {
+	ms := e.eventTimeMs()
+	if ms <= 0 {
+		return 0
+	}
+	return max(0, float64(time.Now().UnixMilli()-ms)/1e3)
+}
+
+// Handle adds a handler under a unique name. Every handler receives every
+// effect (of every process on the transport) published after Running is
+// closed; per handler, effects of one app+user arrive in publish order
+// (in-process: all effects do). A call that returns an error, panics or
+// outlives Options.HandlerTimeout is retried; ctx is cancelled at the
+// timeout and when the bus stops. Handle panics after Run, or on a
+// duplicate name: both are wiring mistakes.
+func (b *Bus) Handle(name string, h func(ctx context.Context, e Effect) error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started {
+		panic("bus: Handle(" + name + ") after Run")
+	}
+	if b.handlers[name] {
+		panic("bus: duplicate handler " + name)
+	}
+	b.handlers[name] = true
+	b.router.AddConsumerHandler(name, b.o.Topic, b.sub, func(msg *message.Message) error {
+		e, err := decode(msg)
+		if err != nil {
+			return err
+		}
+		return h(msg.Context(), e)
+	})
+}
+
+// Run runs the handlers and sends queued effects until ctx is done or
+// Close is called; then it waits (at most Options.CloseTimeout) for
+// running handler calls and returns. Effects still queued are dropped.
+func (b *Bus) Run(ctx context.Context) error {
+	b.mu.Lock()
+	if b.started {
+		b.mu.Unlock()
+		return errors.New("bus: Run called twice")
+	}
+	b.started = true
+	b.mu.Unlock()
+	defer close(b.runDone)
+	select {
+	case <-b.closed:
+		return ErrClosed
+	default:
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { _ = b.router.Close() })
+	defer stop()
+	go func() {
+		select {
+		case <-b.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-b.router.Running():
+		case <-ctx.Done():
+			return
+		}
+		close(b.running)
+		b.pump(ctx)
+	}()
+	err := b.router.Run(ctx)
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("bus: %w", err)
+	}
+	return nil
+}
+
+// Running is closed once every handler is subscribed: effects published
+// from then on reach all of them.
+func (b *Bus) Running() <-chan struct{} { return b.running }
+
+// pump moves queued effects to the transport in batches, in queue order.
+func (b *Bus) pump(ctx context.Context) {
+	batch := make([]*message.Message, 0, b.o.MaxBatch)
+	for {
+		var e Effect
+		select {
+		case <-ctx.Done():
+			return
+		case e = <-b.queue:
+		}
+		batch = b.add(batch[:0], e)
+	fill:
+		for len(batch) < b.o.MaxBatch {
+			select {
+			case e = <-b.queue:
+				batch = b.add(batch, e)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		if err := b.pub.Publish(b.o.Topic, batch...); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			b.m.dropped.WithLabelValues("publish_error").Add(float64(len(batch)))
+			b.log.Error("bus: publish failed; effects dropped", "count", len(batch), "err", err)
+			continue
+		}
+		b.m.published.Add(float64(len(batch)))
+	}
+}
+
+func (b *Bus) add(batch []*message.Message, e Effect) []*message.Message {
+	m, err := encode(e)
+	if err != nil {
+		b.m.dropped.WithLabelValues("invalid").Inc()
+		b.log.Error("bus: effect dropped", "err", err)
+		return batch
+	}
+	return append(batch, m)
+}
+
+// Close stops Run (if running) and closes the transport. Publish drops
+// effects after Close.
+func (b *Bus) Close() error {
+	b.closeOnce.Do(func() {
+		close(b.closed)
+		b.mu.Lock()
+		started := b.started
+		b.mu.Unlock()
+		if started {
+			<-b.runDone
+		} else {
+			_ = b.router.Close()
+		}
+		b.closeErr = b.closeT()
+	})
+	return b.closeErr
+}
+
+// observe is the outermost middleware: it records each handler's outcome
+// and time for an effect, and gives the effect up after the last retry
+// (acks it), so that one failing handler cannot hold back the others.
+func (b *Bus) observe(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context() // attempts replace msg's context with ones they cancel
+		name := message.HandlerNameFromCtx(ctx)
+		start := time.Now()
+		out, err := h(msg)
+		b.m.handle.WithLabelValues(name).Observe(time.Since(start).Seconds())
+		switch {
+		case err == nil:
+			b.m.deliveries.WithLabelValues(name, "ok").Inc()
+			if e, derr := decode(msg); derr == nil {
+				b.m.deliveryLag.WithLabelValues(name).Observe(ageSeconds(e))
+			}
+		case errors.Is(err, ErrMalformed):
+			b.m.deliveries.WithLabelValues(name, "malformed").Inc()
+			b.log.Error("bus: malformed effect dropped", "handler", name, "err", err)
+		case ctx.Err() != nil:
+			// Stopping: the transport redelivers or, stopping too, drops.
+			b.m.deliveries.WithLabelValues(name, "cancelled").Inc()
+			return nil, err
+		default:
+			b.m.deliveries.WithLabelValues(name, "failed").Inc()
+			b.log.Error("bus: handler gave up on an effect", "handler", name, "message", msg.UUID,
+				"kind", msg.Metadata.Get(metaKind), "app", msg.Metadata.Get(metaApp), "user", msg.Metadata.Get(metaUser),
+				"attempts", max(b.o.Retries, 0)+1, "err", err)
+		}
+		return out, nil
+	}
+}
+
+// attempt counts every failed handler call, by cause.
+func (b *Bus) attempt(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err != nil {
+			cause := "error"
+			var p middleware.RecoveredPanicError
+			switch {
+			case errors.As(err, &p):
+				cause = "panic"
+			case errors.Is(err, context.DeadlineExceeded):
+				cause = "timeout"
+			case errors.Is(err, ErrMalformed):
+				cause = "malformed"
+			}
+			b.m.attemptErrors.WithLabelValues(message.HandlerNameFromCtx(msg.Context()), cause).Inc()
+		}
+		return out, err
+	}
+}
