@@ -292,6 +292,9 @@ func (c *Client) connect(ctx context.Context, resume, autoLogin bool) (*conn, Lo
 func (c *Client) install(cn *conn) {
 	c.mu.Lock()
 	c.cur = cn
+	// The position is known to the server (resume) or behind it (a login
+	// catches up from the stored ack): only newer acks are worth sending.
+	cn.sentEpoch, cn.sentSeq = c.ackEpoch, c.ackSeq
 	pending := make([][]byte, 0, len(c.calls))
 	for _, cl := range c.calls {
 		pending = append(pending, cl.frame)
@@ -336,8 +339,12 @@ func (c *Client) read(cn *conn) {
 			if f.ID != "" && c.deliver(f) {
 				continue
 			}
-			// A connection-level error: the server closes next.
-			cn.fail(&Error{Code: f.Code, Message: f.Message})
+			if connectionError(f.Code) {
+				// The server closes next; this is why.
+				cn.fail(&Error{Code: f.Code, Message: f.Message})
+			} else {
+				c.log.Warn("server refused a frame", "code", f.Code, "message", f.Message)
+			}
 		default:
 			if f.ID == "" || !c.deliver(f) {
 				if f.Type != "pong" {
@@ -346,6 +353,17 @@ func (c *Client) read(cn *conn) {
 			}
 		}
 	}
+}
+
+// connectionError reports whether an error frame without an id ends the
+// connection (docs/protocol.md, errors); others (1001 for a stale ack)
+// leave it open.
+func connectionError(code int32) bool {
+	switch code {
+	case CodeTooLarge, 1009, CodeUnauthenticated, 1016, 1017, 1018:
+		return true
+	}
+	return false
 }
 
 func (c *Client) deliver(f *inFrame) bool {
