@@ -1,0 +1,260 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Recorder is a concurrency-safe HDR histogram of latencies in
+// microseconds, 1 µs .. 10 min at 3 significant digits. Values outside the
+// range are clamped and counted, never dropped, so a count stays a count.
+type Recorder struct {
+	mu sync.Mutex
+	h  *hdr.Histogram
+}
+
+const maxLatencyMicros = int64(10 * time.Minute / time.Microsecond)
+
+func NewRecorder() *Recorder { return &Recorder{h: hdr.New(1, maxLatencyMicros, 3)} }
+
+func (r *Recorder) Record(d time.Duration) {
+	us := d.Microseconds()
+	if us < 1 {
+		us = 1
+	}
+	if us > maxLatencyMicros {
+		us = maxLatencyMicros
+	}
+	r.mu.Lock()
+	r.h.RecordValue(us) // in range by the clamp above, so no error
+	r.mu.Unlock()
+}
+
+// Snapshot summarizes the histogram and resets it when reset is set (the
+// per-phase figures of the ramp).
+func (r *Recorder) Snapshot(reset bool) Latency {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := summarize(r.h)
+	if reset {
+		r.h.Reset()
+	}
+	return l
+}
+
+// Merge adds another recorder's values (a phase into the run's total).
+func (r *Recorder) Merge(o *Recorder) {
+	o.mu.Lock()
+	c := hdr.Import(o.h.Export())
+	o.mu.Unlock()
+	r.mu.Lock()
+	r.h.Merge(c)
+	r.mu.Unlock()
+}
+
+// Latency is a histogram's summary in milliseconds.
+type Latency struct {
+	Count  int64   `json:"count"`
+	MeanMs float64 `json:"mean_ms"`
+	P50Ms  float64 `json:"p50_ms"`
+	P90Ms  float64 `json:"p90_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	P999Ms float64 `json:"p999_ms"`
+	MaxMs  float64 `json:"max_ms"`
+}
+
+func summarize(h *hdr.Histogram) Latency {
+	if h.TotalCount() == 0 {
+		return Latency{}
+	}
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Latency{
+		Count:  h.TotalCount(),
+		MeanMs: h.Mean() / 1000,
+		P50Ms:  ms(h.ValueAtQuantile(50)),
+		P90Ms:  ms(h.ValueAtQuantile(90)),
+		P99Ms:  ms(h.ValueAtQuantile(99)),
+		P999Ms: ms(h.ValueAtQuantile(99.9)),
+		MaxMs:  ms(h.Max()),
+	}
+}
+
+// Report is everything one run measured; it is written as JSON and as a
+// Markdown table, and feeds the plots.
+type Report struct {
+	Scenario  Scenario  `json:"scenario"`
+	Command   string    `json:"command"`
+	Machine   Machine   `json:"machine"`
+	Server    string    `json:"server"` // "self-started embedded", "self-started kafka", or the given address
+	StartedAt time.Time `json:"started_at"`
+	Seconds   float64   `json:"seconds"`
+
+	Connect       ConnectReport     `json:"connect"`
+	Phases        []PhaseReport     `json:"phases"`
+	Total         PhaseReport       `json:"total"`
+	CatchUp       *CatchUpReport    `json:"catchup,omitempty"`
+	Baseline      *BaselineReport   `json:"baseline,omitempty"`
+	ServerSamples ServerReport      `json:"server_samples"`
+	Errors        map[string]int    `json:"errors"`
+	ErrorFirst    map[string]string `json:"error_first,omitempty"`
+}
+
+// Machine names where the figures were taken.
+type Machine struct {
+	CPUs      int     `json:"cpus"`
+	CPUModel  string  `json:"cpu_model"`
+	GoVersion string  `json:"go_version"`
+	Load1     float64 `json:"load1_at_start"`
+	Load1End  float64 `json:"load1_at_end"`
+	NoFile    uint64  `json:"nofile_limit"`
+	PortRange string  `json:"ephemeral_ports"`
+}
+
+// ConnectReport covers the population's logins.
+type ConnectReport struct {
+	Devices     int      `json:"devices"`
+	Connected   int      `json:"connected"`
+	Seconds     float64  `json:"seconds"`
+	PerSecond   float64  `json:"logins_per_second"`
+	Login       Latency  `json:"login"`
+	RSSBefore   int64    `json:"server_rss_before_bytes"`
+	RSSAfter    int64    `json:"server_rss_after_bytes"`
+	BytesPerDev float64  `json:"server_rss_bytes_per_device"`
+	Goroutines  int64    `json:"server_goroutines_after"`
+	Samples     []Sample `json:"samples"`
+}
+
+// Sample is one server sample: connections open at the time, RSS and
+// goroutines.
+type Sample struct {
+	AtSeconds   float64 `json:"at_s"`
+	Connections int     `json:"connections"`
+	RSSBytes    int64   `json:"rss_bytes"`
+	Goroutines  int64   `json:"goroutines"`
+}
+
+// PhaseReport is one ramp step or the steady phase.
+type PhaseReport struct {
+	Name        string           `json:"name"`
+	OfferedRate float64          `json:"offered_ops_per_s"` // 0 = closed loop
+	Seconds     float64          `json:"seconds"`
+	Ops         int64            `json:"ops"`     // answered with code 0
+	Refused     int64            `json:"refused"` // answered with a code
+	Failed      int64            `json:"failed"`  // no answer (transport error, timeout)
+	Missed      int64            `json:"missed"`  // open-loop ticks with every worker busy
+	OpsPerSec   float64          `json:"ops_per_s"`
+	ByKind      map[string]int64 `json:"by_kind"`
+	Delivered   int64            `json:"delivered"` // live events received by another device
+	Evictions   int64            `json:"evictions"` // kicked frames with code 206 seen
+	Op          Latency          `json:"op"`        // op sent → decision received
+	Delivery    Latency          `json:"delivery"`  // message sent → received on another device
+	Login       Latency          `json:"login"`     // dial + login decision (eviction logins and re-logins)
+	CatchUp     Latency          `json:"catchup"`   // reconnect dial → marker received
+}
+
+// CatchUpReport is the catch-up phase.
+type CatchUpReport struct {
+	Devices      int     `json:"devices"`
+	MissedPerDev int     `json:"missed_per_device"`
+	SendSeconds  float64 `json:"send_seconds"`
+	Seconds      float64 `json:"seconds"` // reconnect of all → last marker
+	Events       int64   `json:"events"`
+	EventsPerSec float64 `json:"events_per_s"`
+	CompleteDevs int     `json:"complete_devices"`
+	PerDevice    Latency `json:"per_device"`
+	RSSPeakBytes int64   `json:"server_rss_peak_bytes"`
+}
+
+// BaselineReport is the same closed loop against the protocol echo server.
+type BaselineReport struct {
+	What      string  `json:"what"`
+	Devices   int     `json:"devices"`
+	Seconds   float64 `json:"seconds"`
+	Ops       int64   `json:"ops"`
+	OpsPerSec float64 `json:"ops_per_s"`
+	Op        Latency `json:"op"`
+	// Ratio is the steady phase's (or the last phase's) ops/s over the
+	// baseline's; both ran in this process, one after the other.
+	Ratio float64 `json:"ratio"`
+}
+
+// ServerReport summarizes the sampler over the whole run.
+type ServerReport struct {
+	PID            int      `json:"pid"`
+	PeakRSSBytes   int64    `json:"peak_rss_bytes"`
+	PeakGoroutines int64    `json:"peak_goroutines"`
+	Samples        []Sample `json:"samples"`
+}
+
+// WriteJSON writes the report to path.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// WriteMarkdown writes the summary tables.
+func (r *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	f := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	f("### mdsync-bench `%s` — %s\n\n", r.Scenario.Name, r.StartedAt.UTC().Format("2006-01-02 15:04 UTC"))
+	f("Command: `%s`  \nServer: %s. Machine: %d CPUs (%s), %s, load %.2f at start, %.2f at end; nofile %d; ports %s.\n\n",
+		r.Command, r.Server, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.GoVersion, r.Machine.Load1, r.Machine.Load1End, r.Machine.NoFile, r.Machine.PortRange)
+	c := r.Connect
+	f("| population | devices | connected | logins/s | login p50 / p99 ms | server RSS before → after | bytes per device | goroutines |\n")
+	f("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	f("| %d users × %d | %d | %d | %.0f | %.2f / %.2f | %s → %s | %.0f | %d |\n\n",
+		r.Scenario.Users, r.Scenario.DevicesPerUser, c.Devices, c.Connected, c.PerSecond, c.Login.P50Ms, c.Login.P99Ms,
+		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev, c.Goroutines)
+	if len(r.Phases) > 0 {
+		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed ticks | op p50 / p99 ms | delivery p50 / p99 / max ms | delivered | login p99 ms | catch-up p99 ms | evictions |\n")
+		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		for _, p := range append(append([]PhaseReport(nil), r.Phases...), r.Total) {
+			offered := "closed loop"
+			if p.OfferedRate > 0 {
+				offered = fmt.Sprintf("%.0f", p.OfferedRate)
+			}
+			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.2f / %.2f / %.1f | %d | %.2f | %.2f | %d |\n",
+				p.Name, offered, p.OpsPerSec, p.Ops, p.Refused, p.Failed, p.Missed, p.Op.P50Ms, p.Op.P99Ms,
+				p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Delivered, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions)
+		}
+		f("\n")
+	}
+	if cu := r.CatchUp; cu != nil {
+		f("| catch-up | devices | missed each | complete | events | events/s | per device p50 / p99 / max ms | server RSS peak |\n")
+		f("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		f("| reconnect all at once | %d | %d | %d | %d | %.0f | %.1f / %.1f / %.1f | %s |\n\n",
+			cu.Devices, cu.MissedPerDev, cu.CompleteDevs, cu.Events, cu.EventsPerSec, cu.PerDevice.P50Ms, cu.PerDevice.P99Ms, cu.PerDevice.MaxMs, mib(cu.RSSPeakBytes))
+	}
+	if bl := r.Baseline; bl != nil {
+		f("Same-run baseline: %s — %.0f ops/s (p50 %.2f ms, p99 %.2f ms) over %d devices; **mdsync / baseline = %.3f**.\n\n",
+			bl.What, bl.OpsPerSec, bl.Op.P50Ms, bl.Op.P99Ms, bl.Devices, bl.Ratio)
+	}
+	f("Server peak RSS %s, peak goroutines %d.\n", mib(r.ServerSamples.PeakRSSBytes), r.ServerSamples.PeakGoroutines)
+	if len(r.Errors) > 0 {
+		keys := make([]string, 0, len(r.Errors))
+		for k := range r.Errors {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		f("\nErrors:")
+		for _, k := range keys {
+			f(" %s ×%d;", k, r.Errors[k])
+		}
+		f("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

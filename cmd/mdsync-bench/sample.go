@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ReadRSS returns the resident set size of process pid in bytes, from the
+// VmRSS line of /proc/<pid>/status (Linux only).
+func ReadRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return parseVmRSS(f)
+}
+
+func parseVmRSS(r io.Reader) (int64, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "VmRSS:") {
+			continue
+		}
+		fields := strings.Fields(strings.TrimPrefix(line, "VmRSS:"))
+		if len(fields) != 2 || fields[1] != "kB" {
+			return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+		}
+		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("VmRSS %q: %w", line, err)
+		}
+		return kb * 1024, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, errors.New("no VmRSS line (kernel thread or exited process?)")
+}
+
+// parseGauge finds an unlabelled gauge (e.g. go_goroutines) in the
+// Prometheus text exposition format.
+func parseGauge(r io.Reader, name string) (float64, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '\t') {
+			continue // a longer name or a labelled series
+		}
+		fields := strings.Fields(rest)
+		return strconv.ParseFloat(fields[0], 64)
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+// MetricsReader reads gauges from the server's /metrics with the admin
+// token.
+type MetricsReader struct {
+	URL   string // http://host:port/metrics
+	Token string
+	HC    *http.Client
+}
+
+func (m MetricsReader) Gauge(ctx context.Context, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.URL, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+m.Token)
+	resp, err := m.HC.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", m.URL, resp.Status)
+	}
+	return parseGauge(io.LimitReader(resp.Body, 16<<20), name)
+}
+
+// Sampler samples the server's RSS (when its pid is known) and goroutine
+// count, periodically and on demand, and keeps the peaks.
+type Sampler struct {
+	PID     int // 0: the server is not ours; RSS is not sampled
+	Metrics MetricsReader
+	Conns   func() int // connections open now
+	start   time.Time
+
+	mu      sync.Mutex
+	samples []Sample
+	peakRSS int64
+	peakG   int64
+	lastErr error
+}
+
+func NewSampler(pid int, m MetricsReader, conns func() int) *Sampler {
+	return &Sampler{PID: pid, Metrics: m, Conns: conns, start: time.Now()}
+}
+
+// Sample takes one sample now and keeps it.
+func (s *Sampler) Sample(ctx context.Context) Sample {
+	sm := Sample{AtSeconds: time.Since(s.start).Seconds(), Connections: s.Conns()}
+	var errs []error
+	if s.PID > 0 {
+		rss, err := ReadRSS(s.PID)
+		sm.RSSBytes = rss
+		errs = append(errs, err)
+	}
+	if s.Metrics.URL != "" {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		g, err := s.Metrics.Gauge(ctx, "go_goroutines")
+		cancel()
+		sm.Goroutines = int64(g)
+		errs = append(errs, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.samples = append(s.samples, sm)
+	s.peakRSS = max(s.peakRSS, sm.RSSBytes)
+	s.peakG = max(s.peakG, sm.Goroutines)
+	if err := errors.Join(errs...); err != nil {
+		s.lastErr = err
+	}
+	return sm
+}
+
+// Run samples every interval until ctx ends.
+func (s *Sampler) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Sample(ctx)
+		}
+	}
+}
+
+// Report returns the peaks and every sample so far.
+func (s *Sampler) Report() (ServerReport, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ServerReport{PID: s.PID, PeakRSSBytes: s.peakRSS, PeakGoroutines: s.peakG,
+		Samples: append([]Sample(nil), s.samples...)}, s.lastErr
+}
+
+// PeakSince is the highest RSS sampled at or after t seconds.
+func (s *Sampler) PeakSince(at float64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var p int64
+	for _, sm := range s.samples {
+		if sm.AtSeconds >= at {
+			p = max(p, sm.RSSBytes)
+		}
+	}
+	return p
+}
+
+func (s *Sampler) Since() float64 { return time.Since(s.start).Seconds() }
