@@ -25,6 +25,16 @@ type Projector interface {
 	Policy(app string) (*pb.Policy, error)
 }
 
+// Ownership is implemented by a Projector that applies only some
+// partitions: several processes share one log, each owning a subset. Owns
+// returns nil when this process serves partition p, else an *Error:
+// CodeNotOwner (its message names the owner when known) or CodeUnavailable
+// while p is being restored. Its WaitApplied must return such an error, not
+// wait, once p stops being served. Without it every partition is owned.
+type Ownership interface {
+	Owns(p int32) error
+}
+
 // Options configure an Engine. The zero value is valid.
 type Options struct {
 	// Now is the clock that stamps events at append. Default: time.Now.
@@ -81,6 +91,11 @@ func (e *Engine) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
 		op.ClientOpId = m.ClientMsgId
 	}
 	stream := StreamKeyFor(op)
+	// Checked before the append: a non-owner would wait for ever for a
+	// decision only the owner's projection makes.
+	if err := e.owns(PartitionFor([]byte(stream), e.log.Partitions())); err != nil {
+		return nil, err
+	}
 	key := stream + "\x00" + op.Actor.User + "\x00" + op.ClientOpId
 	return e.once(ctx, key, func() (*pb.Decision, error) {
 		if d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId); err != nil {
@@ -176,10 +191,35 @@ func sameOp(d *pb.Decision, op *pb.Event) (*pb.Decision, error) {
 	return d, nil
 }
 
+// owns reports whether this process serves partition p (see Ownership).
+func (e *Engine) owns(p int32) error {
+	if o, ok := e.proj.(Ownership); ok {
+		return o.Owns(p)
+	}
+	return nil
+}
+
+// notOwned reports a partition another process applies: its policy copy
+// is waited for and reported by its owner, not here.
+func (e *Engine) notOwned(p int32) bool {
+	return CodeOf(e.owns(p)) == CodeNotOwner
+}
+
 // setPolicy appends one POLICY_SET copy to every partition, so that every
-// partition applies the change at a fixed position of its own order. Version
-// numbers are assigned under a lock from the newest applied version.
+// partition applies the change at a fixed position of its own order.
+//
+// Partition 0 decides versions: the version is the newest applied plus one
+// (under a lock in this process), the copy for partition 0 is appended
+// first, and the other copies only once partition 0's projection accepted
+// it. Partition 0 applies in log order, so of two deciders racing for one
+// version (two processes during a rebalance) exactly one is accepted, and
+// every copy of a version carries the same policy: each partition keeps the
+// highest version it has seen, whatever order copies arrive in. Only the
+// owner of partition 0 may decide (Ownership).
 func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
+	if err := e.owns(0); err != nil {
+		return nil, err
+	}
 	e.policyMu.Lock()
 	defer e.policyMu.Unlock()
 	n := e.log.Partitions()
@@ -189,6 +229,9 @@ func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, err
 	} else if ok {
 		if _, err := sameOp(d, op); err != nil {
 			return nil, err
+		}
+		if d.Code != int32(CodeOK) {
+			return d, nil // refused on partition 0: no copies were appended
 		}
 		return e.policyDecision(op)
 	}
@@ -211,11 +254,32 @@ func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, err
 		ps.Version, ps.Partition, ps.Partitions = version, p, n
 		evs[p], parts[p] = ev, p
 	}
-	pos, err := e.append(ctx, evs, parts)
+	pos, err := e.append(ctx, evs[:1], parts[:1])
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range pos {
+	if err := e.proj.WaitApplied(ctx, pos[0]); err != nil {
+		return nil, unavailable(err)
+	}
+	d, ok, err := e.proj.Decision(op.App, first, op.Actor.User, op.ClientOpId)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if !ok {
+		return nil, Errorf(CodeInternal, "policy change applied at 0/%d but no decision recorded", pos[0].Offset)
+	}
+	if d.Code != int32(CodeOK) || n == 1 {
+		// Another decider took this version first: nothing else is appended.
+		return sameOp(d, op)
+	}
+	rest, err := e.append(ctx, evs[1:], parts[1:])
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range rest {
+		if e.notOwned(p.Partition) {
+			continue
+		}
 		if err := e.proj.WaitApplied(ctx, p); err != nil {
 			return nil, unavailable(err)
 		}
@@ -224,10 +288,14 @@ func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, err
 }
 
 // policyDecision merges the per-partition decisions of a policy change: the
-// first partition's decision, with the sessions ended on every partition.
+// first partition's decision, with the sessions ended on every partition
+// this process owns (on the others, their owners end them).
 func (e *Engine) policyDecision(op *pb.Event) (*pb.Decision, error) {
 	var out *pb.Decision
 	for p := int32(0); p < e.log.Partitions(); p++ {
+		if p > 0 && e.notOwned(p) {
+			continue
+		}
 		d, ok, err := e.proj.Decision(op.App, PolicyStream(op.App, p), op.Actor.User, op.ClientOpId)
 		if err != nil {
 			return nil, unavailable(err)

@@ -40,6 +40,8 @@ type Node struct {
 	Store  *projections.Store
 	Engine *engine.Engine
 
+	owned *owned // nil when this process owns every partition (owned.go)
+
 	cancel context.CancelFunc
 	done   chan struct{}
 	runErr error

@@ -1,0 +1,554 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mdsync/mdsync/adapters/kafkalog"
+	"github.com/mdsync/mdsync/engine"
+	"github.com/mdsync/mdsync/projections"
+)
+
+// Owned mode: several mdsync processes share one Kafka log. A Kafka
+// consumer group (one member per process, subscribed to the log's topic)
+// assigns each partition to one process, which projects it, runs its relay
+// and decides the operations of the users on it. See docs/design-notes.md
+// ("Partition ownership") and docs/operations.md ("Several processes").
+//
+// Readers start from the projection's own checkpoint, never from a group
+// offset. The group's committed offsets are written for lag monitoring
+// only, from a synced checkpoint, and their metadata carries the owner's
+// address: that is the directory a non-owner reads to answer 1018 with
+// where to reconnect.
+
+// Owned-mode defaults.
+const (
+	DefaultOwnedCommitInterval = time.Second
+	// DefaultOwnedSessionTimeout is Kafka's group.min.session.timeout.ms
+	// default: a killed process's partitions move after this long.
+	DefaultOwnedSessionTimeout   = 6 * time.Second
+	DefaultOwnedHeartbeat        = time.Second
+	DefaultOwnedRebalanceTimeout = 10 * time.Second
+	// MaxOwnerAddr bounds the address published in offset metadata (Kafka's
+	// offset.metadata.max.bytes defaults to 4096).
+	MaxOwnerAddr = 1000
+)
+
+// OwnedOptions configure StartOwned.
+type OwnedOptions struct {
+	// Brokers are the Kafka bootstrap addresses. Required.
+	Brokers []string
+	// Topic is the log's topic; the group subscribes to it. Required.
+	Topic string
+	// GroupID is the consumer group every process sharing the topic joins.
+	// Required.
+	GroupID string
+	// Addr is where devices reach this process (host:port), published as
+	// the owner of the partitions it serves. Required, at most MaxOwnerAddr.
+	Addr string
+	// Now stamps events at append. Default time.Now.
+	Now func() time.Time
+	// Logger receives ownership changes and group errors. Default slog.Default().
+	Logger *slog.Logger
+	// CommitInterval is how often synced checkpoints are committed as group
+	// offsets and the owner directory is refreshed. Default 1 s.
+	CommitInterval time.Duration
+	// SessionTimeout, HeartbeatInterval and RebalanceTimeout are the
+	// consumer group's. Defaults 6 s, 1 s, 10 s.
+	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
+}
+
+func (o *OwnedOptions) check() error {
+	switch {
+	case len(o.Brokers) == 0 || o.Topic == "" || o.GroupID == "" || o.Addr == "":
+		return errors.New("node: OwnedOptions.Brokers, Topic, GroupID and Addr are required")
+	case len(o.Addr) > MaxOwnerAddr:
+		return fmt.Errorf("node: OwnedOptions.Addr has %d bytes, limit %d", len(o.Addr), MaxOwnerAddr)
+	case o.CommitInterval < 0 || o.SessionTimeout < 0 || o.HeartbeatInterval < 0 || o.RebalanceTimeout < 0:
+		return errors.New("node: OwnedOptions durations must not be negative")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.CommitInterval == 0 {
+		o.CommitInterval = DefaultOwnedCommitInterval
+	}
+	if o.SessionTimeout == 0 {
+		o.SessionTimeout = DefaultOwnedSessionTimeout
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = DefaultOwnedHeartbeat
+	}
+	if o.RebalanceTimeout == 0 {
+		o.RebalanceTimeout = DefaultOwnedRebalanceTimeout
+	}
+	return nil
+}
+
+// OwnedConfig is what OpenOwned needs: the Kafka log, the projection
+// directory and the group. It is the entry point for `mdsync serve` with
+// several processes on one topic.
+type OwnedConfig struct {
+	OwnedOptions
+	// Partitions of the topic (created with it when missing; an existing
+	// topic must have as many). Default kafkalog.DefaultPartitions.
+	Partitions int32
+	// ReplicationFactor of a topic OpenOwned creates. Default 1.
+	ReplicationFactor int
+	// Dir holds the projections (Pebble). Required; one per process.
+	Dir string
+	// OnApplied and ProjectionSync as in Options.
+	OnApplied      func(p int32, a projections.Applied)
+	ProjectionSync bool
+}
+
+// OpenOwned opens the Kafka log (creating the topic when missing) and the
+// projections in cfg.Dir/proj-kafka, and starts an owned-mode node. ctx
+// bounds the opening.
+func OpenOwned(ctx context.Context, cfg OwnedConfig) (*Node, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("node: OwnedConfig.Dir is required")
+	}
+	if err := cfg.OwnedOptions.check(); err != nil {
+		return nil, err
+	}
+	lg, err := kafkalog.Open(ctx, kafkalog.Options{
+		Brokers: cfg.Brokers, Topic: cfg.Topic, Partitions: cfg.Partitions,
+		ReplicationFactor: cfg.ReplicationFactor, CreateTopic: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st, err := projections.Open(projections.Options{
+		Dir: filepath.Join(cfg.Dir, "proj-kafka"), Partitions: lg.Partitions(),
+		OnApplied: cfg.OnApplied, Sync: cfg.ProjectionSync,
+	})
+	if err != nil {
+		lg.Close()
+		return nil, err
+	}
+	n, err := StartOwned(ctx, lg, st, cfg.OwnedOptions)
+	if err != nil {
+		st.Close()
+		lg.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// StartOwned runs an owned-mode node over an open Kafka log and store. It
+// returns at once: partitions are served once the group assigns them and
+// their projections are restored (see Node.Owned). Submit for a user on a
+// partition not served here fails with engine.CodeNotOwner (1018), or
+// CodeUnavailable (1009) while the partition is being restored. Close
+// leaves the group.
+func StartOwned(ctx context.Context, lg engine.Log, st *projections.Store, opts OwnedOptions) (*Node, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if lg.Partitions() != st.Partitions() {
+		return nil, fmt.Errorf("%w: store %d, log %d", projections.ErrPartitionMismatch, st.Partitions(), lg.Partitions())
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	o := &owned{
+		opts: opts, lg: lg, st: st, stop: cancel, ctx: runCtx,
+		client: &kafka.Client{Addr: kafka.TCP(opts.Brokers...), Timeout: 5 * time.Second},
+		parts:  make([]partOwn, lg.Partitions()),
+		dir:    map[int32]string{},
+	}
+	n := &Node{Log: lg, Store: st, cancel: cancel, done: make(chan struct{}), owned: o}
+	n.Engine = engine.New(lg, ownedProjector{st, o}, engine.Options{Now: opts.Now})
+	go func() {
+		defer close(n.done)
+		n.runErr = o.run(runCtx)
+	}()
+	return n, nil
+}
+
+// Owner tells where the user's partition is served: locally (local true,
+// addr this process's Addr), by another process (its address), or nobody
+// known right now (addr "", local false: the partition is moving or being
+// restored; retry shortly). On a node that owns every partition (Open,
+// Start) it returns ("", true).
+func (n *Node) Owner(app, user string) (addr string, local bool) {
+	if n.owned == nil {
+		return "", true
+	}
+	return n.owned.ownerOf(engine.PartitionFor([]byte(engine.UserStream(app, user)), n.Log.Partitions()))
+}
+
+// Owned lists the partitions this node serves now (every partition for a
+// node that owns all of them).
+func (n *Node) Owned() []int32 {
+	var out []int32
+	for p := int32(0); p < n.Log.Partitions(); p++ {
+		if n.owned == nil || n.owned.state(p) == serving {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+type ownState int
+
+const (
+	notOwned ownState = iota
+	restoring
+	serving
+)
+
+// partOwn is one partition's ownership. ctx is the assignment's context
+// (the generation's, cancelled when the group rebalances) while owned.
+type partOwn struct {
+	state ownState
+	ctx   context.Context
+}
+
+type owned struct {
+	opts   OwnedOptions
+	lg     engine.Log
+	st     *projections.Store
+	client *kafka.Client
+	stop   context.CancelFunc // stops the node on a fatal error
+	ctx    context.Context    // the node's run context, done on Close
+
+	mu    sync.Mutex
+	parts []partOwn
+	dir   map[int32]string // partition -> owner address, from committed offset metadata
+
+	errOnce sync.Once
+	err     error
+}
+
+// ownerMeta is the committed offset's metadata: who serves the partition.
+type ownerMeta struct {
+	Addr       string `json:"addr"`
+	Generation int32  `json:"generation"`
+}
+
+func (o *owned) state(p int32) ownState {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.parts[p].state
+}
+
+func (o *owned) set(p int32, ctx context.Context, s ownState) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	// A late reset from an ended assignment must not clobber a newer one.
+	if s == notOwned && o.parts[p].ctx != ctx {
+		return
+	}
+	o.parts[p] = partOwn{state: s, ctx: ctx}
+	if s == notOwned {
+		o.parts[p].ctx = nil
+	}
+}
+
+func (o *owned) ownerOf(p int32) (string, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.parts[p].state == serving:
+		return o.opts.Addr, true
+	case o.parts[p].state == restoring:
+		return "", false
+	}
+	// The directory may still name this process for a partition it just
+	// gave up: unknown until the new owner publishes itself.
+	if a := o.dir[p]; a != o.opts.Addr {
+		return a, false
+	}
+	return "", false
+}
+
+// owns implements engine.Ownership.
+func (o *owned) owns(p int32) error {
+	if p < 0 || int(p) >= len(o.parts) {
+		return engine.Errorf(engine.CodeInvalidArgument, "partition %d out of range", p)
+	}
+	switch addr, local := o.ownerOf(p); {
+	case local:
+		return nil
+	case o.state(p) == restoring:
+		return engine.Errorf(engine.CodeUnavailable, "partition %d is being restored here; retry", p)
+	case addr != "":
+		return engine.Errorf(engine.CodeNotOwner, "partition %d is served by %s", p, addr)
+	default:
+		return engine.Errorf(engine.CodeNotOwner, "partition %d is not served here; its owner is not known yet, retry", p)
+	}
+}
+
+// fatal stops the node on err, unless the node is closing (the log closed
+// under a loop is then expected).
+func (o *owned) fatal(err error) {
+	if o.ctx.Err() != nil {
+		return
+	}
+	o.errOnce.Do(func() {
+		o.err = err
+		o.opts.Logger.Error("owned node stopping", "err", err)
+		o.stop()
+	})
+}
+
+// run joins the group and serves each generation's partitions until ctx is
+// done. It returns the first fatal error (a partition's projection or relay
+// failed), nil on a clean stop.
+func (o *owned) run(ctx context.Context) error {
+	lg := o.opts.Logger
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                o.opts.GroupID,
+		Brokers:           o.opts.Brokers,
+		Topics:            []string{o.opts.Topic},
+		HeartbeatInterval: o.opts.HeartbeatInterval,
+		SessionTimeout:    o.opts.SessionTimeout,
+		RebalanceTimeout:  o.opts.RebalanceTimeout,
+		JoinGroupBackoff:  time.Second,
+		Logger:            kafka.LoggerFunc(func(f string, a ...any) { lg.Debug(fmt.Sprintf(f, a...), "component", "kafka-group") }),
+		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { lg.Warn(fmt.Sprintf(f, a...), "component", "kafka-group") }),
+	})
+	if err != nil {
+		return fmt.Errorf("node: consumer group: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); o.directoryLoop(ctx) }()
+	for {
+		gen, err := cg.Next(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			// kafka-go rejoins by itself (after a backoff); keep asking.
+			lg.Warn("consumer group", "err", err)
+			continue
+		}
+		var ps []int32
+		for _, a := range gen.Assignments[o.opts.Topic] {
+			ps = append(ps, int32(a.ID))
+		}
+		lg.Info("partitions assigned", "generation", gen.ID, "member", gen.MemberID, "partitions", ps)
+		for _, p := range ps {
+			if p < 0 || int(p) >= len(o.parts) {
+				o.fatal(fmt.Errorf("node: group assigned partition %d, log has %d", p, len(o.parts)))
+				continue
+			}
+			gen.Start(func(gctx context.Context) { o.serve(gctx, gen, p) })
+		}
+		// Any function Start runs ends the generation when it returns, so
+		// this one lives as long as the generation.
+		gen.Start(func(gctx context.Context) { o.commitLoop(gctx, gen) })
+	}
+	// Close waits for the generation's functions: no partition is applied
+	// after run returns.
+	cerr := cg.Close()
+	wg.Wait()
+	if o.err != nil {
+		return o.err
+	}
+	if cerr != nil && !errors.Is(cerr, kafka.ErrGroupClosed) {
+		lg.Warn("consumer group close", "err", cerr)
+	}
+	return nil
+}
+
+// serve owns partition p for one generation: restore it from the log, then
+// apply and relay it until the generation ends. It returns only once both
+// loops stopped, and the group waits for it before the partition can be
+// assigned elsewhere: a partition is never given up while being applied.
+func (o *owned) serve(gctx context.Context, gen *kafka.Generation, p int32) {
+	o.set(p, gctx, restoring)
+	// Stop answering for p as soon as the generation ends, before the
+	// loops have wound down: new submissions get 1018, waiters wake.
+	stopMark := context.AfterFunc(gctx, func() { o.set(p, gctx, notOwned) })
+	defer func() {
+		stopMark()
+		o.set(p, gctx, notOwned)
+	}()
+	start := time.Now()
+	if err := o.st.RestorePartition(gctx, o.lg, p); err != nil {
+		if gctx.Err() == nil {
+			o.fatal(fmt.Errorf("node: restore partition %d: %w", p, err))
+		}
+		return
+	}
+	o.set(p, gctx, serving)
+	o.opts.Logger.Info("serving partition", "partition", p, "generation", gen.ID,
+		"checkpoint", o.st.Checkpoint(p).NextOffset, "restore", time.Since(start).Round(time.Millisecond))
+	// Publish the new owner at once rather than at the next tick.
+	o.commit(gctx, gen, []int32{p})
+	g, ctx := errgroup.WithContext(gctx)
+	g.Go(func() error { return o.st.RunPartition(ctx, o.lg, p) })
+	g.Go(func() error { return o.st.RelayPartition(ctx, o.lg, p) })
+	if err := g.Wait(); err != nil && gctx.Err() == nil {
+		o.fatal(fmt.Errorf("node: partition %d: %w", p, err))
+	}
+}
+
+// commitLoop commits the served partitions' synced checkpoints every
+// CommitInterval until the generation ends.
+func (o *owned) commitLoop(gctx context.Context, gen *kafka.Generation) {
+	t := time.NewTicker(o.opts.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-gctx.Done():
+			return
+		case <-t.C:
+		}
+		var ps []int32
+		o.mu.Lock()
+		for p := range o.parts {
+			if o.parts[p].state == serving && o.parts[p].ctx == gctx {
+				ps = append(ps, int32(p))
+			}
+		}
+		o.mu.Unlock()
+		o.commit(gctx, gen, ps)
+	}
+}
+
+// commit writes, for each partition, its synced checkpoint as the group
+// offset (lag = log end - offset) with this process as owner in the
+// metadata. The generation fences it: a process that lost the partition
+// gets ILLEGAL_GENERATION and changes nothing.
+func (o *owned) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
+	if len(ps) == 0 {
+		return
+	}
+	meta, _ := json.Marshal(ownerMeta{Addr: o.opts.Addr, Generation: gen.ID})
+	var cs []kafka.OffsetCommit
+	for _, p := range ps {
+		off, err := o.st.SyncedCheckpoint(p)
+		if err != nil {
+			o.opts.Logger.Warn("synced checkpoint", "partition", p, "err", err)
+			return
+		}
+		cs = append(cs, kafka.OffsetCommit{Partition: int(p), Offset: off, Metadata: string(meta)})
+	}
+	cctx, cancel := context.WithTimeout(ctx, o.opts.CommitInterval+5*time.Second)
+	defer cancel()
+	res, err := o.client.OffsetCommit(cctx, &kafka.OffsetCommitRequest{
+		GroupID: o.opts.GroupID, GenerationID: int(gen.ID), MemberID: gen.MemberID,
+		Topics: map[string][]kafka.OffsetCommit{o.opts.Topic: cs},
+	})
+	if err == nil {
+		for _, pr := range res.Topics[o.opts.Topic] {
+			if pr.Error != nil {
+				err = fmt.Errorf("partition %d: %w", pr.Partition, pr.Error)
+				break
+			}
+		}
+	}
+	if err != nil && ctx.Err() == nil {
+		o.opts.Logger.Debug("offset commit", "generation", gen.ID, "err", err)
+		return
+	}
+	if err == nil {
+		o.mu.Lock()
+		for _, p := range ps {
+			o.dir[p] = o.opts.Addr
+		}
+		o.mu.Unlock()
+	}
+}
+
+// directoryLoop refreshes the owner directory from the group's committed
+// offset metadata every CommitInterval until ctx is done.
+func (o *owned) directoryLoop(ctx context.Context) {
+	t := time.NewTicker(o.opts.CommitInterval)
+	defer t.Stop()
+	for {
+		o.refreshDirectory(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (o *owned) refreshDirectory(ctx context.Context) {
+	ps := make([]int, len(o.parts))
+	for i := range ps {
+		ps[i] = i
+	}
+	cctx, cancel := context.WithTimeout(ctx, o.opts.CommitInterval+5*time.Second)
+	defer cancel()
+	res, err := o.client.OffsetFetch(cctx, &kafka.OffsetFetchRequest{
+		GroupID: o.opts.GroupID, Topics: map[string][]int{o.opts.Topic: ps},
+	})
+	if err == nil {
+		err = res.Error
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			o.opts.Logger.Debug("owner directory", "err", err)
+		}
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, pr := range res.Topics[o.opts.Topic] {
+		var m ownerMeta
+		if pr.Error != nil || pr.Partition < 0 || pr.Partition >= len(o.parts) || json.Unmarshal([]byte(pr.Metadata), &m) != nil {
+			continue
+		}
+		o.dir[int32(pr.Partition)] = m.Addr
+	}
+}
+
+// ownedProjector is the engine's projector in owned mode: the store, with
+// ownership checks (engine.Ownership) and waits that end when the
+// partition is given up.
+type ownedProjector struct {
+	*projections.Store
+	o *owned
+}
+
+var _ engine.Ownership = ownedProjector{}
+
+func (op ownedProjector) Owns(p int32) error { return op.o.owns(p) }
+
+func (op ownedProjector) WaitApplied(ctx context.Context, pos engine.Position) error {
+	if pos.Partition < 0 || int(pos.Partition) >= len(op.o.parts) {
+		return fmt.Errorf("node: wait: %w", engine.ErrBadPartition)
+	}
+	op.o.mu.Lock()
+	part := op.o.parts[pos.Partition]
+	op.o.mu.Unlock()
+	if part.state == notOwned {
+		// Applied already (e.g. just before a rebalance), or never here.
+		if op.Checkpoint(pos.Partition).NextOffset > pos.Offset {
+			return nil
+		}
+		return op.o.owns(pos.Partition)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(part.ctx, cancel)()
+	err := op.Store.WaitApplied(wctx, pos)
+	if err != nil && ctx.Err() == nil && part.ctx.Err() != nil {
+		// The partition moved while we waited: the operation is in the log
+		// and its new owner decides it; a retry there with the same client
+		// op id returns that decision.
+		if oerr := op.o.owns(pos.Partition); oerr != nil {
+			return oerr
+		}
+		return engine.Errorf(engine.CodeUnavailable, "partition %d moved while waiting; retry", pos.Partition)
+	}
+	return err
+}
