@@ -8,6 +8,7 @@ import (
 
 // commands maps a subcommand to its entry point. Each parses its own flags.
 var commands = map[string]func(args []string) error{
+	"export": runExport,
 	"replay": runReplay,
 	"serve":  runServe,
 	"stress": runStress,
@@ -30,5 +31,5 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  replay   replay operations from JSON lines and print decisions and devices (docs/operations.md)\n  stress   submit random session operations (used by the crash test)")
+	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  export   write the log's events as JSON lines or Parquet, resumably (docs/operations.md)\n  replay   replay operations from JSON lines and print decisions and devices (docs/operations.md)\n  stress   submit random session operations (used by the crash test)")
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -638,10 +639,25 @@ type opJSON struct {
 	MuteMs         int64             `json:"mute_ms"`
 	ThreadID       string            `json:"thread_id"`
 	RoomID         string            `json:"room_id"`
+
+	// Fields of `mdsync export` lines (docs/events.md): body_base64 is a
+	// body that is not UTF-8, timeline_* are policy retention settings.
+	BodyBase64         string `json:"body_base64"`
+	TimelineMaxEntries int64  `json:"timeline_max_entries"`
+	TimelineMaxAgeMs   int64  `json:"timeline_max_age_ms"`
+	// Where an exported event sat in the log; read and ignored, since the
+	// replay appends to a fresh log.
+	Partition     json.RawMessage `json:"partition"`
+	Offset        json.RawMessage `json:"offset"`
+	EventID       json.RawMessage `json:"event_id"`
+	SchemaVersion json.RawMessage `json:"schema_version"`
+	PolicyVersion json.RawMessage `json:"policy_version"`
 }
 
 // commonFields are accepted on every op.
-var commonFields = []string{"op", "app", "user", "client_op_id", "time_ms", "admin"}
+var commonFields = []string{"op", "app", "user", "client_op_id", "time_ms", "admin",
+	// export lines carry their log position; ignored (see opJSON)
+	"partition", "offset", "event_id", "schema_version", "policy_version"}
 
 // shapeFields lists, per payload shape, the fields an op of that shape takes.
 var shapeFields = map[string][]string{
@@ -649,8 +665,8 @@ var shapeFields = map[string][]string{
 	"logout":       {"login_id"},
 	"kick":         {"login_id", "by_login_id"},
 	"empty":        {"login_id"},
-	"policy":       {"mode", "default_limit", "limits", "auto_login"},
-	"message":      {"login_id", "chat_type", "to", "client_msg_id", "content_type", "body", "group_id"},
+	"policy":       {"mode", "default_limit", "limits", "auto_login", "timeline_max_entries", "timeline_max_age_ms"},
+	"message":      {"login_id", "chat_type", "to", "client_msg_id", "content_type", "body", "body_base64", "group_id"},
 	"receipt":      {"login_id", "chat_type", "conversation_id", "message_id"},
 	"conversation": {"login_id", "chat_type", "conversation_id", "mark"},
 	"contact":      {"login_id", "contact", "ext"},
@@ -825,9 +841,19 @@ func fillPayload(ev *pb.Event, shape string, j *opJSON) error {
 		}
 		ev.Payload = &pb.Event_PolicySet{PolicySet: ps}
 	case "message":
+		body := []byte(j.Body)
+		if j.BodyBase64 != "" {
+			var err error
+			if j.Body != "" {
+				return invalid("body and body_base64 are exclusive")
+			}
+			if body, err = base64.StdEncoding.DecodeString(j.BodyBase64); err != nil {
+				return invalid("body_base64 is not base64: %v", err)
+			}
+		}
 		ev.Payload = &pb.Event_Message{Message: &pb.MessageSend{
 			ChatType: pb.ChatType(j.ChatType), To: j.To, ClientMsgId: j.ClientMsgID,
-			ContentType: j.ContentType, Body: []byte(j.Body), GroupId: j.GroupID,
+			ContentType: j.ContentType, Body: body, GroupId: j.GroupID,
 		}}
 	case "receipt":
 		ev.Payload = &pb.Event_Receipt{Receipt: &pb.Receipt{
@@ -870,6 +896,9 @@ func policyOf(j *opJSON) (*pb.PolicySet, error) {
 		Mode:         pb.PlatformMode_PLATFORM_MODE_MULTI,
 		DefaultLimit: engine.DefaultPlatformLimit,
 		AutoLogin:    pb.AutoLoginPolicy_AUTO_LOGIN_POLICY_KICK_OLDEST,
+		// Retention: 0 is the default; the engine validates the range.
+		TimelineMaxEntries: j.TimelineMaxEntries,
+		TimelineMaxAgeMs:   j.TimelineMaxAgeMs,
 	}
 	switch j.Mode {
 	case "", "multi":
