@@ -1,0 +1,773 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections"
+)
+
+// timelinePage is how many entries one timeline read returns at most.
+const timelinePage = 128
+
+// maxPendingEnds bounds the session ends kept for a connection that is
+// still logging in.
+const maxPendingEnds = 8
+
+// statusEnded is the close status after a kick or a connection-level error.
+const statusEnded websocket.StatusCode = 4000
+
+// outFrame is one queued server frame, or (close) the order to close once
+// every frame before it is written.
+type outFrame struct {
+	b      []byte
+	typ    string
+	close  bool
+	code   engine.Code
+	status websocket.StatusCode
+}
+
+// conn is one device connection. Its goroutines: the reader (serve), the
+// writer, the follower (reads the timeline once attached), one per
+// operation in flight, and the closer. Teardown starts with terminate.
+type conn struct {
+	g      *Gateway
+	ws     *websocket.Conn
+	remote string
+
+	// Set by register, before any other goroutine sees the conn.
+	app, user, loginID string
+	platform           int32
+
+	out  chan outFrame
+	wake chan struct{} // cap 1: "the timeline may have grown"
+	ops  chan struct{} // operation slots
+
+	ctx    context.Context // done when the connection is being torn down
+	cancel context.CancelFunc
+
+	wg         sync.WaitGroup // writer, follower, operations, closer
+	writerDone chan struct{}
+	closeOnce  sync.Once
+	closeCode  atomic.Int32
+
+	lastSeen atomic.Int64 // unix nanoseconds of the last frame received
+	gotFirst atomic.Bool
+	watchdog *time.Timer
+
+	mu            sync.Mutex
+	registered    bool
+	attached      bool
+	over          bool  // the session ended (kicked, evicted, logged out)
+	sessionOffset int64 // log offset of the login that opened the session
+	pendingEnds   []*pb.Ended
+	logoutPending int
+	lastEpoch     string // the last position sent (lastSent)
+	lastSeq       uint64
+}
+
+func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{
+		g: g, ws: ws, remote: remote,
+		out: make(chan outFrame, g.o.SendQueue), wake: make(chan struct{}, 1), ops: make(chan struct{}, g.o.MaxOpsInFlight),
+		ctx: ctx, cancel: cancel, writerDone: make(chan struct{}),
+	}
+	c.lastSeen.Store(g.o.Now().UnixNano())
+	return c
+}
+
+func (c *conn) seen() time.Time { return time.Unix(0, c.lastSeen.Load()) }
+
+func (c *conn) isAttached() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.attached && !c.over
+}
+
+func (c *conn) sessionOver() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.over
+}
+
+// serve runs the reader until the connection ends, then waits for the
+// connection's other goroutines.
+func (c *conn) serve() {
+	c.ws.SetReadLimit(int64(c.g.o.MaxFrameBytes) + 1)
+	c.wg.Add(1)
+	go c.writer()
+	c.watchdog = time.AfterFunc(c.g.o.LoginTimeout, c.checkIdle)
+	if c.read() {
+		// The peer went away or the socket was closed: stop the rest.
+		c.terminate(0, websocket.StatusNormalClosure, nil)
+	}
+	c.watchdog.Stop()
+	c.wg.Wait()
+	c.mu.Lock()
+	registered, attached := c.registered, c.attached
+	c.mu.Unlock()
+	if attached {
+		c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Dec()
+	}
+	if registered {
+		c.g.unregister(c, attached)
+	}
+	c.g.m.disconnects.WithLabelValues(codeLabel(c.closeCode.Load())).Inc()
+}
+
+// read reads frames until the socket fails (it returns true) or a frame
+// ends the connection (false: the teardown has started, or the close is
+// queued after the frames that must go first).
+func (c *conn) read() (socketFailed bool) {
+	for {
+		typ, r, err := c.ws.Reader(context.Background())
+		if err != nil {
+			return true
+		}
+		b, err := io.ReadAll(io.LimitReader(r, int64(c.g.o.MaxFrameBytes)+1))
+		if err != nil {
+			return true
+		}
+		c.lastSeen.Store(c.g.o.Now().UnixNano())
+		if len(b) > c.g.o.MaxFrameBytes {
+			c.g.m.frames.WithLabelValues("in", "too_large").Inc()
+			c.terminate(engine.CodeTooLarge, websocket.StatusMessageTooBig,
+				errorJSON("", engine.CodeTooLarge, "message exceeds "+strconv.Itoa(c.g.o.MaxFrameBytes)+" bytes"))
+			return false
+		}
+		if typ != websocket.MessageText {
+			c.g.m.frames.WithLabelValues("in", "binary").Inc()
+			if !c.reply(errorFrame{Type: "error", Code: int32(engine.CodeInvalidArgument), Message: "messages are JSON text"}, "error") {
+				return false
+			}
+			continue
+		}
+		first := !c.gotFirst.Swap(true)
+		f, id, err := decodeFrame(b)
+		if f != nil {
+			c.g.m.frames.WithLabelValues("in", f.Type).Inc()
+		} else {
+			c.g.m.frames.WithLabelValues("in", "invalid").Inc()
+		}
+		if first {
+			// The first frame decides the connection: login or resume.
+			if f == nil || (f.Type != typeLogin && f.Type != typeResume) {
+				if f != nil || err == nil || !looksLikeLogin(b) {
+					c.terminate(engine.CodeUnauthenticated, statusEnded, errorJSON(id, engine.CodeUnauthenticated, "the first message must be login or resume"))
+					return false
+				}
+				// A malformed login: answer it as a login.
+				c.refuse(id, engine.CodeOf(err), err.Error())
+				return false
+			}
+			c.watchdog.Reset(c.g.o.HeartbeatTimeout)
+			if !c.start(f) {
+				return false
+			}
+			continue
+		}
+		if err != nil {
+			if !c.reply(errorFrame{Type: "error", ID: id, Code: int32(engine.CodeOf(err)), Message: err.Error()}, "error") {
+				return false
+			}
+			continue
+		}
+		if !c.handle(f) {
+			return false
+		}
+	}
+}
+
+// looksLikeLogin reports whether a frame that failed to decode is a login
+// or resume (it had a type field naming one).
+func looksLikeLogin(b []byte) bool {
+	var t struct {
+		Type string `json:"type"`
+	}
+	return json.Unmarshal(b, &t) == nil && (t.Type == typeLogin || t.Type == typeResume)
+}
+
+// checkIdle runs on the watchdog timer: before the first frame the login
+// timeout applies, after it the heartbeat timeout.
+func (c *conn) checkIdle() {
+	limit, code := c.g.o.LoginTimeout, engine.CodeUnauthenticated
+	if c.gotFirst.Load() {
+		limit, code = c.g.o.HeartbeatTimeout, engine.CodeIdleTimeout
+	}
+	idle := c.g.o.Now().Sub(c.seen())
+	if idle < limit {
+		c.watchdog.Reset(limit - idle)
+		return
+	}
+	msg := "no frame within " + limit.String()
+	if code == engine.CodeUnauthenticated {
+		msg = "no login within " + limit.String()
+	}
+	c.terminate(code, statusEnded, errorJSON("", code, msg))
+}
+
+// handle serves one request of an attached connection; false ends reading.
+func (c *conn) handle(f *frame) bool {
+	switch f.Type {
+	case typeLogin, typeResume:
+		return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeConflict), Message: "already logged in on this connection"}, "error")
+	case typePing:
+		return c.reply(pongFrame{Type: "pong", ID: f.ID}, "pong")
+	case typeAck:
+		c.mu.Lock()
+		ok := f.Epoch == c.lastEpoch && f.Seq <= c.lastSeq
+		c.mu.Unlock()
+		if !ok {
+			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeInvalidArgument), Message: "ack beyond the last event sent"}, "error")
+		}
+		if err := c.g.o.Store.SetCursor(c.app, c.user, c.loginID, f.Epoch, f.Seq); err != nil {
+			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "error")
+		}
+		return true
+	case typeSelfIDs:
+		ids, err := c.g.o.Store.SelfIDs(c.app, c.user, c.loginID)
+		if err != nil {
+			return c.reply(errorFrame{Type: "self_ids_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "self_ids_result")
+		}
+		if ids == nil {
+			ids = []string{}
+		}
+		return c.reply(selfIDsFrame{Type: "self_ids_result", ID: f.ID, LoginIDs: ids}, "self_ids_result")
+	case typeHistory:
+		es, err := c.g.o.Store.History(c.app, c.user, f.ChatType, f.ConversationID, f.Before, f.Limit)
+		var raw []json.RawMessage
+		if err == nil {
+			raw, err = encodeEntries(es)
+		}
+		if err != nil {
+			return c.reply(errorFrame{Type: "history_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "history_result")
+		}
+		return c.reply(historyFrame{Type: "history_result", ID: f.ID, Entries: raw}, "history_result")
+	case typeOp:
+		select {
+		case c.ops <- struct{}{}:
+		case <-c.ctx.Done():
+			return false
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer func() { <-c.ops }()
+			c.op(f)
+		}()
+		return true
+	}
+	return true
+}
+
+// forbidden are the kinds a device may not submit over its connection.
+var forbidden = map[pb.Kind]string{
+	pb.Kind_KIND_LOGIN:           "log in with a login frame",
+	pb.Kind_KIND_POLICY_SET:      "policy changes are made through the admin API",
+	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
+	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
+	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
+}
+
+// op submits one operation as this device and answers its decision.
+func (c *conn) op(f *frame) {
+	ev := f.Event
+	res := resultFrame{Type: "result", ID: f.ID}
+	refuse := func(code engine.Code, msg string) {
+		res.Code, res.Message = int32(code), msg
+		c.reply(res, "result")
+	}
+	if why, no := forbidden[ev.Kind]; no {
+		refuse(engine.CodeForbidden, engine.KindName(ev.Kind)+" is not allowed on a device connection: "+why)
+		return
+	}
+	if a := ev.Actor; (ev.App != "" && ev.App != c.app) || a.GetAdmin() ||
+		(a.GetUser() != "" && a.GetUser() != c.user) || (a.GetLoginId() != "" && a.GetLoginId() != c.loginID) {
+		refuse(engine.CodeForbidden, "a device acts only as its own app, user and login ID")
+		return
+	}
+	// Envelope fields are the engine's to assign; the actor is the connection.
+	ev.SchemaVersion, ev.StreamKey, ev.EventId, ev.TimeUnixMs = 0, "", "", 0
+	ev.App = c.app
+	ev.Actor = &pb.Actor{User: c.user, LoginId: c.loginID}
+	logout := ev.Kind == pb.Kind_KIND_LOGOUT
+	if logout {
+		c.mu.Lock()
+		c.logoutPending++
+		c.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
+	d, err := c.g.o.Engine.Submit(ctx, ev)
+	cancel()
+	switch {
+	case err != nil:
+		code := engine.CodeOf(err)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			code = engine.CodeUnavailable
+		}
+		res.Code, res.Message = int32(code), err.Error()
+	default:
+		res.Code, res.Message = d.Code, d.Message
+		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
+	}
+	c.reply(res, "result")
+	if logout {
+		c.mu.Lock()
+		c.logoutPending--
+		if res.Code == 0 {
+			c.over = true
+		}
+		c.mu.Unlock()
+		if res.Code == 0 {
+			c.closeAfterQueued(engine.CodeOK, websocket.StatusNormalClosure)
+		}
+	}
+}
+
+// start handles the first frame; false when the connection is closing.
+func (c *conn) start(f *frame) bool {
+	if err := c.g.o.Auth.Authenticate(f.App, f.User, f.Password, f.Token, c.remote); err != nil {
+		code := engine.CodeOf(err)
+		if code != engine.CodeRateLimited {
+			code = engine.CodeUnauthenticated
+		}
+		c.refuse(f.ID, code, "authentication failed")
+		return false
+	}
+	c.app, c.user = f.App, f.User
+	if f.Type == typeResume {
+		return c.resume(f)
+	}
+	c.loginID, c.platform = f.LoginID, f.Platform
+	if c.loginID == "" {
+		c.loginID = randomID()
+	}
+	// Register before the decision, so that a session end applied between
+	// the decision and the attach still reaches this connection.
+	if !c.register() {
+		return false
+	}
+	ev := &pb.Event{
+		App: c.app, ClientOpId: "gw-" + randomID(), Kind: pb.Kind_KIND_LOGIN,
+		Actor: &pb.Actor{User: c.user, LoginId: c.loginID},
+		Payload: &pb.Event_Login{Login: &pb.Login{
+			Platform: f.Platform, LoginId: c.loginID, DeviceName: f.DeviceName, Extension: f.Extension, AutoLogin: f.AutoLogin,
+		}},
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
+	d, err := c.g.o.Engine.Submit(ctx, ev)
+	cancel()
+	if err != nil {
+		code := engine.CodeOf(err)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			code = engine.CodeUnavailable
+		}
+		c.refuse(f.ID, code, err.Error())
+		return false
+	}
+	if d.Code != 0 {
+		c.refuse(f.ID, engine.Code(d.Code), d.Message)
+		return false
+	}
+	epoch, seq, ok, err := c.g.o.Store.Cursor(c.app, c.user, c.loginID)
+	if err != nil {
+		c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+		return false
+	}
+	return c.attach(d.Offset, loginResultFrame{
+		Type: "login_result", ID: f.ID, LoginID: d.LoginId, Reconnect: d.Reconnect, PolicyVersion: d.PolicyVersion,
+	}, position{epoch, seq, ok})
+}
+
+// resume attaches to an active session without a new decision.
+func (c *conn) resume(f *frame) bool {
+	c.loginID = f.LoginID
+	if !c.register() {
+		return false
+	}
+	ss, err := c.g.o.Store.Devices(c.app, c.user)
+	if err != nil {
+		c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+		return false
+	}
+	var s *pb.Session
+	for _, x := range ss {
+		if x.LoginId == c.loginID {
+			s = x
+		}
+	}
+	if s == nil {
+		code, msg := c.endedCode()
+		c.refuse(f.ID, code, msg)
+		return false
+	}
+	c.platform = s.Platform
+	pos := position{f.Epoch, f.Seq, f.Epoch != "" || f.Seq != 0}
+	if !pos.ok {
+		pos.epoch, pos.seq, pos.ok, err = c.g.o.Store.Cursor(c.app, c.user, c.loginID)
+		if err != nil {
+			c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+			return false
+		}
+	}
+	return c.attach(s.LoginOffset, loginResultFrame{Type: "login_result", ID: f.ID, LoginID: c.loginID, Resumed: true}, pos)
+}
+
+// endedCode is the answer to a resume of a session that is not active: the
+// code that ended it when the audit trail has it, else 1005.
+func (c *conn) endedCode() (engine.Code, string) {
+	ended, err := c.g.o.Store.Audit(c.app, c.user)
+	if err == nil {
+		for i := len(ended) - 1; i >= 0; i-- {
+			if e := ended[i]; e.GetSession().GetLoginId() == c.loginID {
+				if e.Code != 0 {
+					return engine.Code(e.Code), "the session ended: " + e.Reason.String()
+				}
+				break
+			}
+		}
+	}
+	return engine.CodeNotFound, "no active session with login ID " + c.loginID
+}
+
+func (c *conn) register() bool {
+	if !c.g.register(c) {
+		c.terminate(0, websocket.StatusGoingAway, nil)
+		return false
+	}
+	c.mu.Lock()
+	c.registered = true
+	c.mu.Unlock()
+	return true
+}
+
+// refuse answers a login or resume with a non-zero code and closes.
+func (c *conn) refuse(id string, code engine.Code, msg string) {
+	c.g.m.logins.WithLabelValues(codeLabel(int32(code))).Inc()
+	c.reply(loginResultFrame{Type: "login_result", ID: id, Code: int32(code), Message: msg}, "login_result")
+	c.closeAfterQueued(code, statusEnded)
+}
+
+type position struct {
+	epoch string
+	seq   uint64
+	ok    bool
+}
+
+// attach makes the connection the device's: answers the login, closes
+// connections this one replaces, then starts following the timeline.
+func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) bool {
+	c.g.m.logins.WithLabelValues("0").Inc()
+	if !c.reply(res, "login_result") {
+		return false
+	}
+	c.mu.Lock()
+	c.attached, c.sessionOffset = true, sessionOffset
+	pending := c.pendingEnds
+	c.pendingEnds = nil
+	c.mu.Unlock()
+	c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Inc()
+	for _, x := range c.g.others(c) {
+		x.terminate(0, statusEnded, nil) // replaced by this connection
+	}
+	for _, e := range pending {
+		c.ended(e)
+	}
+	c.wg.Add(1)
+	go c.follow(pos)
+	return true
+}
+
+// ended is told that the session of this connection's login ID ended.
+func (c *conn) ended(e *pb.Ended) {
+	c.mu.Lock()
+	if !c.attached {
+		if len(c.pendingEnds) < maxPendingEnds {
+			c.pendingEnds = append(c.pendingEnds, e)
+		}
+		c.mu.Unlock()
+		return
+	}
+	// An end applied before this session's login belongs to an earlier
+	// session of the same login ID.
+	if e.Offset <= c.sessionOffset {
+		c.mu.Unlock()
+		return
+	}
+	c.over = true
+	logout := c.logoutPending > 0
+	c.mu.Unlock()
+	if e.Code == 0 {
+		if !logout { // the device's own LOGOUT closes after its result
+			c.terminate(0, websocket.StatusNormalClosure, nil)
+		}
+		return
+	}
+	b, _ := json.Marshal(kickedFrame{
+		Type: "kicked", Code: e.Code, Reason: e.Reason.String(),
+		ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
+	})
+	c.terminate(engine.Code(e.Code), statusEnded, b)
+}
+
+// notify wakes the follower unless it already sent seq.
+func (c *conn) notify(seq uint64) {
+	c.mu.Lock()
+	skip := c.attached && c.lastEpoch != "" && seq <= c.lastSeq
+	c.mu.Unlock()
+	if skip {
+		return
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// follow sends the snapshot or catch-up, then live events, reading the
+// timeline from the last sequence sent. It is the only sender of events.
+func (c *conn) follow(pos position) {
+	defer c.wg.Done()
+	start := time.Now()
+	sent, caughtUp := 0, false
+	epoch, seq := pos.epoch, pos.seq
+	if !pos.ok {
+		var ok bool
+		if epoch, seq, ok = c.snapshot(false); !ok {
+			return
+		}
+	}
+	resyncs := 0
+	for {
+		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
+		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
+			if resyncs++; resyncs > 2 {
+				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, "timeline cannot be continued after a snapshot"))
+				return
+			}
+			var ok bool
+			if epoch, seq, ok = c.snapshot(true); !ok {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			if c.ctx.Err() == nil {
+				c.g.o.Logger.Warn("gateway: read timeline", "app", c.app, "user", c.user, "err", err)
+				c.terminate(engine.CodeUnavailable, statusEnded, errorJSON("", engine.CodeUnavailable, "timeline unavailable"))
+			}
+			return
+		}
+		resyncs = 0
+		if epoch == "" {
+			if meta.GetEpoch() == "" && len(es) > 0 {
+				continue // the timeline opened between reading its meta and its entries
+			}
+			epoch = meta.GetEpoch()
+		}
+		progressed := next > seq
+		for _, e := range es {
+			if e.Seq <= seq {
+				continue // never again at or below what was sent
+			}
+			b, err := encodeEvent(epoch, e)
+			if err != nil {
+				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, err.Error()))
+				return
+			}
+			// Recorded before queueing: the device may ack it as soon as
+			// it is written.
+			c.setSent(epoch, e.Seq)
+			if !c.push(outFrame{b: b, typ: "event"}) {
+				return
+			}
+			seq = e.Seq
+			sent++
+		}
+		if next > seq {
+			seq = next // entries hidden from this device
+			c.setSent(epoch, seq)
+		}
+		if progressed {
+			continue // there may be more
+		}
+		if !caughtUp {
+			caughtUp = true
+			c.g.m.catchup.Observe(float64(sent))
+			c.g.m.catchupTime.Observe(time.Since(start).Seconds())
+		}
+		select {
+		case <-c.wake:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// snapshot queues a snapshot frame; it returns the position it is current at.
+func (c *conn) snapshot(resync bool) (string, uint64, bool) {
+	s, err := c.g.o.Store.Snapshot(c.app, c.user)
+	var b []byte
+	if err == nil {
+		b, err = encodeSnapshot(s, resync)
+	}
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.terminate(engine.CodeUnavailable, statusEnded, errorJSON("", engine.CodeUnavailable, "snapshot unavailable"))
+		}
+		return "", 0, false
+	}
+	c.setSent(s.Meta.Epoch, s.Meta.LastSeq)
+	if !c.push(outFrame{b: b, typ: "snapshot"}) {
+		return "", 0, false
+	}
+	return s.Meta.Epoch, s.Meta.LastSeq, true
+}
+
+func encodeSnapshot(s *projections.Snapshot, resync bool) ([]byte, error) {
+	f := snapshotFrame{Type: "snapshot", Resync: resync, Epoch: s.Meta.GetEpoch(), Seq: s.Meta.GetLastSeq(), Conversations: []json.RawMessage{}}
+	var err error
+	if f.Contacts, err = pjson.Marshal(s.Contacts); err != nil {
+		return nil, err
+	}
+	if f.Groups, err = pjson.Marshal(s.Groups); err != nil {
+		return nil, err
+	}
+	for _, cv := range s.Conversations {
+		b, err := pjson.Marshal(cv)
+		if err != nil {
+			return nil, err
+		}
+		f.Conversations = append(f.Conversations, b)
+	}
+	return json.Marshal(f)
+}
+
+func (c *conn) setSent(epoch string, seq uint64) {
+	c.mu.Lock()
+	c.lastEpoch, c.lastSeq = epoch, seq
+	c.mu.Unlock()
+}
+
+// push queues a frame, waiting while the queue is full (events are read
+// from the store only as the queue drains); false when the connection is
+// closing.
+func (c *conn) push(f outFrame) bool {
+	select {
+	case c.out <- f:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// reply queues an answer without waiting: a device whose answers overflow
+// the queue is not reading them (1016). False when the connection is closing.
+func (c *conn) reply(v any, typ string) bool {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, err.Error()))
+		return false
+	}
+	if c.ctx.Err() != nil {
+		return false
+	}
+	select {
+	case c.out <- outFrame{b: b, typ: typ}:
+		return true
+	default:
+		c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
+		return false
+	}
+}
+
+// closeAfterQueued closes the connection once the frames queued before
+// are written.
+func (c *conn) closeAfterQueued(code engine.Code, status websocket.StatusCode) {
+	c.push(outFrame{close: true, code: code, status: status})
+}
+
+// writer writes queued frames in order, each within WriteTimeout.
+func (c *conn) writer() {
+	defer c.wg.Done()
+	defer close(c.writerDone)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case f := <-c.out:
+			if f.close {
+				c.terminate(f.code, f.status, nil)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
+			err := c.ws.Write(ctx, websocket.MessageText, f.b)
+			timedOut := ctx.Err() != nil
+			cancel()
+			if err != nil {
+				if timedOut {
+					// The socket took nothing for WriteTimeout: the device
+					// does not read. (The library closed the socket.)
+					c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
+				} else {
+					c.terminate(0, websocket.StatusNormalClosure, nil)
+				}
+				return
+			}
+			c.g.m.frames.WithLabelValues("out", f.typ).Inc()
+		}
+	}
+}
+
+// terminate starts the connection's teardown once: it stops the writer and
+// the follower, then (in its own goroutine, so callers never block) writes
+// final, if any, and closes the socket with status. code is what the
+// disconnect is counted as.
+func (c *conn) terminate(code engine.Code, status websocket.StatusCode, final []byte) {
+	c.closeOnce.Do(func() {
+		c.closeCode.Store(int32(code))
+		c.cancel()
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			<-c.writerDone
+			if final != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), min(c.g.o.WriteTimeout, 2*time.Second))
+				err := c.ws.Write(ctx, websocket.MessageText, final)
+				cancel()
+				if err != nil {
+					c.ws.CloseNow()
+					return
+				}
+				typ := "error"
+				if code > 0 && code < 1000 {
+					typ = "kicked"
+				}
+				c.g.m.frames.WithLabelValues("out", typ).Inc()
+			}
+			c.ws.Close(status, closeReason(code))
+		}()
+	})
+}
+
+func closeReason(code engine.Code) string {
+	if code == 0 {
+		return ""
+	}
+	return "mdsync " + strconv.Itoa(int(code))
+}
+
+func errorJSON(id string, code engine.Code, msg string) []byte {
+	b, _ := json.Marshal(errorFrame{Type: "error", ID: id, Code: int32(code), Message: msg})
+	return b
+}

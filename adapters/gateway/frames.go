@@ -1,0 +1,339 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Limits of client frames' fields (docs/protocol.md).
+const (
+	maxRequestIDBytes  = 64
+	maxCredentialBytes = 4096 // password or token
+	maxEpochBytes      = 128
+	maxHistoryLimit    = 100
+)
+
+// Client frame types.
+const (
+	typeLogin   = "login"
+	typeResume  = "resume"
+	typeOp      = "op"
+	typeAck     = "ack"
+	typeSelfIDs = "self_ids"
+	typeHistory = "history"
+	typePing    = "ping"
+)
+
+// frame is one decoded client frame. Only the fields of its type are set.
+type frame struct {
+	Type string
+	ID   string
+
+	// login, resume
+	App, User, Password, Token, LoginID string
+	Platform                            int32
+	DeviceName, Extension               string
+	AutoLogin                           bool
+
+	// resume, ack: a timeline position
+	Epoch string
+	Seq   uint64
+
+	// op
+	Event *pb.Event
+
+	// history
+	ChatType       pb.ChatType
+	ConversationID string
+	Before         uint64
+	Limit          int
+}
+
+// wireFrame is a client frame as JSON; unknown fields are ignored.
+type wireFrame struct {
+	Type           string          `json:"type"`
+	ID             string          `json:"id"`
+	App            string          `json:"app"`
+	User           string          `json:"user"`
+	Password       string          `json:"password"`
+	Token          string          `json:"token"`
+	LoginID        string          `json:"login_id"`
+	Platform       int32           `json:"platform"`
+	DeviceName     string          `json:"device_name"`
+	Extension      string          `json:"extension"`
+	AutoLogin      bool            `json:"auto_login"`
+	Epoch          string          `json:"epoch"`
+	Seq            json.Number     `json:"seq"`
+	Event          json.RawMessage `json:"event"`
+	ChatType       json.RawMessage `json:"chat_type"`
+	ConversationID string          `json:"conversation_id"`
+	Before         json.Number     `json:"before"`
+	Limit          int             `json:"limit"`
+}
+
+var eventJSON = protojson.UnmarshalOptions{DiscardUnknown: true}
+
+// decodeFrame decodes and checks one client frame. On error it returns the
+// frame's id when it could be read (so the answer can carry it) and an
+// *engine.Error with code 1001 (or 1003 for a missing field).
+func decodeFrame(b []byte) (*frame, string, error) {
+	var w wireFrame
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	if err := d.Decode(&w); err != nil {
+		return nil, "", engine.Errorf(engine.CodeInvalidArgument, "not a JSON object: %v", err)
+	}
+	if d.More() {
+		return nil, "", engine.Errorf(engine.CodeInvalidArgument, "trailing data after the JSON object")
+	}
+	if len(w.ID) > maxRequestIDBytes {
+		return nil, "", engine.Errorf(engine.CodeInvalidArgument, "id is longer than %d bytes", maxRequestIDBytes)
+	}
+	f := &frame{Type: w.Type, ID: w.ID}
+	bad := func(format string, args ...any) (*frame, string, error) {
+		return nil, w.ID, engine.Errorf(engine.CodeInvalidArgument, format, args...)
+	}
+	switch w.Type {
+	case typeLogin, typeResume:
+		f.App, f.User, f.Password, f.Token, f.LoginID = w.App, w.User, w.Password, w.Token, w.LoginID
+		if !engine.ValidID(f.App) || !engine.ValidID(f.User) {
+			return bad("app and user must be ids (1-%d bytes of letters, digits, _-.@)", engine.MaxIDBytes)
+		}
+		if len(f.Password) > maxCredentialBytes || len(f.Token) > maxCredentialBytes {
+			return bad("password or token longer than %d bytes", maxCredentialBytes)
+		}
+		if f.Password == "" && f.Token == "" {
+			return nil, w.ID, engine.Errorf(engine.CodeMissingField, "password or token is required")
+		}
+		if w.Type == typeResume {
+			if !engine.ValidID(f.LoginID) {
+				return bad("resume needs the login_id of the session")
+			}
+			if err := readPosition(f, w); err != nil {
+				return nil, w.ID, err
+			}
+			break
+		}
+		if f.LoginID != "" && !engine.ValidID(f.LoginID) {
+			return bad("login_id is not a valid id")
+		}
+		if w.Platform < engine.MinPlatform || w.Platform > engine.MaxPlatform {
+			return bad("platform must be in [%d,%d]", engine.MinPlatform, engine.MaxPlatform)
+		}
+		if len(w.DeviceName) > engine.MaxDeviceNameBytes || len(w.Extension) > engine.MaxExtensionBytes {
+			return bad("device_name or extension too long (%d, %d bytes)", engine.MaxDeviceNameBytes, engine.MaxExtensionBytes)
+		}
+		f.Platform, f.DeviceName, f.Extension, f.AutoLogin = w.Platform, w.DeviceName, w.Extension, w.AutoLogin
+	case typeOp:
+		if len(w.Event) == 0 || string(w.Event) == "null" {
+			return nil, w.ID, engine.Errorf(engine.CodeMissingField, "op needs an event")
+		}
+		ev := &pb.Event{}
+		if err := eventJSON.Unmarshal(w.Event, ev); err != nil {
+			return bad("event is not an mdsync.v1.Event in JSON: %v", err)
+		}
+		f.Event = ev
+	case typeAck:
+		if err := readPosition(f, w); err != nil {
+			return nil, w.ID, err
+		}
+		if f.Epoch == "" {
+			return nil, w.ID, engine.Errorf(engine.CodeMissingField, "ack needs epoch")
+		}
+	case typeHistory:
+		ct, err := chatType(w.ChatType)
+		if err != nil {
+			return nil, w.ID, err
+		}
+		if !engine.ValidID(w.ConversationID) {
+			return bad("conversation_id is not a valid id")
+		}
+		before, err := uintField("before", w.Before)
+		if err != nil {
+			return nil, w.ID, err
+		}
+		if w.Limit < 1 || w.Limit > maxHistoryLimit {
+			return bad("limit must be in [1,%d]", maxHistoryLimit)
+		}
+		f.ChatType, f.ConversationID, f.Before, f.Limit = ct, w.ConversationID, before, w.Limit
+	case typeSelfIDs, typePing:
+	case "":
+		return nil, w.ID, engine.Errorf(engine.CodeMissingField, "type is required")
+	default:
+		return bad("unknown type %.64q", w.Type)
+	}
+	return f, f.ID, nil
+}
+
+func readPosition(f *frame, w wireFrame) error {
+	if len(w.Epoch) > maxEpochBytes {
+		return engine.Errorf(engine.CodeInvalidArgument, "epoch longer than %d bytes", maxEpochBytes)
+	}
+	seq, err := uintField("seq", w.Seq)
+	if err != nil {
+		return err
+	}
+	f.Epoch, f.Seq = w.Epoch, seq
+	return nil
+}
+
+func uintField(name string, n json.Number) (uint64, error) {
+	if n == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(string(n), 10, 64)
+	if err != nil {
+		return 0, engine.Errorf(engine.CodeInvalidArgument, "%s must be an unsigned integer", name)
+	}
+	return v, nil
+}
+
+// chatType reads an enum as protobuf JSON does: its name or its number.
+func chatType(raw json.RawMessage) (pb.ChatType, error) {
+	var v any
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return 0, engine.Errorf(engine.CodeInvalidArgument, "chat_type: %v", err)
+		}
+	}
+	var ct pb.ChatType
+	switch x := v.(type) {
+	case string:
+		n, ok := pb.ChatType_value[x]
+		if !ok {
+			return 0, engine.Errorf(engine.CodeInvalidArgument, "unknown chat_type %.32q", x)
+		}
+		ct = pb.ChatType(n)
+	case float64:
+		if x != float64(int32(x)) {
+			return 0, engine.Errorf(engine.CodeInvalidArgument, "chat_type out of range")
+		}
+		ct = pb.ChatType(int32(x))
+	case nil:
+		return 0, engine.Errorf(engine.CodeMissingField, "chat_type is required")
+	default:
+		return 0, engine.Errorf(engine.CodeInvalidArgument, "chat_type must be a name or a number")
+	}
+	if _, ok := pb.ChatType_name[int32(ct)]; !ok || ct == pb.ChatType_CHAT_TYPE_UNSPECIFIED {
+		return 0, engine.Errorf(engine.CodeInvalidArgument, "chat_type %d is not a chat type", ct)
+	}
+	return ct, nil
+}
+
+// Server frames. Protobuf parts use protojson with the .proto field names.
+
+var pjson = protojson.MarshalOptions{UseProtoNames: true}
+
+type errorFrame struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Code    int32  `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+type loginResultFrame struct {
+	Type          string `json:"type"`
+	ID            string `json:"id,omitempty"`
+	Code          int32  `json:"code"`
+	Message       string `json:"message,omitempty"`
+	LoginID       string `json:"login_id,omitempty"`
+	Reconnect     bool   `json:"reconnect,omitempty"`
+	Resumed       bool   `json:"resumed,omitempty"`
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
+}
+
+type resultFrame struct {
+	Type      string `json:"type"`
+	ID        string `json:"id,omitempty"`
+	Code      int32  `json:"code"`
+	Message   string `json:"message,omitempty"`
+	EventID   string `json:"event_id,omitempty"`
+	MessageID string `json:"message_id,omitempty"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
+}
+
+type eventFrame struct {
+	Type  string          `json:"type"`
+	Epoch string          `json:"epoch"`
+	Seq   uint64          `json:"seq"`
+	Name  string          `json:"name"`
+	Entry json.RawMessage `json:"entry"`
+}
+
+type snapshotFrame struct {
+	Type          string            `json:"type"`
+	Resync        bool              `json:"resync"`
+	Epoch         string            `json:"epoch"`
+	Seq           uint64            `json:"seq"`
+	Contacts      json.RawMessage   `json:"contacts"`
+	Groups        json.RawMessage   `json:"groups"`
+	Conversations []json.RawMessage `json:"conversations"`
+}
+
+type kickedFrame struct {
+	Type         string `json:"type"`
+	Code         int32  `json:"code"`
+	Reason       string `json:"reason"`
+	ByLoginID    string `json:"by_login_id,omitempty"`
+	ByDeviceName string `json:"by_device_name,omitempty"`
+	ByExtension  string `json:"by_extension,omitempty"`
+}
+
+type selfIDsFrame struct {
+	Type     string   `json:"type"`
+	ID       string   `json:"id,omitempty"`
+	Code     int32    `json:"code"`
+	LoginIDs []string `json:"login_ids"`
+}
+
+type historyFrame struct {
+	Type    string            `json:"type"`
+	ID      string            `json:"id,omitempty"`
+	Code    int32             `json:"code"`
+	Entries []json.RawMessage `json:"entries"`
+}
+
+type pongFrame struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+}
+
+// entryName is the event frame's name: the seeds' callback name for a
+// multi-device event, else the kind's JSON name.
+func entryName(e *pb.TimelineEntry) string {
+	ki, ok := engine.LookupKind(e.GetSource().GetKind())
+	if !ok {
+		return engine.KindName(e.GetSource().GetKind())
+	}
+	if e.MultiDevice && ki.WebName != "" {
+		return ki.WebName
+	}
+	return ki.Name
+}
+
+func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
+	b, err := pjson.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: encode entry: %w", err)
+	}
+	return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: entryName(e), Entry: b})
+}
+
+func encodeEntries(es []*pb.TimelineEntry) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, 0, len(es))
+	for _, e := range es {
+		b, err := pjson.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: encode entry: %w", err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}

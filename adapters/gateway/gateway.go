@@ -1,0 +1,440 @@
+// Package gateway is mdsync's device gateway: one WebSocket per device,
+// speaking docs/protocol.md. A device logs in (a LOGIN decision through the
+// engine) or resumes an active session, then receives a snapshot or the
+// catch-up from its last position and live events, and sends operations.
+//
+// Every connection reads its user's timeline itself, from the last sequence
+// it sent: a delivery hint only wakes it, so a slow device never slows the
+// projector or another device, and events cannot be skipped or repeated.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Subprotocol is the WebSocket subprotocol of protocol v1.
+const Subprotocol = "mdsync.v1"
+
+// Authenticator checks a device's credentials. Authenticate returns nil, or
+// an *engine.Error with code 1013 (bad credentials) or 1014 (too many
+// failed attempts; retry later); any other error is answered as 1013. It is
+// called once per login or resume, concurrently, and may take a while (a
+// password hash); remote is the peer's address, for rate limits.
+type Authenticator interface {
+	Authenticate(app, user, password, token, remote string) error
+}
+
+// Submitter performs one operation and returns its decision once it is
+// durable and applied (the *engine.Engine contract): Code 0 when accepted,
+// or a refusal code; an invalid operation is an *engine.Error.
+type Submitter interface {
+	Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
+}
+
+// Reader is what the gateway reads of the projections (*projections.Store
+// implements it). Every method is safe for concurrent use and reads
+// committed state only; after the store closes they return an error.
+type Reader interface {
+	// Devices returns the user's active sessions in login order.
+	Devices(app, user string) ([]*pb.Session, error)
+	// SelfIDs returns the login IDs of the user's devices other than loginID.
+	SelfIDs(app, user, loginID string) ([]string, error)
+	// Timeline returns up to limit entries visible to loginID after
+	// (epoch, after), and the sequence to continue from (the last entry
+	// examined, visible or not); projections.ErrResync (code 1015) when the
+	// position cannot be continued.
+	Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error)
+	// Snapshot returns the user's state and the position it is current at.
+	Snapshot(app, user string) (*projections.Snapshot, error)
+	// History pages a conversation's messages newest first, below before.
+	History(app, user string, ct pb.ChatType, conv string, before uint64, limit int) ([]*pb.TimelineEntry, error)
+	// Cursor returns the device's acknowledged position; ok is false when
+	// it never acknowledged.
+	Cursor(app, user, loginID string) (epoch string, seq uint64, ok bool, err error)
+	// SetCursor records an acknowledged position (never moves backwards).
+	SetCursor(app, user, loginID, epoch string, seq uint64) error
+	// Audit returns the user's ended sessions in log order (to answer a
+	// refused resume with the code that ended the session).
+	Audit(app, user string) ([]*pb.Ended, error)
+}
+
+var _ Reader = (*projections.Store)(nil)
+
+// Options configure a Gateway. Auth, Engine, Store and Registerer are
+// required; every other field has the default stated.
+type Options struct {
+	Auth       Authenticator
+	Engine     Submitter
+	Store      Reader
+	Registerer prometheus.Registerer
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// MaxFrameBytes bounds one client message. Default 64 KiB.
+	MaxFrameBytes int
+	// SendQueue is the frames queued per connection. Default 1024.
+	SendQueue int
+	// HeartbeatTimeout closes a connection that sent nothing for this long
+	// (error 1017). Default 60s.
+	HeartbeatTimeout time.Duration
+	// LoginTimeout bounds the wait for the first frame. Default 10s.
+	LoginTimeout time.Duration
+	// WriteTimeout bounds one frame's write; a device whose socket accepts
+	// nothing for this long is a slow consumer (error 1016). Default 10s.
+	WriteTimeout time.Duration
+	// SubmitTimeout bounds one operation (login included). Default 10s.
+	SubmitTimeout time.Duration
+	// MaxConnections refuses upgrades beyond it (HTTP 503). Default 100,000.
+	MaxConnections int
+	// MaxOpsInFlight bounds one connection's pipelined operations; the
+	// connection's reads wait beyond it. Default 16.
+	MaxOpsInFlight int
+	// OriginPatterns are the browser origins allowed besides the request's
+	// host (websocket.AcceptOptions.OriginPatterns). Default none.
+	OriginPatterns []string
+	// Now is the clock of last-seen times and idle checks. Default time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxFrameBytes == 0 {
+		o.MaxFrameBytes = 64 << 10
+	}
+	if o.SendQueue == 0 {
+		o.SendQueue = 1024
+	}
+	if o.HeartbeatTimeout == 0 {
+		o.HeartbeatTimeout = 60 * time.Second
+	}
+	if o.LoginTimeout == 0 {
+		o.LoginTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.SubmitTimeout == 0 {
+		o.SubmitTimeout = 10 * time.Second
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = 100_000
+	}
+	if o.MaxOpsInFlight == 0 {
+		o.MaxOpsInFlight = 16
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Auth == nil:
+		return errors.New("gateway: Options.Auth is required")
+	case o.Engine == nil:
+		return errors.New("gateway: Options.Engine is required")
+	case o.Store == nil:
+		return errors.New("gateway: Options.Store is required")
+	case o.Registerer == nil:
+		return errors.New("gateway: Options.Registerer is required")
+	case o.MaxFrameBytes < 1024 || o.MaxFrameBytes > 16<<20:
+		return errors.New("gateway: Options.MaxFrameBytes must be in [1 KiB, 16 MiB]")
+	case o.SendQueue < 1 || o.SendQueue > 1<<20:
+		return errors.New("gateway: Options.SendQueue must be in [1, 1Mi]")
+	case o.HeartbeatTimeout < 0 || o.LoginTimeout < 0 || o.WriteTimeout < 0 || o.SubmitTimeout < 0:
+		return errors.New("gateway: timeouts must be positive")
+	case o.MaxConnections < 1 || o.MaxOpsInFlight < 1:
+		return errors.New("gateway: MaxConnections and MaxOpsInFlight must be >= 1")
+	}
+	return nil
+}
+
+type userKey struct{ app, user string }
+
+type deviceKey struct{ app, user, loginID string }
+
+// presence is what the gateway remembers of a device that disconnected.
+type presence struct {
+	lastSeen time.Time
+	remote   string
+}
+
+// Gateway serves device connections. It is safe for concurrent use.
+type Gateway struct {
+	o Options
+	m *metrics
+
+	mu       sync.RWMutex
+	users    map[userKey]map[*conn]struct{} // registered connections (attached or logging in)
+	presence map[deviceKey]presence         // devices seen here that are not connected now
+	all      map[*conn]struct{}             // every open connection
+	n        int                            // open connections, counted before the upgrade
+	closing  bool
+
+	wg sync.WaitGroup // one per ServeHTTP call
+}
+
+// New returns a Gateway; it registers its metrics on o.Registerer.
+func New(o Options) (*Gateway, error) {
+	o.ensureDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Gateway{o: o, m: m, users: map[userKey]map[*conn]struct{}{}, presence: map[deviceKey]presence{}, all: map[*conn]struct{}{}}, nil
+}
+
+// ServeHTTP upgrades a request to a device connection and serves it until
+// it closes. Mount it at /v1/ws.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if g.n >= g.o.MaxConnections {
+		g.mu.Unlock()
+		g.m.disconnects.WithLabelValues("503").Inc()
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	g.n++
+	g.wg.Add(1)
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.n--
+		g.mu.Unlock()
+		g.wg.Done()
+	}()
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: []string{Subprotocol}, OriginPatterns: g.o.OriginPatterns,
+	})
+	if err != nil {
+		return // Accept has answered the request
+	}
+	if ws.Subprotocol() != Subprotocol {
+		ws.Close(websocket.StatusPolicyViolation, "subprotocol "+Subprotocol+" required")
+		return
+	}
+	c := newConn(g, ws, r.RemoteAddr)
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		ws.Close(websocket.StatusGoingAway, "shutting down")
+		return
+	}
+	g.all[c] = struct{}{}
+	g.mu.Unlock()
+	c.serve()
+	g.mu.Lock()
+	delete(g.all, c)
+	g.mu.Unlock()
+}
+
+// Deliver is the hint that entry was appended to user's timeline. It wakes
+// the user's connections here and never blocks; the connections read the
+// timeline themselves.
+func (g *Gateway) Deliver(app, user string, entry *pb.TimelineEntry) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for c := range g.users[userKey{app, user}] {
+		c.notify(entry.GetSeq())
+	}
+}
+
+// End is told that a session ended (a projections.Applied decision's
+// Ended, with the decision's app): the connection of that login ID gets a
+// kicked frame (code != 0) and is closed; a logout (code 0) just closes.
+// It never blocks.
+func (g *Gateway) End(app string, e *pb.Ended) {
+	if e.GetSession() == nil {
+		return
+	}
+	id := e.Session.LoginId
+	g.mu.Lock()
+	var hit []*conn
+	for c := range g.users[userKey{app, e.User}] {
+		if c.loginID == id {
+			hit = append(hit, c)
+		}
+	}
+	// The session is over: forget what was seen of the device.
+	delete(g.presence, deviceKey{app, e.User, id})
+	g.mu.Unlock()
+	for _, c := range hit {
+		c.ended(e)
+	}
+}
+
+// Connected reports whether any device of the user is attached here.
+func (g *Gateway) Connected(app, user string) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for c := range g.users[userKey{app, user}] {
+		if c.isAttached() {
+			return true
+		}
+	}
+	return false
+}
+
+// DeviceInfo returns when the device was last heard from and its remote
+// address, and whether it is connected here now. Disconnected devices are
+// remembered in memory until their session ends; after a restart nothing
+// is known (zero time, "") until the device connects again.
+func (g *Gateway) DeviceInfo(app, user, loginID string) (lastSeen time.Time, remoteAddr string, connected bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for c := range g.users[userKey{app, user}] {
+		if c.loginID == loginID && c.isAttached() {
+			return c.seen(), c.remote, true
+		}
+	}
+	p := g.presence[deviceKey{app, user, loginID}]
+	return p.lastSeen, p.remote, false
+}
+
+// Shutdown closes every connection with status 1001 (going away), refuses
+// new ones, and waits until every connection's goroutines have returned or
+// ctx is done.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.closing = true
+	all := make([]*conn, 0, len(g.all))
+	for c := range g.all {
+		all = append(all, c)
+	}
+	g.mu.Unlock()
+	for _, c := range all {
+		c.terminate(0, websocket.StatusGoingAway, nil)
+	}
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// register adds c under its user; false when the gateway is closing.
+func (g *Gateway) register(c *conn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return false
+	}
+	k := userKey{c.app, c.user}
+	if g.users[k] == nil {
+		g.users[k] = map[*conn]struct{}{}
+	}
+	g.users[k][c] = struct{}{}
+	return true
+}
+
+// unregister removes c and, when it was attached, remembers its presence.
+func (g *Gateway) unregister(c *conn, attached bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := userKey{c.app, c.user}
+	if _, ok := g.users[k][c]; !ok {
+		return
+	}
+	delete(g.users[k], c)
+	if len(g.users[k]) == 0 {
+		delete(g.users, k)
+	}
+	if attached && !c.sessionOver() {
+		g.presence[deviceKey{c.app, c.user, c.loginID}] = presence{lastSeen: c.seen(), remote: c.remote}
+	}
+}
+
+// others returns the other connections of c's login ID.
+func (g *Gateway) others(c *conn) []*conn {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var out []*conn
+	for x := range g.users[userKey{c.app, c.user}] {
+		if x != c && x.loginID == c.loginID {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func randomID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+type metrics struct {
+	connected   *prometheus.GaugeVec
+	logins      *prometheus.CounterVec
+	frames      *prometheus.CounterVec
+	catchup     prometheus.Histogram
+	catchupTime prometheus.Histogram
+	disconnects *prometheus.CounterVec
+}
+
+func newMetrics(r prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mdsync_connected_devices",
+			Help: "Devices attached to this gateway, by platform.",
+		}, []string{"platform"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_gateway_logins_total",
+			Help: "Logins and resumes answered, by code (0 = attached).",
+		}, []string{"code"}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_gateway_frames_total",
+			Help: "WebSocket frames, by direction (in, out) and type.",
+		}, []string{"direction", "type"}),
+		catchup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mdsync_catchup_events",
+			Help:    "Events sent to a device between attaching and being caught up.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+		}),
+		catchupTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mdsync_catchup_duration_seconds",
+			Help:    "Time from attaching to being caught up (snapshot and catch-up queued).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_gateway_disconnects_total",
+			Help: "Connections closed, by the code that closed them (0 = closed by the device or normally).",
+		}, []string{"code"}),
+	}
+	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects} {
+		if err := r.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func codeLabel(c int32) string { return strconv.Itoa(int(c)) }
