@@ -1,17 +1,22 @@
-// Package restapi is mdsync's administrative HTTP API on top of a node:
-// submit operations, read a user's devices, audit trail and the app's
-// policy, plus health and Prometheus metrics. Every route but the health
-// checks needs the admin credential (invariant 7: nothing is trusted from a
-// caller that decides for others). The device-facing WebSocket gateway and
-// the user-credential routes are separate adapters.
+// Package restapi is mdsync's HTTP API on top of a node: operations, user
+// credentials (register, password, tokens, removal), a user's devices (list,
+// kick one, kick all), audit, policy, health, readiness and metrics. The
+// routes and their credentials are in routeTable; docs/openapi.yaml
+// describes the same routes and a test holds the two together.
+//
+// Who the caller is comes from the Authorization header only: the admin
+// bearer token, a user's password (Basic), or a user token (Bearer mdt1.).
+// What the caller may do is decided here by route (admin-only routes, routes
+// a user may call on their own account) and then by the engine (invariant 7:
+// nothing is trusted that a caller claims about others).
 package restapi
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -26,8 +31,13 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// MaxBodyBytes bounds a request body: one operation, encoded as JSON.
-const MaxBodyBytes = 256 << 10
+// Body limits. An operation is bounded by the engine at 128 KiB encoded;
+// its JSON form may be larger. Credential bodies are tiny.
+const (
+	MaxBodyBytes       = 256 << 10 // POST /v1/operations
+	MaxPolicyBodyBytes = 64 << 10  // PUT policy
+	MaxSmallBodyBytes  = 4 << 10   // users, password, tokens
+)
 
 // Options configure the handler.
 type Options struct {
@@ -40,6 +50,40 @@ type Options struct {
 	Logger *slog.Logger
 	// SubmitTimeout bounds one operation end to end. Default 10s.
 	SubmitTimeout time.Duration
+	// Auth is the user credential store. Without it the user routes refuse
+	// users' passwords and tokens (401) and the credential routes answer
+	// 503/1009; admin routes keep working.
+	Auth Credentials
+	// Presence, optional, adds live connection facts to the device list.
+	Presence Presence
+	// Ready, optional, is the readiness check behind GET /readyz: nil
+	// error means ready. Nil Ready means always ready.
+	Ready func() error
+}
+
+// Credentials is the port to the user credential store (adapters/auth.Store
+// implements it). Errors carry engine codes: 1001 bad input, 1005 unknown
+// user, 1006 exists, 1013 bad credentials, 1014 rate limited, 1009 store
+// unavailable.
+type Credentials interface {
+	Register(app, user, password string) error
+	// CheckPassword spends from the user's and the remote's rate limit.
+	CheckPassword(app, user, password, remote string) error
+	// SetPassword revokes every token issued before it.
+	SetPassword(app, user, newPassword string) error
+	// Remove revokes every token of the user.
+	Remove(app, user string) error
+	Exists(app, user string) (bool, error)
+	// IssueToken with ttl 0 uses the store's default lifetime.
+	IssueToken(app, user string, ttl time.Duration) (token string, expires time.Time, err error)
+	VerifyToken(token string) (app, user string, err error)
+}
+
+// Presence is the port to live connection state (the WebSocket gateway
+// implements it). It must be cheap and must not block: it is called once
+// per listed device. Unknown devices return zero values.
+type Presence interface {
+	DeviceInfo(app, user, loginID string) (lastSeen time.Time, remoteAddr string, connected bool)
 }
 
 // Submitter is what the API needs of the engine.
@@ -48,11 +92,54 @@ type Submitter interface {
 }
 
 type api struct {
-	opts    Options
-	eng     Submitter
-	store   *projections.Store
-	submits *prometheus.CounterVec
-	latency *prometheus.HistogramVec
+	opts      Options
+	eng       Submitter
+	store     *projections.Store
+	metrics   http.Handler
+	submits   *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	authFails *prometheus.CounterVec
+}
+
+// access is who may call a route.
+type access int
+
+const (
+	public       access = iota + 1
+	adminOnly           // the admin bearer token
+	adminOrPass         // admin, or Basic with the path user's password
+	adminOrOwner        // admin, the path user's password, or the path user's token
+)
+
+// principal is the authenticated caller: the admin, or the path's user.
+type principal struct {
+	admin bool
+	user  string
+}
+
+type route struct {
+	method, path string
+	access       access
+	handle       func(a *api, w http.ResponseWriter, r *http.Request, p principal)
+}
+
+// routeTable is every route the API serves. The OpenAPI test checks each
+// one against docs/openapi.yaml.
+var routeTable = []route{
+	{"GET", "/healthz", public, (*api).healthz},
+	{"GET", "/readyz", public, (*api).readyz},
+	{"GET", "/metrics", adminOnly, (*api).serveMetrics},
+	{"POST", "/v1/operations", adminOnly, (*api).submitOperation},
+	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register},
+	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser},
+	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword},
+	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken},
+	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice},
+	{"GET", "/v1/apps/{app}/users/{user}/audit", adminOnly, (*api).audit},
+	{"GET", "/v1/apps/{app}/policy", adminOnly, (*api).getPolicy},
+	{"PUT", "/v1/apps/{app}/policy", adminOnly, (*api).putPolicy},
 }
 
 // New returns the API handler. It registers its metrics on opts.Registry.
@@ -70,6 +157,7 @@ func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, e
 		opts.SubmitTimeout = 10 * time.Second
 	}
 	a := &api{opts: opts, eng: eng, store: store,
+		metrics: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}),
 		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mdsync_operations_submitted_total",
 			Help: "Operations submitted through the API, by kind and result code (0 = accepted).",
@@ -79,19 +167,20 @@ func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, e
 			Help:    "Time from receiving an operation to its decision (append, fsync, apply).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"kind"}),
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mdsync_rest_auth_failures_total",
+			Help: "Requests refused for their credentials, by result: unauthenticated (401), forbidden (403), rate_limited (429).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{a.submits, a.latency} {
+	for _, c := range []prometheus.Collector{a.submits, a.latency, a.authFails} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.Handle("GET /metrics", a.admin(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry})))
-	mux.Handle("POST /v1/operations", a.admin(http.HandlerFunc(a.submit)))
-	mux.Handle("GET /v1/apps/{app}/users/{user}/devices", a.admin(http.HandlerFunc(a.devices)))
-	mux.Handle("GET /v1/apps/{app}/users/{user}/audit", a.admin(http.HandlerFunc(a.audit)))
-	mux.Handle("GET /v1/apps/{app}/policy", a.admin(http.HandlerFunc(a.policy)))
+	for _, rt := range routeTable {
+		mux.Handle(rt.method+" "+rt.path, a.guard(rt))
+	}
 	return mux, nil
 }
 
@@ -102,20 +191,48 @@ type errorBody struct {
 }
 
 func writeError(w http.ResponseWriter, status int, code engine.Code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(errorBody{Code: int32(code), Message: msg})
+	writeJSON(w, status, errorBody{Code: int32(code), Message: msg})
 }
 
-func (a *api) admin(next http.Handler) http.Handler {
-	want := []byte("Bearer " + a.opts.AdminToken)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			writeError(w, http.StatusUnauthorized, engine.CodeUnauthenticated, "admin credential required")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+// writeCoded writes err with the status its code maps to.
+func writeCoded(w http.ResponseWriter, err error) {
+	code := engine.CodeOf(err)
+	msg := err.Error()
+	var e *engine.Error
+	if errors.As(err, &e) {
+		msg = e.Message
+	}
+	writeError(w, statusFor(code), code, msg)
+}
+
+// statusFor maps a code to its HTTP status: one table for every route, so
+// a client may switch on either.
+func statusFor(code engine.Code) int {
+	switch code {
+	case engine.CodeOK:
+		return http.StatusOK
+	case engine.CodeUnavailable, engine.CodeInternal:
+		return http.StatusServiceUnavailable
+	case engine.CodeConflict, engine.CodeTooManyDevices:
+		return http.StatusConflict
+	case engine.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case engine.CodeNotFound:
+		return http.StatusNotFound
+	case engine.CodeForbidden:
+		return http.StatusForbidden
+	case engine.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case engine.CodeRateLimited:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusBadRequest
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
 }
 
 var pjson = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
@@ -131,26 +248,29 @@ func writeProto(w http.ResponseWriter, status int, m proto.Message) {
 	w.Write(append(b, '\n'))
 }
 
-// submit takes one operation in protobuf's JSON mapping of mdsync.v1.Event.
-// The admin performs it: actor.admin is forced true, so the log records
-// that the admin credential, not the user's device, acted.
-func (a *api) submit(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, engine.CodeTooLarge, "body exceeds "+strconv.Itoa(MaxBodyBytes)+" bytes")
-		return
+func (a *api) healthz(w http.ResponseWriter, r *http.Request, _ principal) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request, _ principal) {
+	if a.opts.Ready != nil {
+		if err := a.opts.Ready(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, "not ready: "+err.Error())
+			return
+		}
 	}
-	op := &pb.Event{}
-	if err := protojson.Unmarshal(body, op); err != nil {
-		writeError(w, http.StatusBadRequest, engine.CodeInvalidArgument, "body is not an mdsync.v1.Event in JSON: "+err.Error())
-		return
-	}
-	// Envelope fields are the engine's to assign.
-	op.SchemaVersion, op.StreamKey, op.EventId, op.TimeUnixMs = 0, "", "", 0
-	if op.Actor != nil {
-		op.Actor.Admin = true
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), a.opts.SubmitTimeout)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ready\n"))
+}
+
+func (a *api) serveMetrics(w http.ResponseWriter, r *http.Request, _ principal) {
+	a.metrics.ServeHTTP(w, r)
+}
+
+// submit performs op and counts it; every route that writes goes here.
+func (a *api) submit(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.SubmitTimeout)
 	defer cancel()
 	start := time.Now()
 	d, err := a.eng.Submit(ctx, op)
@@ -159,24 +279,68 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		kind = "unknown"
 	}
 	if err != nil {
-		code := engine.CodeOf(err)
-		a.submits.WithLabelValues(kind, strconv.Itoa(int(code))).Inc()
-		status := http.StatusBadRequest
-		switch code {
-		case engine.CodeUnavailable, engine.CodeInternal:
-			status = http.StatusServiceUnavailable
-		case engine.CodeConflict:
-			status = http.StatusConflict
-		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			status, code = http.StatusGatewayTimeout, engine.CodeUnavailable
+			err = engine.Errorf(engine.CodeUnavailable, "no decision within %v: %v", a.opts.SubmitTimeout, err)
 		}
-		writeError(w, status, code, err.Error())
-		return
+		a.submits.WithLabelValues(kind, strconv.Itoa(int(engine.CodeOf(err)))).Inc()
+		return nil, err
 	}
 	a.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	a.submits.WithLabelValues(kind, strconv.Itoa(int(d.Code))).Inc()
+	return d, nil
+}
+
+// submitOperation takes one operation in protobuf's JSON mapping of
+// mdsync.v1.Event. The admin performs it: actor.admin is forced true, so the
+// log records that the admin credential, not the user's device, acted. A
+// refused operation is still a 200 with the decision's code: the decision is
+// the answer.
+func (a *api) submitOperation(w http.ResponseWriter, r *http.Request, _ principal) {
+	body, ok := readBody(w, r, MaxBodyBytes)
+	if !ok {
+		return
+	}
+	op, err := decodeOperation(body)
+	if err != nil {
+		writeCoded(w, err)
+		return
+	}
+	d, err := a.submit(r.Context(), op)
+	if err != nil {
+		writeCoded(w, err)
+		return
+	}
 	writeProto(w, http.StatusOK, d)
+}
+
+// decide submits an operation a route built and answers with its decision;
+// unlike POST /v1/operations a refusal is an error status (1005 → 404...).
+func (a *api) decide(w http.ResponseWriter, r *http.Request, op *pb.Event) (*pb.Decision, bool) {
+	d, err := a.submit(r.Context(), op)
+	if err != nil {
+		writeCoded(w, err)
+		return nil, false
+	}
+	if d.Code != 0 {
+		writeError(w, statusFor(engine.Code(d.Code)), engine.Code(d.Code), d.Message)
+		return nil, false
+	}
+	return d, true
+}
+
+// opID is the client op id of a route's operation: the Idempotency-Key
+// header when given, so a retried call appends nothing twice, else random.
+func opID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if k := r.Header.Get("Idempotency-Key"); k != "" {
+		if !engine.ValidID(k) {
+			writeError(w, http.StatusBadRequest, engine.CodeInvalidArgument, "Idempotency-Key must be 1..64 letters, digits or _-.@")
+			return "", false
+		}
+		return k, true
+	}
+	var b [12]byte
+	rand.Read(b[:])
+	return "rest." + hex.EncodeToString(b[:]), true
 }
 
 func validPath(w http.ResponseWriter, r *http.Request, names ...string) bool {
@@ -189,19 +353,7 @@ func validPath(w http.ResponseWriter, r *http.Request, names ...string) bool {
 	return true
 }
 
-func (a *api) devices(w http.ResponseWriter, r *http.Request) {
-	if !validPath(w, r, "app", "user") {
-		return
-	}
-	ss, err := a.store.Devices(r.PathValue("app"), r.PathValue("user"))
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
-		return
-	}
-	writeProto(w, http.StatusOK, &pb.UserSessions{Sessions: ss})
-}
-
-func (a *api) audit(w http.ResponseWriter, r *http.Request) {
+func (a *api) audit(w http.ResponseWriter, r *http.Request, _ principal) {
 	if !validPath(w, r, "app", "user") {
 		return
 	}
@@ -217,7 +369,7 @@ func (a *api) audit(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *api) policy(w http.ResponseWriter, r *http.Request) {
+func (a *api) getPolicy(w http.ResponseWriter, r *http.Request, _ principal) {
 	if !validPath(w, r, "app") {
 		return
 	}
@@ -227,4 +379,30 @@ func (a *api) policy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeProto(w, http.StatusOK, p)
+}
+
+// putPolicy installs a policy: the body is protobuf's JSON mapping of
+// mdsync.v1.PolicySet; version and partition fields are the engine's.
+func (a *api) putPolicy(w http.ResponseWriter, r *http.Request, _ principal) {
+	if !validPath(w, r, "app") {
+		return
+	}
+	body, ok := readBody(w, r, MaxPolicyBodyBytes)
+	if !ok {
+		return
+	}
+	ps, err := decodePolicy(body)
+	if err != nil {
+		writeCoded(w, err)
+		return
+	}
+	id, ok := opID(w, r)
+	if !ok {
+		return
+	}
+	op := &pb.Event{App: r.PathValue("app"), ClientOpId: id, Kind: pb.Kind_KIND_POLICY_SET,
+		Actor: &pb.Actor{User: "admin", Admin: true}, Payload: &pb.Event_PolicySet{PolicySet: ps}}
+	if d, ok := a.decide(w, r, op); ok {
+		writeProto(w, http.StatusOK, d)
+	}
 }
