@@ -499,7 +499,7 @@ func TestPolicyPut(t *testing.T) {
 	h := newHarness(t)
 	h.login("alice", "x1", 1)
 	h.login("alice", "x2", 1)
-	code, m := h.do("PUT", "/v1/apps/demo/policy", admin, `{"mode":"PLATFORM_MODE_MULTI","default_limit":1,"auto_login":"AUTO_LOGIN_POLICY_KICK_OLDEST","timeline_max_entries":"1000"}`)
+	code, m := h.do("PUT", "/v1/apps/demo/policy", admin, `{"mode":"PLATFORM_MODE_MULTI","default_limit":1,"auto_login":"AUTO_LOGIN_POLICY_KICK_OLDEST","timeline_max_entries":"1000","version":7}`)
 	if c := endedCodes(m); code != 200 || m["code"] != float64(0) || len(c) != 1 || c["x1"] != 217 {
 		t.Fatalf("policy: %d %v", code, m)
 	}
