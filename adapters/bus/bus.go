@@ -48,7 +48,7 @@ const (
 	DefaultCloseTimeout   = 5 * time.Second
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
-	DefaultReadMaxWait    = 500 * time.Millisecond
+	DefaultReadMaxWait    = 3 * time.Second
 	DefaultRetention      = time.Hour
 	DefaultClientID       = "mdsync-bus"
 )
@@ -104,9 +104,14 @@ type Options struct {
 
 	// Kafka only. DialTimeout bounds connecting to a broker, RequestTimeout
 	// one request (metadata, list offsets, produce) and the wait for a new
-	// topic's leaders, ReadMaxWait one fetch at the end of a partition.
-	// Defaults DefaultDialTimeout, DefaultRequestTimeout,
-	// DefaultReadMaxWait; ClientID default DefaultClientID.
+	// topic's leaders. ReadMaxWait bounds one fetch at the end of a
+	// partition; it does not delay delivery (a fetch returns as soon as a
+	// record arrives). kafka-go asks the broker to wait ReadMaxWait minus
+	// up to 1 s and times the socket out at ReadMaxWait, so a short one
+	// turns a slow broker's empty answers into read timeouts; Close waits
+	// for the fetches in flight, up to ReadMaxWait. Defaults
+	// DefaultDialTimeout, DefaultRequestTimeout, DefaultReadMaxWait (3 s);
+	// ClientID default DefaultClientID.
 	DialTimeout, RequestTimeout, ReadMaxWait time.Duration
 	ClientID                                 string
 }
@@ -336,11 +341,17 @@ func ageSeconds(e Effect) float64 {
 
 // Handle adds a handler under a unique name. Every handler receives every
 // effect (of every process on the transport) published after Running is
-// closed; per handler, effects of one app+user arrive in publish order
-// (in-process: all effects do). A call that returns an error, panics or
-// outlives Options.HandlerTimeout is retried; ctx is cancelled at the
-// timeout and when the bus stops. Handle panics after Run, or on a
-// duplicate name: both are wiring mistakes.
+// closed; per handler, effects of one app+user arrive in publish order.
+// In-process, a handler gets one effect at a time, all in publish order,
+// and the next effect waits until every handler finished the current one:
+// handlers must be quick (hand slow work to a queue of their own). On
+// Kafka, a handler is called concurrently for effects on different
+// partitions (different users), one at a time per partition.
+//
+// A call that returns an error, panics or outlives Options.HandlerTimeout
+// is retried; ctx is cancelled at the timeout and when the bus stops.
+// Handle panics after Run, or on a duplicate name: both are wiring
+// mistakes.
 func (b *Bus) Handle(name string, h func(ctx context.Context, e Effect) error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -41,8 +41,9 @@ func uniqueTopic(t *testing.T) string {
 }
 
 func kafkaOptions(t *testing.T, brokers []string, topic string) Options {
-	return Options{Brokers: brokers, Topic: topic, Partitions: 4, Registerer: prometheus.NewRegistry(),
-		ReadMaxWait: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	// ReadMaxWait 1 s: each Close waits for the fetches in flight.
+	return Options{Brokers: brokers, Topic: topic, Partitions: 4, Registerer: prometheus.NewRegistry(), ReadMaxWait: time.Second,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 }
 
 type testWriter struct{ t *testing.T }
@@ -195,4 +196,31 @@ func TestKafkaExistingTopic(t *testing.T) {
 	b2.Publish(deliver("a", 1), deliver("b", 1), deliver("c", 1))
 	r1.wait(t, 3)
 	r2.wait(t, 3)
+}
+
+// With the broker gone, a publish fails within its bounds and the effects
+// are counted as dropped; Publish itself never blocks on it.
+func TestKafkaPublishErrorCounted(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := kafkaOptions(t, c.ListenAddrs(), uniqueTopic(t))
+	o.RequestTimeout, o.DialTimeout = time.Second, 200*time.Millisecond
+	r := newRecorder()
+	b := startBus(t, o, func(b *Bus) { b.Handle("h", r.handle) })
+	b.Publish(deliver("u", 1))
+	r.wait(t, 1)
+	c.Close()
+	b.Publish(deliver("u", 2), deliver("u", 3))
+	deadline := time.Now().Add(20 * time.Second)
+	for testutil.ToFloat64(b.m.dropped.WithLabelValues("publish_error")) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("dropped{publish_error} = %v, want 2", testutil.ToFloat64(b.m.dropped.WithLabelValues("publish_error")))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v := testutil.ToFloat64(b.m.published); v != 1 {
+		t.Errorf("published_total = %v, want 1", v)
+	}
 }
