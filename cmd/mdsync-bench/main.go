@@ -6,8 +6,9 @@
 // plots. Scenarios are in benchmarks/scenarios; results in
 // benchmarks/RESULTS.md.
 //
+//	mdsync-bench run --scenario benchmarks/scenarios/smoke.json --out /tmp/smoke
 //	mdsync-bench report --out DIR REPORT.json   # Markdown and plots again from a saved report
-//	mdsync-bench echo                           # the baseline server alone (prints its URL)
+//	mdsync-bench echo --addr 127.0.0.1:9000     # the baseline server alone
 package main
 
 import (
@@ -31,17 +32,19 @@ func main() {
 }
 
 func dispatch(args []string) error {
-	if len(args) == 0 {
-		return errors.New("usage: mdsync-bench report|echo ...")
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
 	}
-	cmd, args := args[0], args[1:]
 	switch cmd {
+	case "run":
+		return runBench(args)
 	case "report":
 		return runReport(args)
 	case "echo":
 		return runEcho(args)
 	}
-	return fmt.Errorf("unknown command %q (report, echo)", cmd)
+	return fmt.Errorf("unknown command %q (run, report, echo)", cmd)
 }
 
 // runReport writes the Markdown and the plots of a saved JSON report.

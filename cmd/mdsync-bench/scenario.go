@@ -58,10 +58,13 @@ type Scenario struct {
 
 	// Baseline runs the same closed loop against a bare protocol echo
 	// server in this process, for the same-run ratio.
-	Baseline         bool    `json:"baseline"`
-	BaselineSeconds  float64 `json:"baseline_seconds"`
-	BaselineDevices  int     `json:"baseline_devices"`
-	SourceAddrs      int     `json:"source_addrs"`
+	Baseline        bool    `json:"baseline"`
+	BaselineSeconds float64 `json:"baseline_seconds"`
+	BaselineDevices int     `json:"baseline_devices"`
+	SourceAddrs     int     `json:"source_addrs"`
+	// PasswordLogins logs devices in with the password (an argon2 hash
+	// per login, rate limited per user and IP) instead of an issued token.
+	PasswordLogins   bool    `json:"password_logins"`
 	HeartbeatSeconds float64 `json:"heartbeat_seconds"`
 }
 
