@@ -12,6 +12,12 @@ echo "kafka broker at $brokers, started in $(( $(date +%s) - start ))s"
 log=$(mktemp)
 MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_NODE_LOG=kafka go test -count=1 ./adapters/kafkalog/ ./adapters/node/ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Fault tests of the real binary: broker restart (needs the scripts),
+# SIGKILL, rebalance between two processes.
+MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_KAFKA_SCRIPTS=$PWD/.ci/kafka go test -count=1 -v -run '^TestKafkaFault' ./cmd/mdsync/ 2>&1 |
+	grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic)|kafka_fault_test' | tee -a "$log"
+fstatus=${PIPESTATUS[0]}
+((status == 0)) && status=$fstatus
 passed=$(grep -c '^ok ' "$log" || true)
 failed=$(grep -c -E '^FAIL[[:space:]]+[^[:space:]]' "$log" || true)
 echo

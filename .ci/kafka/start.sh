@@ -10,6 +10,8 @@
 #   KAFKA_STATE            state dir, default ${TMPDIR:-/tmp}/mdsync-kafka-$KAFKA_PORT
 #   KAFKA_HEAP             default 512m (small: CI machines have 2 cores)
 #   KAFKA_START_TIMEOUT    seconds, default 90
+#   KAFKA_REUSE=1          restart on the existing state dir (stop.sh with
+#                          KAFKA_KEEP=1 first): same data, no format
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,8 +27,13 @@ if [[ -f $state/pid ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
 	echo "start.sh: a broker already runs from $state (pid $(cat "$state/pid")); run stop.sh" >&2
 	exit 1
 fi
-rm -rf "$state"
-mkdir -p "$state/data"
+reuse=0
+if [[ ${KAFKA_REUSE:-} == 1 && -f $state/data/meta.properties ]]; then
+	reuse=1
+else
+	rm -rf "$state"
+	mkdir -p "$state/data"
+fi
 
 cat >"$state/server.properties" <<PROPS
 process.roles=broker,controller
@@ -64,13 +71,15 @@ start_ms=$(($(date +%s%N) / 1000000))
 
 # A cluster id is 16 random bytes in unpadded base64url, what
 # "kafka-storage.sh random-uuid" prints; made here to save a JVM start.
-cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
-java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-	-c "$state/server.properties" >"$state/format.log" 2>&1 ||
-	{ cat "$state/format.log" >&2; exit 1; }
+if ((!reuse)); then
+	cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+	java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+		-c "$state/server.properties" >"$state/format.log" 2>&1 ||
+		{ cat "$state/format.log" >&2; exit 1; }
+fi
 
 setsid nohup java "${java_opts[@]}" kafka.Kafka "$state/server.properties" \
-	>"$state/broker.log" 2>&1 </dev/null &
+	>>"$state/broker.log" 2>&1 </dev/null &
 echo $! >"$state/pid"
 
 # metadata_ok sends a Metadata v0 request (all topics) and succeeds when the

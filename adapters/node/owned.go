@@ -378,12 +378,43 @@ func (o *owned) serve(gctx context.Context, gen *kafka.Generation, p int32) {
 		stopMark()
 		o.set(p, gctx, notOwned)
 	}()
+	// A log failure (the broker restarting, a leader moving) is retried
+	// from the checkpoint while the generation lasts: the group itself
+	// notices a lost broker and moves on. Only a failure that persists with
+	// no progress stops the node.
+	failures := 0
+	for gctx.Err() == nil && o.ctx.Err() == nil {
+		before := o.st.Checkpoint(p).NextOffset
+		err := o.serveOnce(gctx, gen, p)
+		if err == nil || gctx.Err() != nil {
+			return
+		}
+		if o.st.Checkpoint(p).NextOffset > before {
+			failures = 0
+		}
+		if failures++; failures > maxServeFailures {
+			o.fatal(fmt.Errorf("node: partition %d failed %d times without progress: %w", p, failures, err))
+			return
+		}
+		o.set(p, gctx, restoring)
+		o.opts.Logger.Warn("partition failed; restarting it", "partition", p, "err", err, "failures", failures)
+		select {
+		case <-gctx.Done():
+		case <-time.After(time.Duration(failures) * 200 * time.Millisecond):
+		}
+	}
+}
+
+// maxServeFailures bounds the consecutive restarts of a partition that
+// makes no progress (~1 min of backoff in all) before the node stops.
+const maxServeFailures = 25
+
+// serveOnce restores p, then applies and relays it until gctx is done
+// (nil) or a loop fails (its error).
+func (o *owned) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) error {
 	start := time.Now()
 	if err := o.st.RestorePartition(gctx, o.lg, p); err != nil {
-		if gctx.Err() == nil {
-			o.fatal(fmt.Errorf("node: restore partition %d: %w", p, err))
-		}
-		return
+		return fmt.Errorf("restore: %w", err)
 	}
 	o.set(p, gctx, serving)
 	o.opts.Logger.Info("serving partition", "partition", p, "generation", gen.ID,
@@ -393,9 +424,7 @@ func (o *owned) serve(gctx context.Context, gen *kafka.Generation, p int32) {
 	g, ctx := errgroup.WithContext(gctx)
 	g.Go(func() error { return o.st.RunPartition(ctx, o.lg, p) })
 	g.Go(func() error { return o.st.RelayPartition(ctx, o.lg, p) })
-	if err := g.Wait(); err != nil && gctx.Err() == nil {
-		o.fatal(fmt.Errorf("node: partition %d: %w", p, err))
-	}
+	return g.Wait()
 }
 
 // commitLoop commits the served partitions' synced checkpoints every

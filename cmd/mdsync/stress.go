@@ -33,6 +33,7 @@ func runStress(args []string) error {
 	ops := fs.Int("ops", 0, "operations per worker; 0 runs until killed")
 	seed := fs.Uint64("seed", 1, "random seed; also makes client op ids unique per run")
 	parts := fs.Int("partitions", 4, "partitions of a new log")
+	kf := stressKafkaFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,7 +42,13 @@ func runStress(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	n, err := node.Open(ctx, node.Options{Dir: *dir, Partitions: int32(*parts)})
+	var n *node.Node
+	var err error
+	if kf.brokers != "" {
+		n, err = kf.open(ctx, *dir, int32(*parts))
+	} else {
+		n, err = node.Open(ctx, node.Options{Dir: *dir, Partitions: int32(*parts)})
+	}
 	if err != nil {
 		return err
 	}
@@ -65,6 +72,9 @@ func runStress(args []string) error {
 				if err != nil {
 					if ctx.Err() != nil {
 						return
+					}
+					if kf.transient(err) {
+						continue
 					}
 					errs <- err
 					return
