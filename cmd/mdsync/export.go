@@ -53,7 +53,7 @@ func (s *logSource) flags(fs *flag.FlagSet) {
 func (s *logSource) open(ctx context.Context) (engine.Log, error) {
 	if s.Kafka == "" {
 		dir := filepath.Join(s.Data, "log")
-		if _, err := os.Stat(filepath.Join(dir, "CURRENT")); err != nil {
+		if !pebbleExists(dir) {
 			return nil, engine.Errorf(engine.CodeNotFound, "no embedded log in %s (give --data, or --kafka-brokers)", dir)
 		}
 		lg, err := embedlog.Open(embedlog.Options{Dir: dir})
@@ -70,6 +70,20 @@ func (s *logSource) open(ctx context.Context) (engine.Log, error) {
 	return kafkalog.Open(octx, kafkalog.Options{
 		Brokers: strings.Split(s.Kafka, ","), Topic: s.Topic, Partitions: int32(s.Partitions),
 	})
+}
+
+// pebbleExists reports whether dir holds a Pebble database (a manifest).
+func pebbleExists(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "MANIFEST-") {
+			return true
+		}
+	}
+	return false
 }
 
 // ---- the export command ----

@@ -31,5 +31,5 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  export   write the log's events as JSON lines or Parquet, resumably (docs/operations.md)\n  replay   replay operations from JSON lines and print decisions and devices (docs/operations.md)\n  stress   submit random session operations (used by the crash test)\n  users, devices, policy   admin commands over a server's REST API (run one without arguments for usage)")
+	fmt.Fprintln(os.Stderr, "usage: mdsync <command> [flags]\n\ncommands:\n  explain  every login, eviction and kick of a user's devices, with who, why, policy version and offset\n  export   write the log's events as JSON lines or Parquet, resumably (docs/operations.md)\n  replay   replay operations from JSON lines and print decisions and devices (docs/operations.md)\n  stress   submit random session operations (used by the crash test)\n  users, devices, policy   admin commands over a server's REST API (run one without arguments for usage)")
 }

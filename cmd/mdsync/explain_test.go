@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestExplainFifthLogin: a device evicted by a fifth login is explained
+// with the evicting login's ID, name and extension, the policy version and
+// the offset, in text and JSON, from the data directory's projections and
+// from a rebuild.
+func TestExplainFifthLogin(t *testing.T) {
+	input := `{"op":"policy_set","default_limit":3}
+{"op":"policy_set","default_limit":4}
+{"op":"login","user":"alice","login_id":"a1","platform":1,"device_name":"phone1"}
+{"op":"login","user":"alice","login_id":"a2","platform":1,"device_name":"phone2"}
+{"op":"login","user":"bob","login_id":"b1","platform":1,"device_name":"bob's"}
+{"op":"login","user":"alice","login_id":"a3","platform":1,"device_name":"phone3"}
+{"op":"login","user":"alice","login_id":"a4","platform":1,"device_name":"phone4"}
+{"op":"login","user":"alice","login_id":"a5","platform":1,"device_name":"phone5","extension":"hello <ext>"}
+{"op":"kick_device","user":"alice","login_id":"a3","by_login_id":"a5"}
+`
+	dir := t.TempDir()
+	replayInto(t, dir, input)
+	lg := openTestLog(t, dir)
+	for _, rebuild := range []bool{false, true} {
+		cfg := explainConfig{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
+		var out, warn bytes.Buffer
+		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+			t.Fatal(err)
+		}
+		var rows []explainRow
+		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			var r explainRow
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatalf("%v: %s", err, l)
+			}
+			rows = append(rows, r)
+		}
+		// 5 logins, the eviction of a1 and the kick of a3.
+		var kinds []string
+		for _, r := range rows {
+			kinds = append(kinds, r.Event+":"+r.LoginID)
+		}
+		want := "login:a1 login:a2 login:a3 login:a4 login:a5 ended:a1 ended:a3"
+		if strings.Join(kinds, " ") != want {
+			t.Fatalf("rows %v, want %s", kinds, want)
+		}
+		ev := rows[5]
+		if ev.Code != 206 || ev.Reason != "login_other_device" || ev.ByLoginID != "a5" || ev.ByDeviceName != "phone5" ||
+			ev.ByExtension != "hello <ext>" || ev.PolicyVersion != 2 || ev.Partition != 0 || ev.Offset != 7 ||
+			ev.LoginOffset == nil || *ev.LoginOffset != 2 {
+			t.Fatalf("eviction row %+v", ev)
+		}
+		if l5 := rows[4]; l5.Offset != 7 || l5.PolicyVersion != 2 || !l5.Active || l5.Extension != "hello <ext>" {
+			t.Fatalf("login row %+v", l5)
+		}
+		if k := rows[6]; k.Code != 217 || k.Reason != "kicked" || k.Offset != 8 {
+			t.Fatalf("kick row %+v", k)
+		}
+
+		cfg.JSON, cfg.Device = false, "a1"
+		out.Reset()
+		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+			t.Fatal(err)
+		}
+		text := out.String()
+		lines := strings.Split(strings.TrimSpace(text), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("--device a1: %q", text)
+		}
+		for _, s := range []string{"0/7 ", "ended", "a1", "206 login_other_device", `by the login of a5 ("phone5", extension "hello <ext>")`, "policy v2"} {
+			if !strings.Contains(lines[1], s) {
+				t.Fatalf("text %q lacks %q", lines[1], s)
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), explainConfig{App: "demo"}, &out, &out); err == nil {
+		t.Fatal("explain without --user worked")
+	}
+}
