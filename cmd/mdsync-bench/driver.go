@@ -60,10 +60,10 @@ type group struct {
 // phaseRec collects one phase's figures; events arriving on devices are
 // counted in whatever phase is current when they arrive.
 type phaseRec struct {
-	op, delivery, login, catchup                      *Recorder
-	ok, refused, failed, missed, delivered, evictions atomic.Int64
-	kmu                                               sync.Mutex
-	byKind                                            map[string]int64
+	op, delivery, login, catchup                                 *Recorder
+	ok, refused, failed, missed, delivered, evictions, snapshots atomic.Int64
+	kmu                                                          sync.Mutex
+	byKind                                                       map[string]int64
 }
 
 func newPhaseRec() *phaseRec {
@@ -130,7 +130,10 @@ type device struct {
 	ui, di   int
 	platform int32
 	name     string
-	busy     atomic.Bool // a reconnect or eviction owns it
+	// use is held shared by each request on the device's connection and
+	// exclusively by a reconnect or an eviction, so the benchmark never
+	// closes a connection under its own request.
+	use sync.RWMutex
 
 	mu      sync.Mutex
 	conn    *conn
@@ -139,13 +142,37 @@ type device struct {
 	epoch   string
 	lastSeq uint64
 	recv    receiptTarget // the last message from someone else
+	// since is when the current connection's dial began: a message sent
+	// before it reached this device by catch-up, not live delivery.
+	since time.Time
 
 	// Catch-up: the marker this device waits for, and what it received
 	// meanwhile.
-	marker   atomic.Uint64
-	markerCh chan struct{}
-	catching atomic.Bool
-	caught   atomic.Int64
+	marker     atomic.Uint64
+	markerCh   chan struct{}
+	catching   atomic.Bool
+	caught     atomic.Int64
+	bySnapshot atomic.Bool // the catch-up ended with a snapshot, not the marker
+}
+
+// startCatchUp arms the device to wait for marker; the caller then sends
+// the marker and reconnects the device, and waits on markerCh.
+func (d *device) startCatchUp(marker uint64) uint64 {
+	d.markerCh = make(chan struct{})
+	d.caught.Store(0)
+	d.bySnapshot.Store(false)
+	d.marker.Store(marker)
+	d.catching.Store(true)
+	return marker
+}
+
+// endCatchUp closes markerCh once: on the marker, or on a snapshot (the
+// server sent state instead of events; the marker is part of it).
+func (d *device) endCatchUp(marker uint64, bySnapshot bool) {
+	if marker != 0 && d.marker.CompareAndSwap(marker, 0) {
+		d.bySnapshot.Store(bySnapshot)
+		close(d.markerCh)
+	}
 }
 
 type receiptTarget struct {
@@ -155,6 +182,7 @@ type receiptTarget struct {
 
 // conn is one client connection; closed makes its accounting idempotent.
 type conn struct {
+	d      *device
 	c      *client.Client
 	gen    uint64
 	closed atomic.Bool
@@ -164,6 +192,12 @@ func (b *bench) connClosed(c *conn) {
 	if c != nil && c.closed.CompareAndSwap(false, true) {
 		b.open.Add(-1)
 	}
+}
+
+func (d *device) isGen(gen uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen == gen
 }
 
 func (d *device) current() *conn {
@@ -182,11 +216,20 @@ func (d *device) dial(ctx context.Context, loginID string) (*conn, time.Duration
 		// A new login starts a new stream position.
 		d.epoch, d.lastSeq = "", 0
 	}
+	d.since = time.Now()
+	since := d.since
 	d.mu.Unlock()
-	c := &conn{gen: gen}
+	c := &conn{d: d, gen: gen}
 	cfg := d.b.clientConfig(d.u, d.platform, d.name, loginID)
 	cfg.Handlers = client.Handlers{
-		OnEvent: func(ev client.Event) { d.onEvent(gen, ev) },
+		OnEvent: func(ev client.Event) { d.onEvent(gen, since, ev) },
+		OnSnapshot: func(s client.Snapshot) {
+			// A device with a position gets events; a snapshot here means
+			// its position could not be continued.
+			if d.catching.Load() && d.isGen(gen) {
+				d.endCatchUp(d.marker.Load(), true)
+			}
+		},
 		OnUserDidLoginFromOtherDevice: func(client.Kicked) {
 			d.b.rec().evictions.Add(1)
 			d.b.connClosed(c)
@@ -225,7 +268,7 @@ func (d *device) drop() {
 	}
 }
 
-func (d *device) onEvent(gen uint64, ev client.Event) {
+func (d *device) onEvent(gen uint64, since time.Time, ev client.Event) {
 	d.mu.Lock()
 	if gen != d.gen {
 		d.mu.Unlock()
@@ -258,12 +301,12 @@ func (d *device) onEvent(gen uint64, ev client.Event) {
 	at, marker, ok := readStamp(m.GetBody())
 	if d.catching.Load() {
 		d.caught.Add(1)
-		if marker != 0 && marker == d.marker.Load() && d.marker.CompareAndSwap(marker, 0) {
-			close(d.markerCh)
+		if marker != 0 {
+			d.endCatchUp(marker, false)
 		}
 		return
 	}
-	if ok {
+	if ok && at.After(since) {
 		recvd := ev.Received
 		if recvd.IsZero() {
 			recvd = time.Now()
@@ -374,32 +417,55 @@ func (b *bench) register(ctx context.Context, bar progress) error {
 
 // --- operations ---
 
-const opTimeout = 30 * time.Second
+const (
+	opTimeout  = 30 * time.Second
+	phaseGrace = 10 * time.Second
+)
 
-// pick returns an online device no reconnect or eviction owns, or nil.
+// pick returns an online device and its connection, held shared (release
+// with d.use.RUnlock), or nil when 16 tries found none free.
 func (b *bench) pick() (*device, *conn) {
 	for try := 0; try < 16; try++ {
-		d := b.devs[rand.IntN(len(b.devs))]
-		if d.busy.Load() {
-			continue
-		}
-		if c := d.current(); c != nil && !c.closed.Load() {
-			return d, c
+		if c := b.devs[rand.IntN(len(b.devs))].take(false); c != nil {
+			return c.d, c
 		}
 	}
 	return nil, nil
 }
 
+// pickExclusive is pick holding the device exclusively (d.use.Unlock).
+func (b *bench) pickExclusive() (*device, *conn) {
+	for try := 0; try < 16; try++ {
+		if c := b.devs[rand.IntN(len(b.devs))].take(true); c != nil {
+			return c.d, c
+		}
+	}
+	return nil, nil
+}
+
+// take locks the device (shared or exclusive) if it is free and online.
+func (d *device) take(exclusive bool) *conn {
+	lock, unlock := d.use.TryRLock, d.use.RUnlock
+	if exclusive {
+		lock, unlock = d.use.TryLock, d.use.Unlock
+	}
+	if !lock() {
+		return nil
+	}
+	if c := d.current(); c != nil && !c.closed.Load() {
+		return c
+	}
+	unlock()
+	return nil
+}
+
+// onlineDeviceOf is pick among one user's devices (held shared).
 func (b *bench) onlineDeviceOf(ui int) (*device, *conn) {
 	u := b.users[ui]
 	off := rand.IntN(len(u.devs))
 	for i := range u.devs {
-		d := u.devs[(off+i)%len(u.devs)]
-		if d.busy.Load() {
-			continue
-		}
-		if c := d.current(); c != nil && !c.closed.Load() {
-			return d, c
+		if c := u.devs[(off+i)%len(u.devs)].take(false); c != nil {
+			return c.d, c
 		}
 	}
 	return nil, nil
@@ -512,7 +578,7 @@ func (b *bench) request(ctx context.Context, kind string, r *phaseRec) (string, 
 		t := d.recv
 		d.mu.Unlock()
 		if t.msg == "" {
-			kind = "operation" // nothing received yet to acknowledge
+			kind = "operation" // nothing received yet to acknowledge: d stays held
 			break
 		}
 		send = func() error {
@@ -550,6 +616,7 @@ func (b *bench) request(ctx context.Context, kind string, r *phaseRec) (string, 
 	}
 	start := time.Now()
 	err := send()
+	d.use.RUnlock()
 	if err == nil {
 		r.op.Record(time.Since(start))
 	}
@@ -562,11 +629,11 @@ func (b *bench) request(ctx context.Context, kind string, r *phaseRec) (string, 
 // is whole again. Both logins are login decisions, timed from dial to
 // login_result.
 func (b *bench) evictionLogin(ctx context.Context, r *phaseRec) error {
-	d, _ := b.pick()
-	if d == nil || !d.busy.CompareAndSwap(false, true) {
+	d, _ := b.pickExclusive()
+	if d == nil {
 		return errSkipped
 	}
-	defer d.busy.Store(false)
+	defer d.use.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	intruder := &device{b: b, u: d.u, ui: d.ui, di: -1, platform: d.platform, name: "intruder"}
@@ -590,11 +657,11 @@ func (b *bench) evictionLogin(ctx context.Context, r *phaseRec) error {
 // then logs in again with its login ID and catches up; the catch-up is
 // timed from the dial to the marker's arrival.
 func (b *bench) reconnect(ctx context.Context, r *phaseRec) error {
-	d, _ := b.pick()
-	if d == nil || !d.busy.CompareAndSwap(false, true) {
+	d, _ := b.pickExclusive()
+	if d == nil {
 		return errSkipped
 	}
-	defer d.busy.Store(false)
+	defer d.use.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	d.mu.Lock()
@@ -603,6 +670,9 @@ func (b *bench) reconnect(ctx context.Context, r *phaseRec) error {
 	d.drop()
 	time.Sleep(time.Duration(b.sc.ReconnectOfflineMs) * time.Millisecond)
 	from, fc := b.onlineDeviceOf(b.otherUser(d.ui))
+	if from != nil {
+		defer from.use.RUnlock()
+	}
 	if from == nil {
 		_, _, err := d.dial(ctx, lid)
 		if err == nil {
@@ -610,11 +680,7 @@ func (b *bench) reconnect(ctx context.Context, r *phaseRec) error {
 		}
 		return err
 	}
-	marker := b.seq.Add(1)
-	d.markerCh = make(chan struct{})
-	d.marker.Store(marker)
-	d.caught.Store(0)
-	d.catching.Store(true)
+	marker := d.startCatchUp(b.seq.Add(1))
 	defer d.catching.Store(false)
 	if _, err := fc.c.Send(ctx, client.Message{ChatType: pb.ChatType_CHAT_TYPE_USER, To: d.u.name,
 		ClientMsgID: b.nextID("mk"), ContentType: "application/octet-stream", Body: stamp(b.sc.BodyBytes, time.Now(), marker)}); err != nil {
@@ -629,7 +695,11 @@ func (b *bench) reconnect(ctx context.Context, r *phaseRec) error {
 	r.login.Record(took)
 	select {
 	case <-d.markerCh:
-		r.catchup.Record(time.Since(start))
+		if d.bySnapshot.Load() {
+			r.snapshots.Add(1) // state, not events: not a catch-up latency
+		} else {
+			r.catchup.Record(time.Since(start))
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("catch-up marker not received: %w", ctx.Err())
@@ -646,7 +716,9 @@ func (b *bench) runPhase(ctx context.Context, ph Phase, total *phaseRec, bar pro
 	b.cur.Store(r)
 	start := time.Now()
 	end := start.Add(ph.Duration)
-	pctx, cancel := context.WithCancel(ctx)
+	// Operations still in flight at the end get a grace period, then are
+	// cancelled (and counted as failed), so a phase ends on time.
+	pctx, cancel := context.WithDeadline(ctx, end.Add(phaseGrace))
 	defer cancel()
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -713,7 +785,7 @@ func (b *bench) runPhase(ctx context.Context, ph Phase, total *phaseRec, bar pro
 	elapsed := time.Since(start)
 	pr := PhaseReport{Name: ph.Name, OfferedRate: ph.Rate, Seconds: elapsed.Seconds(),
 		Ops: r.ok.Load(), Refused: r.refused.Load(), Failed: r.failed.Load(), Missed: r.missed.Load(),
-		Delivered: r.delivered.Load(), Evictions: r.evictions.Load(), ByKind: map[string]int64{}}
+		Delivered: r.delivered.Load(), Evictions: r.evictions.Load(), CatchUpSnapshots: r.snapshots.Load(), ByKind: map[string]int64{}}
 	pr.OpsPerSec = float64(pr.Ops+pr.Refused) / elapsed.Seconds()
 	r.kmu.Lock()
 	for k, v := range r.byKind {
@@ -738,6 +810,7 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 		t.Missed += p.Missed
 		t.Delivered += p.Delivered
 		t.Evictions += p.Evictions
+		t.CatchUpSnapshots += p.CatchUpSnapshots
 		for k, v := range p.ByKind {
 			t.ByKind[k] += v
 		}

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -65,12 +66,12 @@ func runReport(args []string) error {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
-	return writeOutputs(&r, *out, false)
+	return writeOutputs(&r, *out, false, os.Stdout)
 }
 
-// writeOutputs writes report.md and the plots (and report.json when
-// withJSON) into dir, and the Markdown to stdout.
-func writeOutputs(r *Report, dir string, withJSON bool) error {
+// writeOutputs writes NAME.md and the plots (and NAME.json when withJSON)
+// into dir, and the Markdown to term when it is not nil.
+func writeOutputs(r *Report, dir string, withJSON bool, term io.Writer) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -82,11 +83,14 @@ func writeOutputs(r *Report, dir string, withJSON bool) error {
 	if err != nil {
 		return err
 	}
-	errs = append(errs, r.WriteMarkdown(f), f.Close(), r.WriteMarkdown(os.Stdout))
+	errs = append(errs, r.WriteMarkdown(f), f.Close())
 	files, err := WritePlots(r, dir)
 	errs = append(errs, err)
-	for _, f := range files {
-		fmt.Fprintln(os.Stderr, "wrote", f)
+	if term != nil {
+		errs = append(errs, r.WriteMarkdown(term))
+		for _, f := range files {
+			fmt.Fprintln(term, "wrote", f)
+		}
 	}
 	return errors.Join(errs...)
 }

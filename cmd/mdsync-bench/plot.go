@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -27,8 +28,10 @@ func WritePlots(r *Report, dir string) ([]string, error) {
 		p.Title.Text = fmt.Sprintf("mdsync-bench %s: latency against offered load", r.Scenario.Name)
 		p.X.Label.Text = "offered ops/s (closed loop: achieved)"
 		p.Y.Label.Text = "ms"
+		p.Title.Padding = vg.Points(8)
 		p.Legend.Top = true
 		p.Legend.Left = true
+		p.Legend.XOffs, p.Legend.YOffs = vg.Points(10), -vg.Points(4)
 		if err := plotutil.AddLinePoints(p,
 			"op p50", lat["op p50"], "op p99", lat["op p99"],
 			"delivery p50", lat["delivery p50"], "delivery p99", lat["delivery p99"]); err != nil {
@@ -47,8 +50,10 @@ func WritePlots(r *Report, dir string) ([]string, error) {
 		p.Title.Text = fmt.Sprintf("mdsync-bench %s: server RSS against connections", r.Scenario.Name)
 		p.X.Label.Text = "connections open"
 		p.Y.Label.Text = "server RSS, MiB"
+		p.Title.Padding = vg.Points(8)
 		p.Legend.Top = true
 		p.Legend.Left = true
+		p.Legend.XOffs, p.Legend.YOffs = vg.Points(10), -vg.Points(4)
 		if err := plotutil.AddLinePoints(p, "RSS", pts); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -79,6 +84,11 @@ func latencyPoints(r *Report) map[string]plotter.XYs {
 		m["op p99"] = append(m["op p99"], plotter.XY{X: x, Y: ph.Op.P99Ms})
 		m["delivery p50"] = append(m["delivery p50"], plotter.XY{X: x, Y: ph.Delivery.P50Ms})
 		m["delivery p99"] = append(m["delivery p99"], plotter.XY{X: x, Y: ph.Delivery.P99Ms})
+	}
+	// A closed-loop phase sits at its achieved rate, which may be below an
+	// open-loop step: lines go left to right.
+	for _, pts := range m {
+		sort.SliceStable(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
 	}
 	return m
 }

@@ -158,6 +158,9 @@ type PhaseReport struct {
 	Delivery    Latency          `json:"delivery"`  // message sent → received on another device
 	Login       Latency          `json:"login"`     // dial + login decision (eviction logins and re-logins)
 	CatchUp     Latency          `json:"catchup"`   // reconnect dial → marker received
+	// CatchUpSnapshots: reconnects answered with a snapshot instead of
+	// the missed events (not in the catch-up latency).
+	CatchUpSnapshots int64 `json:"catchup_snapshots"`
 }
 
 // CatchUpReport is the catch-up phase.
@@ -167,6 +170,7 @@ type CatchUpReport struct {
 	SendSeconds  float64 `json:"send_seconds"`
 	Seconds      float64 `json:"seconds"` // reconnect of all → last marker
 	Events       int64   `json:"events"`
+	Snapshots    int     `json:"snapshots"` // devices that got a snapshot instead of the events
 	EventsPerSec float64 `json:"events_per_s"`
 	CompleteDevs int     `json:"complete_devices"`
 	PerDevice    Latency `json:"per_device"`

@@ -76,7 +76,7 @@ func runBench(args []string) error {
 	rep, err := Run(ctx, sc, f, logger)
 	if rep != nil {
 		rep.Command = "mdsync-bench run " + strings.Join(args, " ")
-		if werr := writeOutputs(rep, f.out, true); werr != nil {
+		if werr := writeOutputs(rep, f.out, true, os.Stdout); werr != nil {
 			err = errors.Join(err, werr)
 		}
 	}
@@ -407,10 +407,11 @@ func (b *bench) makeGroups(ctx context.Context) error {
 func (b *bench) createGroup(ctx context.Context, g group) error {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	_, oc := b.onlineDeviceOf(g.members[0])
+	od, oc := b.onlineDeviceOf(g.members[0])
 	if oc == nil {
 		return fmt.Errorf("group %s: owner has no device online", g.id)
 	}
+	defer od.use.RUnlock()
 	var first []string
 	for _, m := range g.members[1:min(len(g.members), 100)] {
 		first = append(first, b.users[m].name)
@@ -420,12 +421,14 @@ func (b *bench) createGroup(ctx context.Context, g group) error {
 		return fmt.Errorf("create %s: %w", g.id, err)
 	}
 	for _, m := range g.members[min(len(g.members), 100):] {
-		_, mc := b.onlineDeviceOf(m)
+		md, mc := b.onlineDeviceOf(m)
 		if mc == nil {
 			return fmt.Errorf("group %s: member has no device online", g.id)
 		}
-		if _, err := mc.c.Op(ctx, &pb.Event{Kind: pb.Kind_KIND_GROUP_JOIN, ClientOpId: b.nextID("gj"),
-			Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: g.id}}}); err != nil {
+		_, err := mc.c.Op(ctx, &pb.Event{Kind: pb.Kind_KIND_GROUP_JOIN, ClientOpId: b.nextID("gj"),
+			Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: g.id}}})
+		md.use.RUnlock()
+		if err != nil {
 			return fmt.Errorf("join %s: %w", g.id, err)
 		}
 	}
@@ -475,16 +478,14 @@ func (b *bench) catchUp(ctx context.Context, s *Sampler) (*CatchUpReport, error)
 		d.mu.Unlock()
 		d.drop()
 	}
-	_, sc0 := b.onlineDeviceOf(senderUI)
+	sd, sc0 := b.onlineDeviceOf(senderUI)
 	if sc0 == nil {
 		return cu, errors.New("sender has no device online")
 	}
+	defer sd.use.RUnlock()
 	marker := b.seq.Add(1)
 	for _, d := range offline {
-		d.markerCh = make(chan struct{})
-		d.marker.Store(marker)
-		d.caught.Store(0)
-		d.catching.Store(true)
+		d.startCatchUp(marker)
 	}
 	send := func(ctx context.Context, mk uint64) error {
 		ctx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -531,7 +532,7 @@ func (b *bench) catchUp(ctx context.Context, s *Sampler) (*CatchUpReport, error)
 	at := s.Since()
 	start := time.Now()
 	sem = make(chan struct{}, sc.ConnectConcurrency)
-	var complete atomic.Int64
+	var complete, snaps atomic.Int64
 	for i, d := range offline {
 		sem <- struct{}{}
 		wg.Add(1)
@@ -548,7 +549,11 @@ func (b *bench) catchUp(ctx context.Context, s *Sampler) (*CatchUpReport, error)
 			}
 			select {
 			case <-d.markerCh:
-				lat.Record(time.Since(t0))
+				if d.bySnapshot.Load() {
+					snaps.Add(1)
+				} else {
+					lat.Record(time.Since(t0))
+				}
 				complete.Add(1)
 				bar.Add(1)
 			case <-cctx.Done():
@@ -565,6 +570,7 @@ func (b *bench) catchUp(ctx context.Context, s *Sampler) (*CatchUpReport, error)
 		cu.Events += d.caught.Load()
 	}
 	cu.CompleteDevs = int(complete.Load())
+	cu.Snapshots = int(snaps.Load())
 	cu.EventsPerSec = float64(cu.Events) / cu.Seconds
 	cu.PerDevice = lat.Snapshot(false)
 	cu.RSSPeakBytes = s.PeakSince(at)
