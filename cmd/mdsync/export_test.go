@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -482,4 +483,40 @@ func orNull(s string) string {
 		return "<null>"
 	}
 	return s
+}
+
+// TestEventsDocConsumerCompiles builds the example consumer of
+// docs/events.md, and checks the doc lists every export field, so neither
+// rots.
+func TestEventsDocConsumerCompiles(t *testing.T) {
+	cmd := exec.Command("go", "build", "-o", filepath.Join(t.TempDir(), "consumer"), "./docs/examples/consumer")
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./docs/examples/consumer: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile("../../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range exportFieldNames() {
+		if !strings.Contains(string(b), "`"+f+"`") {
+			t.Errorf("docs/events.md does not list field `%s`", f)
+		}
+	}
+}
+
+// exportFieldNames lists the JSON and Parquet field names of an export.
+func exportFieldNames() []string {
+	var out []string
+	for _, v := range []any{exportRow{}, parquetRow{}} {
+		rt := reflect.TypeOf(v)
+		for i := 0; i < rt.NumField(); i++ {
+			for _, tag := range []string{rt.Field(i).Tag.Get("json"), rt.Field(i).Tag.Get("parquet")} {
+				if name, _, _ := strings.Cut(tag, ","); name != "" && name != "-" {
+					out = append(out, name)
+				}
+			}
+		}
+	}
+	return out
 }
