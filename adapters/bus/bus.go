@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -502,8 +503,8 @@ func (b *Bus) observe(h message.HandlerFunc) message.HandlerFunc {
 		switch {
 		case err == nil:
 			b.m.deliveries.WithLabelValues(name, "ok").Inc()
-			if e, derr := decode(msg); derr == nil {
-				b.m.deliveryLag.WithLabelValues(name).Observe(ageSeconds(e))
+			if ms, perr := strconv.ParseInt(msg.Metadata.Get(metaTime), 10, 64); perr == nil && ms > 0 {
+				b.m.deliveryLag.WithLabelValues(name).Observe(max(0, float64(time.Now().UnixMilli()-ms)/1e3))
 			}
 		case errors.Is(err, ErrMalformed):
 			b.m.deliveries.WithLabelValues(name, "malformed").Inc()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mdsync/mdsync/adapters/node"
@@ -96,6 +97,24 @@ func startBus(t *testing.T, o Options, add func(b *Bus)) *Bus {
 		t.Fatal("bus not running")
 	}
 	return b
+}
+
+// eventually returns f() once it equals want, or its last value after
+// 5 s: the metrics middleware counts an effect just after its handler
+// returned, so a test that saw the handler run may read the count early.
+func eventually(f func() float64, want float64) float64 {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v := f()
+		if v == want || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func counterIs(c prometheus.Collector, want float64) float64 {
+	return eventually(func() float64 { return testutil.ToFloat64(c) }, want)
 }
 
 func sameEffect(a, b Effect) bool {
@@ -289,7 +308,7 @@ func TestInProcessEveryHandlerEveryEffectInOrder(t *testing.T) {
 	for i := 1; i <= 300; i++ {
 		e := deliver(fmt.Sprint("u", i%7), uint64(i))
 		if i%50 == 0 {
-			e = Effect{Kind: EffectEnded, App: "app", User: "u1", Ended: &pb.Ended{User: "u1", Code: 207, Session: &pb.Session{LoginId: fmt.Sprint("d", i)}}}
+			e = Effect{Kind: EffectEnded, App: "app", User: "u1", Ended: &pb.Ended{User: "u1", Code: 207, TimeUnixMs: time.Now().UnixMilli(), Session: &pb.Session{LoginId: fmt.Sprint("d", i)}}}
 		}
 		want = append(want, e)
 	}
@@ -308,11 +327,11 @@ func TestInProcessEveryHandlerEveryEffectInOrder(t *testing.T) {
 			}
 		}
 	}
-	if v := testutil.ToFloat64(b.m.published); v != 300 {
+	if v := counterIs(b.m.published, 300); v != 300 {
 		t.Errorf("published_total = %v", v)
 	}
 	for _, h := range []string{"gateway", "outbox"} {
-		if v := testutil.ToFloat64(b.m.deliveries.WithLabelValues(h, "ok")); v != 300 {
+		if v := counterIs(b.m.deliveries.WithLabelValues(h, "ok"), 300); v != 300 {
 			t.Errorf("deliveries{%s,ok} = %v", h, v)
 		}
 	}
@@ -321,6 +340,20 @@ func TestInProcessEveryHandlerEveryEffectInOrder(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(b.m.dropped.WithLabelValues("queue_full")); v != 0 {
 		t.Errorf("dropped %v", v)
+	}
+	// Every ok delivery observed its lag (the effects carry event times).
+	if n := testutil.CollectAndCount(b.m.deliveryLag); n != 2 {
+		t.Errorf("delivery lag series %d, want one per handler", n)
+	}
+	samples := func() float64 {
+		lag := &dto.Metric{}
+		if err := b.m.deliveryLag.WithLabelValues("gateway").(prometheus.Histogram).Write(lag); err != nil {
+			t.Fatal(err)
+		}
+		return float64(lag.Histogram.GetSampleCount())
+	}
+	if n := eventually(samples, 300); n != 300 {
+		t.Errorf("delivery lag samples %v, want 300", n)
 	}
 }
 
@@ -354,10 +387,10 @@ func TestInProcessRetryThenSuccess(t *testing.T) {
 		t.Errorf("calls %v, want seq 2 called 3 times", calls)
 	}
 	mu.Unlock()
-	if v := testutil.ToFloat64(b.m.attemptErrors.WithLabelValues("flaky", "error")); v != 2 {
+	if v := counterIs(b.m.attemptErrors.WithLabelValues("flaky", "error"), 2); v != 2 {
 		t.Errorf("handler_errors{flaky,error} = %v, want 2", v)
 	}
-	if v := testutil.ToFloat64(b.m.deliveries.WithLabelValues("flaky", "ok")); v != 3 {
+	if v := counterIs(b.m.deliveries.WithLabelValues("flaky", "ok"), 3); v != 3 {
 		t.Errorf("deliveries{flaky,ok} = %v", v)
 	}
 	if v := testutil.ToFloat64(b.m.deliveries.WithLabelValues("flaky", "failed")); v != 0 {
@@ -392,16 +425,16 @@ func TestInProcessPanicAndTimeoutRecovered(t *testing.T) {
 	if got[0].Entry.Seq != 3 {
 		t.Fatalf("got seq %d", got[0].Entry.Seq)
 	}
-	if v := testutil.ToFloat64(b.m.attemptErrors.WithLabelValues("fragile", "panic")); v != 3 {
+	if v := counterIs(b.m.attemptErrors.WithLabelValues("fragile", "panic"), 3); v != 3 {
 		t.Errorf("panics counted %v, want 3 (1 + 2 retries)", v)
 	}
-	if v := testutil.ToFloat64(b.m.attemptErrors.WithLabelValues("fragile", "timeout")); v != 3 {
+	if v := counterIs(b.m.attemptErrors.WithLabelValues("fragile", "timeout"), 3); v != 3 {
 		t.Errorf("timeouts counted %v, want 3", v)
 	}
-	if v := testutil.ToFloat64(b.m.deliveries.WithLabelValues("fragile", "failed")); v != 2 {
+	if v := counterIs(b.m.deliveries.WithLabelValues("fragile", "failed"), 2); v != 2 {
 		t.Errorf("deliveries{failed} = %v, want 2", v)
 	}
-	if v := testutil.ToFloat64(b.m.deliveries.WithLabelValues("fragile", "ok")); v != 1 {
+	if v := counterIs(b.m.deliveries.WithLabelValues("fragile", "ok"), 1); v != 1 {
 		t.Errorf("deliveries{ok} = %v, want 1", v)
 	}
 	// Still running: one more goes through.

@@ -89,6 +89,7 @@ const (
 	metaApp   = "app"
 	metaUser  = "user"
 	metaEpoch = "epoch"
+	metaTime  = "time_ms" // eventTimeMs, for the delivery lag without decoding
 )
 
 // ErrMalformed is returned for a message that is not an encoded Effect.
@@ -138,6 +139,9 @@ func encode(e Effect) (*message.Message, error) {
 	m.Metadata.Set(metaUser, e.User)
 	if e.Epoch != "" {
 		m.Metadata.Set(metaEpoch, e.Epoch)
+	}
+	if ms := e.eventTimeMs(); ms > 0 {
+		m.Metadata.Set(metaTime, strconv.FormatInt(ms, 10))
 	}
 	return m, nil
 }
