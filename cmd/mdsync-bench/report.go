@@ -235,10 +235,10 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		f("\n")
 	}
 	if cu := r.CatchUp; cu != nil {
-		f("| catch-up | devices | missed each | complete | events | events/s | per device p50 / p99 / max ms | server RSS peak |\n")
-		f("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-		f("| reconnect all at once | %d | %d | %d | %d | %.0f | %.1f / %.1f / %.1f | %s |\n\n",
-			cu.Devices, cu.MissedPerDev, cu.CompleteDevs, cu.Events, cu.EventsPerSec, cu.PerDevice.P50Ms, cu.PerDevice.P99Ms, cu.PerDevice.MaxMs, mib(cu.RSSPeakBytes))
+		f("| catch-up | devices | missed each | complete | by snapshot | events | events/s | per device p50 / p99 / max ms | sends decided and applied | server RSS peak |\n")
+		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		f("| reconnect all at once | %d | %d | %d | %d | %d | %.0f | %.1f / %.1f / %.1f | %.1f s | %s |\n\n",
+			cu.Devices, cu.MissedPerDev, cu.CompleteDevs, cu.Snapshots, cu.Events, cu.EventsPerSec, cu.PerDevice.P50Ms, cu.PerDevice.P99Ms, cu.PerDevice.MaxMs, cu.SendSeconds, mib(cu.RSSPeakBytes))
 	}
 	if bl := r.Baseline; bl != nil {
 		f("Same-run baseline: %s — %.0f ops/s (p50 %.2f ms, p99 %.2f ms) over %d devices; **mdsync / baseline = %.3f**.\n\n",
