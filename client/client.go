@@ -116,6 +116,9 @@ type Client struct {
 	stopErr  error
 	stopped  chan struct{}
 
+	// busy is held while a handler runs: Close lets it finish, so its
+	// event is acknowledged.
+	busy sync.Mutex
 	// dispatcher goroutine only
 	epoch   string
 	lastSeq uint64
@@ -573,9 +576,9 @@ func (c *Client) stopReason() error {
 	return c.stopErr
 }
 
-// Close sends the last acknowledgement, closes the connection and stops
-// reconnecting. Handlers are not called after Close returns... except one
-// already running.
+// Close waits for a running handler (up to a second: from within a
+// handler, prefer go c.Close()), sends the last acknowledgement, closes the
+// connection and stops reconnecting. Once it returns no handler starts.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	cn := c.cur
@@ -584,6 +587,18 @@ func (c *Client) Close() error {
 	if already {
 		c.wg.Wait()
 		return nil
+	}
+	// Let a running handler return (bounded: Close may be called from
+	// within one), so the final ack covers the event it was given.
+	idle := make(chan struct{})
+	go func() {
+		c.busy.Lock()
+		c.busy.Unlock()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+	case <-time.After(time.Second):
 	}
 	if cn != nil {
 		if b := c.finalAck(cn); b != nil {

@@ -92,7 +92,9 @@ func (c *Client) dispatch() {
 			if c.stopReason() == ErrClosed {
 				continue
 			}
+			c.busy.Lock()
 			c.handle(it)
+			c.busy.Unlock()
 		}
 	}
 }
