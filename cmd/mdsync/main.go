@@ -8,10 +8,11 @@ import (
 
 // commands maps a subcommand to its entry point. Each parses its own flags.
 var commands = map[string]func(args []string) error{
-	"export": runExport,
-	"replay": runReplay,
-	"serve":  runServe,
-	"stress": runStress,
+	"connect": runConnect,
+	"export":  runExport,
+	"replay":  runReplay,
+	"serve":   runServe,
+	"stress":  runStress,
 }
 
 func main() {

@@ -17,10 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/auth"
+	"github.com/mdsync/mdsync/adapters/bus"
+	"github.com/mdsync/mdsync/adapters/gateway"
 	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/push"
 	"github.com/mdsync/mdsync/adapters/restapi"
+	"github.com/mdsync/mdsync/engine"
 	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -32,14 +36,19 @@ import (
 type serveConfig struct {
 	data       string
 	addr       string
+	advertise  string
 	partitions int
 	adminToken string
+	tokenKey   string
 	logFormat  string
 	pushURL    string
 	pushSecret string
 	kafka      string
 	topic      string
+	group      string
+	busTopic   string
 	rf         int
+	gw         gateway.Options
 }
 
 // runServe runs the server on the embedded log: a data directory and an
@@ -48,15 +57,22 @@ func runServe(args []string) error {
 	var c serveConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&c.data, "data", "data", "data directory (env MDSYNC_DATA)")
-	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "HTTP listen address (env MDSYNC_ADDR)")
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "HTTP and WebSocket listen address (env MDSYNC_ADDR)")
+	fs.StringVar(&c.advertise, "advertise-addr", "", "host:port devices use to reach this process, named in 1018 redirects; default --addr (env MDSYNC_ADVERTISE_ADDR)")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of a new log; an existing log keeps its count (env MDSYNC_PARTITIONS)")
 	fs.StringVar(&c.adminToken, "admin-token", "", "admin bearer token; default: generated once into DATA/admin-token (env MDSYNC_ADMIN_TOKEN)")
+	fs.StringVar(&c.tokenKey, "token-key", "", "key (at least 32 bytes) that signs user tokens; processes sharing users share it; default: generated once into DATA/token-key (env MDSYNC_TOKEN_KEY)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json (env MDSYNC_LOG_FORMAT)")
 	fs.StringVar(&c.pushURL, "push-webhook", "", "URL that receives offline push entries (HTTP POST); empty disables push (env MDSYNC_PUSH_WEBHOOK)")
+	fs.StringVar(&c.pushSecret, "push-secret", "", "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
 	fs.StringVar(&c.kafka, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty uses the embedded log (env MDSYNC_KAFKA_BROKERS)")
 	fs.StringVar(&c.topic, "kafka-topic", "mdsync.log", "the log's Kafka topic; created with --partitions if missing, else its partition count must match (env MDSYNC_KAFKA_TOPIC)")
-	fs.IntVar(&c.rf, "kafka-replication", 1, "replication factor of a topic mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
-	fs.StringVar(&c.pushSecret, "push-secret", "", "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
+	fs.StringVar(&c.group, "kafka-group", "", "consumer group shared by several serve processes on one topic; each projects the partitions it owns. Empty: this process owns every partition (env MDSYNC_KAFKA_GROUP)")
+	fs.StringVar(&c.busTopic, "kafka-bus-topic", bus.DefaultTopic, "Kafka topic of the delivery bus (env MDSYNC_KAFKA_BUS_TOPIC)")
+	fs.IntVar(&c.rf, "kafka-replication", 1, "replication factor of topics mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
+	fs.IntVar(&c.gw.SendQueue, "ws-send-queue", 0, "frames queued per device connection before it is closed as a slow consumer (1016); 0: the gateway default (env MDSYNC_WS_SEND_QUEUE)")
+	fs.DurationVar(&c.gw.HeartbeatTimeout, "ws-heartbeat-timeout", 0, "close a device connection silent this long (1017); 0: the gateway default (env MDSYNC_WS_HEARTBEAT_TIMEOUT)")
+	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
 	if err := parseSettings(fs, args); err != nil {
 		return err
 	}
@@ -65,32 +81,76 @@ func runServe(args []string) error {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
 	logger := slog.New(h)
-
+	if c.advertise == "" {
+		c.advertise = c.addr
+	}
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return err
 	}
-	token, err := adminToken(c)
+	token, err := secretFile(c.adminToken, filepath.Join(c.data, "admin-token"), 24)
+	if err != nil {
+		return err
+	}
+	tokenKey, err := secretFile(c.tokenKey, filepath.Join(c.data, "token-key"), 32)
 	if err != nil {
 		return err
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mdsync_sessions_ended_total",
-		Help: "Sessions ended by evictions, kicks, logouts, password changes and removals, by reason.",
-	}, []string{"reason"})
-	reg.MustRegister(ended)
+	core, err := newCoreMetrics(reg)
+	if err != nil {
+		return err
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// Offline push: devices connect through the gateway; until one is
-	// connected for a user, that user's messages are pushed.
-	presence := push.NewPresenceSet()
-	var outbox *push.Outbox
+	creds, err := auth.Open(auth.Options{Dir: filepath.Join(c.data, "auth"), TokenKey: []byte(tokenKey), Registerer: reg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer creds.Close()
+
+	// The projector's effects go over the bus to the gateway and to push.
+	var brokers []string
+	if c.kafka != "" {
+		brokers = strings.Split(c.kafka, ",")
+	}
+	effects, err := bus.New(ctx, bus.Options{Brokers: brokers, Topic: c.busTopic, ReplicationFactor: c.rf, Registerer: reg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer effects.Close()
+	onApplied := func(p int32, a projections.Applied) {
+		core.observe(a)
+		effects.Publish(bus.EffectsOf(a)...)
+	}
+	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	reg.MustRegister(newLagCollector(n.Log, n.Store))
+
+	gopts := c.gw
+	gopts.Auth, gopts.Engine, gopts.Store, gopts.Registerer, gopts.Logger = creds, n.Engine, n.Store, reg, logger
+	gw, err := gateway.New(gopts)
+	if err != nil {
+		return err
+	}
+	effects.Handle("gateway", func(ctx context.Context, e bus.Effect) error {
+		switch e.Kind {
+		case bus.EffectDeliver:
+			gw.Deliver(e.App, e.User, e.Entry)
+		case bus.EffectEnded:
+			gw.End(e.App, e.Ended)
+		}
+		return nil
+	})
 	if c.pushURL != "" {
-		if outbox, err = push.OpenOutbox(push.OutboxOptions{Dir: filepath.Join(c.data, "push"), Logger: logger}); err != nil {
+		outbox, err := push.OpenOutbox(push.OutboxOptions{Dir: filepath.Join(c.data, "push"), Logger: logger})
+		if err != nil {
 			return err
 		}
 		defer outbox.Close()
@@ -103,56 +163,48 @@ func runServe(args []string) error {
 				logger.Error("push dispatcher stopped", "err", err)
 			}
 		}()
-	}
-	onApplied := func(p int32, a projections.Applied) {
-		for _, d := range a.Decisions {
-			for _, e := range d.Ended {
-				ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
+		// Offline push: a message for a user with no device connected.
+		// Devices connect to the process that owns their user's partition
+		// (others answer 1018), so only the owner knows that none is, and
+		// only it pushes: with a Kafka bus every process sees every effect.
+		effects.Handle("push", func(ctx context.Context, e bus.Effect) error {
+			if e.Kind != bus.EffectDeliver || gw.Connected(e.App, e.User) {
+				return nil
 			}
-		}
-		if outbox == nil {
-			return
-		}
-		var out []push.Entry
-		for _, ae := range a.Entries {
-			if e, ok := push.Candidates(ae.App, ae.User, ae.Entry); ok && !presence.Connected(ae.App, ae.User) {
-				out = append(out, e)
+			if _, local := n.Owner(e.App, e.User); !local {
+				return nil
 			}
-		}
-		// The batch is committed; a failed enqueue cannot undo it, so it is
-		// logged (docs/design-notes.md, push).
-		if err := outbox.Enqueue(out...); err != nil {
-			logger.Error("push enqueue", "err", err, "entries", len(out))
-		}
-	}
-	n, err := openNode(ctx, c, onApplied)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "mdsync_projection_lag_events",
-		Help: "Events appended to the log but not yet applied, summed over partitions.",
-	}, func() float64 {
-		var lag int64
-		for p := int32(0); p < n.Log.Partitions(); p++ {
-			end, err := n.Log.End(context.Background(), p)
-			if err == nil {
-				lag += end - n.Store.Checkpoint(p).NextOffset
+			if pe, ok := push.Candidates(e.App, e.User, e.Entry); ok {
+				return outbox.Enqueue(pe)
 			}
-		}
-		return float64(lag)
-	}))
+			return nil
+		})
+	}
+	busErr := make(chan error, 1)
+	go func() { busErr <- effects.Run(ctx) }()
+	select {
+	case <-effects.Running():
+	case err := <-busErr:
+		return fmt.Errorf("serve: delivery bus: %w", err)
+	}
 
-	api, err := restapi.New(n.Engine, n.Store, restapi.Options{AdminToken: token, Registry: reg, Logger: logger})
+	api, err := restapi.New(n.Engine, n.Store, restapi.Options{
+		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
+		Ready: func() error { return n.Err() },
+	})
 	if err != nil {
 		return err
 	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/ws", gw)
+	mux.Handle("/", api)
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	// No Read/WriteTimeout: they would cut WebSocket connections, which the
+	// gateway bounds itself (heartbeats, write timeouts).
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	logger.Info("mdsync serving", "addr", ln.Addr().String(), "data", c.data, "partitions", n.Log.Partitions(),
 		"admin_token_file", filepath.Join(c.data, "admin-token"))
 	errc := make(chan error, 1)
@@ -160,30 +212,44 @@ func runServe(args []string) error {
 	select {
 	case err := <-errc:
 		return err
+	case err := <-busErr:
+		return fmt.Errorf("serve: delivery bus: %w", err)
 	case <-ctx.Done():
 	}
-	// Graceful: stop taking requests, let in-flight operations get their
-	// decisions, then close the projector, the store and the log.
+	// Graceful: stop taking requests and let in-flight operations get their
+	// decisions; close device connections (they resume elsewhere or later
+	// from their acknowledged position); then the projector, the store and
+	// the log. Nothing acknowledged is lost: every decision was durable in
+	// the log before it was answered.
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Error("shutdown", "err", err)
 	}
+	if err := gw.Shutdown(sctx); err != nil {
+		logger.Error("gateway shutdown", "err", err)
+	}
 	return n.Close()
 }
 
-// openNode opens the embedded log, or the Kafka topic when brokers are set.
-// One process owns every partition; several processes sharing a topic need
-// partition ownership, which is not built yet (see the open Kafka issue).
-func openNode(ctx context.Context, c serveConfig, onApplied func(int32, projections.Applied)) (*node.Node, error) {
-	if c.kafka == "" {
-		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied})
+// openNode opens the embedded log, or the Kafka topic when brokers are set:
+// with --kafka-group in owned mode (several processes share the topic),
+// else this process owns every partition.
+func openNode(ctx context.Context, c serveConfig, brokers []string, onApplied func(int32, projections.Applied), wrap func(engine.Log) engine.Log) (*node.Node, error) {
+	if len(brokers) == 0 {
+		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	if c.group != "" {
+		return node.OpenOwned(octx, node.OwnedConfig{
+			OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: c.topic, GroupID: c.group, Addr: c.advertise},
+			Partitions:   int32(c.partitions), ReplicationFactor: c.rf, Dir: c.data, OnApplied: onApplied,
+		})
+	}
 	lg, err := kafkalog.Open(octx, kafkalog.Options{
-		Brokers: strings.Split(c.kafka, ","), Topic: c.topic, Partitions: int32(c.partitions),
+		Brokers: brokers, Topic: c.topic, Partitions: int32(c.partitions),
 		ReplicationFactor: c.rf, CreateTopic: true,
 	})
 	if err != nil {
@@ -194,26 +260,25 @@ func openNode(ctx context.Context, c serveConfig, onApplied func(int32, projecti
 		lg.Close()
 		return nil, err
 	}
-	return node.Start(ctx, lg, st, nil)
+	return node.Start(ctx, wrap(lg), st, nil)
 }
 
-// adminToken returns the configured token, or the one stored in the data
-// directory, creating it (0600) on first start.
-func adminToken(c serveConfig) (string, error) {
-	if c.adminToken != "" {
-		return c.adminToken, nil
+// secretFile returns value if set, else the secret stored in path,
+// creating it (0600, n random bytes as hex) on first start.
+func secretFile(value, path string, n int) (string, error) {
+	if value != "" {
+		return value, nil
 	}
-	path := filepath.Join(c.data, "admin-token")
 	if b, err := os.ReadFile(path); err == nil {
 		return strings.TrimSpace(string(b)), nil
 	}
-	buf := make([]byte, 24)
+	buf := make([]byte, n)
 	if _, err := rand.Read(buf); err != nil {
 		return "", err
 	}
 	tok := hex.EncodeToString(buf)
 	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("serve: write admin token: %w", err)
+		return "", fmt.Errorf("serve: write %s: %w", path, err)
 	}
 	return tok, nil
 }
