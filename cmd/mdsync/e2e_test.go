@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -108,12 +109,12 @@ func TestSeedScenariosInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(gateway.Options{Auth: creds, Engine: n.Engine, Store: n.Store, Registerer: prometheus.NewRegistry()})
+	g, err := gateway.New(gateway.Options{Logger: slog.New(slog.DiscardHandler), Auth: creds, Engine: n.Engine, Store: n.Store, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	gp.Store(g)
-	api, err := restapi.New(n.Engine, n.Store, restapi.Options{AdminToken: "adm", Registry: prometheus.NewRegistry(), Auth: creds, Presence: g})
+	api, err := restapi.New(n.Engine, n.Store, restapi.Options{Logger: slog.New(slog.DiscardHandler), AdminToken: "adm", Registry: prometheus.NewRegistry(), Auth: creds, Presence: g})
 	if err != nil {
 		t.Fatal(err)
 	}
