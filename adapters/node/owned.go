@@ -15,6 +15,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 )
 
@@ -187,6 +188,21 @@ func (n *Node) Owner(app, user string) (addr string, local bool) {
 		return "", true
 	}
 	return n.owned.ownerOf(engine.PartitionFor([]byte(engine.UserStream(app, user)), n.Log.Partitions()))
+}
+
+// OwnerOfOp tells, like Owner, where op is decided: the owner of its
+// stream's partition (a group's stream may live on another partition than
+// the sender's user), or of partition 0 for a policy change. A gateway
+// connected to the sender's owner forwards an op whose owner is elsewhere.
+func (n *Node) OwnerOfOp(op *pb.Event) (addr string, local bool) {
+	if n.owned == nil {
+		return "", true
+	}
+	p := int32(0)
+	if op.GetKind() != pb.Kind_KIND_POLICY_SET {
+		p = engine.PartitionFor([]byte(engine.StreamKeyFor(op)), n.Log.Partitions())
+	}
+	return n.owned.ownerOf(p)
 }
 
 // Owned lists the partitions this node serves now (every partition for a

@@ -151,6 +151,12 @@ func TestOwnedTwoProcesses(t *testing.T) {
 	pol := &pb.Event{App: "app", ClientOpId: "pol1", Kind: pb.Kind_KIND_POLICY_SET, Actor: &pb.Actor{User: "admin"},
 		Payload: &pb.Event_PolicySet{PolicySet: &pb.PolicySet{Mode: pb.PlatformMode_PLATFORM_MODE_MULTI, DefaultLimit: 2,
 			AutoLogin: pb.AutoLoginPolicy_AUTO_LOGIN_POLICY_KICK_OLDEST}}}
+	if addr, local := p0owner.OwnerOfOp(pol); !local || addr == "" {
+		t.Fatalf("partition 0's owner: OwnerOfOp(policy) = %q, %v", addr, local)
+	}
+	if addr, local := p0other.OwnerOfOp(pol); local || addr != p0addr(p0owner, a) {
+		t.Fatalf("non-owner of partition 0: OwnerOfOp(policy) = %q, %v", addr, local)
+	}
 	if _, err := p0other.Engine.Submit(ctx, pol); engine.CodeOf(err) != engine.CodeNotOwner {
 		t.Fatalf("policy on a non-owner of partition 0: %v, want 1018", err)
 	}
@@ -180,6 +186,13 @@ func TestOwnedTwoProcesses(t *testing.T) {
 		t.Fatalf("policy after the move: %v %v", pv, err)
 	}
 	assertRebuild(t, a)
+}
+
+func p0addr(owner, a *Node) string {
+	if owner == a {
+		return "127.0.0.1:7001"
+	}
+	return "127.0.0.1:7002"
 }
 
 func waitPolicy(ctx context.Context, n *Node, p int32) error {
