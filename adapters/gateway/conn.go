@@ -734,8 +734,13 @@ func (c *conn) writer() {
 // final, if any, and closes the socket with status. code is what the
 // disconnect is counted as.
 func (c *conn) terminate(code engine.Code, status websocket.StatusCode, final []byte) {
+	// The first non-zero cause is what the disconnect counts as, even when
+	// a plain close won the race (a write timeout closes the socket under
+	// the reader before the writer reports it).
+	if code != 0 {
+		c.closeCode.CompareAndSwap(0, int32(code))
+	}
 	c.closeOnce.Do(func() {
-		c.closeCode.Store(int32(code))
 		c.cancel()
 		c.wg.Add(1)
 		go func() {

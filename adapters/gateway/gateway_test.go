@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -47,6 +49,12 @@ type env struct {
 // hook wired straight to the gateway, served on 127.0.0.1.
 func newEnv(t *testing.T, mod func(*gateway.Options)) *env {
 	t.Helper()
+	return newEnvListener(t, mod, nil)
+}
+
+// newEnvListener is newEnv with the server's listener wrapped.
+func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.Listener) net.Listener) *env {
+	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
 	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
@@ -77,7 +85,11 @@ func newEnv(t *testing.T, mod func(*gateway.Options)) *env {
 		t.Fatal(err)
 	}
 	gp.Store(g)
-	srv := httptest.NewServer(g)
+	srv := httptest.NewUnstartedServer(g)
+	if wrap != nil {
+		srv.Listener = wrap(srv.Listener)
+	}
+	srv.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -140,9 +152,14 @@ type client struct {
 
 func dial(t *testing.T, e *env) *client {
 	t.Helper()
+	return dialWith(t, e, nil)
+}
+
+func dialWith(t *testing.T, e *env, hc *http.Client) *client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, e.url, &websocket.DialOptions{Subprotocols: []string{gateway.Subprotocol}})
+	ws, _, err := websocket.Dial(ctx, e.url, &websocket.DialOptions{HTTPClient: hc, Subprotocols: []string{gateway.Subprotocol}})
 	if err != nil {
 		t.Fatal(err)
 	}
