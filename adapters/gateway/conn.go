@@ -344,6 +344,18 @@ func (c *conn) start(f *frame) bool {
 		c.refuse(f.ID, code, "authentication failed")
 		return false
 	}
+	if c.g.o.Owner != nil {
+		if addr, local := c.g.o.Owner.Owner(f.App, f.User); !local {
+			msg := "the user's partition is served by " + addr
+			if addr == "" {
+				msg = "the user's partition is not served here and its owner is not known yet; retry"
+			}
+			c.g.m.logins.WithLabelValues(codeLabel(int32(engine.CodeNotOwner))).Inc()
+			b, _ := json.Marshal(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr})
+			c.terminate(engine.CodeNotOwner, statusEnded, b)
+			return false
+		}
+	}
 	c.app, c.user = f.App, f.User
 	if f.Type == typeResume {
 		return c.resume(f)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/mdsync/mdsync/adapters/gateway"
+	"github.com/mdsync/mdsync/adapters/node"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
@@ -174,6 +175,38 @@ func TestIdleAndLoginTimeouts(t *testing.T) {
 	}
 	c.closed()
 	eventually(t, "disconnects{1017}", func() bool { return metric(t, e, "mdsync_gateway_disconnects_total", "code", "1017") == 1 })
+}
+
+var _ gateway.Owner = (*node.Node)(nil)
+
+type fakeOwner struct{}
+
+func (fakeOwner) Owner(app, user string) (string, bool) {
+	if user == "remote" {
+		return "10.0.0.2:7000", false
+	}
+	return "", true
+}
+
+// A user whose partition is served by another process is sent there
+// (1018 with the address) before any decision.
+func TestNotOwner(t *testing.T) {
+	e := newEnv(t, func(o *gateway.Options) { o.Owner = fakeOwner{} })
+	before := logEnds(t, e.n)
+	c := dial(t, e)
+	c.send(loginFrame{Type: "login", ID: "l", App: "app", User: "remote", Password: "pw", Platform: 1})
+	f := c.expect("error")
+	if f.Code != 1018 || f.Addr != "10.0.0.2:7000" || f.ID != "l" {
+		t.Fatalf("not owner: %+v", f)
+	}
+	if st := c.closed(); st != 4000 {
+		t.Fatalf("closed with %d", st)
+	}
+	if after := logEnds(t, e.n); !reflect.DeepEqual(before, after) {
+		t.Fatal("a refused login reached the log")
+	}
+	a, _ := login(t, e, "alice", "A1", 1)
+	a.expect("snapshot")
 }
 
 // LOGOUT ends the device's own session: result, then a normal close.

@@ -235,6 +235,7 @@ type errorFrame struct {
 	ID      string `json:"id,omitempty"`
 	Code    int32  `json:"code"`
 	Message string `json:"message,omitempty"`
+	Addr    string `json:"addr,omitempty"` // 1018: the owner's address
 }
 
 type loginResultFrame struct {

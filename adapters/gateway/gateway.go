@@ -73,6 +73,14 @@ type Reader interface {
 
 var _ Reader = (*projections.Store)(nil)
 
+// Owner tells where a user's partition is served when several processes
+// share a log (*node.Node implements it): local true here, else the
+// owner's address ("" while nobody is known). A device of a user served
+// elsewhere is refused with 1018 and the address, before any decision.
+type Owner interface {
+	Owner(app, user string) (addr string, local bool)
+}
+
 // Options configure a Gateway. Auth, Engine, Store and Registerer are
 // required; every other field has the default stated.
 type Options struct {
@@ -80,6 +88,8 @@ type Options struct {
 	Engine     Submitter
 	Store      Reader
 	Registerer prometheus.Registerer
+	// Owner; default nil: this process serves every partition.
+	Owner Owner
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// MaxFrameBytes bounds one client message. Default 64 KiB.

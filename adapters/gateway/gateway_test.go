@@ -126,6 +126,7 @@ type sframe struct {
 	EventID       string            `json:"event_id"`
 	MessageID     string            `json:"message_id"`
 	Conversations []json.RawMessage `json:"conversations"`
+	Addr          string            `json:"addr"`
 
 	at time.Time // when the client read it
 }
