@@ -17,9 +17,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mdsync/mdsync/engine"
@@ -59,6 +61,10 @@ type Options struct {
 	// Ready, optional, is the readiness check behind GET /readyz: nil
 	// error means ready. Nil Ready means always ready.
 	Ready func() error
+	// AdminRoutes are other components' read routes ("GET /v1/...":
+	// handler) served behind the admin credential, e.g. the aggregates
+	// projection's. They are documented in docs/openapi.yaml too.
+	AdminRoutes map[string]http.Handler
 }
 
 // Credentials is the port to the user credential store (adapters/auth.Store
@@ -180,6 +186,13 @@ func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, e
 	mux := http.NewServeMux()
 	for _, rt := range routeTable {
 		mux.Handle(rt.method+" "+rt.path, a.guard(rt))
+	}
+	for pattern, h := range opts.AdminRoutes {
+		method, path, ok := strings.Cut(pattern, " ")
+		if !ok {
+			return nil, fmt.Errorf("restapi: admin route %q is not \"METHOD /path\"", pattern)
+		}
+		mux.Handle(pattern, a.guard(route{method, path, adminOnly, func(_ *api, w http.ResponseWriter, r *http.Request, _ principal) { h.ServeHTTP(w, r) }}))
 	}
 	return mux, nil
 }

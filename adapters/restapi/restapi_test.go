@@ -22,6 +22,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/projections/aggregates"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -80,6 +81,9 @@ func authFunc(_ context.Context, in *openapi3filter.AuthenticationInput) error {
 func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	d, _ := openAPI(t)
 	served := map[string]bool{}
+	for _, pattern := range harnessAdminRoutes {
+		served[pattern] = true
+	}
 	for _, rt := range routeTable {
 		served[rt.method+" "+rt.path] = true
 		item := d.Paths.Value(rt.path)
@@ -119,9 +123,15 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// harnessAdminRoutes are the routes serve mounts through
+// Options.AdminRoutes; the harness mounts them the same way.
+var harnessAdminRoutes = []string{"GET /v1/apps/{app}/aggregates"}
+
 type harness struct {
 	t     *testing.T
 	srv   *httptest.Server
+	node  *node.Node
+	agg   *aggregates.Aggregates
 	auth  *auth.Store
 	clk   *clock
 	ready atomic.Value // error text; "" = ready
@@ -135,8 +145,12 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	h := &harness{t: t, clk: &clock{t: time.Now()}}
+	h := &harness{t: t, clk: &clock{t: time.Now()}, node: n}
 	h.ready.Store("")
+	if h.agg, err = aggregates.Open(aggregates.Options{Dir: t.TempDir(), Partitions: n.Log.Partitions()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.agg.Close() })
 	h.auth, err = auth.Open(auth.Options{Dir: t.TempDir(), TokenKey: []byte("0123456789abcdef0123456789abcdef"),
 		Now: h.clk.Now, Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32},
 		// Every test request comes from 127.0.0.1: the per-IP limit is
@@ -148,6 +162,7 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(func() { h.auth.Close() })
 	api, err := New(n.Engine, n.Store, Options{AdminToken: adminToken, Registry: prometheus.NewRegistry(),
 		Auth: h.auth, Presence: fakePresence{},
+		AdminRoutes: map[string]http.Handler{harnessAdminRoutes[0]: h.agg.Handler()},
 		Ready: func() error {
 			if s := h.ready.Load().(string); s != "" {
 				return errors.New(s)
@@ -614,5 +629,28 @@ func TestWithoutAuth(t *testing.T) {
 	h.want(401, 1013, code, m, "password without a store")
 	if ids := h.deviceIDs("alice", admin); len(ids) != 0 {
 		t.Fatalf("devices: %v", ids)
+	}
+}
+
+// TestAggregatesRoute: the aggregates projection's route, mounted as serve
+// mounts it, is admin-only and documented.
+func TestAggregatesRoute(t *testing.T) {
+	h := newHarness(t)
+	for i := 1; i <= 2; i++ {
+		if st, b := h.raw("POST", "/v1/operations", admin, fmt.Sprintf(`{"app":"demo","client_op_id":"l%d","kind":"KIND_LOGIN",
+			"actor":{"user":"alice"},"login":{"platform":1,"login_id":"d%d"}}`, i, i)); st != 200 {
+			t.Fatalf("login: %d %s", st, b)
+		}
+	}
+	if err := h.agg.CatchUp(context.Background(), h.node.Log); err != nil {
+		t.Fatal(err)
+	}
+	st, b := h.raw("GET", "/v1/apps/demo/aggregates", admin, "")
+	var c aggregates.Counts
+	if st != 200 || json.Unmarshal(b, &c) != nil || c.Logins != 2 || c.ActiveDevices["1"] != 2 {
+		t.Fatalf("aggregates: %d %s", st, b)
+	}
+	if st, b := h.raw("GET", "/v1/apps/demo/aggregates", basic("alice", "whatever-pw"), ""); st != 401 {
+		t.Fatalf("aggregates without the admin credential: %d %s", st, b)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,15 +73,64 @@ func TestEndToEndSDK(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	resp, err := http.Get(base + "/v1/ws")
+	playSeedScenarios(t, e2eServer{base: base, ws: "ws://" + addr + "/v1/ws", admin: "e2e-admin"})
+	scrapeMetrics(t, base, "e2e-admin")
+}
+
+// scrapeMetrics reads /metrics after the scenarios and finds the metrics
+// the serve issue names, and every metric the Grafana dashboard queries.
+func scrapeMetrics(t *testing.T, base, admin string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		t.Skip("serve does not route /v1/ws yet (gateway not wired): skipping the end-to-end SDK test")
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d %s", resp.StatusCode, body)
 	}
-	playSeedScenarios(t, e2eServer{base: base, ws: "ws://" + addr + "/v1/ws", admin: "e2e-admin"})
+	present := map[string]bool{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, _, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			name, _, _ = strings.Cut(name, "{")
+			present[name] = true
+		}
+	}
+	want := []string{
+		"mdsync_connected_devices",                        // by platform
+		"mdsync_gateway_logins_total",                     // logins by code
+		"mdsync_sessions_ended_total",                     // evictions and kicks by reason
+		"mdsync_operations_applied_total",                 // operations by kind
+		"mdsync_log_append_duration_seconds_bucket",       // append latency
+		"mdsync_projection_apply_duration_seconds_bucket", // apply latency
+		"mdsync_catchup_events_bucket",                    // catch-up size
+		"mdsync_catchup_duration_seconds_bucket",          // catch-up time
+		"mdsync_projection_lag_events",                    // lag per partition
+		"mdsync_bus_deliveries_total",                     // bus deliveries
+		"mdsync_aggregate_logins_total",                   // the aggregates projection
+	}
+	dash, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`mdsync_[a-z_]+`).FindAllString(string(dash), -1) {
+		if m != "mdsync_push_outbox_depth" { // registered only with --push-webhook (TestServeEndToEnd)
+			want = append(want, m)
+		}
+	}
+	for _, m := range want {
+		if !present[m] {
+			t.Errorf("/metrics has no %s", m)
+		}
+	}
+	for _, lbl := range []string{`mdsync_connected_devices{platform="1"}`, `mdsync_sessions_ended_total{reason="login_other_device"}`, `mdsync_sessions_ended_total{reason="kicked"}`} {
+		if !strings.Contains(string(body), lbl) {
+			t.Errorf("/metrics has no series %s", lbl)
+		}
+	}
 }
 
 // TestSeedScenariosInProcess plays the same scenarios on the adapters

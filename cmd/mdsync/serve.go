@@ -26,6 +26,7 @@ import (
 	"github.com/mdsync/mdsync/adapters/restapi"
 	"github.com/mdsync/mdsync/engine"
 	"github.com/mdsync/mdsync/projections"
+	"github.com/mdsync/mdsync/projections/aggregates"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -188,9 +189,20 @@ func runServe(args []string) error {
 		return fmt.Errorf("serve: delivery bus: %w", err)
 	}
 
+	// The aggregates projection follows the whole log on its own.
+	agg, err := aggregates.Open(aggregates.Options{Dir: filepath.Join(c.data, "aggregates"), Partitions: n.Log.Partitions()})
+	if err != nil {
+		return err
+	}
+	defer agg.Close()
+	reg.MustRegister(agg.Collector())
+	aggErr := make(chan error, 1)
+	go func() { aggErr <- agg.Run(ctx, n.Log) }()
+
 	api, err := restapi.New(n.Engine, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
-		Ready: func() error { return n.Err() },
+		Ready:       func() error { return n.Err() },
+		AdminRoutes: map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
 	})
 	if err != nil {
 		return err
@@ -214,6 +226,8 @@ func runServe(args []string) error {
 		return err
 	case err := <-busErr:
 		return fmt.Errorf("serve: delivery bus: %w", err)
+	case err := <-aggErr:
+		return fmt.Errorf("serve: aggregates projection: %w", err)
 	case <-ctx.Done():
 	}
 	// Graceful: stop taking requests and let in-flight operations get their
