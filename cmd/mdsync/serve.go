@@ -135,7 +135,7 @@ func runServe(args []string) error {
 	reg.MustRegister(newLagCollector(n.Log, n.Store))
 
 	gopts := c.gw
-	gopts.Auth, gopts.Engine, gopts.Store, gopts.Registerer, gopts.Logger = creds, n.Engine, n.Store, reg, logger
+	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, n.Engine, n.Store, n, reg, logger
 	gw, err := gateway.New(gopts)
 	if err != nil {
 		return err
