@@ -368,3 +368,30 @@ func TestSlowConsumerDoesNotSlowOthers(t *testing.T) {
 		t.Fatal("the slow device's connection is still open")
 	}
 }
+
+// A reconnect of a login ID whose old socket still looks open replaces
+// it: the old connection is closed (4000, no frame), the new one lives on
+// and nothing is evicted.
+func TestReconnectReplacesOldConnection(t *testing.T) {
+	e := newEnv(t, nil)
+	old, _ := login(t, e, "alice", "A1", 1)
+	old.expect("snapshot")
+	c, r := login(t, e, "alice", "A1", 1)
+	if !r.Reconnect {
+		t.Fatalf("second login of A1: %+v", r)
+	}
+	c.expect("snapshot")
+	if st := old.closed(); st != 4000 {
+		t.Fatalf("replaced connection closed with %d", st)
+	}
+	select {
+	case f := <-old.frames:
+		t.Fatalf("replaced connection got %+v", f)
+	default:
+	}
+	c.send(map[string]string{"type": "ping"})
+	c.expect("pong")
+	if seen, _, on := e.g.DeviceInfo("app", "alice", "A1"); !on || seen.IsZero() {
+		t.Fatal("the new connection is not the device's")
+	}
+}
