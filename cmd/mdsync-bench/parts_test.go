@@ -140,6 +140,13 @@ func TestParseVmRSSAndGauge(t *testing.T) {
 	if _, err := parseGauge(strings.NewReader("other 1\n"), "go_goroutines"); err == nil {
 		t.Error("missing gauge accepted")
 	}
+	lag := "# TYPE mdsync_projection_lag_events gauge\nmdsync_projection_lag_events{partition=\"0\"} 3\nmdsync_projection_lag_events{partition=\"1\"} 4\nmdsync_projection_lag_events_total 100\n"
+	if sum, found, err := sumSeries(strings.NewReader(lag), "mdsync_projection_lag_events"); err != nil || !found || sum != 7 {
+		t.Errorf("sum: %v %v %v", sum, found, err)
+	}
+	if _, found, err := sumSeries(strings.NewReader("x 1\n"), "mdsync_projection_lag_events"); err != nil || found {
+		t.Errorf("absent metric: %v %v", found, err)
+	}
 }
 
 func TestSamplerReadsMetricsWithToken(t *testing.T) {
@@ -326,5 +333,19 @@ func TestEchoServerAnswersTheProtocol(t *testing.T) {
 	}
 	if e.Ops() != 3 {
 		t.Errorf("ops %d", e.Ops())
+	}
+}
+
+func TestRSSSlope(t *testing.T) {
+	var ss []Sample
+	for i := 0; i <= 4; i++ {
+		ss = append(ss, Sample{Connections: 1000 * i, RSSBytes: 100<<20 + int64(i)*1000*16384})
+	}
+	ss = append(ss, Sample{Connections: 9999}) // no RSS: not ours, left out
+	if got := rssSlope(ss); got < 16383 || got > 16385 {
+		t.Errorf("slope %v, want 16384", got)
+	}
+	if got := rssSlope(ss[:1]); got != 0 {
+		t.Errorf("one sample: slope %v", got)
 	}
 }

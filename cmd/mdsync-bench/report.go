@@ -120,16 +120,19 @@ type Machine struct {
 
 // ConnectReport covers the population's logins.
 type ConnectReport struct {
-	Devices     int      `json:"devices"`
-	Connected   int      `json:"connected"`
-	Seconds     float64  `json:"seconds"`
-	PerSecond   float64  `json:"logins_per_second"`
-	Login       Latency  `json:"login"`
-	RSSBefore   int64    `json:"server_rss_before_bytes"`
-	RSSAfter    int64    `json:"server_rss_after_bytes"`
-	BytesPerDev float64  `json:"server_rss_bytes_per_device"`
-	Goroutines  int64    `json:"server_goroutines_after"`
-	Samples     []Sample `json:"samples"`
+	Devices     int     `json:"devices"`
+	Connected   int     `json:"connected"`
+	Seconds     float64 `json:"seconds"`
+	PerSecond   float64 `json:"logins_per_second"`
+	Login       Latency `json:"login"`
+	RSSBefore   int64   `json:"server_rss_before_bytes"`
+	RSSAfter    int64   `json:"server_rss_after_bytes"`
+	BytesPerDev float64 `json:"server_rss_bytes_per_device"` // (after − before) / connected
+	// SlopeBytesPerDev is the least-squares slope of RSS against open
+	// connections over the connect samples.
+	SlopeBytesPerDev float64  `json:"server_rss_slope_bytes_per_device"`
+	Goroutines       int64    `json:"server_goroutines_after"`
+	Samples          []Sample `json:"samples"`
 }
 
 // Sample is one server sample: connections open at the time, RSS and
@@ -215,11 +218,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	f("Command: `%s`  \nServer: %s. Machine: %d CPUs (%s), %s, load %.2f at start, %.2f at end; nofile %d; ports %s.\n\n",
 		r.Command, r.Server, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.GoVersion, r.Machine.Load1, r.Machine.Load1End, r.Machine.NoFile, r.Machine.PortRange)
 	c := r.Connect
-	f("| population | devices | connected | logins/s | login p50 / p99 ms | server RSS before → after | bytes per device | goroutines |\n")
-	f("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-	f("| %d users × %d | %d | %d | %.0f | %.2f / %.2f | %s → %s | %.0f | %d |\n\n",
+	f("| population | devices | connected | logins/s | login p50 / p99 ms | server RSS before → after | RSS per device (after−before)/n | slope | server goroutines |\n")
+	f("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	f("| %d users × %d | %d | %d | %.0f | %.2f / %.2f | %s → %s | %.1f KiB | %.1f KiB | %d |\n\n",
 		r.Scenario.Users, r.Scenario.DevicesPerUser, c.Devices, c.Connected, c.PerSecond, c.Login.P50Ms, c.Login.P99Ms,
-		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev, c.Goroutines)
+		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev/1024, c.SlopeBytesPerDev/1024, c.Goroutines)
 	if len(r.Phases) > 0 {
 		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed ticks | op p50 / p99 ms | delivery p50 / p99 / max ms | delivered | login p99 ms | catch-up p99 ms | evictions |\n")
 		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")

@@ -328,6 +328,11 @@ func (b *bench) makePopulation() {
 // sampling the server every SampleEvery connections.
 func (b *bench) connectAll(ctx context.Context, s *Sampler) (ConnectReport, error) {
 	cr := ConnectReport{Devices: len(b.devs)}
+	// Registration hashes passwords (argon2, ~19 MiB each, several at
+	// once); the Go runtime hands that memory back over seconds. The
+	// before-sample waits for the server's RSS to settle, or memory per
+	// device would be off by the hashing's leftovers.
+	settleRSS(ctx, s, 30*time.Second)
 	first := s.Sample(ctx)
 	cr.RSSBefore = first.RSSBytes
 	cr.Samples = append(cr.Samples, first)
@@ -383,6 +388,7 @@ func (b *bench) connectAll(ctx context.Context, s *Sampler) (ConnectReport, erro
 	if cr.Connected > 0 && last.RSSBytes > 0 {
 		cr.BytesPerDev = float64(last.RSSBytes-cr.RSSBefore) / float64(cr.Connected)
 	}
+	cr.SlopeBytesPerDev = rssSlope(cr.Samples)
 	if failed > 0 {
 		return cr, fmt.Errorf("%d of %d devices failed to connect; first: %w", failed, len(b.devs), firstErr)
 	}
@@ -580,12 +586,59 @@ func (b *bench) catchUp(ctx context.Context, s *Sampler) (*CatchUpReport, error)
 	return cu, nil
 }
 
-// waitLagZero polls mdsync_projection_lag_events until it is 0.
+// rssSlope is the least-squares slope of RSS against connections over the
+// samples: memory per connection, free of any constant offset.
+func rssSlope(samples []Sample) float64 {
+	var n, sx, sy, sxx, sxy float64
+	for _, sm := range samples {
+		if sm.RSSBytes <= 0 {
+			continue
+		}
+		x, y := float64(sm.Connections), float64(sm.RSSBytes)
+		n++
+		sx += x
+		sy += y
+		sxx += x * x
+		sxy += x * y
+	}
+	den := n*sxx - sx*sx
+	if n < 2 || den == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / den
+}
+
+// settleRSS waits until the server's RSS moved less than 2% over 3 s, or
+// limit passed.
+func settleRSS(ctx context.Context, s *Sampler, limit time.Duration) {
+	if s.PID == 0 {
+		return
+	}
+	var hist []int64
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		rss, err := ReadRSS(s.PID)
+		if err != nil {
+			return
+		}
+		hist = append(hist, rss)
+		if n := len(hist); n >= 4 {
+			a, b := float64(hist[n-4]), float64(rss)
+			if b >= a*0.98 && b <= a*1.02 {
+				return
+			}
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// waitLagZero polls mdsync_projection_lag_events, summed over
+// partitions, until it is 0.
 func (b *bench) waitLagZero(ctx context.Context, limit time.Duration) error {
 	m := MetricsReader{URL: b.httpURL + "/metrics", Token: b.token, HC: b.hc}
 	deadline := time.Now().Add(limit)
 	for {
-		lag, err := m.Gauge(ctx, "mdsync_projection_lag_events")
+		lag, err := m.Sum(ctx, "mdsync_projection_lag_events")
 		if err != nil {
 			return fmt.Errorf("projection lag: %w", err)
 		}

@@ -71,6 +71,45 @@ func parseGauge(r io.Reader, name string) (float64, error) {
 	return 0, fmt.Errorf("metric %s not found", name)
 }
 
+// sumSeries adds up every series of a metric, labelled or not (e.g.
+// mdsync_projection_lag_events{partition="3"}); found is false when there
+// is none.
+func sumSeries(r io.Reader, name string) (sum float64, found bool, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" {
+			continue
+		}
+		switch rest[0] {
+		case '{':
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				return 0, false, fmt.Errorf("bad series %q", line)
+			}
+			rest = rest[end+1:]
+		case ' ', '\t':
+		default:
+			continue // a longer name
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			return 0, false, fmt.Errorf("bad series %q", line)
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, false, fmt.Errorf("series %q: %w", line, err)
+		}
+		sum, found = sum+v, true
+	}
+	return sum, found, sc.Err()
+}
+
 // MetricsReader reads gauges from the server's /metrics with the admin
 // token.
 type MetricsReader struct {
@@ -80,20 +119,40 @@ type MetricsReader struct {
 }
 
 func (m MetricsReader) Gauge(ctx context.Context, name string) (float64, error) {
+	var v float64
+	err := m.read(ctx, func(r io.Reader) (err error) { v, err = parseGauge(r, name); return err })
+	return v, err
+}
+
+// Sum is the sum of every series of a metric (0 series: an error).
+func (m MetricsReader) Sum(ctx context.Context, name string) (float64, error) {
+	var v float64
+	err := m.read(ctx, func(r io.Reader) error {
+		sum, found, err := sumSeries(r, name)
+		if err == nil && !found {
+			err = fmt.Errorf("metric %s not found", name)
+		}
+		v = sum
+		return err
+	})
+	return v, err
+}
+
+func (m MetricsReader) read(ctx context.Context, parse func(io.Reader) error) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.URL, nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+m.Token)
 	resp, err := m.HC.Do(req)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %s", m.URL, resp.Status)
+		return fmt.Errorf("GET %s: %s", m.URL, resp.Status)
 	}
-	return parseGauge(io.LimitReader(resp.Body, 16<<20), name)
+	return parse(io.LimitReader(resp.Body, 16<<20))
 }
 
 // Sampler samples the server's RSS (when its pid is known) and goroutine

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestSmokeScenario runs benchmarks/scenarios/smoke.json end to end
+// against an `mdsync serve` it starts (built from this tree, or
+// MDSYNC_BENCH_SERVE_BIN), and checks that every part of the report was
+// produced with non-zero counts. It asserts that the tool works, never how
+// fast: figures on a shared CI machine mean nothing.
+func TestSmokeScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts mdsync serve and runs the smoke scenario (~20 s)")
+	}
+	sc, err := LoadScenario("../../benchmarks/scenarios/smoke.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := os.Getenv("MDSYNC_BENCH_SERVE_BIN")
+	if bin == "" {
+		if bin, err = mdsyncBin(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	rep, err := Run(ctx, sc, runFlags{bin: bin, quiet: true}, logger)
+	if err != nil {
+		t.Fatalf("run: %v (errors %v)", err, rep.ErrorFirst)
+	}
+	if err := writeOutputs(rep, out, true, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// The files.
+	for _, f := range []string{"smoke.json", "smoke.md", "smoke-latency.png", "smoke-connections.png"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	var back Report
+	b, _ := os.ReadFile(filepath.Join(out, "smoke.json"))
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+
+	// The population connected, and the server was sampled.
+	if c := back.Connect; c.Connected != sc.Devices() || c.Login.Count != int64(sc.Devices()) || c.RSSAfter <= 0 || c.Goroutines <= 0 {
+		t.Errorf("connect %+v", c)
+	}
+	if back.ServerSamples.PeakRSSBytes <= 0 || back.ServerSamples.PeakGoroutines <= 0 || len(back.ServerSamples.Samples) < 2 {
+		t.Errorf("server samples %+v", back.ServerSamples)
+	}
+	// Every phase did work, and the mix's parts all happened.
+	if len(back.Phases) != len(sc.Phases()) {
+		t.Fatalf("phases %d, want %d", len(back.Phases), len(sc.Phases()))
+	}
+	for _, p := range back.Phases {
+		if p.Ops == 0 || p.Op.Count == 0 || p.Delivered == 0 || p.Delivery.Count == 0 {
+			t.Errorf("phase %s: %+v", p.Name, p)
+		}
+	}
+	tot := back.Total
+	for _, k := range []string{"user_message", "group_message", "receipt", "operation", "eviction_login", "reconnect"} {
+		if tot.ByKind[k] == 0 {
+			t.Errorf("no %s in the whole run: %v", k, tot.ByKind)
+		}
+	}
+	if tot.Login.Count == 0 || tot.Evictions == 0 || tot.CatchUp.Count+tot.CatchUpSnapshots == 0 {
+		t.Errorf("logins %d, evictions %d, catch-ups %d+%d", tot.Login.Count, tot.Evictions, tot.CatchUp.Count, tot.CatchUpSnapshots)
+	}
+	// Failures would mean the tool, not the server, broke: the benchmark
+	// never closes a connection under its own request.
+	if tot.Failed != 0 {
+		t.Errorf("%d operations failed: %v", tot.Failed, back.ErrorFirst)
+	}
+	// Catch-up: every offline device got every missed event.
+	cu := back.CatchUp
+	if cu == nil || cu.CompleteDevs != cu.Devices || cu.Devices < sc.CatchUp.Devices || cu.Events < int64(cu.Devices*sc.CatchUp.Missed) {
+		t.Errorf("catch-up %+v", cu)
+	}
+	// The same-run baseline and its ratio.
+	if bl := back.Baseline; bl == nil || bl.Ops == 0 || bl.Ratio <= 0 {
+		t.Errorf("baseline %+v", bl)
+	}
+}
