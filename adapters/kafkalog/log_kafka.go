@@ -27,7 +27,7 @@ const (
 	// overhead, under the broker's default message.max.bytes (1048588).
 	DefaultMaxRecordBytes = 1_000_000
 	DefaultBatchSize      = 10_000
-	DefaultMaxInFlight    = 4
+	DefaultMaxInFlight    = 2
 	DefaultBatchBytes     = 1_000_000
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
@@ -90,7 +90,8 @@ type Options struct {
 	Linger time.Duration
 
 	// MaxInFlight is how many produce requests one partition may have in
-	// flight. Default DefaultMaxInFlight (4). Requests in flight together
+	// flight. Default DefaultMaxInFlight (2: on a real broker 4 made batches
+	// smaller and 128 appenders ~1.5x slower, benchmarks/RESULTS.md). Requests in flight together
 	// carry concurrent Appends, which the port does not order; each call's
 	// records for a partition stay in one request, so they stay contiguous
 	// and in order. 1 sends strictly one batch after the other (larger
