@@ -462,6 +462,9 @@ func (d *device) take(exclusive bool) *conn {
 // onlineDeviceOf is pick among one user's devices (held shared).
 func (b *bench) onlineDeviceOf(ui int) (*device, *conn) {
 	u := b.users[ui]
+	if len(u.devs) == 0 {
+		return nil, nil // the baseline gives some users no device
+	}
 	off := rand.IntN(len(u.devs))
 	for i := range u.devs {
 		if c := u.devs[(off+i)%len(u.devs)].take(false); c != nil {
@@ -787,6 +790,7 @@ func (b *bench) runPhase(ctx context.Context, ph Phase, total *phaseRec, bar pro
 		Ops: r.ok.Load(), Refused: r.refused.Load(), Failed: r.failed.Load(), Missed: r.missed.Load(),
 		Delivered: r.delivered.Load(), Evictions: r.evictions.Load(), CatchUpSnapshots: r.snapshots.Load(), ByKind: map[string]int64{}}
 	pr.OpsPerSec = float64(pr.Ops+pr.Refused) / elapsed.Seconds()
+	pr.DeliveredPerSec = float64(pr.Delivered) / elapsed.Seconds()
 	r.kmu.Lock()
 	for k, v := range r.byKind {
 		pr.ByKind[k] = v
@@ -817,6 +821,7 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 	}
 	if t.Seconds > 0 {
 		t.OpsPerSec = float64(t.Ops+t.Refused) / t.Seconds
+		t.DeliveredPerSec = float64(t.Delivered) / t.Seconds
 	}
 	t.Op, t.Delivery, t.Login, t.CatchUp = total.op.Snapshot(false), total.delivery.Snapshot(false), total.login.Snapshot(false), total.catchup.Snapshot(false)
 	return t

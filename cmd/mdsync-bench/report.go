@@ -146,21 +146,22 @@ type Sample struct {
 
 // PhaseReport is one ramp step or the steady phase.
 type PhaseReport struct {
-	Name        string           `json:"name"`
-	OfferedRate float64          `json:"offered_ops_per_s"` // 0 = closed loop
-	Seconds     float64          `json:"seconds"`
-	Ops         int64            `json:"ops"`     // answered with code 0
-	Refused     int64            `json:"refused"` // answered with a code
-	Failed      int64            `json:"failed"`  // no answer (transport error, timeout)
-	Missed      int64            `json:"missed"`  // open-loop ticks with every worker busy
-	OpsPerSec   float64          `json:"ops_per_s"`
-	ByKind      map[string]int64 `json:"by_kind"`
-	Delivered   int64            `json:"delivered"` // live events received by another device
-	Evictions   int64            `json:"evictions"` // kicked frames with code 206 seen
-	Op          Latency          `json:"op"`        // op sent → decision received
-	Delivery    Latency          `json:"delivery"`  // message sent → received on another device
-	Login       Latency          `json:"login"`     // dial + login decision (eviction logins and re-logins)
-	CatchUp     Latency          `json:"catchup"`   // reconnect dial → marker received
+	Name            string           `json:"name"`
+	OfferedRate     float64          `json:"offered_ops_per_s"` // 0 = closed loop
+	Seconds         float64          `json:"seconds"`
+	Ops             int64            `json:"ops"`     // answered with code 0
+	Refused         int64            `json:"refused"` // answered with a code
+	Failed          int64            `json:"failed"`  // no answer (transport error, timeout)
+	Missed          int64            `json:"missed"`  // open-loop ticks with every worker busy
+	OpsPerSec       float64          `json:"ops_per_s"`
+	ByKind          map[string]int64 `json:"by_kind"`
+	Delivered       int64            `json:"delivered"` // live events received by another device
+	DeliveredPerSec float64          `json:"delivered_per_s"`
+	Evictions       int64            `json:"evictions"` // kicked frames with code 206 seen
+	Op              Latency          `json:"op"`        // op sent → decision received
+	Delivery        Latency          `json:"delivery"`  // message sent → received on another device
+	Login           Latency          `json:"login"`     // dial + login decision (eviction logins and re-logins)
+	CatchUp         Latency          `json:"catchup"`   // reconnect dial → marker received
 	// CatchUpSnapshots: reconnects answered with a snapshot instead of
 	// the missed events (not in the catch-up latency).
 	CatchUpSnapshots int64 `json:"catchup_snapshots"`
@@ -224,16 +225,16 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		r.Scenario.Users, r.Scenario.DevicesPerUser, c.Devices, c.Connected, c.PerSecond, c.Login.P50Ms, c.Login.P99Ms,
 		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev/1024, c.SlopeBytesPerDev/1024, c.Goroutines)
 	if len(r.Phases) > 0 {
-		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed ticks | op p50 / p99 ms | delivery p50 / p99 / max ms | delivered | login p99 ms | catch-up p99 ms | evictions |\n")
+		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions |\n")
 		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, p := range append(append([]PhaseReport(nil), r.Phases...), r.Total) {
 			offered := "closed loop"
 			if p.OfferedRate > 0 {
 				offered = fmt.Sprintf("%.0f", p.OfferedRate)
 			}
-			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.2f / %.2f / %.1f | %d | %.2f | %.2f | %d |\n",
+			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.0f | %.2f / %.2f / %.1f | %.2f | %.2f | %d |\n",
 				p.Name, offered, p.OpsPerSec, p.Ops, p.Refused, p.Failed, p.Missed, p.Op.P50Ms, p.Op.P99Ms,
-				p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Delivered, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions)
+				p.DeliveredPerSec, p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions)
 		}
 		f("\n")
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,8 +64,20 @@ func runBench(args []string) error {
 	fs.StringVar(&f.bin, "mdsync-bin", "", "mdsync binary to start; empty: go build ./cmd/mdsync")
 	fs.IntVar(&f.partitions, "partitions", 0, "partitions of the started server's log (0: serve's default)")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress bars")
+	cpuProfile := fs.String("cpuprofile", "", "write the benchmark process's CPU profile here (is the load generator the bottleneck?)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	sc, err := LoadScenario(f.scenario)
 	if err != nil {
