@@ -310,3 +310,40 @@ func TestPolicyVersionRace(t *testing.T) {
 		}
 	}
 }
+
+// A wait for a decision does not outlive the partition's ownership: when
+// the group rebalances, every waiter returns 1018 or 1009 (retry) instead
+// of waiting for an event this process will no longer apply.
+func TestOwnedWaitEndsOnRebalance(t *testing.T) {
+	const parts = 4
+	brokers, topic, group := ownedCluster(t)
+	a := openOwned(t, brokers, topic, group, "127.0.0.1:7011", parts, t.TempDir())
+	defer a.Close()
+	waitOwned(t, parts, a)
+	proj := ownedProjector{a.Store, a.owned}
+	errs := make(chan error, parts)
+	for p := int32(0); p < parts; p++ {
+		go func() {
+			// An offset nobody appends: only the ownership change ends it.
+			errs <- proj.WaitApplied(context.Background(), engine.Position{Partition: p, Offset: 1 << 40})
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("a wait returned before any rebalance: %v", err)
+	default:
+	}
+	b := openOwned(t, brokers, topic, group, "127.0.0.1:7012", parts, t.TempDir())
+	defer b.Close()
+	for range parts {
+		select {
+		case err := <-errs:
+			if c := engine.CodeOf(err); c != engine.CodeNotOwner && c != engine.CodeUnavailable {
+				t.Fatalf("wait ended with %v, want 1018 or 1009", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a wait outlived the rebalance by 30s")
+		}
+	}
+}
