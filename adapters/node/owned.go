@@ -107,9 +107,10 @@ type OwnedConfig struct {
 	ReplicationFactor int
 	// Dir holds the projections (Pebble). Required; one per process.
 	Dir string
-	// OnApplied and ProjectionSync as in Options.
+	// OnApplied, ProjectionSync and WrapLog as in Options.
 	OnApplied      func(p int32, a projections.Applied)
 	ProjectionSync bool
+	WrapLog        func(engine.Log) engine.Log
 }
 
 // OpenOwned opens the Kafka log (creating the topic when missing) and the
@@ -137,7 +138,11 @@ func OpenOwned(ctx context.Context, cfg OwnedConfig) (*Node, error) {
 		lg.Close()
 		return nil, err
 	}
-	n, err := StartOwned(ctx, lg, st, cfg.OwnedOptions)
+	var l engine.Log = lg
+	if cfg.WrapLog != nil {
+		l = cfg.WrapLog(lg)
+	}
+	n, err := StartOwned(ctx, l, st, cfg.OwnedOptions)
 	if err != nil {
 		st.Close()
 		lg.Close()
