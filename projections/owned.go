@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -99,4 +100,23 @@ func (s *Store) PartitionPolicy(app string, p int32) (*pb.Policy, error) {
 		return engine.DefaultPolicy(), err
 	}
 	return pol, nil
+}
+
+// AdvanceRelay moves partition p's relay position forward to off, never
+// back. A new owner calls it, before it runs the relay, with the position
+// the previous owner published: that owner wrote a position only after the
+// copies before it were appended, so they are in the log and need not be
+// appended again.
+func (s *Store) AdvanceRelay(p int32, off int64) error {
+	if err := s.checkPartition(p); err != nil {
+		return err
+	}
+	if s.isClosed() {
+		return ErrClosed
+	}
+	cur, err := s.relayPosition(p)
+	if err != nil || off <= cur {
+		return err
+	}
+	return s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(off)), pebble.NoSync)
 }

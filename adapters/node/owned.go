@@ -172,7 +172,7 @@ func StartOwned(ctx context.Context, lg engine.Log, st *projections.Store, opts 
 		opts: opts, lg: lg, st: st, stop: cancel, ctx: runCtx,
 		client: &kafka.Client{Addr: kafka.TCP(opts.Brokers...), Timeout: 5 * time.Second},
 		parts:  make([]partOwn, lg.Partitions()),
-		dir:    map[int32]string{},
+		dir:    map[int32]ownerMeta{},
 	}
 	n := &Node{Log: lg, Store: st, cancel: cancel, done: make(chan struct{}), owned: o}
 	n.Engine = engine.New(lg, ownedProjector{st, o}, engine.Options{Now: opts.Now})
@@ -247,16 +247,18 @@ type owned struct {
 
 	mu    sync.Mutex
 	parts []partOwn
-	dir   map[int32]string // partition -> owner address, from committed offset metadata
+	dir   map[int32]ownerMeta // partition -> its owner, from committed offset metadata
 
 	errOnce sync.Once
 	err     error
 }
 
-// ownerMeta is the committed offset's metadata: who serves the partition.
+// ownerMeta is the committed offset's metadata: who serves the partition,
+// and how far its relay got (copies before it are in the log).
 type ownerMeta struct {
 	Addr       string `json:"addr"`
 	Generation int32  `json:"generation"`
+	Relay      int64  `json:"relay"`
 }
 
 func (o *owned) state(p int32) ownState {
@@ -289,7 +291,7 @@ func (o *owned) ownerOf(p int32) (string, bool) {
 	}
 	// The directory may still name this process for a partition it just
 	// gave up: unknown until the new owner publishes itself.
-	if a := o.dir[p]; a != o.opts.Addr {
+	if a := o.dir[p].Addr; a != o.opts.Addr {
 		return a, false
 	}
 	return "", false
@@ -437,6 +439,7 @@ func (o *owned) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) 
 	if err := o.st.RestorePartition(gctx, o.lg, p); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	o.adoptRelay(gctx, p)
 	o.set(p, gctx, serving)
 	o.opts.Logger.Info("serving partition", "partition", p, "generation", gen.ID,
 		"checkpoint", o.st.Checkpoint(p).NextOffset, "restore", time.Since(start).Round(time.Millisecond))
@@ -446,6 +449,26 @@ func (o *owned) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) 
 	g.Go(func() error { return o.st.RunPartition(ctx, o.lg, p) })
 	g.Go(func() error { return o.st.RelayPartition(ctx, o.lg, p) })
 	return g.Wait()
+}
+
+// adoptRelay starts p's relay where the previous owner's ended, when it
+// published a position beyond this store's: a process taking a partition
+// over does not append its history's copies again. Without a published
+// position (or on an error) the relay starts from its own position and
+// the copies it repeats are dropped by their recipients.
+func (o *owned) adoptRelay(ctx context.Context, p int32) {
+	o.refreshDirectory(ctx)
+	o.mu.Lock()
+	prev := o.dir[p].Relay
+	o.mu.Unlock()
+	if prev <= o.st.RelayPosition(p) {
+		return
+	}
+	if err := o.st.AdvanceRelay(p, prev); err != nil {
+		o.opts.Logger.Warn("adopt relay position", "partition", p, "err", err)
+		return
+	}
+	o.opts.Logger.Info("relay continues from the previous owner's position", "partition", p, "relay", prev)
 }
 
 // commitLoop commits the served partitions' synced checkpoints every
@@ -479,14 +502,19 @@ func (o *owned) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
 	if len(ps) == 0 {
 		return
 	}
-	meta, _ := json.Marshal(ownerMeta{Addr: o.opts.Addr, Generation: gen.ID})
 	var cs []kafka.OffsetCommit
+	metas := map[int32]ownerMeta{}
 	for _, p := range ps {
+		// The relay position first: it is behind the checkpoint it is
+		// published with, never ahead of the copies in the log.
+		m := ownerMeta{Addr: o.opts.Addr, Generation: gen.ID, Relay: o.st.RelayPosition(p)}
 		off, err := o.st.SyncedCheckpoint(p)
 		if err != nil {
 			o.opts.Logger.Warn("synced checkpoint", "partition", p, "err", err)
 			return
 		}
+		meta, _ := json.Marshal(m)
+		metas[p] = m
 		cs = append(cs, kafka.OffsetCommit{Partition: int(p), Offset: off, Metadata: string(meta)})
 	}
 	cctx, cancel := context.WithTimeout(ctx, o.opts.CommitInterval+5*time.Second)
@@ -510,7 +538,7 @@ func (o *owned) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
 	if err == nil {
 		o.mu.Lock()
 		for _, p := range ps {
-			o.dir[p] = o.opts.Addr
+			o.dir[p] = metas[p]
 		}
 		o.mu.Unlock()
 	}
@@ -557,7 +585,7 @@ func (o *owned) refreshDirectory(ctx context.Context) {
 		if pr.Error != nil || pr.Partition < 0 || pr.Partition >= len(o.parts) || json.Unmarshal([]byte(pr.Metadata), &m) != nil {
 			continue
 		}
-		o.dir[int32(pr.Partition)] = m.Addr
+		o.dir[int32(pr.Partition)] = m
 	}
 }
 

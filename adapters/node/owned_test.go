@@ -347,3 +347,52 @@ func TestOwnedWaitEndsOnRebalance(t *testing.T) {
 		}
 	}
 }
+
+// A process taking a partition over continues its relay where the previous
+// owner's ended (published with its group offset) instead of appending
+// the fan-out copies of the partition's history again.
+func TestOwnedRelayContinuesAfterMove(t *testing.T) {
+	const parts = 4
+	brokers, topic, group := ownedCluster(t)
+	a := openOwned(t, brokers, topic, group, "127.0.0.1:7021", parts, t.TempDir())
+	defer a.Close()
+	waitOwned(t, parts, a)
+	b := openOwned(t, brokers, topic, group, "127.0.0.1:7022", parts, t.TempDir())
+	defer b.Close()
+	each := waitOwned(t, parts, a, b)
+	q := each[1][0]
+	sender, recipient := userOn(q, parts), userOn((q+1)%parts, parts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if d, err := b.Engine.Submit(ctx, login(sender, "login-s", "s1", 1, false)); err != nil || d.Code != 0 {
+		t.Fatalf("login: %v %v", d, err)
+	}
+	for i := range 10 {
+		if d, err := b.Engine.Submit(ctx, msg(sender, "s1", pb.ChatType_CHAT_TYPE_USER, recipient, fmt.Sprint("m", i))); err != nil || d.Code != 0 {
+			t.Fatalf("message %d: %v %v", i, d, err)
+		}
+	}
+	end, err := b.Log.End(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b has relayed everything and a has read b's published position.
+	eventually(t, func() bool {
+		a.owned.mu.Lock()
+		defer a.owned.mu.Unlock()
+		return b.Store.RelayPosition(q) == end && a.owned.dir[q].Relay == end
+	})
+	before := ends(t, a)
+	if a.Store.RelayPosition(q) != 0 {
+		t.Fatalf("a's own relay position for %d is %d, want 0 (it owned the partition only while empty)", q, a.Store.RelayPosition(q))
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitOwned(t, parts, a)
+	eventually(t, func() bool { return a.Store.RelayPosition(q) >= end })
+	time.Sleep(300 * time.Millisecond) // a re-relay would have appended by now
+	if after := ends(t, a); !slices.Equal(before, after) {
+		t.Fatalf("log ends %v became %v: the new owner appended copies again", before, after)
+	}
+}
