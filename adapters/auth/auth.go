@@ -376,14 +376,14 @@ func (s *Store) Exists(app, user string) (bool, error) {
 var errBadCredentials = engine.Errorf(engine.CodeUnauthenticated, "bad credentials")
 
 // CheckPassword checks a user's password. An unknown user and a wrong
-// password give the same 1013, after the same amount of hashing. Every call
-// spends from the user's and the remote IP's rate limit; when either is
-// spent it returns 1014 without hashing.
+// password give the same 1013, after the same amount of hashing. A failed
+// check spends from the user's and the remote IP's rate limit; when either
+// is spent it returns 1014 without hashing. Right passwords spend nothing,
+// so users sharing an address are not limited by each other's logins.
 func (s *Store) CheckPassword(app, user, password, remote string) error {
 	now := s.opts.Now()
-	okUser := s.users.allow(app+"\x00"+user, now)
-	okIP := s.ips.allow(remoteIP(remote), now)
-	if !okUser || !okIP {
+	userKey, ipKey := app+"\x00"+user, remoteIP(remote)
+	if s.users.blocked(userKey, now) || s.ips.blocked(ipKey, now) {
 		s.checks.WithLabelValues("rate_limited").Inc()
 		return engine.Errorf(engine.CodeRateLimited, "too many password attempts; retry later")
 	}
@@ -406,6 +406,8 @@ func (s *Store) CheckPassword(app, user, password, remote string) error {
 		return err
 	}
 	if !match || !known {
+		s.users.fail(userKey, now)
+		s.ips.fail(ipKey, now)
 		s.checks.WithLabelValues("denied").Inc()
 		return errBadCredentials
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -232,10 +233,27 @@ func TestBruteForce(t *testing.T) {
 	wantCode(t, s.CheckPassword("demo", "bob", "password1", "10.0.0.3:1"), engine.CodeOK, "bob")
 	// The attacking IP is spent too, for every user.
 	wantCode(t, s.CheckPassword("demo", "bob", "password1", "10.0.0.1:2"), engine.CodeRateLimited, "attacker IP on bob")
-	// One attempt refills every 6s.
+	// One attempt refills every 6s; a right password spends nothing, a
+	// wrong one spends the refilled attempt.
 	clk.Add(6 * time.Second)
 	wantCode(t, s.CheckPassword("demo", "alice", "password1", "10.0.0.4:1"), engine.CodeOK, "after refill")
+	wantCode(t, s.CheckPassword("demo", "alice", "password1", "10.0.0.4:1"), engine.CodeOK, "a success spends nothing")
+	wantCode(t, s.CheckPassword("demo", "alice", "wrong-guess", "10.0.0.4:1"), engine.CodeUnauthenticated, "guess after refill")
 	wantCode(t, s.CheckPassword("demo", "alice", "password1", "10.0.0.4:1"), engine.CodeRateLimited, "refill is one")
+}
+
+// TestSharedAddressNotLimited: many users behind one address (a NAT, a
+// load generator) who type their passwords right are never limited.
+func TestSharedAddressNotLimited(t *testing.T) {
+	s, _ := open(t, t.TempDir(), nil)
+	for i := 0; i < 5; i++ {
+		if err := s.Register("demo", fmt.Sprintf("u%d", i), "password1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 40; i++ {
+		wantCode(t, s.CheckPassword("demo", fmt.Sprintf("u%d", i%5), "password1", "10.9.9.9:1"), engine.CodeOK, "shared address")
+	}
 }
 
 func TestLimiterBound(t *testing.T) {
@@ -243,18 +261,20 @@ func TestLimiterBound(t *testing.T) {
 	if err := s.Register("demo", "alice", "password1"); err != nil {
 		t.Fatal(err)
 	}
+	// Failures are what limiters count: three addresses fill the map.
 	for _, ip := range []string{"a", "b", "c"} {
-		wantCode(t, s.CheckPassword("demo", "alice", "password1", ip), engine.CodeOK, ip)
+		wantCode(t, s.CheckPassword("demo", "alice", "wrong-pw", ip), engine.CodeUnauthenticated, ip)
+	}
+	if n := s.ips.size(); n != 3 {
+		t.Fatalf("ip limiters = %d, want 3", n)
 	}
 	// Full of limiters still refilling: a new IP is refused, not admitted
 	// by forgetting someone's budget.
 	wantCode(t, s.CheckPassword("demo", "alice", "password1", "d"), engine.CodeRateLimited, "new IP while full")
-	if n := s.ips.size(); n != 3 {
-		t.Fatalf("ip limiters = %d, want 3", n)
-	}
 	// Once they have refilled they are evicted and new keys get room.
 	clk.Add(time.Minute)
 	wantCode(t, s.CheckPassword("demo", "alice", "password1", "d"), engine.CodeOK, "new IP after idle")
+	wantCode(t, s.CheckPassword("demo", "alice", "wrong-pw", "d"), engine.CodeUnauthenticated, "a failure from d")
 	if n := s.ips.size(); n != 1 {
 		t.Fatalf("ip limiters after sweep = %d, want 1", n)
 	}

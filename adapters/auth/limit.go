@@ -30,10 +30,25 @@ func newLimiters(rl RateLimit, max int) *limiters {
 	return &limiters{rl: rl, max: max, full: time.Duration(rl.Burst) * rl.Every, m: map[string]*limiter{}}
 }
 
-// allow spends one attempt of key at now. It refuses a new key when the map
-// is full of entries that are still refilling (fail closed: forgetting one of
-// them would hand its owner a fresh burst).
-func (l *limiters) allow(key string, now time.Time) bool {
+// blocked tells whether key has no attempt left at now. It spends nothing:
+// only failures spend (fail), so users who type their password right are
+// never limited, however many share an address. A key not in the map is
+// blocked only while the map is full of entries still refilling (fail
+// closed: its failures could not be counted).
+func (l *limiters) blocked(key string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.m[key]; ok {
+		return e.lim.TokensAt(now) < 1
+	}
+	if len(l.m) >= l.max {
+		l.sweep(now)
+	}
+	return len(l.m) >= l.max
+}
+
+// fail spends one attempt of key at now.
+func (l *limiters) fail(key string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.m[key]
@@ -41,14 +56,14 @@ func (l *limiters) allow(key string, now time.Time) bool {
 		if len(l.m) >= l.max {
 			l.sweep(now)
 			if len(l.m) >= l.max {
-				return false
+				return // blocked() refuses this key until there is room
 			}
 		}
 		e = &limiter{lim: rate.NewLimiter(rate.Every(l.rl.Every), l.rl.Burst)}
 		l.m[key] = e
 	}
 	e.last = now
-	return e.lim.AllowN(now, 1)
+	e.lim.AllowN(now, 1)
 }
 
 // sweep drops entries idle for a full refill. While the map stays full it
