@@ -190,7 +190,7 @@ func runServe(args []string) error {
 	}
 
 	// The aggregates projection follows the whole log on its own.
-	agg, err := aggregates.Open(aggregates.Options{Dir: filepath.Join(c.data, "aggregates"), Partitions: n.Log.Partitions()})
+	agg, err := aggregates.Open(aggregates.Options{Dir: filepath.Join(c.data, "aggregates"), Partitions: n.Log.Partitions(), Logger: logger})
 	if err != nil {
 		return err
 	}

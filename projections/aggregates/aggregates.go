@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 )
@@ -43,6 +45,9 @@ type Options struct {
 	// derived from the durable log; a lost batch only moves its checkpoint
 	// back and is applied again).
 	Sync bool
+	// Logger receives Pebble's messages (info at debug level). Default
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // readBatch bounds the entries applied in one batch.
@@ -76,7 +81,7 @@ func Open(opts Options) (*Aggregates, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS})
+	db, err := pebble.Open(opts.Dir, &pebble.Options{FS: opts.FS, Logger: projections.PebbleLogger(opts.Logger)})
 	if err != nil {
 		return nil, fmt.Errorf("aggregates: open %s: %w", opts.Dir, err)
 	}
