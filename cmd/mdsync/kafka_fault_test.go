@@ -18,6 +18,7 @@ import (
 	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 )
 
@@ -25,8 +26,10 @@ import (
 // sets it). Each runs the real binary (mdsync stress in owned mode: a
 // consumer group member on a fresh topic) under load, injects a fault, and
 // ends with every acknowledged operation in the log at its acknowledged
-// position, every operation applied exactly once, and the recovered
-// projection's digest equal to a rebuild from offset 0.
+// position, every operation applied exactly once, every accepted message
+// to a user on another partition relayed there (a quarter of the load are
+// 1:1 messages), and the recovered projection's digest equal to a rebuild
+// from offset 0.
 //
 // The broker restart test also needs MDSYNC_KAFKA_SCRIPTS, the directory of
 // stop.sh and start.sh for the broker at MDSYNC_KAFKA_BROKERS (ci.sh sets
@@ -247,10 +250,34 @@ func (r *faultRun) verify(dir string) {
 		t.Fatal(err)
 	}
 	defer n.Close()
+	// The relay of the recovered process appends the copies its dead or
+	// stopped predecessor had not: wait until it is idle.
+	relayIdle := func() bool {
+		for p := int32(0); p < faultParts; p++ {
+			end, err := lg.End(ctx, p)
+			if err != nil || n.Store.RelayPosition(p) < end {
+				return false
+			}
+		}
+		return true
+	}
+	for idle := 0; idle < 2; {
+		if relayIdle() {
+			idle++
+		} else {
+			idle = 0
+		}
+		if ctx.Err() != nil {
+			t.Fatal("relay not idle after 120s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	// Read each partition once: the operation at every offset, and whether
-	// each partition applied every distinct operation exactly once.
+	// each partition applied every distinct operation exactly once; and
+	// the relayed copies: source user, op and recipient.
 	var total int64
-	opAt := make([][]string, faultParts)
+	opAt := make([][]*pb.Event, faultParts)
+	copies := map[string]bool{}
 	for p := int32(0); p < faultParts; p++ {
 		end, err := lg.End(ctx, p)
 		if err != nil {
@@ -269,7 +296,10 @@ func (r *faultRun) verify(dir string) {
 					t.Fatal(err)
 				}
 				ops[ev.StreamKey+"\x00"+ev.Actor.User+"\x00"+ev.ClientOpId] = true
-				opAt[p] = append(opAt[p], ev.ClientOpId)
+				opAt[p] = append(opAt[p], ev)
+				if dl := ev.GetDeliver(); dl != nil {
+					copies[dl.GetSource().GetActor().GetUser()+"\x00"+dl.GetSource().GetClientOpId()+"\x00"+dl.Recipient] = true
+				}
 			}
 			off += int64(len(ents))
 		}
@@ -279,6 +309,7 @@ func (r *faultRun) verify(dir string) {
 		}
 	}
 	seen := map[string]bool{}
+	messages, relayed := 0, 0
 	for _, a := range r.all {
 		if seen[a.op] {
 			t.Fatalf("%s acknowledged twice", a.op)
@@ -291,9 +322,26 @@ func (r *faultRun) verify(dir string) {
 		if d.Partition != a.part || d.Offset != a.off || d.Code != a.code {
 			t.Fatalf("%s: acknowledged at %d/%d code %d, projection says %d/%d code %d", a.op, a.part, a.off, a.code, d.Partition, d.Offset, d.Code)
 		}
-		if a.part < 0 || a.part >= faultParts || a.off < 0 || a.off >= int64(len(opAt[a.part])) || opAt[a.part][a.off] != a.op {
+		if a.part < 0 || a.part >= faultParts || a.off < 0 || a.off >= int64(len(opAt[a.part])) || opAt[a.part][a.off].ClientOpId != a.op {
 			t.Fatalf("%s: acknowledged at %d/%d, not in the log there", a.op, a.part, a.off)
 		}
+		// An accepted message to a user on another partition has its copy
+		// there, whichever process relayed it.
+		m := opAt[a.part][a.off].GetMessage()
+		if m == nil || a.code != 0 {
+			continue
+		}
+		messages++
+		if engine.PartitionFor([]byte(engine.UserStream(a.app, m.To)), faultParts) == a.part {
+			continue
+		}
+		if !copies[a.user+"\x00"+a.op+"\x00"+m.To] {
+			t.Fatalf("message %s from %s to %s (acknowledged at %d/%d) was never relayed", a.op, a.user, m.To, a.part, a.off)
+		}
+		relayed++
+	}
+	if messages == 0 {
+		t.Fatal("no accepted message: the fan-out was not exercised")
 	}
 	live, err := n.Store.Digest()
 	if err != nil {
@@ -307,7 +355,8 @@ func (r *faultRun) verify(dir string) {
 	if want, _ := rb.Digest(); live != want {
 		t.Fatalf("digest %s != rebuild %s", live, want)
 	}
-	t.Logf("%s: %d acknowledged operations verified, %d records in the log, digest %s", filepath.Base(dir), len(r.all), total, live[:16])
+	t.Logf("%s: %d acknowledged operations verified (%d messages, %d relayed to another partition), %d records in the log, digest %s",
+		filepath.Base(dir), len(r.all), messages, relayed, total, live[:16])
 }
 
 // (a) The broker is stopped and restarted on its data under load: the

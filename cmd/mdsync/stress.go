@@ -67,7 +67,7 @@ func runStress(args []string) error {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(*seed, uint64(w)))
 			for i := 0; *ops == 0 || i < *ops; i++ {
-				op := stressOp(rng, *users, fmt.Sprintf("s%d-w%d-%d", *seed, w, i))
+				op := kf.op(rng, *users, fmt.Sprintf("s%d-w%d-%d", *seed, w, i))
 				d, err := n.Engine.Submit(ctx, op)
 				if err != nil {
 					if ctx.Err() != nil {

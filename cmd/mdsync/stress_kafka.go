@@ -5,12 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
 // stressKafka holds stress's Kafka flags: with brokers set, stress runs an
@@ -59,4 +61,23 @@ func (k *stressKafka) transient(err error) bool {
 	}
 	fmt.Fprintln(os.Stderr, "stress:", err)
 	return false
+}
+
+// op is stress's next operation. On Kafka a quarter are 1:1 messages to
+// another user, so the relay's copies cross partitions (and, in the fault
+// tests, rebalances and restarts); on the embedded log the mix is
+// stressOp's alone, as the crash test expects.
+func (k *stressKafka) op(rng *rand.Rand, users int, opID string) *pb.Event {
+	if k.brokers == "" || users < 2 || rng.IntN(4) != 0 {
+		return stressOp(rng, users, opID)
+	}
+	from := rng.IntN(users)
+	to := (from + 1 + rng.IntN(users-1)) % users
+	return &pb.Event{
+		App: "stress", ClientOpId: opID, Kind: pb.Kind_KIND_MESSAGE_SEND,
+		Actor: &pb.Actor{User: fmt.Sprintf("u%d", from)},
+		Payload: &pb.Event_Message{Message: &pb.MessageSend{
+			ChatType: pb.ChatType_CHAT_TYPE_USER, To: fmt.Sprintf("u%d", to), ClientMsgId: opID, Body: []byte(opID),
+		}},
+	}
 }
