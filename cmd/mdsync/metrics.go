@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
 	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,17 +76,17 @@ func (l timedLog) Append(ctx context.Context, recs []engine.Record) ([]engine.Po
 	return pos, err
 }
 
-// lagCollector reports, per partition, the events appended but not yet
-// applied: the projector's lag.
+// lagCollector reports, per partition this process serves, the events
+// appended but not yet applied: the projector's lag. Partitions served by
+// another process (Kafka owned mode) are that process's to report.
 type lagCollector struct {
 	desc *prometheus.Desc
-	log  engine.Log
-	st   *projections.Store
+	n    *node.Node
 }
 
-func newLagCollector(log engine.Log, st *projections.Store) *lagCollector {
-	return &lagCollector{log: log, st: st, desc: prometheus.NewDesc("mdsync_projection_lag_events",
-		"Events appended to the log but not yet applied, per partition.", []string{"partition"}, nil)}
+func newLagCollector(n *node.Node) *lagCollector {
+	return &lagCollector{n: n, desc: prometheus.NewDesc("mdsync_projection_lag_events",
+		"Events appended to the log but not yet applied, per partition served here.", []string{"partition"}, nil)}
 }
 
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
@@ -93,12 +94,12 @@ func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for p := int32(0); p < c.log.Partitions(); p++ {
-		end, err := c.log.End(ctx, p)
+	for _, p := range c.n.Owned() {
+		end, err := c.n.Log.End(ctx, p)
 		if err != nil {
 			continue // a scrape must not fail because one partition is unreachable
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
-			float64(end-c.st.Checkpoint(p).NextOffset), strconv.Itoa(int(p)))
+			float64(end-c.n.Store.Checkpoint(p).NextOffset), strconv.Itoa(int(p)))
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
 	"github.com/mdsync/mdsync/adapters/gateway"
-	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/push"
 	"github.com/mdsync/mdsync/adapters/restapi"
@@ -68,7 +67,7 @@ func runServe(args []string) error {
 	fs.StringVar(&c.pushSecret, "push-secret", "", "HMAC-SHA256 key for the X-Mdsync-Signature header (env MDSYNC_PUSH_SECRET)")
 	fs.StringVar(&c.kafka, "kafka-brokers", "", "comma-separated Kafka bootstrap brokers; empty uses the embedded log (env MDSYNC_KAFKA_BROKERS)")
 	fs.StringVar(&c.topic, "kafka-topic", "mdsync.log", "the log's Kafka topic; created with --partitions if missing, else its partition count must match (env MDSYNC_KAFKA_TOPIC)")
-	fs.StringVar(&c.group, "kafka-group", "", "consumer group shared by several serve processes on one topic; each projects the partitions it owns. Empty: this process owns every partition (env MDSYNC_KAFKA_GROUP)")
+	fs.StringVar(&c.group, "kafka-group", "mdsync", "consumer group of the serve processes sharing the topic; each projects the partitions the group assigns it (env MDSYNC_KAFKA_GROUP)")
 	fs.StringVar(&c.busTopic, "kafka-bus-topic", bus.DefaultTopic, "Kafka topic of the delivery bus (env MDSYNC_KAFKA_BUS_TOPIC)")
 	fs.IntVar(&c.rf, "kafka-replication", 1, "replication factor of topics mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
 	fs.IntVar(&c.gw.SendQueue, "ws-send-queue", 0, "frames queued per device connection before it is closed as a slow consumer (1016); 0: the gateway default (env MDSYNC_WS_SEND_QUEUE)")
@@ -132,7 +131,7 @@ func runServe(args []string) error {
 		return err
 	}
 	defer n.Close()
-	reg.MustRegister(newLagCollector(n.Log, n.Store))
+	reg.MustRegister(newLagCollector(n))
 
 	gopts := c.gw
 	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, n.Engine, n.Store, n, reg, logger
@@ -247,34 +246,20 @@ func runServe(args []string) error {
 	return n.Close()
 }
 
-// openNode opens the embedded log, or the Kafka topic when brokers are set:
-// with --kafka-group in owned mode (several processes share the topic),
-// else this process owns every partition.
+// openNode opens the embedded log, or the Kafka topic when brokers are set.
+// On Kafka a process always joins the consumer group --kafka-group, also
+// alone: the group is what hands partitions over when processes come and go
+// and what restarts a partition's projector after a broker outage.
 func openNode(ctx context.Context, c serveConfig, brokers []string, onApplied func(int32, projections.Applied), wrap func(engine.Log) engine.Log) (*node.Node, error) {
 	if len(brokers) == 0 {
 		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if c.group != "" {
-		return node.OpenOwned(octx, node.OwnedConfig{
-			OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: c.topic, GroupID: c.group, Addr: c.advertise},
-			Partitions:   int32(c.partitions), ReplicationFactor: c.rf, Dir: c.data, OnApplied: onApplied,
-		})
-	}
-	lg, err := kafkalog.Open(octx, kafkalog.Options{
-		Brokers: brokers, Topic: c.topic, Partitions: int32(c.partitions),
-		ReplicationFactor: c.rf, CreateTopic: true,
+	return node.OpenOwned(octx, node.OwnedConfig{
+		OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: c.topic, GroupID: c.group, Addr: c.advertise},
+		Partitions:   int32(c.partitions), ReplicationFactor: c.rf, Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
 	})
-	if err != nil {
-		return nil, err
-	}
-	st, err := projections.Open(projections.Options{Dir: filepath.Join(c.data, "proj-kafka"), Partitions: lg.Partitions(), OnApplied: onApplied})
-	if err != nil {
-		lg.Close()
-		return nil, err
-	}
-	return node.Start(ctx, wrap(lg), st, nil)
 }
 
 // secretFile returns value if set, else the secret stored in path,
