@@ -10,7 +10,7 @@ brokers=$(.ci/kafka/start.sh) || { .ci/kafka/stop.sh; exit 1; }
 trap '.ci/kafka/stop.sh' EXIT
 echo "kafka broker at $brokers, started in $(( $(date +%s) - start ))s"
 log=$(mktemp)
-MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_NODE_LOG=kafka go test -count=1 ./adapters/kafkalog/ ./adapters/node/ ./adapters/bus/ 2>go test -count=1 ./adapters/kafkalog/ ./adapters/node/ 2>&11 | tee "$log"
+MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_NODE_LOG=kafka go test -count=1 ./adapters/kafkalog/ ./adapters/node/ ./adapters/bus/ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # Fault tests of the real binary: broker restart (needs the scripts),
 # SIGKILL, rebalance between two processes.
