@@ -108,6 +108,9 @@ func StartServer(ctx context.Context, o ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	cmd := exec.Command(o.Bin, args...)
+	// The server dies with the benchmark, even when the benchmark crashes
+	// or is killed: no orphan holding ports and memory on a shared machine.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout = logf
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
