@@ -49,6 +49,7 @@ type runFlags struct {
 	scenario, out, addr, adminToken, adminTokenFile, kafka, bin string
 	serverPID, partitions                                       int
 	quiet                                                       bool
+	serveArgs                                                   []string
 }
 
 func runBench(args []string) error {
@@ -64,6 +65,10 @@ func runBench(args []string) error {
 	fs.StringVar(&f.bin, "mdsync-bin", "", "mdsync binary to start; empty: go build ./cmd/mdsync")
 	fs.IntVar(&f.partitions, "partitions", 0, "partitions of the started server's log (0: serve's default)")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress bars")
+	fs.Func("serve-arg", "an extra argument for the started mdsync serve (repeat the flag for several), e.g. --serve-arg=--ws-send-queue=64", func(v string) error {
+		f.serveArgs = append(f.serveArgs, v)
+		return nil
+	})
 	cpuProfile := fs.String("cpuprofile", "", "write the benchmark process's CPU profile here (is the load generator the bottleneck?)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -103,10 +108,15 @@ func Run(ctx context.Context, sc Scenario, f runFlags, logger *slog.Logger) (*Re
 	rep.Machine = machine()
 	// Every device is a socket here and on the server; the server inherits
 	// this limit when we start it.
-	nofile, err := RaiseNoFile(uint64(2*sc.Devices() + 4096))
+	nofile, err := RaiseNoFile(uint64(sc.Devices() + 4*fdHeadroom))
 	rep.Machine.NoFile = nofile
 	if err != nil {
 		logger.Warn("open-file limit", "err", err)
+	}
+	// Each device is a socket in this process and in the server; past the
+	// limit connections fail with EMFILE halfway through, so say it now.
+	if need := uint64(sc.Devices() + fdHeadroom); nofile < need {
+		return nil, fmt.Errorf("open-file limit %d cannot hold %d devices plus %d spare descriptors (ulimit -Hn; raising it needs CAP_SYS_RESOURCE); use fewer devices", nofile, sc.Devices(), fdHeadroom)
 	}
 	src, err := NewSourceAddrs(sc.SourceAddrs)
 	if err != nil {
@@ -139,7 +149,7 @@ func Run(ctx context.Context, sc Scenario, f runFlags, logger *slog.Logger) (*Re
 		if err := os.Mkdir(data, 0o700); err != nil {
 			return nil, err
 		}
-		srv, err = StartServer(ctx, ServerOptions{Bin: bin, Data: data, KafkaBrokers: f.kafka, Partitions: f.partitions, Logger: logger})
+		srv, err = StartServer(ctx, ServerOptions{Bin: bin, Data: data, KafkaBrokers: f.kafka, Partitions: f.partitions, ExtraArgs: f.serveArgs, Logger: logger})
 		if err != nil {
 			return nil, err
 		}
@@ -152,6 +162,9 @@ func Run(ctx context.Context, sc Scenario, f runFlags, logger *slog.Logger) (*Re
 		rep.Server = "self-started mdsync serve, embedded log"
 		if f.kafka != "" {
 			rep.Server = "self-started mdsync serve, Kafka at " + f.kafka
+		}
+		if len(f.serveArgs) > 0 {
+			rep.Server += " (" + strings.Join(f.serveArgs, " ") + ")"
 		}
 	} else {
 		b.token = f.adminToken
@@ -275,6 +288,10 @@ func Run(ctx context.Context, sc Scenario, f runFlags, logger *slog.Logger) (*Re
 	}
 	return finish(ctx.Err())
 }
+
+// fdHeadroom is descriptors kept for everything but the devices: the
+// server's Pebble files and listener, intruder logins, HTTP clients.
+const fdHeadroom = 512
 
 func newBench(sc Scenario, logger *slog.Logger, src *SourceAddrs, quiet bool) *bench {
 	b := &bench{sc: sc, log: logger, src: src, quiet: quiet,

@@ -43,7 +43,7 @@ func RaiseNoFile(want uint64) (uint64, error) {
 		if err2 := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err2 != nil {
 			return cur.Cur, fmt.Errorf("raise open-file limit: %w", err)
 		}
-		return cur.Max, fmt.Errorf("open-file limit is %d, below the %d wanted (hard limit; run as root or raise it)", cur.Max, want)
+		return cur.Max, fmt.Errorf("open-file limit is %d, below the %d wanted (the hard limit; raising it needs CAP_SYS_RESOURCE)", cur.Max, want)
 	}
 	return next.Cur, nil
 }
