@@ -53,14 +53,24 @@ func decodeStrict(body []byte, v any) error {
 // envelope fields are the engine's to assign and are cleared; the admin is
 // the actor's credential.
 func decodeOperation(body []byte) (*pb.Event, error) {
+	op, err := decodeEvent(body)
+	if err != nil {
+		return nil, err
+	}
+	if op.Actor != nil {
+		op.Actor.Admin = true
+	}
+	return op, nil
+}
+
+// decodeEvent reads protobuf's JSON mapping of mdsync.v1.Event with the
+// envelope fields cleared and the actor as given.
+func decodeEvent(body []byte) (*pb.Event, error) {
 	op := &pb.Event{}
 	if err := protojson.Unmarshal(body, op); err != nil {
 		return nil, engine.Errorf(engine.CodeInvalidArgument, "body is not an mdsync.v1.Event in JSON: %v", err)
 	}
 	op.SchemaVersion, op.StreamKey, op.EventId, op.TimeUnixMs = 0, "", "", 0
-	if op.Actor != nil {
-		op.Actor.Admin = true
-	}
 	return op, nil
 }
 

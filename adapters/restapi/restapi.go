@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
@@ -136,6 +137,7 @@ var routeTable = []route{
 	{"GET", "/readyz", public, (*api).readyz},
 	{"GET", "/metrics", adminOnly, (*api).serveMetrics},
 	{"POST", "/v1/operations", adminOnly, (*api).submitOperation},
+	{"POST", forward.Path, adminOnly, (*api).internalOperation},
 	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register},
 	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser},
 	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword},
@@ -319,6 +321,31 @@ func (a *api) submitOperation(w http.ResponseWriter, r *http.Request, _ principa
 		return
 	}
 	d, err := a.submit(r.Context(), op)
+	if err != nil {
+		writeCoded(w, err)
+		return
+	}
+	writeProto(w, http.StatusOK, d)
+}
+
+// internalOperation takes an operation another process of the deployment
+// forwarded here because this process decides its stream (adapters/forward).
+// Unlike POST /v1/operations the actor is kept as given — the device's user
+// and login id, admin as the sender set it: only the admin credential may
+// call this route, and only the deployment's processes hold it. The
+// operation is never forwarded again (one hop): if this process does not
+// own the stream either, the answer is 1018.
+func (a *api) internalOperation(w http.ResponseWriter, r *http.Request, _ principal) {
+	body, ok := readBody(w, r, MaxBodyBytes)
+	if !ok {
+		return
+	}
+	op, err := decodeEvent(body)
+	if err != nil {
+		writeCoded(w, err)
+		return
+	}
+	d, err := a.submit(forward.Mark(r.Context()), op)
 	if err != nil {
 		writeCoded(w, err)
 		return

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,8 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections/aggregates"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -652,5 +655,53 @@ func TestAggregatesRoute(t *testing.T) {
 	}
 	if st, b := h.raw("GET", "/v1/apps/demo/aggregates", basic("alice", "whatever-pw"), ""); st != 401 {
 		t.Fatalf("aggregates without the admin credential: %d %s", st, b)
+	}
+}
+
+// POST /v1/internal/operations (a forwarded operation) keeps the actor as
+// sent — the device's login id, not the admin — unlike POST
+// /v1/operations, and only the admin credential may call it.
+func TestInternalOperation(t *testing.T) {
+	h := newHarness(t)
+	h.register("alice", "password1")
+	loginBody := func(op, id string) string {
+		return fmt.Sprintf(`{"app":"demo","client_op_id":%q,"kind":"KIND_LOGIN","actor":{"user":"alice","login_id":%q},"login":{"platform":1,"login_id":%q,"device_name":"n"}}`, op, id, id)
+	}
+	code, m := h.do("POST", "/v1/internal/operations", "", loginBody("i1", "d1"))
+	h.want(401, 1013, code, m, "no credential")
+	code, m = h.do("POST", "/v1/internal/operations", basic("alice", "password1"), loginBody("i1", "d1"))
+	h.want(401, 1013, code, m, "a user's credential")
+	code, m = h.do("POST", "/v1/internal/operations", admin, strings.Repeat("x", MaxBodyBytes+1))
+	h.want(413, 1004, code, m, "oversized body")
+	code, m = h.do("POST", "/v1/internal/operations", admin, `{"app":`)
+	h.want(400, 1001, code, m, "malformed body")
+
+	actorAt := func(m map[string]any) *pb.Actor {
+		t.Helper()
+		off, _ := strconv.ParseInt(m["offset"].(string), 10, 64)
+		es, err := h.node.Log.Read(context.Background(), int32(m["partition"].(float64)), off, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("read: %v %v", es, err)
+		}
+		ev, err := engine.Decode(es[0].Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev.Actor
+	}
+	code, m = h.do("POST", "/v1/internal/operations", admin, loginBody("i1", "d1"), "X-Mdsync-Forwarded", "1")
+	h.want(200, 0, code, m, "forwarded login")
+	if a := actorAt(m); a.User != "alice" || a.LoginId != "d1" || a.Admin {
+		t.Fatalf("forwarded actor logged as %v, want alice/d1, not admin", a)
+	}
+	// A retry returns the same decision.
+	code, m2 := h.do("POST", "/v1/internal/operations", admin, loginBody("i1", "d1"))
+	if code != 200 || m2["offset"] != m["offset"] || m2["partition"] != m["partition"] {
+		t.Fatalf("retry: %d %v, first %v", code, m2, m)
+	}
+	code, m = h.do("POST", "/v1/operations", admin, loginBody("o2", "d2"))
+	h.want(200, 0, code, m, "admin login")
+	if a := actorAt(m); !a.Admin {
+		t.Fatalf("POST /v1/operations logged actor %v, want admin", a)
 	}
 }
