@@ -19,6 +19,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
+	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/adapters/gateway"
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/push"
@@ -133,8 +134,13 @@ func runServe(args []string) error {
 	defer n.Close()
 	reg.MustRegister(newLagCollector(n))
 
+	// Operations whose stream another process owns go to that owner.
+	sub, err := forward.New(n.Engine, n, forward.Options{Token: token, Logger: logger})
+	if err != nil {
+		return err
+	}
 	gopts := c.gw
-	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, n.Engine, n.Store, n, reg, logger
+	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, sub, n.Store, n, reg, logger
 	gw, err := gateway.New(gopts)
 	if err != nil {
 		return err
@@ -198,7 +204,7 @@ func runServe(args []string) error {
 	aggErr := make(chan error, 1)
 	go func() { aggErr <- agg.Run(ctx, n.Log) }()
 
-	api, err := restapi.New(n.Engine, n.Store, restapi.Options{
+	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
 		Ready:       func() error { return n.Err() },
 		AdminRoutes: map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
