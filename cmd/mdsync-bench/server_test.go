@@ -11,12 +11,25 @@ import (
 	"time"
 )
 
+// binDir holds the mdsync binary built for the package's tests; TestMain
+// removes it.
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 // mdsyncBin builds cmd/mdsync once for the package's tests.
 var mdsyncBin = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "mdsync-bench-test-bin-")
 	if err != nil {
 		return "", err
 	}
+	binDir = dir
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	return BuildMdsync(ctx, dir)
