@@ -69,10 +69,10 @@ func runCLI(group string, args []string, stdin io.Reader, out io.Writer) error {
 	var f cliFlags
 	fs := flag.NewFlagSet(group+" "+verb, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&f.server, "server", cliEnv("MDSYNC_SERVER", "http://127.0.0.1:8080"), "server base URL")
-	fs.StringVar(&f.app, "app", cliEnv("MDSYNC_APP", ""), "app ID")
-	fs.StringVar(&f.adminToken, "admin-token", cliEnv("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token")
-	fs.StringVar(&f.data, "data", cliEnv("MDSYNC_DATA", "data"), "data directory holding admin-token")
+	fs.StringVar(&f.server, "server", envOr("MDSYNC_SERVER", "http://127.0.0.1:8080"), "server base URL")
+	fs.StringVar(&f.app, "app", envOr("MDSYNC_APP", ""), "app ID")
+	fs.StringVar(&f.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token")
+	fs.StringVar(&f.data, "data", envOr("MDSYNC_DATA", "data"), "data directory holding admin-token")
 	fs.StringVar(&f.user, "user", "", "user ID")
 	fs.StringVar(&f.password, "password", "", "the user's password (user-credential calls; users add: the new user's password)")
 	fs.StringVar(&f.token, "token", "", "a user token")
@@ -133,14 +133,6 @@ func runCLI(group string, args []string, stdin io.Reader, out io.Writer) error {
 		return c.policySet(ctx)
 	}
 	return fmt.Errorf("unknown command %q\n%s", group+" "+verb, cliUsage)
-}
-
-// cliEnv reads an environment default for a flag; the flag wins.
-func cliEnv(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
 }
 
 type cli struct {

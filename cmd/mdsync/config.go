@@ -57,6 +57,16 @@ func parseSettings(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// envOr returns the environment variable name, or def when it is unset.
+// Commands that do not use parseSettings (the CLI, export) take their
+// defaults from it.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
 // envName is the environment variable of a flag: data → MDSYNC_DATA.
 func envName(flagName string) string {
 	return "MDSYNC_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))

@@ -39,10 +39,10 @@ type logSource struct {
 }
 
 func (s *logSource) flags(fs *flag.FlagSet) {
-	fs.StringVar(&s.Data, "data", exportEnv("MDSYNC_DATA", "data"), "data directory: the embedded log is DIR/log (env MDSYNC_DATA)")
-	fs.StringVar(&s.Kafka, "kafka-brokers", exportEnv("MDSYNC_KAFKA_BROKERS", ""), "comma-separated Kafka brokers; empty reads the embedded log (env MDSYNC_KAFKA_BROKERS)")
-	fs.StringVar(&s.Topic, "kafka-topic", exportEnv("MDSYNC_KAFKA_TOPIC", "mdsync.log"), "the log's Kafka topic (env MDSYNC_KAFKA_TOPIC)")
-	parts, _ := strconv.Atoi(exportEnv("MDSYNC_PARTITIONS", "8"))
+	fs.StringVar(&s.Data, "data", envOr("MDSYNC_DATA", "data"), "data directory: the embedded log is DIR/log (env MDSYNC_DATA)")
+	fs.StringVar(&s.Kafka, "kafka-brokers", envOr("MDSYNC_KAFKA_BROKERS", ""), "comma-separated Kafka brokers; empty reads the embedded log (env MDSYNC_KAFKA_BROKERS)")
+	fs.StringVar(&s.Topic, "kafka-topic", envOr("MDSYNC_KAFKA_TOPIC", "mdsync.log"), "the log's Kafka topic (env MDSYNC_KAFKA_TOPIC)")
+	parts, _ := strconv.Atoi(envOr("MDSYNC_PARTITIONS", "8"))
 	fs.IntVar(&s.Partitions, "partitions", parts, "partition count of the Kafka topic (must match it; env MDSYNC_PARTITIONS)")
 }
 
@@ -906,13 +906,4 @@ func sortedJSON[V any](m map[string]V) string {
 	}
 	b, _ := json.Marshal(m)
 	return string(b)
-}
-
-// exportEnv is the environment variable name's value, or def when unset:
-// read-only tools take the server's MDSYNC_* settings as defaults.
-func exportEnv(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
 }
