@@ -2,19 +2,10 @@
 // the timeline of a user none of whose devices is connected, an Entry goes
 // to a durable Outbox, and a Dispatcher POSTs it to a webhook at least once.
 //
-// Wiring (projections.Options.OnApplied → Candidates → Presence → Enqueue):
-//
-//	OnApplied: func(p int32, a projections.Applied) {
-//		var out []push.Entry
-//		for _, ae := range a.Entries {
-//			if e, ok := push.Candidates(ae.App, ae.User, ae.Entry); ok && !presence.Connected(ae.App, ae.User) {
-//				out = append(out, e)
-//			}
-//		}
-//		if err := outbox.Enqueue(out...); err != nil { ... }
-//	}
-//
-// and `go dispatcher.Run(ctx)`. The push side is deliberately not part of
+// Wiring (cmd/mdsync serve): a delivery-bus handler passes each delivered
+// entry to Candidates and, when the gateway has no device of that user
+// connected, enqueues it in the Outbox; `go dispatcher.Run(ctx)` sends it.
+// The push side is deliberately not part of
 // the projections: whether a device was connected is wall-clock state, not
 // a function of the log, so the outbox lives in its own Pebble directory and
 // never enters a projection digest or rebuild.
@@ -67,7 +58,7 @@ func (e Entry) Key() string { return e.App + "/" + e.User + "/" + e.EntryID }
 // (app, user)'s timeline, or ok=false when it must not push: anything but a
 // MESSAGE_SEND, the user's own messages (multi-device copies, notes to self,
 // messages to an own device) and chatroom messages. The caller decides
-// whether the user is offline (Presence). It is pure and never mutates e.
+// whether the user is offline (the gateway knows). It is pure and never mutates e.
 func Candidates(app, user string, e *pb.TimelineEntry) (Entry, bool) {
 	src := e.GetSource()
 	m := src.GetMessage()

@@ -2,7 +2,6 @@ package push
 
 import (
 	"reflect"
-	"sync"
 	"testing"
 
 	"github.com/mdsync/mdsync/engine"
@@ -130,47 +129,5 @@ func TestPreview(t *testing.T) {
 		if got := preview([]byte(c.in), c.n); got != c.want {
 			t.Errorf("preview(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
 		}
-	}
-}
-
-func TestPresenceSet(t *testing.T) {
-	s := NewPresenceSet()
-	if s.Connected("a", "u") {
-		t.Fatal("empty set: connected")
-	}
-	s.Connect("a", "u")
-	s.Connect("a", "u")
-	s.Disconnect("a", "u")
-	if !s.Connected("a", "u") {
-		t.Error("one of two devices left: must stay connected")
-	}
-	if s.Connected("b", "u") || s.Connected("a", "v") {
-		t.Error("presence leaks across apps or users")
-	}
-	s.Disconnect("a", "u")
-	if s.Connected("a", "u") {
-		t.Error("both devices left: still connected")
-	}
-	s.Disconnect("a", "u") // stray: must not go negative
-	s.Connect("a", "u")
-	if !s.Connected("a", "u") {
-		t.Error("a stray Disconnect hid a later Connect")
-	}
-
-	// Concurrent use (run with -race).
-	s = NewPresenceSet()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for range 100 {
-				s.Connect("a", "u")
-				_ = s.Connected("a", "u")
-				s.Disconnect("a", "u")
-			}
-		})
-	}
-	wg.Wait()
-	if s.Connected("a", "u") {
-		t.Error("balanced connects and disconnects left the user connected")
 	}
 }
