@@ -163,6 +163,13 @@ type kafkaSubscriber struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// fromFirst makes Subscribe read every partition from its first
+	// retained offset instead of its end. Only Watermill's universal
+	// Pub/Sub suite sets it: its tests publish before they subscribe (as
+	// watermill-kafka's tests set sarama's Offsets.Initial to OffsetOldest).
+	// A Bus never does.
+	fromFirst bool
 }
 
 var _ message.Subscriber = (*kafkaSubscriber)(nil)
@@ -187,8 +194,12 @@ func (s *kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *
 	if n == 0 {
 		return nil, fmt.Errorf("bus: topic %q has no partitions", topic)
 	}
-	ends, err := kafkaadmin.EndOffsets(ctx, s.client, topic, kafkaadmin.Range(n)...)
-	if err != nil {
+	ends := make([]int64, n)
+	if s.fromFirst {
+		for p := range ends {
+			ends[p] = kafka.FirstOffset
+		}
+	} else if ends, err = kafkaadmin.EndOffsets(ctx, s.client, topic, kafkaadmin.Range(n)...); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
@@ -263,22 +274,37 @@ func (s *kafkaSubscriber) read(ctx context.Context, r *kafka.Reader, out chan<- 
 		}
 		for {
 			// A fresh copy each time: an acked or nacked message stays so.
-			m := msg.Copy()
-			m.SetContext(ctx)
-			select {
-			case out <- m:
-			case <-ctx.Done():
+			acked, ok := handOver(ctx, msg.Copy(), out)
+			if !ok {
 				return
 			}
-			select {
-			case <-m.Acked():
-			case <-m.Nacked():
-				continue
-			case <-ctx.Done():
-				return
+			if acked {
+				break
 			}
-			break
+			// Nacked: send it again.
 		}
+	}
+}
+
+// handOver sends m on out and waits until it is acked (acked) or nacked.
+// m's context is cancelled then (Watermill's convention: the work on a
+// message ends with its ack or nack). ok is false when ctx ended first.
+func handOver(ctx context.Context, m *message.Message, out chan<- *message.Message) (acked, ok bool) {
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.SetContext(mctx)
+	select {
+	case out <- m:
+	case <-ctx.Done():
+		return false, false
+	}
+	select {
+	case <-m.Acked():
+		return true, true
+	case <-m.Nacked():
+		return false, true
+	case <-ctx.Done():
+		return false, false
 	}
 }
 
