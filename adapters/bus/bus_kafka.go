@@ -11,6 +11,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/mdsync/mdsync/adapters/internal/kafkaadmin"
 )
 
 // Kafka record layout of an effect: key app "\x00" user (so kafka.Hash
@@ -86,103 +88,24 @@ func (k *kafkaTransport) Close() error {
 	return errors.Join(err, err2)
 }
 
-// ensureTopic creates the topic if it is missing and waits until every
-// partition has a leader that answers. It mirrors kafkalog's (which is not
-// exported), with a bounded retention: effects are for live processes only.
+// ensureTopic creates the topic if it is missing, with a bounded retention
+// (effects are for live processes only), and waits until every partition
+// has a leader that answers. An existing topic is used with its own
+// partition count.
 func ensureTopic(ctx context.Context, c *kafka.Client, o *Options) error {
 	ctx, cancel := context.WithTimeout(ctx, o.RequestTimeout)
 	defer cancel()
-	for created := false; ; {
-		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{o.Topic}})
-		if err != nil {
-			return fmt.Errorf("bus: metadata of %q: %w", o.Topic, err)
-		}
-		var t *kafka.Topic
-		for i := range md.Topics {
-			if md.Topics[i].Name == o.Topic {
-				t = &md.Topics[i]
-			}
-		}
-		missing := t == nil || errors.Is(t.Error, kafka.UnknownTopicOrPartition)
-		switch {
-		case missing && !created:
-			res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-				Topic:             o.Topic,
-				NumPartitions:     o.Partitions,
-				ReplicationFactor: o.ReplicationFactor,
-				ConfigEntries: []kafka.ConfigEntry{
-					{ConfigName: "retention.ms", ConfigValue: strconv.FormatInt(o.Retention.Milliseconds(), 10)},
-				},
-			}}})
-			if err != nil {
-				return fmt.Errorf("bus: create topic %q: %w", o.Topic, err)
-			}
-			// Another process may have created it first.
-			if err := res.Errors[o.Topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-				return fmt.Errorf("bus: create topic %q: %w", o.Topic, err)
-			}
-			created = true
-			continue
-		case missing:
-			// Created, not yet in metadata.
-		case t.Error != nil:
-			return fmt.Errorf("bus: metadata of %q: %w", o.Topic, t.Error)
-		case allLed(t.Partitions):
-			if _, err := endOffsets(ctx, c, o.Topic, len(t.Partitions)); err == nil {
-				return nil
-			} else if !retriable(err) {
-				return err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("bus: waiting for topic %q: %w", o.Topic, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func allLed(ps []kafka.Partition) bool {
-	for _, p := range ps {
-		if p.Error != nil || p.Leader.Host == "" {
-			return false
-		}
-	}
-	return len(ps) > 0
-}
-
-// retriable: the broker refused before doing anything (not yet leader).
-func retriable(err error) bool {
-	return errors.Is(err, kafka.NotLeaderForPartition) ||
-		errors.Is(err, kafka.LeaderNotAvailable) ||
-		errors.Is(err, kafka.UnknownTopicOrPartition)
-}
-
-// endOffsets returns the next offset of each of the topic's n partitions.
-func endOffsets(ctx context.Context, c *kafka.Client, topic string, n int) ([]int64, error) {
-	reqs := make([]kafka.OffsetRequest, n)
-	for p := range reqs {
-		reqs[p] = kafka.LastOffsetOf(p)
-	}
-	res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	_, err := kafkaadmin.Ensure(ctx, c, kafkaadmin.Topic{
+		Name:              o.Topic,
+		Create:            true,
+		Partitions:        o.Partitions,
+		ReplicationFactor: o.ReplicationFactor,
+		Configs:           map[string]string{"retention.ms": strconv.FormatInt(o.Retention.Milliseconds(), 10)},
+	})
 	if err != nil {
-		return nil, fmt.Errorf("bus: list offsets of %q: %w", topic, err)
+		return fmt.Errorf("bus: %w", err)
 	}
-	ends := make([]int64, n)
-	seen := 0
-	for _, po := range res.Topics[topic] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("bus: list offsets of %q/%d: %w", topic, po.Partition, po.Error)
-		}
-		if po.Partition >= 0 && po.Partition < n {
-			ends[po.Partition] = po.LastOffset
-			seen++
-		}
-	}
-	if seen != n {
-		return nil, fmt.Errorf("bus: list offsets of %q: %d of %d partitions answered", topic, seen, n)
-	}
-	return ends, nil
+	return nil
 }
 
 // kafkaPublisher is a Watermill Publisher on a kafka-go Writer.
@@ -240,6 +163,13 @@ type kafkaSubscriber struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// fromFirst makes Subscribe read every partition from its first
+	// retained offset instead of its end. Only Watermill's universal
+	// Pub/Sub suite sets it: its tests publish before they subscribe (as
+	// watermill-kafka's tests set sarama's Offsets.Initial to OffsetOldest).
+	// A Bus never does.
+	fromFirst bool
 }
 
 var _ message.Subscriber = (*kafkaSubscriber)(nil)
@@ -264,9 +194,13 @@ func (s *kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *
 	if n == 0 {
 		return nil, fmt.Errorf("bus: topic %q has no partitions", topic)
 	}
-	ends, err := endOffsets(ctx, s.client, topic, n)
-	if err != nil {
-		return nil, err
+	ends := make([]int64, n)
+	if s.fromFirst {
+		for p := range ends {
+			ends[p] = kafka.FirstOffset
+		}
+	} else if ends, err = kafkaadmin.EndOffsets(ctx, s.client, topic, kafkaadmin.Range(n)...); err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.ctx, cancel)
@@ -340,22 +274,37 @@ func (s *kafkaSubscriber) read(ctx context.Context, r *kafka.Reader, out chan<- 
 		}
 		for {
 			// A fresh copy each time: an acked or nacked message stays so.
-			m := msg.Copy()
-			m.SetContext(ctx)
-			select {
-			case out <- m:
-			case <-ctx.Done():
+			acked, ok := handOver(ctx, msg.Copy(), out)
+			if !ok {
 				return
 			}
-			select {
-			case <-m.Acked():
-			case <-m.Nacked():
-				continue
-			case <-ctx.Done():
-				return
+			if acked {
+				break
 			}
-			break
+			// Nacked: send it again.
 		}
+	}
+}
+
+// handOver sends m on out and waits until it is acked (acked) or nacked.
+// m's context is cancelled then (Watermill's convention: the work on a
+// message ends with its ack or nack). ok is false when ctx ended first.
+func handOver(ctx context.Context, m *message.Message, out chan<- *message.Message) (acked, ok bool) {
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.SetContext(mctx)
+	select {
+	case out <- m:
+	case <-ctx.Done():
+		return false, false
+	}
+	select {
+	case <-m.Acked():
+		return true, true
+	case <-m.Nacked():
+		return false, true
+	case <-ctx.Done():
+		return false, false
 	}
 }
 

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/mdsync/mdsync/adapters/internal/kafkaadmin"
 	"github.com/mdsync/mdsync/engine"
 )
 
@@ -274,135 +276,40 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	return l, nil
 }
 
-// ensureTopic creates the topic if allowed and missing, then checks its
-// partition count and waits until every partition has a leader.
+// ensureTopic creates the topic if allowed and missing, waits until every
+// partition has a leader that answers, then checks its partition count.
 func (l *Log) ensureTopic(ctx context.Context) error {
 	o := &l.opts
 	ctx, cancel := context.WithTimeout(ctx, o.RequestTimeout)
 	defer cancel()
-	for created := false; ; {
-		md, err := l.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{o.Topic}})
-		if err != nil {
-			return fmt.Errorf("kafkalog: metadata of %q: %w", o.Topic, err)
-		}
-		var t *kafka.Topic
-		for i := range md.Topics {
-			if md.Topics[i].Name == o.Topic {
-				t = &md.Topics[i]
-			}
-		}
-		missing := t == nil || errors.Is(t.Error, kafka.UnknownTopicOrPartition)
-		switch {
-		case missing && o.CreateTopic && !created:
-			if err := l.createTopic(ctx); err != nil {
-				return err
-			}
-			created = true
-			continue
-		case missing && !created:
-			return fmt.Errorf("%w: topic %q does not exist (Options.CreateTopic is off)", ErrTopic, o.Topic)
-		case missing:
-			// Created but not yet in metadata; the transport refreshes it.
-		case t.Error != nil:
-			return fmt.Errorf("kafkalog: metadata of %q: %w", o.Topic, t.Error)
-		case len(t.Partitions) != int(o.Partitions):
-			return fmt.Errorf("%w: topic %q has %d partitions, Options.Partitions is %d",
-				ErrTopic, o.Topic, len(t.Partitions), o.Partitions)
-		case allLed(t.Partitions):
-			return l.probe(ctx)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("kafkalog: waiting for topic %q: %w", o.Topic, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func allLed(ps []kafka.Partition) bool {
-	for _, p := range ps {
-		if p.Error != nil || p.Leader.Host == "" {
-			return false
-		}
-	}
-	return true
-}
-
-// retriable reports Kafka errors that mean the request was refused before
-// anything was written (the broker is not, or not yet, the partition's
-// leader; too few in-sync replicas to accept acks=all), so sending it again
-// cannot duplicate records. A new topic's leader also answers these for a
-// moment after the controller has elected it. Timeouts are not here: a timed
-// out produce may have been written.
-func retriable(err error) bool {
-	return errors.Is(err, kafka.NotLeaderForPartition) ||
-		errors.Is(err, kafka.LeaderNotAvailable) ||
-		errors.Is(err, kafka.UnknownTopicOrPartition) ||
-		errors.Is(err, kafka.NotEnoughReplicas)
-}
-
-// retry calls fn until it succeeds, fails with an error that is not
-// retriable, or RequestTimeout (or ctx) ends; then it returns fn's last
-// error. The backoff gives the transport time to refresh its metadata.
-func (l *Log) retry(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(l.opts.RequestTimeout)
-	backoff := 20 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil || !retriable(err) || time.Now().Add(backoff).After(deadline) {
-			return err
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 500*time.Millisecond)
-	}
-}
-
-// probe lists every partition's end until each leader answers, so Open
-// returns a log that can serve at once.
-func (l *Log) probe(ctx context.Context) error {
-	for p := int32(0); p < l.opts.Partitions; p++ {
-		if _, err := l.End(ctx, p); err != nil {
-			return fmt.Errorf("kafkalog: topic %q not ready: %w", l.opts.Topic, err)
-		}
-	}
-	return nil
-}
-
-func (l *Log) createTopic(ctx context.Context) error {
-	o := &l.opts
 	cfg := map[string]string{
 		"retention.ms":        "-1",
 		"retention.bytes":     "-1",
 		"min.insync.replicas": strconv.Itoa(min(2, o.ReplicationFactor)),
 	}
-	for k, v := range o.TopicConfig {
-		cfg[k] = v
-	}
-	var entries []kafka.ConfigEntry
-	for k, v := range cfg {
-		entries = append(entries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
-	}
-	res, err := l.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-		Topic:             o.Topic,
-		NumPartitions:     int(o.Partitions),
+	maps.Copy(cfg, o.TopicConfig)
+	n, err := kafkaadmin.Ensure(ctx, l.client, kafkaadmin.Topic{
+		Name:              o.Topic,
+		Create:            o.CreateTopic,
+		Partitions:        int(o.Partitions),
 		ReplicationFactor: o.ReplicationFactor,
-		ConfigEntries:     entries,
-	}}})
-	if err != nil {
-		return fmt.Errorf("kafkalog: create topic %q: %w", o.Topic, err)
-	}
-	// Another process may have created it first: the partition check that
-	// follows decides whether it fits.
-	if err := res.Errors[o.Topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("kafkalog: create topic %q: %w", o.Topic, err)
+		Configs:           cfg,
+	})
+	switch {
+	case errors.Is(err, kafkaadmin.ErrMissing):
+		return fmt.Errorf("%w: topic %q does not exist (Options.CreateTopic is off)", ErrTopic, o.Topic)
+	case err != nil:
+		return fmt.Errorf("kafkalog: %w", err)
+	case n != int(o.Partitions):
+		return fmt.Errorf("%w: topic %q has %d partitions, Options.Partitions is %d",
+			ErrTopic, o.Topic, n, o.Partitions)
 	}
 	return nil
+}
+
+// retry is kafkaadmin.Retry within RequestTimeout.
+func (l *Log) retry(ctx context.Context, fn func() error) error {
+	return kafkaadmin.Retry(ctx, l.opts.RequestTimeout, fn)
 }
 
 // Partitions returns the topic's partition count.
@@ -847,19 +754,12 @@ func (l *Log) End(ctx context.Context, p int32) (int64, error) {
 	defer cancel()
 	var end int64
 	err := l.retry(ctx, func() error {
-		res, err := l.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
-			l.opts.Topic: {kafka.LastOffsetOf(int(p))},
-		}})
+		ends, err := kafkaadmin.EndOffsets(ctx, l.client, l.opts.Topic, int(p))
 		if err != nil {
 			return err
 		}
-		for _, po := range res.Topics[l.opts.Topic] {
-			if po.Partition == int(p) {
-				end = po.LastOffset
-				return po.Error
-			}
-		}
-		return errors.New("no offsets in the response")
+		end = ends[0]
+		return nil
 	})
 	if err != nil {
 		return 0, l.endErr(ctx, p, err)
