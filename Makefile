@@ -3,7 +3,7 @@ GO        ?= go
 BIN       ?= bin
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: help build test test-race vet fmt proto bench run ci kafka-test clean
+.PHONY: help build test test-race vet fmt proto bench run ci kafka-test clean web web-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,12 @@ run: ## run the server on the embedded default
 
 kafka-test: ## fetch, start and stop a real Apache Kafka broker around the Kafka suites
 	bash .ci/kafka/ci.sh
+
+web: ## build the web SDK and the console's embedded assets (needs Node)
+	cd client/web && npm ci && npm run build
+
+web-test: ## the web SDK's Node tests and the browser tests (Chromium at /usr/bin/chromium)
+	cd client/web && npm ci && npm test && node scripts/test.mjs test/browser.test.mjs test/readme.test.mjs
 
 ci: ## what CI runs
 	bash .ci/run

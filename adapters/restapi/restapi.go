@@ -66,6 +66,13 @@ type Options struct {
 	// handler) served behind the admin credential, e.g. the aggregates
 	// projection's. They are documented in docs/openapi.yaml too.
 	AdminRoutes map[string]http.Handler
+	// AllowedOrigins are the browser origins (scheme://host[:port], or "*")
+	// that may call the user-facing routes cross-origin (CORS). Default
+	// none: same origin only. Admin routes are never served cross-origin.
+	AllowedOrigins []string
+	// Feed, optional, serves GET /v1/apps/{app}/feed (admin, server-sent
+	// events). Without it the route answers 503/1009.
+	Feed Feed
 }
 
 // Credentials is the port to the user credential store (adapters/auth.Store
@@ -106,6 +113,8 @@ type api struct {
 	submits   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	authFails *prometheus.CounterVec
+	// access of every served pattern ("METHOD /path"), for preflights.
+	access map[string]access
 }
 
 // access is who may call a route.
@@ -128,26 +137,32 @@ type route struct {
 	method, path string
 	access       access
 	handle       func(a *api, w http.ResponseWriter, r *http.Request, p principal)
+	// alias: an Easemob-shaped path (easemob.go), served beside /v1/.
+	alias bool
 }
 
 // routeTable is every route the API serves. The OpenAPI test checks each
 // one against docs/openapi.yaml.
 var routeTable = []route{
-	{"GET", "/healthz", public, (*api).healthz},
-	{"GET", "/readyz", public, (*api).readyz},
-	{"GET", "/metrics", adminOnly, (*api).serveMetrics},
-	{"POST", "/v1/operations", adminOnly, (*api).submitOperation},
-	{"POST", forward.Path, adminOnly, (*api).internalOperation},
-	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register},
-	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser},
-	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword},
-	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken},
-	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices},
-	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll},
-	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice},
-	{"GET", "/v1/apps/{app}/users/{user}/audit", adminOnly, (*api).audit},
-	{"GET", "/v1/apps/{app}/policy", adminOnly, (*api).getPolicy},
-	{"PUT", "/v1/apps/{app}/policy", adminOnly, (*api).putPolicy},
+	{"GET", "/healthz", public, (*api).healthz, false},
+	{"GET", "/readyz", public, (*api).readyz, false},
+	{"GET", "/metrics", adminOnly, (*api).serveMetrics, false},
+	{"POST", "/v1/operations", adminOnly, (*api).submitOperation, false},
+	{"POST", forward.Path, adminOnly, (*api).internalOperation, false},
+	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register, false},
+	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser, false},
+	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword, false},
+	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken, false},
+	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices, false},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll, false},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice, false},
+	{"GET", "/v1/apps/{app}/users/{user}/audit", adminOnly, (*api).audit, false},
+	{"GET", "/v1/apps/{app}/policy", adminOnly, (*api).getPolicy, false},
+	{"PUT", "/v1/apps/{app}/policy", adminOnly, (*api).putPolicy, false},
+	{"GET", "/v1/apps/{app}/feed", adminOnly, (*api).feed, false},
+	{"GET", "/{org}/{app}/users/{user}/resources", adminOrOwner, (*api).emResources, true},
+	{"GET", "/{org}/{app}/users/{user}/disconnect", adminOrOwner, (*api).emDisconnectAll, true},
+	{"DELETE", "/{org}/{app}/users/{user}/disconnect/{resource}", adminOrOwner, (*api).emDisconnect, true},
 }
 
 // New returns the API handler. It registers its metrics on opts.Registry.
@@ -185,18 +200,40 @@ func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, e
 			return nil, err
 		}
 	}
-	mux := http.NewServeMux()
+	// The Easemob-shaped aliases have a wildcard first segment, which
+	// would conflict with /v1/ routes in one mux: they get their own, and
+	// only paths outside /v1/ and the three root routes reach it.
+	mux, aliases := http.NewServeMux(), http.NewServeMux()
+	a.access = map[string]access{}
 	for _, rt := range routeTable {
-		mux.Handle(rt.method+" "+rt.path, a.guard(rt))
+		m := mux
+		if rt.alias {
+			m = aliases
+		}
+		m.Handle(rt.method+" "+rt.path, a.guard(rt))
+		a.access[rt.method+" "+rt.path] = rt.access
 	}
 	for pattern, h := range opts.AdminRoutes {
 		method, path, ok := strings.Cut(pattern, " ")
 		if !ok {
 			return nil, fmt.Errorf("restapi: admin route %q is not \"METHOD /path\"", pattern)
 		}
-		mux.Handle(pattern, a.guard(route{method, path, adminOnly, func(_ *api, w http.ResponseWriter, r *http.Request, _ principal) { h.ServeHTTP(w, r) }}))
+		mux.Handle(pattern, a.guard(route{method, path, adminOnly, func(_ *api, w http.ResponseWriter, r *http.Request, _ principal) { h.ServeHTTP(w, r) }, false}))
+		a.access[pattern] = adminOnly
 	}
-	return mux, nil
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m := mux
+		switch p := r.URL.Path; {
+		case strings.HasPrefix(p, "/v1/"), p == "/healthz", p == "/readyz", p == "/metrics":
+		default:
+			m = aliases
+		}
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			a.preflight(w, r, m)
+			return
+		}
+		m.ServeHTTP(w, r)
+	}), nil
 }
 
 // errorBody is the wire shape of every error: a code clients can switch on.

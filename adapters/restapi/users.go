@@ -21,6 +21,9 @@ const userTokenPrefix = "mdt1."
 func (a *api) guard(rt route) http.Handler {
 	wantAdmin := []byte("Bearer " + a.opts.AdminToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.crossOrigin(w, r, rt.access) {
+			return
+		}
 		if rt.access == public {
 			rt.handle(a, w, r, principal{})
 			return

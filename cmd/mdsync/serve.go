@@ -19,6 +19,8 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
+	"github.com/mdsync/mdsync/adapters/console"
+	"github.com/mdsync/mdsync/adapters/feed"
 	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/adapters/gateway"
 	"github.com/mdsync/mdsync/adapters/node"
@@ -49,6 +51,7 @@ type serveConfig struct {
 	group      string
 	busTopic   string
 	rf         int
+	origins    string
 	gw         gateway.Options
 }
 
@@ -74,8 +77,15 @@ func runServe(args []string) error {
 	fs.IntVar(&c.gw.SendQueue, "ws-send-queue", 0, "frames queued per device connection before it is closed as a slow consumer (1016); 0: the gateway default (env MDSYNC_WS_SEND_QUEUE)")
 	fs.DurationVar(&c.gw.HeartbeatTimeout, "ws-heartbeat-timeout", 0, "close a device connection silent this long (1017); 0: the gateway default (env MDSYNC_WS_HEARTBEAT_TIMEOUT)")
 	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
+	fs.StringVar(&c.origins, "allowed-origins", "", "comma-separated browser origins (scheme://host:port, or *) allowed besides the server's own: the WebSocket handshake and CORS on the user routes; admin routes never (env MDSYNC_ALLOWED_ORIGINS)")
 	if err := parseSettings(fs, args); err != nil {
 		return err
+	}
+	var origins []string
+	for _, o := range strings.Split(c.origins, ",") {
+		if o = strings.TrimRight(strings.TrimSpace(o), "/"); o != "" {
+			origins = append(origins, o)
+		}
 	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if c.logFormat == "json" {
@@ -123,9 +133,11 @@ func runServe(args []string) error {
 		return err
 	}
 	defer effects.Close()
+	live := feed.New() // the console's live feed of logins, evictions and kicks
 	onApplied := func(p int32, a projections.Applied) {
 		core.observe(a)
 		effects.Publish(bus.EffectsOf(a)...)
+		live.Publish(a)
 	}
 	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
 	if err != nil {
@@ -140,6 +152,7 @@ func runServe(args []string) error {
 		return err
 	}
 	gopts := c.gw
+	gopts.OriginPatterns = origins
 	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, sub, n.Store, n, reg, logger
 	gw, err := gateway.New(gopts)
 	if err != nil {
@@ -206,14 +219,17 @@ func runServe(args []string) error {
 
 	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
-		Ready:       func() error { return n.Err() },
-		AdminRoutes: map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
+		Ready:          func() error { return n.Err() },
+		AdminRoutes:    map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
+		AllowedOrigins: origins,
+		Feed:           live,
 	})
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/ws", gw)
+	mux.Handle(console.Prefix, console.Handler())
 	mux.Handle("/", api)
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
