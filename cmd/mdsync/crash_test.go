@@ -163,7 +163,8 @@ func TestCrashSIGKILL(t *testing.T) {
 	defer rb.Close()
 	rebuilt, _ := rb.Digest()
 	if live != rebuilt {
-		t.Fatalf("digest after %d kills %s != rebuild %s", kills, live, rebuilt)
+		diff, _ := n.Store.Diff(rb, 20)
+		t.Fatalf("digest after %d kills %s != rebuild %s; differences (live, rebuild):\n%s", kills, live, rebuilt, strings.Join(diff, "\n"))
 	}
 	t.Logf("%d kills, %d acknowledged operations verified, digest %s", kills, len(acks), live[:16])
 }
