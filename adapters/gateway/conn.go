@@ -27,7 +27,7 @@ const maxPendingEnds = 8
 const statusEnded websocket.StatusCode = 4000
 
 // outFrame is one queued server frame, or (close) the order to close once
-// every frame before it is written.
+// every frame before it is written, after writing b when set.
 type outFrame struct {
 	b      []byte
 	typ    string
@@ -392,19 +392,30 @@ func (c *conn) lastEnd() *pb.Ended {
 // sessionGone closes an attached connection whose login ID the store no
 // longer lists as active, when no effect did: with the kicked frame of the
 // end the audit trail records (as the effect would have), or error 1005
-// when the trail has no end of this session.
-func (c *conn) sessionGone() {
+// when the trail has no end of this session. afterQueued: the close comes
+// after the frames already queued (an op's result), else at once.
+func (c *conn) sessionGone(afterQueued bool) {
 	c.mu.Lock()
 	off := c.sessionOffset
 	c.mu.Unlock()
 	if e := c.lastEnd(); e != nil && e.Offset > off {
-		c.ended(e)
+		c.end(e, afterQueued)
 		return
 	}
 	c.mu.Lock()
 	c.over = true
 	c.mu.Unlock()
-	c.terminate(engine.CodeNotFound, statusEnded, errorJSON("", engine.CodeNotFound, "no active session with login ID "+c.loginID))
+	c.close(afterQueued, engine.CodeNotFound, statusEnded, errorJSON("", engine.CodeNotFound, "no active session with login ID "+c.loginID))
+}
+
+// close is terminate, or (afterQueued) the same once the frames queued
+// before it are written.
+func (c *conn) close(afterQueued bool, code engine.Code, status websocket.StatusCode, final []byte) {
+	if afterQueued {
+		c.push(outFrame{b: final, close: true, code: code, status: status})
+		return
+	}
+	c.terminate(code, status, final)
 }
 
 func (c *conn) register() bool {
@@ -456,7 +467,10 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 }
 
 // ended is told that the session of this connection's login ID ended.
-func (c *conn) ended(e *pb.Ended) {
+func (c *conn) ended(e *pb.Ended) { c.end(e, false) }
+
+// end is ended; afterQueued as in sessionGone.
+func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	c.mu.Lock()
 	if !c.attached {
 		if len(c.pendingEnds) < maxPendingEnds {
@@ -476,7 +490,7 @@ func (c *conn) ended(e *pb.Ended) {
 	c.mu.Unlock()
 	if e.Code == 0 {
 		if !logout { // the device's own LOGOUT closes after its result
-			c.terminate(0, websocket.StatusNormalClosure, nil)
+			c.close(afterQueued, 0, websocket.StatusNormalClosure, nil)
 		}
 		return
 	}
@@ -484,7 +498,7 @@ func (c *conn) ended(e *pb.Ended) {
 		Type: "kicked", Code: e.Code, Reason: e.Reason.String(),
 		ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
 	})
-	c.terminate(engine.Code(e.Code), statusEnded, b)
+	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }
 
 // notify wakes the follower unless it already sent seq.
@@ -674,7 +688,7 @@ func (c *conn) writer() {
 			return
 		case f := <-c.out:
 			if f.close {
-				c.terminate(f.code, f.status, nil)
+				c.terminate(f.code, f.status, f.b)
 				return
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)

@@ -476,7 +476,7 @@ func (g *Gateway) sweepSessions() {
 			for _, c := range conns[i] {
 				if !hasSession(ss, c.loginID) {
 					g.m.sessionChecks.Inc()
-					c.sessionGone()
+					c.sessionGone(false)
 				}
 			}
 		}

@@ -216,5 +216,5 @@ func (c *conn) checkSession() {
 	if err != nil || hasSession(ss, c.loginID) {
 		return
 	}
-	c.sessionGone()
+	c.sessionGone(true) // after the op's result
 }
