@@ -62,7 +62,7 @@ func userMsgOp(from, to string, seq int, now int64) *pb.Event {
 	id := fmt.Sprintf("m-%s-%07d", from, seq)
 	op := &pb.Event{
 		App: benchApp, ClientOpId: id, Kind: pb.Kind_KIND_MESSAGE_SEND,
-		Actor: &pb.Actor{User: from, LoginId: "dev-" + from},
+		Actor: &pb.Actor{User: from}, // the user's backend: no device session needed
 		Payload: &pb.Event_Message{Message: &pb.MessageSend{
 			ChatType: pb.ChatType_CHAT_TYPE_USER, To: to, ClientMsgId: id,
 			ContentType: "text/plain", Body: msgBody,
@@ -423,7 +423,7 @@ func BenchmarkGroupFanout(b *testing.B) {
 		first = append(first, groupMember(i))
 	}
 	submit(&pb.Event{App: benchApp, ClientOpId: "create", Kind: pb.Kind_KIND_GROUP_CREATE,
-		Actor:   &pb.Actor{User: owner, LoginId: "dev-" + owner},
+		Actor:   &pb.Actor{User: owner},
 		Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: group, Name: "bench group", Users: first}}})
 	perPart := make([]int, fanoutPartitions)
 	for i := 0; i < fanoutMembers; i++ {
@@ -433,7 +433,7 @@ func BenchmarkGroupFanout(b *testing.B) {
 			continue
 		}
 		submit(&pb.Event{App: benchApp, ClientOpId: "join", Kind: pb.Kind_KIND_GROUP_JOIN,
-			Actor:   &pb.Actor{User: u, LoginId: "dev-" + u},
+			Actor:   &pb.Actor{User: u},
 			Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: group}}})
 	}
 	srcPart := engine.PartitionFor([]byte(engine.StreamKeyFor(&pb.Event{App: benchApp, Kind: pb.Kind_KIND_MESSAGE_SEND,
@@ -444,7 +444,7 @@ func BenchmarkGroupFanout(b *testing.B) {
 	groupMsg := func(from string) *pb.Event {
 		id := fmt.Sprintf("g-%s-%07d", from, seq.Add(1))
 		return &pb.Event{App: benchApp, ClientOpId: id, Kind: pb.Kind_KIND_MESSAGE_SEND,
-			Actor: &pb.Actor{User: from, LoginId: "dev-" + from},
+			Actor: &pb.Actor{User: from}, // the user's backend: no device session needed
 			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_GROUP, To: group,
 				ClientMsgId: id, ContentType: "text/plain", Body: msgBody}}}
 	}

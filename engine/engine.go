@@ -23,6 +23,20 @@ type Projector interface {
 	Decision(app, streamKey, user, clientOpID string) (d *pb.Decision, ok bool, err error)
 	// Policy returns the newest policy of app applied on any partition.
 	Policy(app string) (*pb.Policy, error)
+	// ActorSession reports, from the committed state of the user's own
+	// partition, whether loginID may act: nil while its session is active,
+	// else the *Error CheckActor gives (the code that ended it, or 1005).
+	ActorSession(app, user, loginID string) error
+}
+
+type actorCheckedKey struct{}
+
+// ActorChecked marks ctx as carrying operations whose actor another process
+// of the deployment already checked against the actor's own partition (a
+// forwarded operation, see Begin): this process, which may not serve that
+// partition, does not check again.
+func ActorChecked(ctx context.Context) context.Context {
+	return context.WithValue(ctx, actorCheckedKey{}, true)
 }
 
 // Ownership is implemented by a Projector that applies only some
@@ -76,66 +90,197 @@ func New(log Log, proj Projector, opts Options) *Engine {
 // appends nothing. The decision is returned only after the event is durable
 // in the log and applied. A retry with the same app, user and client op id
 // appends nothing new and returns the first decision.
+//
+// Submit is Begin with one operation, then Wait.
 func (e *Engine) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
-	if err := Validate(op); err != nil {
-		return nil, err
-	}
-	if op.Kind == pb.Kind_KIND_POLICY_SET {
-		return e.setPolicy(ctx, op)
-	}
-	if m := op.GetMessage(); m != nil && op.ClientOpId != m.ClientMsgId {
-		// A message's identity is its client message id: a retry that
-		// carries the same client_msg_id under a new client_op_id must
-		// not create a second message.
-		op = proto.Clone(op).(*pb.Event)
-		op.ClientOpId = m.ClientMsgId
-	}
-	stream := StreamKeyFor(op)
-	// Checked before the append: a non-owner would wait for ever for a
-	// decision only the owner's projection makes.
-	if err := e.owns(PartitionFor([]byte(stream), e.log.Partitions())); err != nil {
-		return nil, err
-	}
-	key := stream + "\x00" + op.Actor.User + "\x00" + op.ClientOpId
-	return e.once(ctx, key, func() (*pb.Decision, error) {
-		if d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId); err != nil {
-			return nil, unavailable(err)
-		} else if ok {
-			return sameOp(d, op)
-		}
-		ev := e.envelope(op, stream)
-		pos, err := e.append(ctx, []*pb.Event{ev}, nil)
-		if err != nil {
-			return nil, err
-		}
-		return e.await(ctx, op, stream, pos[0])
-	})
+	return e.Begin(ctx, []*pb.Event{op})[0].Wait(ctx)
 }
 
-// once collapses concurrent submissions of the same operation into one.
-func (e *Engine) once(ctx context.Context, key string, fn func() (*pb.Decision, error)) (*pb.Decision, error) {
-	e.mu.Lock()
-	if c, ok := e.inflight[key]; ok {
-		e.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.d, c.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	c := &call{done: make(chan struct{})}
-	e.inflight[key] = c
-	e.mu.Unlock()
+// Pending is one operation handed to Begin: appended and durable, or refused
+// before the append. Its decision is known once the projection applied it.
+type Pending struct {
+	c *call
+}
 
-	c.d, c.err = fn()
+// Wait returns the operation's decision once the projection has applied it,
+// or the error that refused it; ctx bounds only this wait, not the decision.
+func (p *Pending) Wait(ctx context.Context) (*pb.Decision, error) {
+	select {
+	case <-p.c.done:
+		return p.c.d, p.c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Done is closed when the decision (or the refusal) is known.
+func (p *Pending) Done() <-chan struct{} { return p.c.done }
+
+// Resolved returns a Pending that is already decided: for adapters that
+// decide an operation elsewhere (a forwarder) but hand out Pendings.
+func Resolved(d *pb.Decision, err error) *Pending {
+	c := &call{done: make(chan struct{}), d: d, err: err}
+	close(c.done)
+	return &Pending{c: c}
+}
+
+// decideTimeout bounds how long a batch's decisions are awaited after its
+// append when no caller is waiting any more: the projector answers or fails
+// long before (WaitApplied returns an error once a partition is not served).
+const decideTimeout = 2 * time.Minute
+
+// Begin validates ops and appends every one that needs appending in ONE log
+// append, in slice order, and returns once they are durable: one Pending per
+// op, in the same order. Ops of a later Begin call, made after this one
+// returned, are ordered after these on every partition they share; this is
+// how a connection keeps its operations in the order it received them
+// (invariant 8) while pipelining: the decisions are awaited in the
+// background, and each Pending's Wait returns its own.
+//
+// An op refused before the append (invalid, not owned here, a duplicate
+// already decided) resolves at once; a policy change (POLICY_SET), which
+// appends one copy per partition in two steps, is decided inside Begin.
+// A retry of an op still in flight anywhere in this process shares its
+// decision instead of appending again.
+func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
+	out := make([]*Pending, len(ops))
+	var batch []queued
+	for i, op := range ops {
+		if err := Validate(op); err != nil {
+			out[i] = Resolved(nil, err)
+			continue
+		}
+		if op.Kind == pb.Kind_KIND_POLICY_SET {
+			// Ordered after everything before it in this batch: flush first.
+			e.flush(ctx, batch)
+			batch = nil
+			d, err := e.setPolicy(ctx, op)
+			out[i] = Resolved(d, err)
+			continue
+		}
+		if m := op.GetMessage(); m != nil && op.ClientOpId != m.ClientMsgId {
+			// A message's identity is its client message id: a retry that
+			// carries the same client_msg_id under a new client_op_id must
+			// not create a second message.
+			op = proto.Clone(op).(*pb.Event)
+			op.ClientOpId = m.ClientMsgId
+		}
+		stream := StreamKeyFor(op)
+		checked, err := e.checkActor(ctx, op, stream)
+		if err != nil {
+			out[i] = Resolved(nil, err)
+			continue
+		}
+		// Checked before the append: a non-owner would wait for ever for a
+		// decision only the owner's projection makes.
+		if err := e.owns(PartitionFor([]byte(stream), e.log.Partitions())); err != nil {
+			var ce *Error
+			if checked && errors.As(err, &ce) && ce.Code == CodeNotOwner {
+				err = &Error{Code: ce.Code, Message: ce.Message, actorChecked: true}
+			}
+			out[i] = Resolved(nil, err)
+			continue
+		}
+		key := stream + "\x00" + op.Actor.User + "\x00" + op.ClientOpId
+		e.mu.Lock()
+		if c, ok := e.inflight[key]; ok {
+			e.mu.Unlock()
+			out[i] = &Pending{c: c}
+			continue
+		}
+		c := &call{done: make(chan struct{})}
+		e.inflight[key] = c
+		e.mu.Unlock()
+		out[i] = &Pending{c: c}
+		if d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId); err != nil {
+			e.finish(key, c, nil, unavailable(err))
+			continue
+		} else if ok {
+			d, err := sameOp(d, op)
+			e.finish(key, c, d, err)
+			continue
+		}
+		batch = append(batch, queued{op: op, stream: stream, key: key, c: c})
+	}
+	e.flush(ctx, batch)
+	return out
+}
+
+// checkActor enforces invariant 9 for an operation decided on a stream
+// that does not hold its actor's sessions (a group's, a thread's, a
+// chatroom's): the actor's login ID must have an active session in the
+// committed state of the actor's own partition when the operation is
+// appended. Operations on the actor's own stream are checked by the
+// projection itself, in log order (projections.checkActor).
+//
+// Why this is enough (docs/design-notes.md, "An ended session can do
+// nothing"): a session's end is acknowledged to anyone only after it is
+// applied, so an operation that starts after the end was acknowledged
+// reads it here and is refused; one that overlaps the end may go either
+// way, which is a valid order of two concurrent operations. Nothing is
+// appended for a refusal, so a rebuild replays the same log.
+// It reports checked=true when it read the actor's session here.
+func (e *Engine) checkActor(ctx context.Context, op *pb.Event, stream string) (checked bool, err error) {
+	login := op.GetActor().GetLoginId()
+	if login == "" || op.Kind == pb.Kind_KIND_LOGIN || stream == UserStream(op.App, op.Actor.User) {
+		return false, nil
+	}
+	if done, _ := ctx.Value(actorCheckedKey{}).(bool); done {
+		return false, nil
+	}
+	if err := e.owns(PartitionFor([]byte(UserStream(op.App, op.Actor.User)), e.log.Partitions())); err != nil {
+		return false, err // the actor's own process checks it; this one cannot
+	}
+	if err := e.proj.ActorSession(op.App, op.Actor.User, login); err != nil {
+		return false, unavailable(err)
+	}
+	return true, nil
+}
+
+// queued is an op of a Begin batch that needs appending.
+type queued struct {
+	op          *pb.Event
+	stream, key string
+	c           *call
+}
+
+// flush appends batch in one log append and awaits its decisions in the
+// background; it returns once the append is durable (or failed).
+func (e *Engine) flush(ctx context.Context, batch []queued) {
+	if len(batch) == 0 {
+		return
+	}
+	evs := make([]*pb.Event, len(batch))
+	for i, q := range batch {
+		evs[i] = e.envelope(q.op, q.stream)
+	}
+	pos, err := e.append(ctx, evs, nil)
+	if err != nil {
+		for _, q := range batch {
+			e.finish(q.key, q.c, nil, err)
+		}
+		return
+	}
+	// The decisions outlive the caller's context: they are the log's, and
+	// other submitters of the same op may be waiting on them.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), decideTimeout)
+	go func() {
+		defer cancel()
+		for i, q := range batch {
+			d, err := e.await(wctx, q.op, q.stream, pos[i])
+			e.finish(q.key, q.c, d, err)
+		}
+	}()
+}
+
+// finish records an in-flight op's outcome and wakes its waiters.
+func (e *Engine) finish(key string, c *call, d *pb.Decision, err error) {
+	c.d, c.err = d, err
 	e.mu.Lock()
 	delete(e.inflight, key)
 	e.mu.Unlock()
 	close(c.done)
-	return c.d, c.err
 }
-
 func (e *Engine) envelope(op *pb.Event, stream string) *pb.Event {
 	ev := proto.Clone(op).(*pb.Event)
 	ev.SchemaVersion = SchemaVersion

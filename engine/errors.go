@@ -46,6 +46,18 @@ const (
 type Error struct {
 	Code    Code
 	Message string
+	// actorChecked: a 1018 for an operation whose actor this process checked
+	// against the actor's own partition before finding that another process
+	// decides its stream (see ActorWasChecked).
+	actorChecked bool
+}
+
+// ActorWasChecked reports whether err is a 1018 for an operation whose actor
+// this process already found active (Engine.Begin): a forwarder may tell the
+// owner so (ActorChecked), since the owner may not serve the actor's partition.
+func ActorWasChecked(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == CodeNotOwner && e.actorChecked
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("mdsync: %d: %s", e.Code, e.Message) }

@@ -104,6 +104,26 @@ func applyLogin(st, next *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Pos
 	return next, d
 }
 
+// CheckActor is the rule that an ended session can do nothing (invariant 9):
+// an operation acting as loginID is applied only while loginID has an active
+// session in st. Otherwise it returns the refusal: the code that ended the
+// session (206, 207, 216, 217; last is how it ended, nil when unknown), or
+// 1005 when it never existed or was logged out. An empty loginID is an
+// operation of the user's own backend (REST with the user's credentials or
+// the admin's), not of a device: it is not checked here.
+func CheckActor(st *pb.UserSessions, loginID string, last *pb.Ended) *Error {
+	if loginID == "" || indexOf(st.GetSessions(), loginID) >= 0 {
+		return nil
+	}
+	if last != nil && last.Code != 0 {
+		return Errorf(Code(last.Code), "the session of %s ended (%s at %d/%d)", loginID, last.Reason, last.Partition, last.Offset)
+	}
+	if last != nil {
+		return Errorf(CodeNotFound, "the session of %s ended (%s at %d/%d)", loginID, last.Reason, last.Partition, last.Offset)
+	}
+	return Errorf(CodeNotFound, "device %s is not logged in", loginID)
+}
+
 // ApplyPolicy returns the policy that a POLICY_SET copy installs, or the
 // current one unchanged when the copy is not newer (a duplicate append).
 func ApplyPolicy(cur *pb.Policy, ev *pb.Event, pos Position) (*pb.Policy, bool) {

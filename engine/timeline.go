@@ -212,6 +212,19 @@ func dropPrefix(set []string, prefix string) []string {
 	return out
 }
 
+// OpenTimeline gives a user's timeline its epoch when its first device logs
+// in, before any entry exists, so that the first snapshot a device gets is a
+// real position it can acknowledge and later continue from (as events, not
+// a second snapshot). m is the current meta (nil or without an epoch when
+// there is none); ev is the accepted LOGIN. It returns nil when the timeline
+// already has an epoch.
+func OpenTimeline(m *pb.TimelineMeta, ev *pb.Event) *pb.TimelineMeta {
+	if m.GetEpoch() != "" {
+		return nil
+	}
+	return &pb.TimelineMeta{Epoch: ev.EventId, FirstSeq: 1, LastSeq: 0, FirstTimeUnixMs: ev.TimeUnixMs}
+}
+
 // Visible reports whether a timeline entry is shown on device loginID: not
 // on the device that performed it, and a message to one own device only
 // there.

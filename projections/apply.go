@@ -150,6 +150,16 @@ func (s *Store) applyOne(t *txn, en engine.Entry) (*pb.Decision, bool, error) {
 	}
 
 	var d *pb.Decision
+	if refused, err := s.checkActor(t, ev); err != nil {
+		return nil, false, err
+	} else if refused != nil {
+		d = engine.NewDecision(ev, pos, pol)
+		d.Code, d.Message = int32(refused.Code), refused.Message
+		if err := t.put(dk, d); err != nil {
+			return nil, false, err
+		}
+		return d, false, nil
+	}
 	switch {
 	case ev.Kind == pb.Kind_KIND_POLICY_SET:
 		d, err = s.applyPolicy(t, pol, ev, pos)
@@ -172,6 +182,39 @@ func (s *Store) applyOne(t *txn, en engine.Entry) (*pb.Decision, bool, error) {
 		return nil, false, err
 	}
 	return d, false, nil
+}
+
+// checkActor applies engine.CheckActor to an operation decided on its
+// actor's own stream, where the actor's sessions live: an ended or unknown
+// login ID is refused, in log order, identically on every rebuild. A login
+// starts a session and a policy change or a derived copy has no device
+// actor. Operations decided on another stream (a group's, a chatroom's) are
+// checked by the engine against this stream before they are appended
+// (docs/design-notes.md, "An ended session can do nothing").
+func (s *Store) checkActor(t *txn, ev *pb.Event) (*engine.Error, error) {
+	switch ev.Kind {
+	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_DELIVER:
+		return nil, nil
+	}
+	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
+		return nil, nil
+	}
+	st := &pb.UserSessions{}
+	if _, err := t.get(sessionsKey(ev.App, ev.Actor.User), st); err != nil {
+		return nil, err
+	}
+	if engine.CheckActor(st, ev.Actor.LoginId, nil) == nil {
+		return nil, nil
+	}
+	last := &pb.Ended{}
+	ok, err := t.get(endedKey(ev.App, ev.Actor.User, ev.Actor.LoginId), last)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		last = nil
+	}
+	return engine.CheckActor(st, ev.Actor.LoginId, last), nil
 }
 
 func isSessionKind(k pb.Kind) bool {
@@ -203,6 +246,18 @@ func (s *Store) applySession(t *txn, pol *pb.Policy, ev *pb.Event, pos engine.Po
 			return nil, err
 		}
 	}
+	if ev.Kind == pb.Kind_KIND_LOGIN && d.Code == 0 {
+		mk := metaKey(ev.App, ev.Actor.User)
+		meta := &pb.TimelineMeta{}
+		if _, err := t.get(mk, meta); err != nil {
+			return nil, err
+		}
+		if m := engine.OpenTimeline(meta, ev); m != nil {
+			if err := t.put(mk, m); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return d, s.audit(t, ev.App, ev.Actor.User, d.Ended)
 }
 
@@ -217,6 +272,9 @@ func (s *Store) putSessions(t *txn, sk []byte, st *pb.UserSessions) error {
 func (s *Store) audit(t *txn, app, user string, ended []*pb.Ended) error {
 	for i, e := range ended {
 		if err := t.put(auditKey(app, user, e.Partition, e.Offset, i), e); err != nil {
+			return err
+		}
+		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), e); err != nil {
 			return err
 		}
 	}

@@ -12,13 +12,17 @@ import (
 //	P 0 <app> 0 <p:4>                           the app's policy as partition p sees it
 //	d 0 <stream> 0 <user> 0 <op>                decision of an operation
 //	a 0 <app> 0 <user> 0 <p:4> <off:8> <i:2>    audit: a session ended
+//	e 0 <app> 0 <user> 0 <login>                how a login ID's session ended (the latest)
 const (
 	tagCheckpoint = 'c'
 	tagSessions   = 's'
 	tagPolicy     = 'P'
 	tagDecision   = 'd'
 	tagAudit      = 'a'
+	tagEnded      = 'e'
 )
+
+func endedKey(app, user, loginID string) []byte { return key(tagEnded, app, user, loginID) }
 
 func key(tag byte, parts ...string) []byte {
 	n := 2

@@ -23,6 +23,7 @@ var (
 type model struct {
 	users map[string][]mdev // app/user → devices in login order
 	pol   map[string]mpol   // app → policy
+	ended map[string]int32  // app/user/login → the code that ended its latest session
 }
 
 type mdev struct {
@@ -66,6 +67,19 @@ func (m *model) apply(app, user string, ev *pb.Event) expect {
 		return -1
 	}
 	var ex expect
+	// An ended session can do nothing: a device actor must be logged in.
+	if id := ev.Actor.GetLoginId(); ev.Kind != pb.Kind_KIND_LOGIN && id != "" && idx(id) < 0 {
+		ex.code = 1005
+		if c := m.ended[key+"/"+id]; c != 0 {
+			ex.code = c
+		}
+		return ex
+	}
+	defer func() {
+		for _, id := range ex.ended {
+			m.ended[key+"/"+id] = endCode(ev.Kind)
+		}
+	}()
 	switch ev.Kind {
 	case pb.Kind_KIND_LOGIN:
 		l := ev.GetLogin()
@@ -126,6 +140,21 @@ func (m *model) apply(app, user string, ev *pb.Event) expect {
 	return ex
 }
 
+// endCode is the code a session ended by an event of kind k carries.
+func endCode(k pb.Kind) int32 {
+	switch k {
+	case pb.Kind_KIND_LOGIN:
+		return 206
+	case pb.Kind_KIND_LOGOUT:
+		return 0
+	case pb.Kind_KIND_PASSWORD_CHANGE:
+		return 216
+	case pb.Kind_KIND_USER_REMOVE:
+		return 207
+	}
+	return 217
+}
+
 // enforce applies a new policy to every user of app; it returns the ended
 // login IDs per user.
 func (m *model) enforce(app string, users []string) map[string][]string {
@@ -148,6 +177,7 @@ func (m *model) enforce(app string, users []string) map[string][]string {
 				next = append(next, d)
 			} else {
 				out[u] = append(out[u], d.id)
+				m.ended[key+"/"+d.id] = 217
 			}
 		}
 		m.users[key] = next
@@ -190,7 +220,7 @@ func TestPropertyRandomHistories(t *testing.T) {
 	apps := []string{"app1", "app2"}
 	usersPerApp := 400
 
-	m := &model{users: map[string][]mdev{}, pol: map[string]mpol{}}
+	m := &model{users: map[string][]mdev{}, pol: map[string]mpol{}, ended: map[string]int32{}}
 	for _, a := range apps {
 		m.pol[a] = mpol{def: 4}
 	}

@@ -65,6 +65,30 @@ func (s *Store) Audit(app, user string) ([]*pb.Ended, error) {
 	return out, it.Error()
 }
 
+// ActorSession implements engine.Projector: nil while loginID has an
+// active session, else engine.CheckActor's refusal.
+func (s *Store) ActorSession(app, user, loginID string) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	st := &pb.UserSessions{}
+	if _, err := s.getProto(sessionsKey(app, user), st); err != nil {
+		return err
+	}
+	if engine.CheckActor(st, loginID, nil) == nil {
+		return nil
+	}
+	last := &pb.Ended{}
+	ok, err := s.getProto(endedKey(app, user, loginID), last)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		last = nil
+	}
+	return engine.CheckActor(st, loginID, last)
+}
+
 // Decision implements engine.Projector.
 func (s *Store) Decision(app, stream, user, op string) (*pb.Decision, bool, error) {
 	if s.isClosed() {

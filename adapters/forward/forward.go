@@ -106,6 +106,12 @@ type markKey struct{}
 // moved meanwhile answers 1018 instead of starting a loop.
 func Mark(ctx context.Context) context.Context { return context.WithValue(ctx, markKey{}, true) }
 
+// ActorCheckedHeader ("1") tells the owner that the forwarding process found
+// the operation's actor active on the actor's own partition, which the owner
+// may not serve (engine.ActorWasChecked); the receiving route then submits
+// with engine.ActorChecked. Only the deployment's processes reach that route.
+const ActorCheckedHeader = "X-Mdsync-Actor-Checked"
+
 func marked(ctx context.Context) bool { v, _ := ctx.Value(markKey{}).(bool); return v }
 
 // Submit submits op locally; when the local engine answers 1018 and the
@@ -122,13 +128,13 @@ func (s *Submitter) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, err
 	if local || addr == "" {
 		return d, err
 	}
-	return s.forward(ctx, addr, op)
+	return s.forward(ctx, addr, op, engine.ActorWasChecked(err))
 }
 
 var marshal = protojson.MarshalOptions{UseProtoNames: true}
 
 // forward posts op to addr's internal route and decodes its answer.
-func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event) (*pb.Decision, error) {
+func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event, actorChecked bool) (*pb.Decision, error) {
 	body, err := marshal.Marshal(op)
 	if err != nil {
 		return nil, engine.Errorf(engine.CodeInternal, "forward: encode: %v", err)
@@ -142,6 +148,9 @@ func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event) (*pb
 	req.Header.Set("Authorization", "Bearer "+s.opts.Token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(Header, "1")
+	if actorChecked {
+		req.Header.Set(ActorCheckedHeader, "1")
+	}
 	resp, err := s.opts.Client.Do(req)
 	if err != nil {
 		// The owner may have decided it: a retry with the same client op

@@ -345,7 +345,11 @@ func (a *api) internalOperation(w http.ResponseWriter, r *http.Request, _ princi
 		writeCoded(w, err)
 		return
 	}
-	d, err := a.submit(forward.Mark(r.Context()), op)
+	ctx := forward.Mark(r.Context())
+	if r.Header.Get(forward.ActorCheckedHeader) == "1" {
+		ctx = engine.ActorChecked(ctx)
+	}
+	d, err := a.submit(ctx, op)
 	if err != nil {
 		writeCoded(w, err)
 		return

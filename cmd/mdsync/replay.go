@@ -167,7 +167,9 @@ func replay(ctx context.Context, cfg replayConfig, in io.Reader, out io.Writer) 
 		}
 		results = append(results, res)
 		if res.err != nil {
-			invalid++
+			if !refusedByRule(res.err) {
+				invalid++
+			}
 			if err := emit(errorRow(l, res.err)); err != nil {
 				return err
 			}
@@ -268,6 +270,19 @@ func fatal(ctx context.Context, err error) bool {
 	}
 	c := engine.CodeOf(err)
 	return ctx.Err() != nil || c == engine.CodeUnavailable || c == engine.CodeInternal
+}
+
+// refusedByRule reports a refusal the engine decided before the append
+// because the actor's session had ended or never existed (an operation
+// decided on a group's or a chatroom's stream, engine.CheckActor): the line
+// was valid, the history simply says no, as a decision would.
+func refusedByRule(err error) bool {
+	switch engine.CodeOf(err) {
+	case engine.CodeLoginOtherDevice, engine.CodeUserRemoved, engine.CodePasswordChanged,
+		engine.CodeKickedByOtherDevice, engine.CodeNotFound:
+		return true
+	}
+	return false
 }
 
 // opResult is what one input line produced in a run.

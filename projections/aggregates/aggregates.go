@@ -411,6 +411,13 @@ func (a *Aggregates) applyOne(t *txn, en engine.Entry) (applied, dup bool, err e
 	if err != nil {
 		return false, false, err
 	}
+	if ki.Category == engine.CatSession {
+		// A session operation of an ended device changes no session. (Message
+		// counts are of messages in the log, refused or not, as before.)
+		if refused, err := a.actorEnded(t, ev); err != nil || refused {
+			return err == nil, false, err
+		}
+	}
 	switch {
 	case ev.Kind == pb.Kind_KIND_POLICY_SET:
 		err = a.applyPolicy(t, pol, ev, pos)
@@ -423,6 +430,24 @@ func (a *Aggregates) applyOne(t *txn, en engine.Entry) (applied, dup bool, err e
 		t.add(counterKey(p, ev.App, mMessagesHour, ct, fmt.Sprintf("%020d", hour+offsetHour)), 1)
 	}
 	return err == nil, false, err
+}
+
+// actorEnded is the projector's actor rule (projections.checkActor) on this
+// projection's copy of the sessions: an operation on its actor's own stream
+// by a login ID without an active session was refused.
+func (a *Aggregates) actorEnded(t *txn, ev *pb.Event) (bool, error) {
+	switch ev.Kind {
+	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_DELIVER:
+		return false, nil
+	}
+	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
+		return false, nil
+	}
+	st := &pb.UserSessions{}
+	if _, err := t.getProto(join(tagSessions, ev.App, ev.Actor.User), st); err != nil {
+		return false, err
+	}
+	return engine.CheckActor(st, ev.Actor.LoginId, nil) != nil, nil
 }
 
 // offsetHour shifts hour starts so that their zero-padded decimal text
