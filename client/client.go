@@ -682,9 +682,14 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// maxBusyWait caps the wait before resending an op refused with 1019.
+const maxBusyWait = 5 * time.Second
+
 // Op performs any operation as this device (the gateway sets app and
 // actor). client_op_id is generated when empty; a retry with the same one
-// returns the first decision. A refusal is an *Error.
+// returns the first decision. A refusal is an *Error. An op the gateway
+// refuses as busy (1019, not decided) is sent again after the wait the
+// gateway asks for, until ctx is done.
 func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 	ev = proto.Clone(ev).(*pb.Event)
 	if ev.ClientOpId == "" {
@@ -699,7 +704,23 @@ func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 		c.logout = true
 		c.mu.Unlock()
 	}
-	f, err := c.roundTrip(ctx, func(id string) any { return opFrame{Type: "op", ID: id, Event: raw} })
+	var f *inFrame
+	for {
+		f, err = c.roundTrip(ctx, func(id string) any { return opFrame{Type: "op", ID: id, Event: raw} })
+		var e *Error
+		if !errors.As(err, &e) || e.Code != CodeBusy {
+			break
+		}
+		// Not decided: the gateway is busy. Send it again (same
+		// client_op_id) after the time it asked for, until ctx is done.
+		t := time.NewTimer(min(max(e.RetryAfter, time.Millisecond), maxBusyWait))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return Result{ClientOpID: ev.ClientOpId}, err
+		}
+	}
 	if err != nil {
 		return Result{ClientOpID: ev.ClientOpId}, err
 	}

@@ -16,6 +16,8 @@ type Error struct {
 	Message string
 	// HTTPStatus is the REST response status; 0 for WebSocket errors.
 	HTTPStatus int
+	// RetryAfter is when to send the request again (code 1019).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -48,6 +50,7 @@ const (
 	CodeForbidden           = 1008
 	CodeUnauthenticated     = 1013
 	CodeRateLimited         = 1014
+	CodeBusy                = 1019 // the op was not decided: retry after Error.RetryAfter
 	codeInternal            = 1010
 )
 

@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -90,6 +91,8 @@ type inFrame struct {
 	MessageID string `json:"message_id"`
 	Partition int32  `json:"partition"`
 	Offset    int64  `json:"offset"`
+	// RetryAfterMs comes with code 1019 (busy).
+	RetryAfterMs int64 `json:"retry_after_ms"`
 
 	// self_ids_result, history_result
 	LoginIDs []string          `json:"login_ids"`
@@ -167,5 +170,5 @@ func (f *inFrame) err() error {
 	if f.Code == 0 {
 		return nil
 	}
-	return &Error{Code: f.Code, Message: f.Message}
+	return &Error{Code: f.Code, Message: f.Message, RetryAfter: time.Duration(f.RetryAfterMs) * time.Millisecond}
 }

@@ -43,9 +43,12 @@ const (
 
 // Local is the engine this process runs (*engine.Engine): Submit returns
 // the decision, or an *engine.Error; code 1018 when another process owns
-// the operation's stream.
+// the operation's stream. Begin is the batch form (engine.Engine.Begin):
+// it appends ops in slice order in one append and returns once they are
+// durable, one Pending per op.
 type Local interface {
 	Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
+	Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending
 }
 
 // Owner tells where an operation is decided (*node.Node implements it):
@@ -182,4 +185,34 @@ func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event, acto
 		return nil, engine.Errorf(engine.CodeUnavailable, "forward to the owner %s: cluster credential refused", addr)
 	}
 	return nil, engine.Errorf(engine.Code(e.Code), "%s", e.Message)
+}
+
+// Begin is engine.Engine.Begin across processes, keeping the ops' order:
+// it walks ops in order, hands each run of ops decided here (Owner says
+// local) to the local engine's Begin, and submits every other op on its own
+// with Submit (the local engine first, then, on 1018, the owner) before
+// going on, so an op is appended only after every op before it is durable.
+// A forwarded op's Pending is already resolved (engine.Resolved). Ops of
+// one run that the local engine still refuses with 1018 (ownership moved
+// between the two looks) are answered 1018: the caller retries them.
+func (s *Submitter) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending {
+	if marked(ctx) {
+		return s.local.Begin(ctx, ops)
+	}
+	out := make([]*engine.Pending, 0, len(ops))
+	run := 0 // first op of the current local run
+	for i, op := range ops {
+		if _, local := s.owner.OwnerOfOp(op); local {
+			continue
+		}
+		if run < i {
+			out = append(out, s.local.Begin(ctx, ops[run:i])...)
+		}
+		out = append(out, engine.Resolved(s.Submit(ctx, op)))
+		run = i + 1
+	}
+	if run < len(ops) {
+		out = append(out, s.local.Begin(ctx, ops[run:])...)
+	}
+	return out
 }

@@ -27,7 +27,7 @@ const maxPendingEnds = 8
 const statusEnded websocket.StatusCode = 4000
 
 // outFrame is one queued server frame, or (close) the order to close once
-// every frame before it is written.
+// every frame before it is written, after writing b when set.
 type outFrame struct {
 	b      []byte
 	typ    string
@@ -37,8 +37,9 @@ type outFrame struct {
 }
 
 // conn is one device connection. Its goroutines: the reader (serve), the
-// writer, the follower (reads the timeline once attached), one per
-// operation in flight, and the closer. Teardown starts with terminate.
+// writer, the follower (reads the timeline once attached), the op drainer
+// and one answerer per submitted batch (both only while ops are in flight;
+// see pipeline.go), and the closer. Teardown starts with terminate.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
@@ -50,12 +51,11 @@ type conn struct {
 
 	out  chan outFrame
 	wake chan struct{} // cap 1: "the timeline may have grown"
-	ops  chan struct{} // operation slots
 
 	ctx    context.Context // done when the connection is being torn down
 	cancel context.CancelFunc
 
-	wg         sync.WaitGroup // writer, follower, operations, closer
+	wg         sync.WaitGroup // writer, follower, drainer, answerers, closer
 	writerDone chan struct{}
 	closeOnce  sync.Once
 	closeCode  atomic.Int32
@@ -73,13 +73,18 @@ type conn struct {
 	logoutPending int
 	lastEpoch     string // the last position sent (lastSent)
 	lastSeq       uint64
+
+	// The op pipeline (pipeline.go).
+	queue    []*opReq // admitted, not yet handed to Begin, in receive order
+	draining bool     // the drainer goroutine runs
+	inflight int      // admitted and not yet answered
 }
 
 func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		g: g, ws: ws, remote: remote,
-		out: make(chan outFrame, g.o.SendQueue), wake: make(chan struct{}, 1), ops: make(chan struct{}, g.o.MaxOpsInFlight),
+		out: make(chan outFrame, g.o.SendQueue), wake: make(chan struct{}, 1),
 		ctx: ctx, cancel: cancel, writerDone: make(chan struct{}),
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
@@ -254,84 +259,9 @@ func (c *conn) handle(f *frame) bool {
 		}
 		return c.reply(historyFrame{Type: "history_result", ID: f.ID, Entries: raw}, "history_result")
 	case typeOp:
-		select {
-		case c.ops <- struct{}{}:
-		case <-c.ctx.Done():
-			return false
-		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			defer func() { <-c.ops }()
-			c.op(f)
-		}()
-		return true
+		return c.admitOp(f)
 	}
 	return true
-}
-
-// forbidden are the kinds a device may not submit over its connection.
-var forbidden = map[pb.Kind]string{
-	pb.Kind_KIND_LOGIN:           "log in with a login frame",
-	pb.Kind_KIND_POLICY_SET:      "policy changes are made through the admin API",
-	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
-	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
-	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
-}
-
-// op submits one operation as this device and answers its decision.
-func (c *conn) op(f *frame) {
-	ev := f.Event
-	res := resultFrame{Type: "result", ID: f.ID}
-	refuse := func(code engine.Code, msg string) {
-		res.Code, res.Message = int32(code), msg
-		c.reply(res, "result")
-	}
-	if why, no := forbidden[ev.Kind]; no {
-		refuse(engine.CodeForbidden, engine.KindName(ev.Kind)+" is not allowed on a device connection: "+why)
-		return
-	}
-	if a := ev.Actor; (ev.App != "" && ev.App != c.app) || a.GetAdmin() ||
-		(a.GetUser() != "" && a.GetUser() != c.user) || (a.GetLoginId() != "" && a.GetLoginId() != c.loginID) {
-		refuse(engine.CodeForbidden, "a device acts only as its own app, user and login ID")
-		return
-	}
-	// Envelope fields are the engine's to assign; the actor is the connection.
-	ev.SchemaVersion, ev.StreamKey, ev.EventId, ev.TimeUnixMs = 0, "", "", 0
-	ev.App = c.app
-	ev.Actor = &pb.Actor{User: c.user, LoginId: c.loginID}
-	logout := ev.Kind == pb.Kind_KIND_LOGOUT
-	if logout {
-		c.mu.Lock()
-		c.logoutPending++
-		c.mu.Unlock()
-	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
-	d, err := c.g.o.Engine.Submit(ctx, ev)
-	cancel()
-	switch {
-	case err != nil:
-		code := engine.CodeOf(err)
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			code = engine.CodeUnavailable
-		}
-		res.Code, res.Message = int32(code), err.Error()
-	default:
-		res.Code, res.Message = d.Code, d.Message
-		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
-	}
-	c.reply(res, "result")
-	if logout {
-		c.mu.Lock()
-		c.logoutPending--
-		if res.Code == 0 {
-			c.over = true
-		}
-		c.mu.Unlock()
-		if res.Code == 0 {
-			c.closeAfterQueued(engine.CodeOK, websocket.StatusNormalClosure)
-		}
-	}
 }
 
 // start handles the first frame; false when the connection is closing.
@@ -377,7 +307,7 @@ func (c *conn) start(f *frame) bool {
 		}},
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
-	d, err := c.g.o.Engine.Submit(ctx, ev)
+	d, err := c.g.o.Engine.Begin(ctx, []*pb.Event{ev})[0].Wait(ctx)
 	cancel()
 	if err != nil {
 		code := engine.CodeOf(err)
@@ -438,18 +368,54 @@ func (c *conn) resume(f *frame) bool {
 // endedCode is the answer to a resume of a session that is not active: the
 // code that ended it when the audit trail has it, else 1005.
 func (c *conn) endedCode() (engine.Code, string) {
-	ended, err := c.g.o.Store.Audit(c.app, c.user)
-	if err == nil {
-		for i := len(ended) - 1; i >= 0; i-- {
-			if e := ended[i]; e.GetSession().GetLoginId() == c.loginID {
-				if e.Code != 0 {
-					return engine.Code(e.Code), "the session ended: " + e.Reason.String()
-				}
-				break
-			}
-		}
+	if e := c.lastEnd(); e != nil && e.Code != 0 {
+		return engine.Code(e.Code), "the session ended: " + e.Reason.String()
 	}
 	return engine.CodeNotFound, "no active session with login ID " + c.loginID
+}
+
+// lastEnd returns the newest end of this login ID's sessions in the audit
+// trail, or nil.
+func (c *conn) lastEnd() *pb.Ended {
+	ended, err := c.g.o.Store.Audit(c.app, c.user)
+	if err != nil {
+		return nil
+	}
+	for i := len(ended) - 1; i >= 0; i-- {
+		if e := ended[i]; e.GetSession().GetLoginId() == c.loginID {
+			return e
+		}
+	}
+	return nil
+}
+
+// sessionGone closes an attached connection whose login ID the store no
+// longer lists as active, when no effect did: with the kicked frame of the
+// end the audit trail records (as the effect would have), or error 1005
+// when the trail has no end of this session. afterQueued: the close comes
+// after the frames already queued (an op's result), else at once.
+func (c *conn) sessionGone(afterQueued bool) {
+	c.mu.Lock()
+	off := c.sessionOffset
+	c.mu.Unlock()
+	if e := c.lastEnd(); e != nil && e.Offset > off {
+		c.end(e, afterQueued)
+		return
+	}
+	c.mu.Lock()
+	c.over = true
+	c.mu.Unlock()
+	c.close(afterQueued, engine.CodeNotFound, statusEnded, errorJSON("", engine.CodeNotFound, "no active session with login ID "+c.loginID))
+}
+
+// close is terminate, or (afterQueued) the same once the frames queued
+// before it are written.
+func (c *conn) close(afterQueued bool, code engine.Code, status websocket.StatusCode, final []byte) {
+	if afterQueued {
+		c.push(outFrame{b: final, close: true, code: code, status: status})
+		return
+	}
+	c.terminate(code, status, final)
 }
 
 func (c *conn) register() bool {
@@ -501,7 +467,10 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 }
 
 // ended is told that the session of this connection's login ID ended.
-func (c *conn) ended(e *pb.Ended) {
+func (c *conn) ended(e *pb.Ended) { c.end(e, false) }
+
+// end is ended; afterQueued as in sessionGone.
+func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	c.mu.Lock()
 	if !c.attached {
 		if len(c.pendingEnds) < maxPendingEnds {
@@ -521,7 +490,7 @@ func (c *conn) ended(e *pb.Ended) {
 	c.mu.Unlock()
 	if e.Code == 0 {
 		if !logout { // the device's own LOGOUT closes after its result
-			c.terminate(0, websocket.StatusNormalClosure, nil)
+			c.close(afterQueued, 0, websocket.StatusNormalClosure, nil)
 		}
 		return
 	}
@@ -529,7 +498,7 @@ func (c *conn) ended(e *pb.Ended) {
 		Type: "kicked", Code: e.Code, Reason: e.Reason.String(),
 		ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
 	})
-	c.terminate(engine.Code(e.Code), statusEnded, b)
+	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }
 
 // notify wakes the follower unless it already sent seq.
@@ -719,7 +688,7 @@ func (c *conn) writer() {
 			return
 		case f := <-c.out:
 			if f.close {
-				c.terminate(f.code, f.status, nil)
+				c.terminate(f.code, f.status, f.b)
 				return
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)

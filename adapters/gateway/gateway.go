@@ -14,12 +14,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,11 +40,19 @@ type Authenticator interface {
 	Authenticate(app, user, password, token, remote string) error
 }
 
-// Submitter performs one operation and returns its decision once it is
-// durable and applied (the *engine.Engine contract): Code 0 when accepted,
-// or a refusal code; an invalid operation is an *engine.Error.
+// Submitter decides operations (*engine.Engine and *forward.Submitter
+// implement it). Begin validates ops and appends every one that needs
+// appending in one log append, in slice order, and returns once they are
+// durable: one *engine.Pending per op, in the same order. Ops of a later
+// Begin call, made after this one returned, are ordered after these on
+// every partition they share. Pending.Wait returns an op's decision once
+// applied (Code 0 when accepted, or a refusal code), or the error that
+// refused it (an *engine.Error for an invalid op). Safe for concurrent use.
+//
+// The gateway calls Begin from one goroutine per connection at a time, so
+// a connection's ops are decided in the order they were received.
 type Submitter interface {
-	Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
+	Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending
 }
 
 // Reader is what the gateway reads of the projections (*projections.Store
@@ -108,9 +119,26 @@ type Options struct {
 	SubmitTimeout time.Duration
 	// MaxConnections refuses upgrades beyond it (HTTP 503). Default 100,000.
 	MaxConnections int
-	// MaxOpsInFlight bounds one connection's pipelined operations; the
-	// connection's reads wait beyond it. Default 16.
+	// MaxOpsInFlight bounds one connection's operations admitted and not
+	// yet answered (queued, being appended, or waiting for their
+	// decision). An op beyond it is refused at once with 1019 (CodeBusy)
+	// and retry_after_ms; nothing admitted is dropped or reordered.
+	// Default 256.
 	MaxOpsInFlight int
+	// MaxGatewayOpsInFlight bounds the operations admitted and not yet
+	// answered over all of this gateway's connections (the node-wide
+	// bound); beyond it ops are refused with 1019 like above. Default
+	// 8,192.
+	MaxGatewayOpsInFlight int
+	// BusyRetryAfter is the retry_after_ms a 1019 refusal carries.
+	// Default 100ms.
+	BusyRetryAfter time.Duration
+	// SessionCheckInterval is the period of the check that closes every
+	// connection whose session the log has ended, in case the effect that
+	// should have closed it was lost: one ticker per gateway, jittered by
+	// ±25%, reads the store's device list of each connected user. Default
+	// 5s; negative disables the check (tests only).
+	SessionCheckInterval time.Duration
 	// OriginPatterns are the browser origins allowed besides the request's
 	// host (websocket.AcceptOptions.OriginPatterns). Default none.
 	OriginPatterns []string
@@ -144,7 +172,16 @@ func (o *Options) ensureDefaults() {
 		o.MaxConnections = 100_000
 	}
 	if o.MaxOpsInFlight == 0 {
-		o.MaxOpsInFlight = 16
+		o.MaxOpsInFlight = 256
+	}
+	if o.MaxGatewayOpsInFlight == 0 {
+		o.MaxGatewayOpsInFlight = 8192
+	}
+	if o.BusyRetryAfter == 0 {
+		o.BusyRetryAfter = 100 * time.Millisecond
+	}
+	if o.SessionCheckInterval == 0 {
+		o.SessionCheckInterval = 5 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -167,8 +204,10 @@ func (o *Options) validate() error {
 		return errors.New("gateway: Options.SendQueue must be in [1, 1Mi]")
 	case o.HeartbeatTimeout < 0 || o.LoginTimeout < 0 || o.WriteTimeout < 0 || o.SubmitTimeout < 0:
 		return errors.New("gateway: timeouts must be positive")
-	case o.MaxConnections < 1 || o.MaxOpsInFlight < 1:
-		return errors.New("gateway: MaxConnections and MaxOpsInFlight must be >= 1")
+	case o.MaxConnections < 1 || o.MaxOpsInFlight < 1 || o.MaxGatewayOpsInFlight < 1:
+		return errors.New("gateway: MaxConnections, MaxOpsInFlight and MaxGatewayOpsInFlight must be >= 1")
+	case o.BusyRetryAfter < time.Millisecond:
+		return errors.New("gateway: Options.BusyRetryAfter must be >= 1ms")
 	}
 	return nil
 }
@@ -195,7 +234,11 @@ type Gateway struct {
 	n        int                            // open connections, counted before the upgrade
 	closing  bool
 
-	wg sync.WaitGroup // one per ServeHTTP call
+	inflight atomic.Int64 // ops admitted and not yet answered, all connections
+
+	wg        sync.WaitGroup // one per ServeHTTP call
+	stop      chan struct{}  // closed by Shutdown: stops the session check
+	checkDone chan struct{}  // closed when the session check returned
 }
 
 // New returns a Gateway; it registers its metrics on o.Registerer.
@@ -208,7 +251,14 @@ func New(o Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Gateway{o: o, m: m, users: map[userKey]map[*conn]struct{}{}, presence: map[deviceKey]presence{}, all: map[*conn]struct{}{}}, nil
+	g := &Gateway{o: o, m: m, users: map[userKey]map[*conn]struct{}{}, presence: map[deviceKey]presence{}, all: map[*conn]struct{}{},
+		stop: make(chan struct{}), checkDone: make(chan struct{})}
+	if o.SessionCheckInterval > 0 {
+		go g.checkSessions()
+	} else {
+		close(g.checkDone)
+	}
+	return g, nil
 }
 
 // ServeHTTP upgrades a request to a device connection and serves it until
@@ -324,10 +374,13 @@ func (g *Gateway) DeviceInfo(app, user, loginID string) (lastSeen time.Time, rem
 }
 
 // Shutdown closes every connection with status 1001 (going away), refuses
-// new ones, and waits until every connection's goroutines have returned or
-// ctx is done.
+// new ones, stops the session check, and waits until every connection's
+// goroutines have returned or ctx is done.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
+	if !g.closing {
+		close(g.stop)
+	}
 	g.closing = true
 	all := make([]*conn, 0, len(g.all))
 	for c := range g.all {
@@ -340,6 +393,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		g.wg.Wait()
+		<-g.checkDone
 		close(done)
 	}()
 	select {
@@ -349,6 +403,107 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// sessionCheckBatch is how many users the session check reads between
+// two looks at the connected set (the gateway's lock is not held while the
+// store is read).
+const sessionCheckBatch = 256
+
+// checkSessions is the one goroutine that closes connections whose session
+// the log has ended when no effect told them (a kick is never lost): every
+// SessionCheckInterval, jittered, it walks the connected users.
+func (g *Gateway) checkSessions() {
+	defer close(g.checkDone)
+	t := time.NewTimer(jitter(g.o.SessionCheckInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		g.sweepSessions()
+		t.Reset(jitter(g.o.SessionCheckInterval))
+	}
+}
+
+// jitter returns d ±25%, so gateways started together do not read the
+// store in step.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
+}
+
+// sweepSessions checks every connected user once, sessionCheckBatch users
+// at a time.
+func (g *Gateway) sweepSessions() {
+	g.mu.RLock()
+	keys := make([]userKey, 0, len(g.users))
+	for k := range g.users {
+		keys = append(keys, k)
+	}
+	g.mu.RUnlock()
+	for len(keys) > 0 {
+		n := min(len(keys), sessionCheckBatch)
+		batch := keys[:n]
+		keys = keys[n:]
+		// The attached connections are listed before the store is read:
+		// each one's login was applied before it attached, so a login ID
+		// missing from the read has ended.
+		conns := make([][]*conn, n)
+		g.mu.RLock()
+		for i, k := range batch {
+			for c := range g.users[k] {
+				if c.isAttached() {
+					conns[i] = append(conns[i], c)
+				}
+			}
+		}
+		g.mu.RUnlock()
+		for i, k := range batch {
+			select {
+			case <-g.stop:
+				return
+			default:
+			}
+			if len(conns[i]) == 0 {
+				continue
+			}
+			ss, err := g.o.Store.Devices(k.app, k.user)
+			if err != nil {
+				g.o.Logger.Debug("gateway: session check", "app", k.app, "user", k.user, "err", err)
+				continue
+			}
+			for _, c := range conns[i] {
+				if !hasSession(ss, c.loginID) {
+					g.m.sessionChecks.Inc()
+					c.sessionGone(false)
+				}
+			}
+		}
+	}
+}
+
+func hasSession(ss []*pb.Session, loginID string) bool {
+	for _, s := range ss {
+		if s.LoginId == loginID {
+			return true
+		}
+	}
+	return false
+}
+
+// admit takes one of the gateway's operation slots; false when all are
+// taken.
+func (g *Gateway) admit() bool {
+	if g.inflight.Add(1) > int64(g.o.MaxGatewayOpsInFlight) {
+		g.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// release returns n slots taken by admit.
+func (g *Gateway) release(n int) { g.inflight.Add(-int64(n)) }
 
 // register adds c under its user; false when the gateway is closing.
 func (g *Gateway) register(c *conn) bool {
@@ -408,6 +563,11 @@ type metrics struct {
 	catchup     prometheus.Histogram
 	catchupTime prometheus.Histogram
 	disconnects *prometheus.CounterVec
+	busy        *prometheus.CounterVec
+	opBatch     prometheus.Histogram
+	// sessionChecks counts connections closed by the session check: each
+	// one is an end whose effect did not reach this gateway in time.
+	sessionChecks prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -439,7 +599,20 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			Help: "Connections closed, by the code that closed them (0 = closed by the device or normally).",
 		}, []string{"code"}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects} {
+	m.busy = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mdsync_gateway_ops_busy_total",
+		Help: "Operations refused with 1019 (busy), by the bound that was full (connection, gateway).",
+	}, []string{"bound"})
+	m.opBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "mdsync_gateway_op_batch_size",
+		Help:    "Operations of one connection submitted in one Begin.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
+	m.sessionChecks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mdsync_gateway_session_check_closes_total",
+		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them).",
+	})
+	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.sessionChecks} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -127,6 +127,9 @@ type sframe struct {
 	MessageID     string            `json:"message_id"`
 	Conversations []json.RawMessage `json:"conversations"`
 	Addr          string            `json:"addr"`
+	Partition     int32             `json:"partition"`
+	Offset        int64             `json:"offset"`
+	RetryAfterMs  int64             `json:"retry_after_ms"`
 
 	at time.Time // when the client read it
 }

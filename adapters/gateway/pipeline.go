@@ -1,0 +1,220 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+
+	"github.com/coder/websocket"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+)
+
+// A connection's operations (docs/protocol.md, "Order and admission"):
+//
+//   - The reader admits an op frame, or refuses it at once: 1008 for what
+//     a device may never do, 1019 (CodeBusy) when the connection or the
+//     gateway is at its bound of ops in flight. An admitted op joins the
+//     connection's queue in receive order.
+//   - One drainer goroutine per connection, started when the queue gets
+//     its first op and gone when it is empty, hands everything queued to
+//     Engine.Begin as one batch, and the next batch only after Begin
+//     returned (the batch is durable): ops are decided in receive order.
+//   - One answerer per batch waits for the batch's decisions and writes
+//     the results; results of different batches may interleave (answers
+//     may come back out of order, decisions may not).
+//
+// An idle connection has neither goroutine.
+
+// opReq is one admitted op.
+type opReq struct {
+	id     string
+	ev     *pb.Event
+	logout bool
+}
+
+// maxOpBatch bounds the ops of one Begin.
+const maxOpBatch = 256
+
+// forbidden are the kinds a device may not submit over its connection.
+var forbidden = map[pb.Kind]string{
+	pb.Kind_KIND_LOGIN:           "log in with a login frame",
+	pb.Kind_KIND_POLICY_SET:      "policy changes are made through the admin API",
+	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
+	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
+	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
+}
+
+// admitOp queues an op frame or answers it at once; false ends reading.
+func (c *conn) admitOp(f *frame) bool {
+	ev := f.Event
+	res := resultFrame{Type: "result", ID: f.ID}
+	if why, no := forbidden[ev.Kind]; no {
+		res.Code, res.Message = int32(engine.CodeForbidden), engine.KindName(ev.Kind)+" is not allowed on a device connection: "+why
+		return c.reply(res, "result")
+	}
+	if a := ev.Actor; (ev.App != "" && ev.App != c.app) || a.GetAdmin() ||
+		(a.GetUser() != "" && a.GetUser() != c.user) || (a.GetLoginId() != "" && a.GetLoginId() != c.loginID) {
+		res.Code, res.Message = int32(engine.CodeForbidden), "a device acts only as its own app, user and login ID"
+		return c.reply(res, "result")
+	}
+	// Envelope fields are the engine's to assign; the actor is the connection.
+	ev.SchemaVersion, ev.StreamKey, ev.EventId, ev.TimeUnixMs = 0, "", "", 0
+	ev.App = c.app
+	ev.Actor = &pb.Actor{User: c.user, LoginId: c.loginID}
+
+	r := &opReq{id: f.ID, ev: ev, logout: ev.Kind == pb.Kind_KIND_LOGOUT}
+	c.mu.Lock()
+	if c.inflight >= c.g.o.MaxOpsInFlight {
+		c.mu.Unlock()
+		return c.busy(f.ID, "connection")
+	}
+	if !c.g.admit() {
+		c.mu.Unlock()
+		return c.busy(f.ID, "gateway")
+	}
+	c.inflight++
+	c.queue = append(c.queue, r)
+	if r.logout {
+		c.logoutPending++
+	}
+	start := !c.draining
+	c.draining = true
+	c.mu.Unlock()
+	if start {
+		c.wg.Add(1)
+		go c.drain()
+	}
+	return true
+}
+
+// busy refuses an op with CodeBusy; bound names the bound that was full.
+func (c *conn) busy(id, bound string) bool {
+	c.g.m.busy.WithLabelValues(bound).Inc()
+	return c.reply(busyResultFrame{
+		resultFrame: resultFrame{Type: "result", ID: id, Code: int32(CodeBusy),
+			Message: "too many operations in flight on this " + bound + "; retry after retry_after_ms"},
+		RetryAfterMs: c.g.o.BusyRetryAfter.Milliseconds(),
+	}, "result")
+}
+
+// drain submits the queue batch by batch until it is empty.
+func (c *conn) drain() {
+	defer c.wg.Done()
+	for {
+		c.mu.Lock()
+		n := min(len(c.queue), maxOpBatch)
+		batch := c.queue[:n:n]
+		c.queue = c.queue[n:]
+		if len(c.queue) == 0 {
+			c.queue = nil
+		}
+		closing := c.ctx.Err() != nil
+		if n == 0 || closing {
+			// Ops not handed to Begin when the connection closes are not
+			// decided (the device gets no result and retries them).
+			dropped := append(batch, c.queue...)
+			c.queue = nil
+			c.draining = false
+			c.mu.Unlock()
+			for _, r := range dropped {
+				c.done(r)
+			}
+			return
+		}
+		c.mu.Unlock()
+		evs := make([]*pb.Event, n)
+		for i, r := range batch {
+			evs[i] = r.ev
+		}
+		c.g.m.opBatch.Observe(float64(n))
+		ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
+		ps := c.g.o.Engine.Begin(ctx, evs)
+		c.wg.Add(1)
+		go c.answer(ctx, cancel, batch, ps)
+	}
+}
+
+// answer waits for a batch's decisions in order and answers each.
+func (c *conn) answer(ctx context.Context, cancel context.CancelFunc, batch []*opReq, ps []*engine.Pending) {
+	defer c.wg.Done()
+	defer cancel()
+	for i, r := range batch {
+		var (
+			d   *pb.Decision
+			err error
+		)
+		if i < len(ps) && ps[i] != nil {
+			d, err = ps[i].Wait(ctx)
+		} else {
+			err = engine.Errorf(engine.CodeInternal, "gateway: the engine returned %d pendings for %d ops", len(ps), len(batch))
+		}
+		c.result(r, d, err)
+	}
+}
+
+// result answers one decided op, then gives its slot back.
+func (c *conn) result(r *opReq, d *pb.Decision, err error) {
+	defer c.done(r)
+	res := resultFrame{Type: "result", ID: r.id}
+	switch {
+	case err != nil:
+		code := engine.CodeOf(err)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			code = engine.CodeUnavailable
+		}
+		res.Code, res.Message = int32(code), err.Error()
+	default:
+		res.Code, res.Message = d.Code, d.Message
+		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
+	}
+	c.reply(res, "result")
+	if r.logout {
+		c.mu.Lock()
+		c.logoutPending--
+		if res.Code == 0 {
+			c.over = true
+		}
+		c.mu.Unlock()
+		if res.Code == 0 {
+			c.closeAfterQueued(engine.CodeOK, websocket.StatusNormalClosure)
+		}
+		return
+	}
+	if sessionEndedCode(engine.Code(res.Code)) {
+		c.checkSession()
+	}
+}
+
+// done gives back the slots an admitted op held.
+func (c *conn) done(r *opReq) {
+	c.mu.Lock()
+	c.inflight--
+	c.mu.Unlock()
+	c.g.release(1)
+}
+
+// sessionEndedCode reports the codes an op is refused with when its
+// actor's session has ended (or, 1005, is unknown).
+func sessionEndedCode(code engine.Code) bool {
+	switch code {
+	case engine.CodeLoginOtherDevice, engine.CodeUserRemoved, engine.CodePasswordChanged,
+		engine.CodeKickedByOtherDevice, engine.CodeNotFound:
+		return true
+	}
+	return false
+}
+
+// checkSession closes the connection when its login ID is no longer an
+// active session. An op refused with a session-ended code is the hint; the
+// store is the truth (1005 is also the answer to kicking a device that is
+// not logged in, which must not close the kicker).
+func (c *conn) checkSession() {
+	if !c.isAttached() {
+		return
+	}
+	ss, err := c.g.o.Store.Devices(c.app, c.user)
+	if err != nil || hasSession(ss, c.loginID) {
+		return
+	}
+	c.sessionGone(true) // after the op's result
+}
