@@ -9,6 +9,8 @@ import (
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Limits of client frames' fields (docs/protocol.md).
@@ -226,9 +228,92 @@ func chatType(raw json.RawMessage) (pb.ChatType, error) {
 	return ct, nil
 }
 
-// Server frames. Protobuf parts use protojson with the .proto field names.
+// Server frames. Protobuf parts use protojson with the .proto field names,
+// except that 64-bit integers are JSON numbers, as they are in the frames
+// around them (`seq` of an event frame and of its entry have one type).
 
-var pjson = protojson.MarshalOptions{UseProtoNames: true}
+var pjson = partJSON{protojson.MarshalOptions{UseProtoNames: true}}
+
+// partJSON marshals a protobuf part of a server frame (docs/protocol.md,
+// "JSON types"): protojson, with every int64/uint64 field (which protojson
+// writes as a string) written as a number. Every 64-bit value mdsync sends
+// (sequences, offsets, versions, times in ms) is below 2^53, so a
+// JavaScript client reads it exactly.
+type partJSON struct{ o protojson.MarshalOptions }
+
+func (p partJSON) Marshal(m proto.Message) ([]byte, error) {
+	b, err := p.o.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, err
+	}
+	numbers(v, m.ProtoReflect().Descriptor())
+	return json.Marshal(v)
+}
+
+// numbers turns the 64-bit integer fields of v, the JSON of a message of
+// descriptor md, from strings into numbers, recursively.
+func numbers(v any, md protoreflect.MessageDescriptor) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return
+	}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		x, ok := obj[fd.TextName()]
+		if !ok {
+			continue
+		}
+		switch {
+		case fd.IsMap():
+			if m, ok := x.(map[string]any); ok {
+				for k, e := range m {
+					if is64(fd.MapValue()) {
+						m[k] = number(e)
+					} else if fd.MapValue().Message() != nil {
+						numbers(e, fd.MapValue().Message())
+					}
+				}
+			}
+		case fd.IsList():
+			if l, ok := x.([]any); ok {
+				for j, e := range l {
+					if is64(fd) {
+						l[j] = number(e)
+					} else if fd.Message() != nil {
+						numbers(e, fd.Message())
+					}
+				}
+			}
+		case is64(fd):
+			obj[fd.TextName()] = number(x)
+		case fd.Message() != nil:
+			numbers(x, fd.Message())
+		}
+	}
+}
+
+func is64(fd protoreflect.FieldDescriptor) bool {
+	switch fd.Kind() {
+	case protoreflect.Int64Kind, protoreflect.Uint64Kind, protoreflect.Sint64Kind,
+		protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
+		return true
+	}
+	return false
+}
+
+func number(x any) any {
+	if s, ok := x.(string); ok {
+		return json.Number(s)
+	}
+	return x
+}
 
 type errorFrame struct {
 	Type    string `json:"type"`
@@ -306,17 +391,11 @@ type pongFrame struct {
 	ID   string `json:"id,omitempty"`
 }
 
-// entryName is the event frame's name: the seeds' callback name for a
-// multi-device event, else the kind's JSON name.
+// entryName is the event frame's name: one name per kind, the same for a
+// multi-device and a single-device event (engine.KindInfo.Event; only
+// `from` and `multi_device` tell them apart, as in the seeds).
 func entryName(e *pb.TimelineEntry) string {
-	ki, ok := engine.LookupKind(e.GetSource().GetKind())
-	if !ok {
-		return engine.KindName(e.GetSource().GetKind())
-	}
-	if e.MultiDevice && ki.WebName != "" {
-		return ki.WebName
-	}
-	return ki.Name
+	return engine.EventName(e.GetSource().GetKind())
 }
 
 func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
