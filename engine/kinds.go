@@ -184,3 +184,17 @@ func EventName(k pb.Kind) string {
 	}
 	return k.String()
 }
+
+// payloadFields names the Event oneof field of each payload case.
+var payloadFields = map[payloadCase]string{
+	plEmpty: "empty", plLogin: "login", plKick: "kick_device", plPolicy: "policy_set", plMessage: "message",
+	plReceipt: "receipt", plConversation: "conversation", plContact: "contact", plGroup: "group",
+	plThread: "thread", plChatroom: "chatroom", plDeliver: "deliver",
+}
+
+// Payload is the name of the Event payload field k carries ("login",
+// "group"...; "empty" for kinds that carry none).
+func (k KindInfo) Payload() string { return payloadFields[k.payload] }
+
+// NeedsUsers reports whether k's payload must name at least one user.
+func (k KindInfo) NeedsUsers() bool { return k.needsUsers }
