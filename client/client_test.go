@@ -409,9 +409,9 @@ func TestRoutingToHandlers(t *testing.T) {
 	fc.send(event("e", 3, "pinnedConversation", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_CONVERSATION_PIN","conversation":{"chat_type":"CHAT_TYPE_USER","conversation_id":"bob"}}}`))
 	fc.send(event("e", 4, "deleteRoaming", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_REMOTE_MESSAGES_REMOVE","conversation":{"chat_type":"CHAT_TYPE_USER","conversation_id":"bob"}}}`))
 	// A group operation by someone else is not a multi-device event.
-	fc.send(event("e", 5, "group_invite", `{"from":"carol","source":{"kind":"KIND_GROUP_INVITE","group":{"group_id":"g0","users":["alice"]}}}`))
-	fc.send(event("e", 6, "group_create", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_GROUP_CREATE","group":{"group_id":"g1"}}}`))
-	fc.send(event("e", 7, "contact_accept", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_CONTACT_ACCEPT","contact":{"user":"dave"}}}`))
+	fc.send(event("e", 5, "inviteToJoin", `{"from":"carol","source":{"kind":"KIND_GROUP_INVITE","group":{"group_id":"g0","users":["alice"]}}}`))
+	fc.send(event("e", 6, "create", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_GROUP_CREATE","group":{"group_id":"g1"}}}`))
+	fc.send(event("e", 7, "onContactAgreed", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_CONTACT_ACCEPT","contact":{"user":"dave"}}}`))
 	fc.send(event("e", 8, "chatThreadCreate", `{"from":"alice","multi_device":true,"source":{"kind":"KIND_THREAD_CREATE","thread":{"thread_id":"t1","group_id":"g1"}}}`))
 	log.wait(t, "thread t1")
 	want := "message message_send|receipt|conversation pinnedConversation bob|removed bob|group g1|contact dave|thread t1"

@@ -75,8 +75,11 @@ func kickCode(code int32) bool {
 type Event struct {
 	Epoch string
 	Seq   uint64
-	// Name is the seeds' callback name for multi-device events
-	// ("pinnedConversation"), else the kind's JSON name ("message_send").
+	// Name is the kind's event name, the same for a multi-device and a
+	// single-device event (docs/protocol.md, "Event names"):
+	// "pinnedConversation", "chatThreadCreate", "onContactInvited",
+	// "requestToJoin", "message_send"... Entry.MultiDevice and Entry.From
+	// tell the two apart.
 	Name     string
 	Entry    *pb.TimelineEntry
 	Received time.Time

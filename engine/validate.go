@@ -1,10 +1,14 @@
 package engine
 
 import (
+	"bytes"
+	"encoding/json"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -142,7 +146,7 @@ func Validate(ev *pb.Event) error {
 	}
 	ki, ok := kindByValue[ev.Kind]
 	if !ok {
-		return Errorf(CodeUnknownKind, "kind %d is not a known operation", int32(ev.Kind))
+		return UnknownKind(strconv.Itoa(int(ev.Kind)))
 	}
 	if err := validatePayload(ki, ev); err != nil {
 		return err
@@ -151,6 +155,41 @@ func Validate(ev *pb.Event) error {
 		return Errorf(CodeTooLarge, "operation is %d bytes encoded, limit %d", n, MaxEventBytes)
 	}
 	return nil
+}
+
+// UnknownKind is the refusal of an operation whose kind mdsync does not
+// know, named as the caller wrote it (a number, or a quoted name). Every
+// path that reads operations (WebSocket, REST, replay) refuses with it.
+func UnknownKind(kind string) *Error {
+	return Errorf(CodeUnknownKind, "kind %s is not a known operation", kind)
+}
+
+// DecodeEventJSON reads an operation in protobuf's JSON mapping of
+// mdsync.v1.Event, as the WebSocket `op` frame and POST /v1/operations
+// carry it. Unknown fields are refused when strict, else ignored. An
+// unknown kind name is UnknownKind (1002), like an unknown kind number in
+// Validate; anything else that does not parse is 1001. The caller then
+// sets what it owns (app, actor) and submits: Validate checks the values.
+func DecodeEventJSON(b []byte, strict bool) (*pb.Event, error) {
+	ev := &pb.Event{}
+	err := (protojson.UnmarshalOptions{DiscardUnknown: !strict}).Unmarshal(b, ev)
+	if err != nil || ev.Kind == pb.Kind_KIND_UNSPECIFIED {
+		// An unknown kind name fails a strict read, and reads as kind 0
+		// when unknown fields (and enum names) are discarded.
+		var k struct {
+			Kind json.RawMessage `json:"kind"`
+		}
+		var name string
+		if json.NewDecoder(bytes.NewReader(b)).Decode(&k) == nil && json.Unmarshal(k.Kind, &name) == nil {
+			if v, ok := pb.Kind_value[name]; !ok || kindByValue[pb.Kind(v)] == nil {
+				return nil, UnknownKind(strconv.Quote(name))
+			}
+		}
+	}
+	if err != nil {
+		return nil, Errorf(CodeInvalidArgument, "event is not an mdsync.v1.Event in JSON: %v", err)
+	}
+	return ev, nil
 }
 
 func missingPayload(ki *KindInfo, want string) error {

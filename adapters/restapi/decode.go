@@ -66,9 +66,12 @@ func decodeOperation(body []byte) (*pb.Event, error) {
 // decodeEvent reads protobuf's JSON mapping of mdsync.v1.Event with the
 // envelope fields cleared and the actor as given.
 func decodeEvent(body []byte) (*pb.Event, error) {
-	op := &pb.Event{}
-	if err := protojson.Unmarshal(body, op); err != nil {
-		return nil, engine.Errorf(engine.CodeInvalidArgument, "body is not an mdsync.v1.Event in JSON: %v", err)
+	// The WebSocket's op frames are read by the same decoder, so a bad
+	// operation gets the same code and message on both (and Validate, on
+	// Submit, checks the values for both).
+	op, err := engine.DecodeEventJSON(body, true)
+	if err != nil {
+		return nil, err
 	}
 	op.SchemaVersion, op.StreamKey, op.EventId, op.TimeUnixMs = 0, "", "", 0
 	return op, nil

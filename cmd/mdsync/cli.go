@@ -21,13 +21,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// The admin commands talk to a running server's REST API through the SDK.
-func init() {
-	commands["users"] = func(args []string) error { return runCLI("users", args, os.Stdin, os.Stdout) }
-	commands["devices"] = func(args []string) error { return runCLI("devices", args, os.Stdin, os.Stdout) }
-	commands["policy"] = func(args []string) error { return runCLI("policy", args, os.Stdin, os.Stdout) }
-}
-
 const cliUsage = `usage:
   mdsync users add      --app A --user U --password P          (admin)
   mdsync users passwd   --app A --user U --new-password N      (admin, or --password OLD)
@@ -59,16 +52,50 @@ type cliFlags struct {
 	defaultLimit         int
 }
 
+// groupUsage is the part of cliUsage about one command group, and the
+// common flags.
+func groupUsage(group string) string {
+	var b strings.Builder
+	b.WriteString("usage:\n")
+	lines := strings.Split(cliUsage, "\n")
+	in := false
+	for _, l := range lines[1:] {
+		switch {
+		case strings.HasPrefix(l, "  mdsync "):
+			in = strings.HasPrefix(l, "  mdsync "+group+" ")
+		case l == "":
+			in = false
+			b.WriteString("\n")
+		case strings.HasPrefix(l, "common flags"):
+			in = true
+		}
+		if in {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
 // runCLI runs `mdsync <group> <verb> [flags]`. Failures with a code come
 // back as *client.Error, printed by main as "error <code>: <message>".
+// `mdsync <group> --help` and `mdsync <group> <verb> --help` print the
+// usage on out and return flag.ErrHelp.
 func runCLI(group string, args []string, stdin io.Reader, out io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(out, groupUsage(group))
+		return flag.ErrHelp
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("missing subcommand\n" + cliUsage)
+		return errors.New("missing subcommand\n" + groupUsage(group))
 	}
 	verb := args[0]
+	if !strings.Contains(cliUsage, "  mdsync "+group+" "+verb+" ") {
+		return fmt.Errorf("unknown command %q\n%s", group+" "+verb, groupUsage(group))
+	}
 	var f cliFlags
 	fs := flag.NewFlagSet(group+" "+verb, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	fs.StringVar(&f.server, "server", envOr("MDSYNC_SERVER", "http://127.0.0.1:8080"), "server base URL")
 	fs.StringVar(&f.app, "app", envOr("MDSYNC_APP", ""), "app ID")
 	fs.StringVar(&f.adminToken, "admin-token", envOr("MDSYNC_ADMIN_TOKEN", ""), "admin bearer token")
@@ -90,8 +117,13 @@ func runCLI(group string, args []string, stdin io.Reader, out io.Writer) error {
 	// one is the login ID of `devices kick`.
 	var positional []string
 	for rest := args[1:]; ; {
-		if err := fs.Parse(rest); err != nil {
-			return fmt.Errorf("%v\n%s", err, cliUsage)
+		if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(out, "%s\nflags of %s %s:\n", groupUsage(group), group, verb)
+			fs.SetOutput(out)
+			fs.PrintDefaults()
+			return flag.ErrHelp
+		} else if err != nil {
+			return fmt.Errorf("%v\n%s", err, groupUsage(group))
 		}
 		if rest = fs.Args(); len(rest) == 0 {
 			break

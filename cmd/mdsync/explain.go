@@ -42,6 +42,14 @@ func runExplain(args []string) error {
 	fs.StringVar(&cfg.Device, "device", "", "only rows about this login ID (as the device or as the one that ended it)")
 	fs.BoolVar(&cfg.JSON, "json", false, "JSON lines instead of text")
 	fs.BoolVar(&cfg.Rebuild, "rebuild", false, "build the projections from the log in a temporary directory (needed while a server holds the data directory's projections)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: mdsync explain --user U [--app A] [--device LOGIN_ID] [--data DIR] [--json] [--rebuild]\n\n"+
+			"Prints every login, eviction and kick of a user's devices: who ended a session, why (code and reason),\n"+
+			"the evicting login's device name and extension, the policy version and the log offset (docs/operations.md).\n"+
+			"It reads a stopped server's data directory (the embedded log is one process's at a time), or the log\n"+
+			"through Kafka with --rebuild.\n\nflags:")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

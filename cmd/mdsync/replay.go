@@ -749,7 +749,7 @@ func parseOp(n int, b []byte, defApp string) opLine {
 	}
 	kind, ok := engine.KindByName(l.op)
 	if !ok {
-		l.err = engine.Errorf(engine.CodeUnknownKind, "unknown op %q", l.op)
+		l.err = engine.UnknownKind(strconv.Quote(l.op)) // as the WebSocket and REST say it
 		return l
 	}
 	l.op = engine.KindName(kind) // "KIND_LOGIN" is accepted and reported as "login"
