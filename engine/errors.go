@@ -39,6 +39,7 @@ const (
 	CodeSlowConsumer    Code = 1016 // a connection's send queue overflowed: it was closed
 	CodeIdleTimeout     Code = 1017 // no frame within the heartbeat timeout: the connection was closed
 	CodeNotOwner        Code = 1018 // another process owns the user's partition: reconnect to it
+	CodeBusy            Code = 1019 // in-flight work is at its bound: not decided, retry after the advertised delay
 )
 
 // Error is an error with a wire code. Callers match it with errors.As, or

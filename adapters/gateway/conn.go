@@ -172,7 +172,7 @@ func (c *conn) read() (socketFailed bool) {
 					return false
 				}
 				// A malformed login: answer it as a login.
-				c.refuse(id, engine.CodeOf(err), err.Error())
+				c.refuse(id, engine.CodeOf(err), wireMessage(err))
 				return false
 			}
 			c.watchdog.Reset(c.g.o.HeartbeatTimeout)
@@ -182,7 +182,7 @@ func (c *conn) read() (socketFailed bool) {
 			continue
 		}
 		if err != nil {
-			if !c.reply(errorFrame{Type: "error", ID: id, Code: int32(engine.CodeOf(err)), Message: err.Error()}, "error") {
+			if !c.reply(errorFrame{Type: "error", ID: id, Code: int32(engine.CodeOf(err)), Message: wireMessage(err)}, "error") {
 				return false
 			}
 			continue
@@ -236,13 +236,13 @@ func (c *conn) handle(f *frame) bool {
 			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeInvalidArgument), Message: "ack beyond the last event sent"}, "error")
 		}
 		if err := c.g.o.Store.SetCursor(c.app, c.user, c.loginID, f.Epoch, f.Seq); err != nil {
-			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "error")
+			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: wireMessage(err)}, "error")
 		}
 		return true
 	case typeSelfIDs:
 		ids, err := c.g.o.Store.SelfIDs(c.app, c.user, c.loginID)
 		if err != nil {
-			return c.reply(errorFrame{Type: "self_ids_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "self_ids_result")
+			return c.reply(errorFrame{Type: "self_ids_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: wireMessage(err)}, "self_ids_result")
 		}
 		if ids == nil {
 			ids = []string{}
@@ -255,7 +255,7 @@ func (c *conn) handle(f *frame) bool {
 			raw, err = encodeEntries(es)
 		}
 		if err != nil {
-			return c.reply(errorFrame{Type: "history_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: err.Error()}, "history_result")
+			return c.reply(errorFrame{Type: "history_result", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: wireMessage(err)}, "history_result")
 		}
 		return c.reply(historyFrame{Type: "history_result", ID: f.ID, Entries: raw}, "history_result")
 	case typeOp:
@@ -314,7 +314,7 @@ func (c *conn) start(f *frame) bool {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			code = engine.CodeUnavailable
 		}
-		c.refuse(f.ID, code, err.Error())
+		c.refuse(f.ID, code, wireMessage(err))
 		return false
 	}
 	if d.Code != 0 {
@@ -323,7 +323,7 @@ func (c *conn) start(f *frame) bool {
 	}
 	epoch, seq, ok, err := c.g.o.Store.Cursor(c.app, c.user, c.loginID)
 	if err != nil {
-		c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+		c.refuse(f.ID, engine.CodeUnavailable, wireMessage(err))
 		return false
 	}
 	return c.attach(d.Offset, loginResultFrame{
@@ -339,7 +339,7 @@ func (c *conn) resume(f *frame) bool {
 	}
 	ss, err := c.g.o.Store.Devices(c.app, c.user)
 	if err != nil {
-		c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+		c.refuse(f.ID, engine.CodeUnavailable, wireMessage(err))
 		return false
 	}
 	var s *pb.Session
@@ -358,7 +358,7 @@ func (c *conn) resume(f *frame) bool {
 	if !pos.ok {
 		pos.epoch, pos.seq, pos.ok, err = c.g.o.Store.Cursor(c.app, c.user, c.loginID)
 		if err != nil {
-			c.refuse(f.ID, engine.CodeUnavailable, err.Error())
+			c.refuse(f.ID, engine.CodeUnavailable, wireMessage(err))
 			return false
 		}
 	}
@@ -563,7 +563,7 @@ func (c *conn) follow(pos position) {
 			}
 			b, err := encodeEvent(epoch, e)
 			if err != nil {
-				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, err.Error()))
+				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
 				return
 			}
 			// Recorded before queueing: the device may ack it as soon as
@@ -657,7 +657,7 @@ func (c *conn) push(f outFrame) bool {
 func (c *conn) reply(v any, typ string) bool {
 	b, err := json.Marshal(v)
 	if err != nil {
-		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, err.Error()))
+		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
 		return false
 	}
 	if c.ctx.Err() != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/mdsync/mdsync/adapters/gateway"
+	"github.com/mdsync/mdsync/adapters/node"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
@@ -284,6 +285,23 @@ func TestProtocolDocExamples(t *testing.T) {
 		phones = append(phones, c)
 	}
 	phones[0].until("kicked", answerTo("", "kicked"))
+
+	// A busy refusal (1019 with retry_after_ms): a gateway whose engine is
+	// held, with one op in flight allowed per connection.
+	g := &gated{}
+	busyEnv := newEnvHooks(t, func(o *gateway.Options) { o.Auth = anyAuth{}; o.MaxOpsInFlight = 1 },
+		envHooks{engine: func(_ *node.Node, inner gateway.Submitter) gateway.Submitter { g.inner = inner; return g }})
+	bc := dialRaw(t, busyEnv, seen)
+	bc.send(map[string]any{"type": "login", "id": "l", "app": "demo", "user": "dora", "password": "x", "login_id": "D1", "platform": 1})
+	bc.until("login_result", answerTo("l", "login_result"))
+	g.close() // hold every Begin from here
+	for i := 0; i < 2; i++ {
+		bc.send(map[string]any{"type": "op", "id": fmt.Sprint("busy", i), "event": map[string]any{"kind": "KIND_CONVERSATION_PIN",
+			"client_op_id": fmt.Sprint("bp", i), "conversation": map[string]any{"chat_type": "CHAT_TYPE_USER", "conversation_id": "bob"}}})
+	}
+	bc.until("the busy result", func(m map[string]any) bool { return m["type"] == "result" && m["code"] == float64(1019) })
+	g.open()
+	bc.until("the held op's result", answerTo("busy0", "result"))
 
 	for _, ex := range server {
 		typ := ex["type"].(string)

@@ -162,7 +162,7 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			code = engine.CodeUnavailable
 		}
-		res.Code, res.Message = int32(code), err.Error()
+		res.Code, res.Message = int32(code), wireMessage(err)
 	default:
 		res.Code, res.Message = d.Code, d.Message
 		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
