@@ -136,7 +136,9 @@ type Options struct {
 	// SessionCheckInterval is the period of the check that closes every
 	// connection whose session the log has ended, in case the effect that
 	// should have closed it was lost: one ticker per gateway, jittered by
-	// ±25%, reads the store's device list of each connected user. Default
+	// ±25%, reads the store's device list of each connected user. The same
+	// sweep wakes each live connection's follower, so an event whose
+	// deliver hint was lost still arrives within one interval. Default
 	// 5s; negative disables the check (tests only).
 	SessionCheckInterval time.Duration
 	// OriginPatterns are the browser origins allowed besides the request's
@@ -477,7 +479,13 @@ func (g *Gateway) sweepSessions() {
 				if !hasSession(ss, c.loginID) {
 					g.m.sessionChecks.Inc()
 					c.sessionGone(false)
+					continue
 				}
+				// A deliver hint the bus dropped must not strand an event:
+				// the follower re-reads the timeline from the last sequence
+				// it sent (a no-op read when nothing is new), so an event
+				// reaches a connected device within one interval.
+				c.notify(^uint64(0))
 			}
 		}
 	}

@@ -23,6 +23,8 @@ type envHooks struct {
 	// dropEnded drops every session end on its way to the gateway (a bus
 	// that lost every `ended` effect).
 	dropEnded bool
+	// dropDeliver drops every deliver hint (a bus that lost them all).
+	dropDeliver bool
 	// engine wraps the gateway's engine.
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
 }
@@ -45,7 +47,9 @@ func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
 				}
 			}
 			for _, e := range a.Entries {
-				g.Deliver(e.App, e.User, e.Entry)
+				if !h.dropDeliver {
+					g.Deliver(e.App, e.User, e.Entry)
+				}
 			}
 		}})
 	if err != nil {
