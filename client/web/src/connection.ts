@@ -234,7 +234,8 @@ export class Connection {
 
   /** True while a connection is up and logged in. */
   isOpened(): boolean {
-    return this.live !== null;
+    // A kicked frame ends the session at once, before its socket closes.
+    return this.live !== null && this.kicked === null;
   }
 
   addEventHandler(id: string, handlers: EventHandlers): void {
