@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -114,9 +113,8 @@ func (s *Store) AdvanceRelay(p int32, off int64) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	cur, err := s.relayPosition(p)
-	if err != nil || off <= cur {
-		return err
+	if off <= s.RelayPosition(p) {
+		return nil
 	}
-	return s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(off)), pebble.NoSync)
+	return s.setRelayPosition(p, off)
 }
