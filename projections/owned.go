@@ -95,8 +95,12 @@ func (s *Store) PartitionPolicy(app string, p int32) (*pb.Policy, error) {
 		return nil, ErrClosed
 	}
 	pol := &pb.Policy{}
-	if ok, err := s.getProto(policyKey(app, p), pol); err != nil || !ok {
-		return engine.DefaultPolicy(), err
+	ok, err := s.getProto(policyKey(app, p), pol)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return engine.DefaultPolicy(), nil
 	}
 	return pol, nil
 }
