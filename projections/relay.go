@@ -53,24 +53,24 @@ func (s *Store) setRelayPosition(p int32, off int64) error {
 	if err := s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(off)), pebble.NoSync); err != nil {
 		return fmt.Errorf("projections: write relay position of partition %d: %w", p, err)
 	}
-	ps := s.parts[p]
-	ps.mu.Lock()
-	ps.relay = off
-	close(ps.relayChanged)
-	ps.relayChanged = make(chan struct{})
-	ps.mu.Unlock()
+	rs := s.relay[p]
+	rs.mu.Lock()
+	rs.pos = off
+	close(rs.changed)
+	rs.changed = make(chan struct{})
+	rs.mu.Unlock()
 	return nil
 }
 
 // relayStopped records that partition p's relay stopped on err (nil: it
 // (re)started) and wakes WaitRelayed.
 func (s *Store) relayStopped(p int32, err error) {
-	ps := s.parts[p]
-	ps.mu.Lock()
-	ps.relayErr = err
-	close(ps.relayChanged)
-	ps.relayChanged = make(chan struct{})
-	ps.mu.Unlock()
+	rs := s.relay[p]
+	rs.mu.Lock()
+	rs.err = err
+	close(rs.changed)
+	rs.changed = make(chan struct{})
+	rs.mu.Unlock()
 }
 
 func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) (err error) {
@@ -137,10 +137,10 @@ func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) (er
 // position last written to Pebble by this process (read from Pebble at
 // Open, which fails if it cannot be read), so it has no error to return.
 func (s *Store) RelayPosition(p int32) int64 {
-	ps := s.parts[p]
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	return ps.relay
+	rs := s.relay[p]
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.pos
 }
 
 // WaitRelayed blocks until the relay of partition p has appended the
@@ -154,11 +154,11 @@ func (s *Store) WaitRelayed(ctx context.Context, p int32, offset int64) error {
 	if err := s.checkPartition(p); err != nil {
 		return fmt.Errorf("projections: wait relayed: %w", err)
 	}
-	ps := s.parts[p]
+	rs := s.relay[p]
 	for {
-		ps.mu.Lock()
-		done, rerr, ch := ps.relay > offset, ps.relayErr, ps.relayChanged
-		ps.mu.Unlock()
+		rs.mu.Lock()
+		done, rerr, ch := rs.pos > offset, rs.err, rs.changed
+		rs.mu.Unlock()
 		switch {
 		case done:
 			return nil

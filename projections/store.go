@@ -4,7 +4,6 @@
 package projections
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -50,6 +49,12 @@ type Options struct {
 	OnApplied func(p int32, a Applied)
 	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
 	CacheSize int64
+	// Handlers are more handlers run by the store's runner after its own
+	// (sessions, sync), in the same batch, writing their own tables to the
+	// store's database (and so into its digest). Default none: the
+	// aggregates run as a second runner (docs/design-notes.md, "One
+	// projector runner").
+	Handlers []Handler
 }
 
 func (o *Options) ensureDefaults() {
@@ -84,39 +89,26 @@ type AppliedEntry struct {
 	Entry     *pb.TimelineEntry
 }
 
-// Store is the projection state of every partition of one log. A Store is
-// safe for concurrent use; each partition is applied by one goroutine.
+// Store is the projection state of every partition of one log: the
+// Runner with the main projection's handlers (Store.topology), the relay,
+// and the reads. A Store is safe for concurrent use; each partition is
+// applied by one goroutine.
 type Store struct {
-	opts Options
-	db   *pebble.DB
-	wo   *pebble.WriteOptions
-
-	parts []*partState
-
-	closeOnce sync.Once
-	closed    chan struct{}
-
-	// failed is closed when the projector stopped on an error (failErr), so
-	// that writers waiting for their event to be applied return instead of
-	// waiting for ever.
-	failOnce sync.Once
-	failed   chan struct{}
-	failErr  error
+	*Runner
+	opts  Options
+	db    *pebble.DB
+	relay []*relayState
 }
 
-// partState is the in-memory view of one partition's progress.
-type partState struct {
+// relayState is the relay's progress on one partition: its next offset as
+// last written to Pebble (loaded at Open); changed is closed and replaced
+// after each write, and err is set when the relay of this partition stopped
+// on an error.
+type relayState struct {
 	mu      sync.Mutex
-	cp      *pb.Checkpoint // last committed checkpoint
-	changed chan struct{}  // closed and replaced when cp advances
-	apply   sync.Mutex     // one applier at a time
-
-	// relay is the relay's next offset as last written to Pebble (loaded at
-	// Open); relayChanged is closed and replaced after each write, and
-	// relayErr is set when the relay of this partition stopped on an error.
-	relay        int64
-	relayChanged chan struct{}
-	relayErr     error
+	pos     int64
+	changed chan struct{}
+	err     error
 }
 
 // Open opens (or creates) a store.
@@ -137,30 +129,42 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
 	}
-	s := &Store{opts: opts, db: db, wo: pebble.NoSync, closed: make(chan struct{}), failed: make(chan struct{})}
-	if opts.Sync {
-		s.wo = pebble.Sync
-	}
+	s := &Store{opts: opts, db: db}
 	if err := s.checkPartitions(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	for p := int32(0); p < opts.Partitions; p++ {
-		cp := &pb.Checkpoint{}
-		if ok, err := s.getProto(checkpointKey(p), cp); err != nil {
-			db.Close()
-			return nil, err
-		} else if !ok {
-			cp = &pb.Checkpoint{}
-		}
-		relay, err := s.readRelayPosition(p)
+		pos, err := s.readRelayPosition(p)
 		if err != nil {
 			db.Close()
 			return nil, err
 		}
-		s.parts = append(s.parts, &partState{cp: cp, changed: make(chan struct{}), relay: relay, relayChanged: make(chan struct{})})
+		s.relay = append(s.relay, &relayState{pos: pos, changed: make(chan struct{})})
+	}
+	s.Runner, err = NewRunner(db, RunnerOptions{Partitions: opts.Partitions, Sync: opts.Sync, Handlers: s.topology(), OnApplied: opts.OnApplied})
+	if err != nil {
+		db.Close()
+		return nil, err
 	}
 	return s, nil
+}
+
+// topology is the main projection's handlers: the one place that says
+// which handler decides which kinds and writes which tables. The runner
+// owns the checkpoints, the decisions (dedup), the policy read and the
+// actor rule.
+func (s *Store) topology() []Handler {
+	return append([]Handler{
+		Sessions(s.opts.Partitions),
+		{
+			Name: "sync",
+			Categories: []engine.Category{engine.CatMessage, engine.CatContact, engine.CatGroup, engine.CatThread,
+				engine.CatConversation, engine.CatChatroom, engine.CatDerived},
+			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom},
+			Decide: s.decideSync,
+		},
+	}, s.opts.Handlers...)
 }
 
 var metaPartitionsKey = []byte("m\x00partitions")
@@ -178,78 +182,6 @@ func (s *Store) checkPartitions() error {
 		return fmt.Errorf("%w: store has %s, log has %d", ErrPartitionMismatch, v, s.opts.Partitions)
 	}
 	return nil
-}
-
-// Close closes the store. Waiters return ErrClosed.
-func (s *Store) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		close(s.closed)
-		// Take every applier lock so no batch is mid-commit when the DB closes.
-		for _, ps := range s.parts {
-			ps.apply.Lock()
-		}
-		err = s.db.Close()
-		for _, ps := range s.parts {
-			ps.apply.Unlock()
-		}
-	})
-	return err
-}
-
-func (s *Store) isClosed() bool {
-	select {
-	case <-s.closed:
-		return true
-	default:
-		return false
-	}
-}
-
-// Partitions is the partition count the store was opened with.
-func (s *Store) Partitions() int32 { return s.opts.Partitions }
-
-// Checkpoint returns partition p's committed checkpoint.
-func (s *Store) Checkpoint(p int32) *pb.Checkpoint {
-	ps := s.parts[p]
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	return proto.Clone(ps.cp).(*pb.Checkpoint)
-}
-
-// fail records that the projector stopped on err and wakes every waiter.
-func (s *Store) fail(err error) {
-	s.failOnce.Do(func() {
-		s.failErr = err
-		close(s.failed)
-	})
-}
-
-// WaitApplied blocks until the event at pos is applied and visible. It
-// returns an error when the projector stopped on an error, the store is
-// closed, or ctx is done.
-func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
-	if pos.Partition < 0 || int(pos.Partition) >= len(s.parts) {
-		return fmt.Errorf("projections: wait: %w", engine.ErrBadPartition)
-	}
-	ps := s.parts[pos.Partition]
-	for {
-		ps.mu.Lock()
-		done, ch := ps.cp.NextOffset > pos.Offset, ps.changed
-		ps.mu.Unlock()
-		if done {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-s.closed:
-			return ErrClosed
-		case <-s.failed:
-			return fmt.Errorf("projections: projector stopped: %w", s.failErr)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 func (s *Store) getProto(k []byte, m proto.Message) (bool, error) {

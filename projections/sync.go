@@ -14,8 +14,26 @@ import (
 // apply's cost stays bounded; the rest go with later deliveries.
 const maxAgeTrimPerApply = 64
 
+// decideSync is the sync handler's Decide: a derived copy (DELIVER) is
+// applied to its recipient; any other operation of the sync half is decided
+// and its copies routed.
+func (s *Store) decideSync(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
+	if ev.Kind == pb.Kind_KIND_DELIVER {
+		dl := ev.GetDeliver()
+		if dl.GetSource() == nil || dl.Recipient == "" {
+			return nil, nil // malformed derived record: skipped, counted
+		}
+		d := engine.NewDecision(ev, pos, pol)
+		if err := s.applyDelivery(t, pos.Partition, dl); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
+	return s.applySync(t, pol, ev, pos)
+}
+
 // applySync decides an operation of the sync half and applies its copies.
-func (s *Store) applySync(t *txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
+func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
 	var (
 		d   *pb.Decision
 		dls []*pb.Deliver
@@ -108,7 +126,7 @@ func (s *Store) applySync(t *txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 // route applies each copy whose recipient lives on this partition inline,
 // in this batch, and records the others in the decision for the relay
 // (without the source event: the relay reads it from the log).
-func (s *Store) route(t *txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
+func (s *Store) route(t *Txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
 	for _, dl := range dls {
 		if engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions) == p {
 			if err := s.applyDelivery(t, p, dl); err != nil {
@@ -124,9 +142,9 @@ func (s *Store) route(t *txn, p int32, app string, d *pb.Decision, dls []*pb.Del
 }
 
 // applyDelivery applies one copy to its recipient's state and timeline.
-func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
+func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 	app, user := dl.Source.App, dl.Recipient
-	pol, err := s.policy(t, app, p)
+	pol, err := policyOf(t, app, p)
 	if err != nil {
 		return err
 	}
@@ -173,7 +191,7 @@ func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
 	}
 	t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
 	if dl.Source.Kind == pb.Kind_KIND_MESSAGE_SEND {
-		if err := t.b.Set(historyKey(app, user, int32(e.ChatType), e.ConversationId, e.Seq), nil, nil); err != nil {
+		if err := t.setBlind(historyKey(app, user, int32(e.ChatType), e.ConversationId, e.Seq), nil); err != nil {
 			return err
 		}
 	}
@@ -185,7 +203,7 @@ func (s *Store) applyDelivery(t *txn, p int32, dl *pb.Deliver) error {
 // limit by event time. Every input is from the log, so rebuilds trim alike.
 // The common case, nothing due, reads nothing: the oldest entry's time is
 // kept in the timeline's meta.
-func (s *Store) trim(t *txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64) error {
+func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64) error {
 	_, maxAge := engine.Retention(pol)
 	cutoff := now - maxAge
 	first := max(oldFirst, 1)
@@ -207,7 +225,7 @@ func (s *Store) trim(t *txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 				return err
 			}
 			if e.Source.GetKind() == pb.Kind_KIND_MESSAGE_SEND {
-				if err := t.b.Delete(historyKey(app, user, int32(e.ChatType), e.ConversationId, first), nil); err != nil {
+				if err := t.deleteBlind(historyKey(app, user, int32(e.ChatType), e.ConversationId, first)); err != nil {
 					return err
 				}
 			}

@@ -2,10 +2,12 @@ package aggregates_test
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/mdsync/mdsync/projections/aggregates"
 	"github.com/mdsync/mdsync/projections/storetest"
@@ -48,5 +50,44 @@ func TestCountsGolden(t *testing.T) {
 		if got := hex.EncodeToString(sum[:]); got != c.want {
 			t.Errorf("History(%d, %d, %d): counts %s hash to %s, want %s", c.parts, c.n, c.seed, b, got, c.want)
 		}
+	}
+}
+
+// A database written by the projector this package had before the runner
+// (no layout mark) is emptied on Open and rebuilt from offset 0: its
+// counters would otherwise be counted twice from a checkpoint of another
+// key layout.
+func TestOpenEmptiesEarlierLayout(t *testing.T) {
+	fs := vfs.NewMem()
+	db, err := pebble.Open("agg", &pebble.Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string][]byte{
+		"mpartitions":                    {0, 0, 0, 1},
+		"c\x00\x00\x00\x00":              {0x08, 0x64}, // the old checkpoint key
+		"n\x00\x00\x00\x00app\x00logins": binary.BigEndian.AppendUint64(nil, 5),
+	} {
+		if err := db.Set([]byte(k), v, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := aggregates.Open(aggregates.Options{Dir: "agg", FS: fs, Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if cp := a.Checkpoint(0); cp.NextOffset != 0 {
+		t.Fatalf("checkpoint %v after opening an earlier layout, want offset 0", cp)
+	}
+	c, err := a.App("app", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Logins != 0 {
+		t.Fatalf("logins %d from the earlier layout survived", c.Logins)
 	}
 }

@@ -1,0 +1,96 @@
+package projections
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections/storetest"
+)
+
+func memDB(t *testing.T) *pebble.DB {
+	t.Helper()
+	db, err := pebble.Open("db", &pebble.Options{FS: vfs.NewMem(), Logger: PebbleLogger(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// The topology is checked when the runner is built: one decider per kind,
+// Decide or Observe, no handler declaring the runner's own tables.
+func TestRunnerRefusesBadTopology(t *testing.T) {
+	decide := func(*Txn, *pb.Event, engine.Position, *pb.Policy) (*pb.Decision, error) { return nil, nil }
+	observe := func(*Txn, *Outcome) error { return nil }
+	for name, hs := range map[string][]Handler{
+		"two deciders": {Sessions(1), {Name: "again", Kinds: []pb.Kind{pb.Kind_KIND_LOGOUT}, Decide: decide}},
+		"both":         {{Name: "both", Kinds: []pb.Kind{pb.Kind_KIND_LOGOUT}, Decide: decide, Observe: observe}},
+		"neither":      {{Name: "neither", Kinds: []pb.Kind{pb.Kind_KIND_LOGOUT}}},
+		"runner table": {{Name: "thief", Tables: []byte{tagDecision}, Observe: observe}},
+	} {
+		db := memDB(t)
+		if _, err := NewRunner(db, RunnerOptions{Partitions: 1, Handlers: hs}); err == nil {
+			t.Errorf("%s: NewRunner accepted the topology", name)
+		}
+		db.Close()
+	}
+}
+
+// A handler writes only the tables it declares: a write outside them fails
+// the batch, and nothing of it is committed.
+func TestRunnerRefusesWriteOutsideTables(t *testing.T) {
+	stray := Handler{Name: "stray", Tables: []byte{'n'}, Categories: []engine.Category{engine.CatSession},
+		Observe: func(t *Txn, o *Outcome) error { return t.Put(sessionsKey(o.Event.App, "someone"), &pb.UserSessions{}) }}
+	r, err := NewRunner(memDB(t), RunnerOptions{Partitions: 1, Handlers: []Handler{Sessions(1), stray}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	hist := storetest.History(1, 200, 5)
+	err = r.Apply(0, hist[0])
+	if err == nil || !strings.Contains(err.Error(), "outside its tables") {
+		t.Fatalf("Apply: %v, want a write outside the handler's tables refused", err)
+	}
+	if cp := r.Checkpoint(0); cp.NextOffset != 0 {
+		t.Fatalf("checkpoint %v after a failed batch", cp)
+	}
+}
+
+// An observer in the main store's runner sees every decision of its kinds
+// once, duplicates never, with the session changes of the decision; the
+// main state (the digest) is the same with or without it.
+func TestObserverInStoreBatch(t *testing.T) {
+	hist := storetest.History(2, 3000, 9)
+	var logins, changes int
+	obs := Handler{Name: "obs", Kinds: []pb.Kind{pb.Kind_KIND_LOGIN}, Observe: func(t *Txn, o *Outcome) error {
+		logins++
+		changes += len(o.Sessions)
+		return nil
+	}}
+	digest := func(hs []Handler) string {
+		s, err := Open(Options{FS: vfs.NewMem(), Partitions: 2, Handlers: hs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for p, es := range hist {
+			if err := s.Apply(int32(p), es); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := s.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if a, b := digest(nil), digest([]Handler{obs}); a != b {
+		t.Fatalf("digest %s with an observer that writes nothing, %s without", b, a)
+	}
+	if logins == 0 || changes < logins {
+		t.Fatalf("observed %d logins with %d session changes", logins, changes)
+	}
+}

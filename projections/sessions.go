@@ -1,0 +1,173 @@
+package projections
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+)
+
+// ErrGap is returned when entries handed to Apply do not start at the
+// partition's checkpoint: applying them would skip or repeat events.
+var ErrGap = errors.New("projections: entries do not continue the checkpoint")
+
+// Sessions is the handler of the session kinds (login, logout, kicks,
+// password change, user removal) and of the policy: each user's devices in
+// login order, the audit of ended sessions, how each login ID's session
+// ended (which the runner's actor rule reads), the app's policy per
+// partition, and the opening of a user's timeline at its first login. The
+// main projection runs it; so does the aggregates runner, on its own copy,
+// so the counts follow the same decisions.
+func Sessions(partitions int32) Handler {
+	h := sessionsHandler{partitions: partitions}
+	return Handler{
+		Name:       "sessions",
+		Categories: []engine.Category{engine.CatSession},
+		Tables:     []byte{tagSessions, tagPolicy, tagAudit, tagEnded, tagMeta},
+		Decide:     h.decide,
+	}
+}
+
+type sessionsHandler struct{ partitions int32 }
+
+func (h sessionsHandler) decide(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
+	if ev.Kind == pb.Kind_KIND_POLICY_SET {
+		return h.applyPolicy(t, pol, ev, pos)
+	}
+	return h.applySession(t, pol, ev, pos)
+}
+
+func isSessionKind(k pb.Kind) bool {
+	ki, ok := engine.LookupKind(k)
+	return ok && ki.Category == engine.CatSession && k != pb.Kind_KIND_POLICY_SET
+}
+
+func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
+	sk := sessionsKey(ev.App, ev.Actor.User)
+	st := &pb.UserSessions{}
+	if _, err := t.get(sk, st); err != nil {
+		return nil, err
+	}
+	next, d := engine.ApplySession(st, pol, ev, pos)
+	if next != st {
+		if err := putSessions(t, ev.App, ev.Actor.User, st, next); err != nil {
+			return nil, err
+		}
+	}
+	if ev.Kind == pb.Kind_KIND_LOGIN && d.Code == 0 {
+		mk := metaKey(ev.App, ev.Actor.User)
+		meta := &pb.TimelineMeta{}
+		if _, err := t.get(mk, meta); err != nil {
+			return nil, err
+		}
+		if m := engine.OpenTimeline(meta, ev); m != nil {
+			if err := t.put(mk, m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return d, audit(t, ev.App, ev.Actor.User, d.Ended)
+}
+
+// putSessions writes a user's sessions and records the change for the
+// observers of the decision.
+func putSessions(t *Txn, app, user string, before, st *pb.UserSessions) error {
+	t.sessions = append(t.sessions, SessionChange{App: app, User: user, Before: before, After: st})
+	sk := sessionsKey(app, user)
+	if len(st.Sessions) == 0 && st.CredentialEpoch == 0 {
+		// No state left: delete, so a user who logged out is not kept.
+		return t.del(sk)
+	}
+	return t.put(sk, st)
+}
+
+func audit(t *Txn, app, user string, ended []*pb.Ended) error {
+	for i, e := range ended {
+		if err := t.put(auditKey(app, user, e.Partition, e.Offset, i), e); err != nil {
+			return err
+		}
+		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyPolicy installs a newer policy on this partition and ends, for every
+// user of the app whose stream lives on this partition, the sessions above
+// the new limits. Users are visited in key order, so the outcome is
+// deterministic.
+func (h sessionsHandler) applyPolicy(t *Txn, cur *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
+	pol, changed := engine.ApplyPolicy(cur, ev, pos)
+	d := engine.NewDecision(ev, pos, pol)
+	if !changed {
+		d.Code, d.Message = int32(engine.CodeConflict), fmt.Sprintf("policy version %d is not newer than %d", ev.GetPolicySet().GetVersion(), cur.GetVersion())
+		return d, nil
+	}
+	if err := t.put(policyKey(ev.App, pos.Partition), pol); err != nil {
+		return nil, err
+	}
+	// Scan committed state merged with this batch's overlay.
+	users, err := usersOf(t, ev.App)
+	if err != nil {
+		return nil, err
+	}
+	n := h.partitions
+	for _, user := range users {
+		if engine.PartitionFor([]byte(engine.UserStream(ev.App, user)), n) != pos.Partition {
+			continue
+		}
+		sk := sessionsKey(ev.App, user)
+		st := &pb.UserSessions{}
+		if _, err := t.get(sk, st); err != nil {
+			return nil, err
+		}
+		next, ended := engine.EnforcePolicy(user, st, pol, ev, pos)
+		if len(ended) == 0 {
+			continue
+		}
+		if err := putSessions(t, ev.App, user, st, next); err != nil {
+			return nil, err
+		}
+		if err := audit(t, ev.App, user, ended); err != nil {
+			return nil, err
+		}
+		d.Ended = append(d.Ended, ended...)
+	}
+	return d, nil
+}
+
+// usersOf lists the users of app with sessions, in key order, from the
+// committed state and the batch's overlay.
+func usersOf(t *Txn, app string) ([]string, error) {
+	prefix := append(key(tagSessions, app), 0)
+	set := map[string]bool{}
+	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		set[string(it.Key()[len(prefix):])] = true
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	for k, v := range t.overlay {
+		if strings.HasPrefix(k, string(prefix)) {
+			set[k[len(prefix):]] = v != nil
+		}
+	}
+	users := make([]string, 0, len(set))
+	for u, live := range set {
+		if live {
+			users = append(users, u)
+		}
+	}
+	// Go orders strings bytewise, as Pebble orders keys: map order never leaks.
+	slices.Sort(users)
+	return users, nil
+}
