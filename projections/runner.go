@@ -41,6 +41,10 @@ import (
 //  6. the decision is stored (the dedup key of step 2);
 //  7. every handler that observes the kind sees the outcome.
 
+// ErrGap is returned when entries handed to Apply do not start at the
+// partition's checkpoint: applying them would skip or repeat events.
+var ErrGap = errors.New("projections: entries do not continue the checkpoint")
+
 // Handler is one concern of a projection: the kinds it decides or
 // observes and the tables (key tags) it writes. A handler writes only its
 // own tables (the Txn refuses others); it may read any.
@@ -69,7 +73,8 @@ type Outcome struct {
 	Pos      engine.Position
 	Decision *pb.Decision
 	// Sessions are the users' session states the decision changed, in the
-	// order they were written.
+	// order they were written. The slice is reused for the next event: an
+	// observer must not keep it.
 	Sessions []SessionChange
 }
 
@@ -82,6 +87,10 @@ type SessionChange struct {
 // runnerTables are the tables the runner itself writes: checkpoints,
 // decisions and the store's meta keys.
 var runnerTables = []byte{tagCheckpoint, tagDecision}
+
+// dedupMark is the value of a decision key under RunnerOptions.DedupMarks.
+// Not empty: an empty value reads as absent (Txn.raw).
+var dedupMark = []byte{1}
 
 // Txn is one Pebble batch with a read-your-writes overlay, so several
 // events are applied in one batch while each sees the state the previous
@@ -97,6 +106,10 @@ type Txn struct {
 
 	entries  []AppliedEntry  // timeline entries appended in this batch
 	sessions []SessionChange // session changes of the current event
+
+	hot     *hotCache       // the partition's committed hot keys (hot.go); nil: none
+	filter  *decisionFilter // every committed decision key; nil: none
+	decided [][]byte        // decision keys written in this batch
 }
 
 // get reads k as of this batch. Reads from Pebble are remembered in the
@@ -113,8 +126,20 @@ func (t *Txn) get(k []byte, m proto.Message) (bool, error) {
 	return true, nil
 }
 
+// raw returns k's value as of this batch. A value stored empty reads as
+// absent after its batch (an empty proto message and no message decode
+// alike), as it always has: the digest depends on it.
 func (t *Txn) raw(k []byte) ([]byte, bool, error) {
 	v, ok := t.overlay[string(k)]
+	if !ok && t.hot != nil && hotTable(k[0]) {
+		if v, ok = t.hot.get(string(k)); ok {
+			t.overlay[string(k)] = v
+		}
+	}
+	if !ok && t.filter != nil && k[0] == tagDecision && !t.filter.mayContain(k) {
+		ok = true // absent: a new operation's dedup reads nothing
+		t.overlay[string(k)] = nil
+	}
 	if !ok {
 		raw, closer, err := t.db.Get(k)
 		switch {
@@ -247,6 +272,15 @@ type RunnerOptions struct {
 	// OnApplied, when set, is called after each committed batch that
 	// decided something (see Options.OnApplied).
 	OnApplied func(p int32, a Applied)
+	// HotKeys bounds each partition's in-memory cache of committed sessions
+	// and policy values (hot.go): two generations of at most HotKeys keys.
+	// Default DefaultHotKeys; negative: no cache and no decision filter
+	// (every read goes to Pebble, as a reference for tests).
+	HotKeys int
+	// DedupMarks stores a one-byte mark in the decision table instead of
+	// the decision: for a runner whose decisions nobody reads (the
+	// aggregates), the dedup needs only their presence. Default false.
+	DedupMarks bool
 }
 
 // Runner applies the partitions of one log to one Pebble database through
@@ -257,6 +291,7 @@ type Runner struct {
 	wo         *pebble.WriteOptions
 	partitions int32
 	onApplied  func(p int32, a Applied)
+	marks      bool
 
 	handlers  []Handler
 	deciders  map[pb.Kind]*Handler
@@ -264,7 +299,8 @@ type Runner struct {
 	own       map[*Handler]*[256]bool
 	runnerOwn [256]bool
 
-	parts []*partState
+	parts  []*partState
+	filter *decisionFilter // nil when HotKeys < 0
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -283,6 +319,7 @@ type partState struct {
 	cp      *pb.Checkpoint // last committed checkpoint
 	changed chan struct{}  // closed and replaced when cp advances
 	apply   sync.Mutex     // one applier at a time
+	hot     *hotCache      // used under apply; nil when HotKeys < 0
 }
 
 // NewRunner returns a runner over db, which it owns from then on (Close
@@ -293,7 +330,7 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 	if o.Partitions < 1 {
 		return nil, fmt.Errorf("projections: RunnerOptions.Partitions must be >= 1, got %d", o.Partitions)
 	}
-	r := &Runner{db: db, wo: pebble.NoSync, partitions: o.Partitions, onApplied: o.OnApplied,
+	r := &Runner{db: db, wo: pebble.NoSync, partitions: o.Partitions, onApplied: o.OnApplied, marks: o.DedupMarks,
 		handlers: slices.Clone(o.Handlers), deciders: map[pb.Kind]*Handler{}, watchers: map[pb.Kind][]*Handler{},
 		own: map[*Handler]*[256]bool{}, closed: make(chan struct{}), failed: make(chan struct{})}
 	if o.Sync {
@@ -329,12 +366,26 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 			r.deciders[ki.Kind] = h
 		}
 	}
+	if o.HotKeys == 0 {
+		o.HotKeys = DefaultHotKeys
+	}
+	if o.HotKeys > 0 {
+		f, err := loadDecisionFilter(db)
+		if err != nil {
+			return nil, err
+		}
+		r.filter = f
+	}
 	for p := int32(0); p < o.Partitions; p++ {
 		cp := &pb.Checkpoint{}
 		if _, err := getProto(db, checkpointKey(p), cp); err != nil {
 			return nil, err
 		}
-		r.parts = append(r.parts, &partState{cp: cp, changed: make(chan struct{})})
+		ps := &partState{cp: cp, changed: make(chan struct{})}
+		if o.HotKeys > 0 {
+			ps.hot = newHotCache(o.HotKeys)
+		}
+		r.parts = append(r.parts, ps)
 	}
 	return r, nil
 }
@@ -432,7 +483,8 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	cp := proto.Clone(ps.cp).(*pb.Checkpoint)
 	ps.mu.Unlock()
 
-	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn}
+	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn,
+		hot: ps.hot, filter: r.filter}
 	defer t.b.Close()
 	var decisions []*pb.Decision
 	for _, en := range entries {
@@ -463,6 +515,19 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if err := t.b.Commit(r.wo); err != nil {
 		return fmt.Errorf("projections: commit partition %d: %w", p, err)
 	}
+	// What the batch committed is what Pebble now holds: keep the hot part.
+	if ps.hot != nil {
+		for k, v := range t.overlay {
+			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
+				ps.hot.put(k, v)
+			}
+		}
+	}
+	if r.filter != nil {
+		for _, k := range t.decided {
+			r.filter.add(k)
+		}
+	}
 	// Only now, after Commit returned, do waiters see the new position.
 	ps.mu.Lock()
 	ps.cp = cp
@@ -490,7 +555,7 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	}
 	pos := engine.Position{Partition: en.Partition, Offset: en.Offset}
 	dk := decisionKey(ev.StreamKey, ev.Actor.User, ev.ClientOpId)
-	if ok, err := t.get(dk, &pb.Decision{}); err != nil {
+	if _, ok, err := t.raw(dk); err != nil {
 		return nil, false, err
 	} else if ok {
 		return nil, true, nil
@@ -519,9 +584,15 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	} else {
 		d = engine.NewDecision(ev, pos, pol)
 	}
-	if err := t.put(dk, d); err != nil {
+	if r.marks {
+		err = t.set(dk, dedupMark)
+	} else {
+		err = t.put(dk, d)
+	}
+	if err != nil {
 		return nil, false, err
 	}
+	t.decided = append(t.decided, dk)
 	if ws := r.watchers[ev.Kind]; len(ws) > 0 {
 		o := &Outcome{Event: ev, Pos: pos, Decision: d, Sessions: t.sessions}
 		for _, h := range ws {

@@ -1,7 +1,6 @@
 package projections
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,10 +9,6 @@ import (
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
-
-// ErrGap is returned when entries handed to Apply do not start at the
-// partition's checkpoint: applying them would skip or repeat events.
-var ErrGap = errors.New("projections: entries do not continue the checkpoint")
 
 // Sessions is the handler of the session kinds (login, logout, kicks,
 // password change, user removal) and of the policy: each user's devices in
@@ -39,11 +34,6 @@ func (h sessionsHandler) decide(t *Txn, ev *pb.Event, pos engine.Position, pol *
 		return h.applyPolicy(t, pol, ev, pos)
 	}
 	return h.applySession(t, pol, ev, pos)
-}
-
-func isSessionKind(k pb.Kind) bool {
-	ki, ok := engine.LookupKind(k)
-	return ok && ki.Category == engine.CatSession && k != pb.Kind_KIND_POLICY_SET
 }
 
 func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {

@@ -55,6 +55,10 @@ type Options struct {
 	// aggregates run as a second runner (docs/design-notes.md, "One
 	// projector runner").
 	Handlers []Handler
+	// HotKeys bounds each partition's in-memory cache of committed sessions
+	// and policy values (RunnerOptions.HotKeys). Default DefaultHotKeys;
+	// negative: no hot state in memory (every read goes to Pebble).
+	HotKeys int
 }
 
 func (o *Options) ensureDefaults() {
@@ -142,7 +146,7 @@ func Open(opts Options) (*Store, error) {
 		}
 		s.relay = append(s.relay, &relayState{pos: pos, changed: make(chan struct{})})
 	}
-	s.Runner, err = NewRunner(db, RunnerOptions{Partitions: opts.Partitions, Sync: opts.Sync, Handlers: s.topology(), OnApplied: opts.OnApplied})
+	s.Runner, err = NewRunner(db, RunnerOptions{Partitions: opts.Partitions, Sync: opts.Sync, Handlers: s.topology(), OnApplied: opts.OnApplied, HotKeys: opts.HotKeys})
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -116,7 +116,7 @@ func Open(opts Options) (*Aggregates, error) {
 		return nil, err
 	}
 	a.Runner, err = projections.NewRunner(db, projections.RunnerOptions{
-		Partitions: opts.Partitions, Sync: opts.Sync, Handlers: Topology(opts.Partitions)})
+		Partitions: opts.Partitions, Sync: opts.Sync, Handlers: Topology(opts.Partitions), DedupMarks: true})
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -1,0 +1,153 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/maphash"
+	"math/bits"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/mdsync/mdsync/engine"
+)
+
+// The hot state of the runner (issue 12, "state in memory, Pebble behind
+// it"). Every event reads its decision key (dedup), the app's policy and,
+// for most kinds, its actor's sessions; through pebble.DB.Get each read
+// builds a merged iterator, and the dedup of a new operation is always a
+// miss that descends every level. The runner is the only writer of these
+// tables, so it can keep what it committed in memory and never invalidate
+// it:
+//
+//   - decisionFilter: a Bloom filter of every decision key in the database,
+//     filled at open by one scan and after each commit with the batch's
+//     decisions. A key it does not contain is absent, so the dedup of a new
+//     operation reads nothing; a key it may contain (a retry, or a false
+//     positive) is read from Pebble as before.
+//   - hotCache: per partition, the committed value (or known absence) of
+//     the sessions and policy keys the partition owns, bounded by two
+//     generations of at most Options.HotKeys entries each, filled from each
+//     committed batch's overlay (what it read and wrote).
+//
+// Neither changes what is applied: a read answered from memory returns the
+// bytes Pebble holds, so the digest is the same (TestDigestGolden).
+
+// decisionFilter is a Bloom filter over byte keys, safe for concurrent use
+// (partitions add their keys in parallel). It never forgets a key; past
+// its sizing its false-positive rate rises, which costs reads, not
+// correctness.
+type decisionFilter struct {
+	seed  maphash.Seed
+	words []atomic.Uint64
+	mask  uint64 // bit count - 1 (a power of two)
+}
+
+// filterHashes is the number of bits set per key: with 16 bits per key at
+// its sizing, about 0.05% false positives.
+const filterHashes = 6
+
+func newDecisionFilter(keys int) *decisionFilter {
+	nbits := uint64(1) << bits.Len64(uint64(max(keys, 1<<20))*16-1)
+	return &decisionFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, nbits/64), mask: nbits - 1}
+}
+
+func (f *decisionFilter) add(k []byte) {
+	h := maphash.Bytes(f.seed, k)
+	h1, h2 := h, h>>32|1
+	for i := uint64(0); i < filterHashes; i++ {
+		b := (h1 + i*h2) & f.mask
+		f.words[b/64].Or(1 << (b % 64))
+	}
+}
+
+func (f *decisionFilter) mayContain(k []byte) bool {
+	h := maphash.Bytes(f.seed, k)
+	h1, h2 := h, h>>32|1
+	for i := uint64(0); i < filterHashes; i++ {
+		b := (h1 + i*h2) & f.mask
+		if f.words[b/64].Load()&(1<<(b%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// loadDecisionFilter scans the decision table of db into a new filter.
+func loadDecisionFilter(db *pebble.DB) (*decisionFilter, error) {
+	prefix := []byte{tagDecision, 0}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, fmt.Errorf("projections: scan decisions: %w", err)
+	}
+	var keys [][]byte
+	for it.First(); it.Valid(); it.Next() {
+		keys = append(keys, bytes.Clone(it.Key()))
+	}
+	if err := it.Error(); err != nil {
+		it.Close()
+		return nil, fmt.Errorf("projections: scan decisions: %w", err)
+	}
+	if err := it.Close(); err != nil {
+		return nil, fmt.Errorf("projections: scan decisions: %w", err)
+	}
+	f := newDecisionFilter(2 * len(keys))
+	for _, k := range keys {
+		f.add(k)
+	}
+	return f, nil
+}
+
+// DefaultHotKeys is the default of Options.HotKeys.
+const DefaultHotKeys = 1 << 15
+
+// hotCache is one partition's committed sessions and policy values, used
+// only by the partition's applier (under its apply lock). A nil value is a
+// key known to be absent.
+type hotCache struct {
+	young, old map[string][]byte
+	max        int
+}
+
+func newHotCache(max int) *hotCache {
+	return &hotCache{young: map[string][]byte{}, old: map[string][]byte{}, max: max}
+}
+
+func (h *hotCache) get(k string) ([]byte, bool) {
+	if v, ok := h.young[k]; ok {
+		return v, true
+	}
+	if v, ok := h.old[k]; ok {
+		h.put(k, v)
+		return v, true
+	}
+	return nil, false
+}
+
+func (h *hotCache) put(k string, v []byte) {
+	if len(v) == 0 {
+		v = nil // as a later batch reads it from Pebble (Txn.raw)
+	}
+	if len(h.young) >= h.max {
+		h.old, h.young = h.young, make(map[string][]byte, h.max)
+	}
+	h.young[k] = v
+}
+
+// hotTable reports the tables whose keys the hot cache may hold.
+func hotTable(tag byte) bool { return tag == tagSessions || tag == tagPolicy }
+
+// ownsHotKey reports whether partition p of n is the one writer of k, a
+// key of a hot table: a policy key names its partition, a sessions key its
+// user, whose stream's partition writes it (invariant 4). Only such keys
+// are cached: another partition's could change behind the cache.
+func ownsHotKey(k string, p, n int32) bool {
+	switch k[0] {
+	case tagPolicy:
+		return len(k) >= 4 && int32(binary.BigEndian.Uint32([]byte(k[len(k)-4:]))) == p
+	case tagSessions:
+		app, user, ok := splitPair([]byte(k[2:]))
+		return ok && engine.PartitionFor([]byte(engine.UserStream(app, user)), n) == p
+	}
+	return false
+}
