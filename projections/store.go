@@ -204,9 +204,14 @@ func getProto(g getter, k []byte, m proto.Message) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("projections: get: %w", err)
 	}
-	defer closer.Close()
-	if err := proto.Unmarshal(v, m); err != nil {
-		return false, fmt.Errorf("projections: decode %q: %w", k, err)
+	uerr := proto.Unmarshal(v, m)
+	// The decision a writer is acknowledged with comes through here: no
+	// error of the read is dropped, the closer's included.
+	if err := closer.Close(); err != nil {
+		return false, fmt.Errorf("projections: get %q: %w", k, err)
+	}
+	if uerr != nil {
+		return false, fmt.Errorf("projections: decode %q: %w", k, uerr)
 	}
 	return true, nil
 }
