@@ -20,24 +20,25 @@ import (
 // tables, so it can keep what it committed in memory and never invalidate
 // it:
 //
-//   - decisionFilter: a Bloom filter of every decision key in the database,
-//     filled at open by one scan and after each commit with the batch's
-//     decisions. A key it does not contain is absent, so the dedup of a new
-//     operation reads nothing; a key it may contain (a retry, or a false
-//     positive) is read from Pebble as before.
+//   - keyFilter: a Bloom filter of every key ever written to the decision,
+//     sessions, timeline-meta and policy tables, filled at open by one scan
+//     and after each commit with the keys the batch wrote. A key it does
+//     not contain is absent, so the dedup of a new operation and the first
+//     operation of a new user read nothing; a key it may contain (a retry, a
+//     deleted key, a false positive) is read as before.
 //   - hotCache: per partition, the committed value (or known absence) of
-//     the sessions and policy keys the partition owns, bounded by two
+//     the sessions, timeline meta and policy keys the partition owns, bounded by two
 //     generations of at most Options.HotKeys entries each, filled from each
 //     committed batch's overlay (what it read and wrote).
 //
 // Neither changes what is applied: a read answered from memory returns the
 // bytes Pebble holds, so the digest is the same (TestDigestGolden).
 
-// decisionFilter is a Bloom filter over byte keys, safe for concurrent use
+// keyFilter is a Bloom filter over byte keys, safe for concurrent use
 // (partitions add their keys in parallel). It never forgets a key; past
 // its sizing its false-positive rate rises, which costs reads, not
 // correctness.
-type decisionFilter struct {
+type keyFilter struct {
 	seed  maphash.Seed
 	words []atomic.Uint64
 	mask  uint64 // bit count - 1 (a power of two)
@@ -47,12 +48,12 @@ type decisionFilter struct {
 // its sizing, about 0.05% false positives.
 const filterHashes = 6
 
-func newDecisionFilter(keys int) *decisionFilter {
+func newKeyFilter(keys int) *keyFilter {
 	nbits := uint64(1) << bits.Len64(uint64(max(keys, 1<<20))*16-1)
-	return &decisionFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, nbits/64), mask: nbits - 1}
+	return &keyFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, nbits/64), mask: nbits - 1}
 }
 
-func (f *decisionFilter) add(k []byte) {
+func (f *keyFilter) add(k []byte) {
 	h := maphash.Bytes(f.seed, k)
 	h1, h2 := h, h>>32|1
 	for i := uint64(0); i < filterHashes; i++ {
@@ -61,7 +62,7 @@ func (f *decisionFilter) add(k []byte) {
 	}
 }
 
-func (f *decisionFilter) mayContain(k []byte) bool {
+func (f *keyFilter) mayContain(k []byte) bool {
 	h := maphash.Bytes(f.seed, k)
 	h1, h2 := h, h>>32|1
 	for i := uint64(0); i < filterHashes; i++ {
@@ -73,25 +74,32 @@ func (f *decisionFilter) mayContain(k []byte) bool {
 	return true
 }
 
-// loadDecisionFilter scans the decision table of db into a new filter.
-func loadDecisionFilter(db *pebble.DB) (*decisionFilter, error) {
-	prefix := []byte{tagDecision, 0}
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return nil, fmt.Errorf("projections: scan decisions: %w", err)
-	}
+// filtered reports the tables whose keys the key filter holds.
+func filtered(tag byte) bool {
+	return tag == tagDecision || tag == tagSessions || tag == tagMeta || tag == tagPolicy
+}
+
+// loadKeyFilter scans the filtered tables of db into a new filter.
+func loadKeyFilter(db *pebble.DB) (*keyFilter, error) {
 	var keys [][]byte
-	for it.First(); it.Valid(); it.Next() {
-		keys = append(keys, bytes.Clone(it.Key()))
+	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy} {
+		prefix := []byte{tag, 0}
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+		if err != nil {
+			return nil, fmt.Errorf("projections: scan %q: %w", tag, err)
+		}
+		for it.First(); it.Valid(); it.Next() {
+			keys = append(keys, bytes.Clone(it.Key()))
+		}
+		if err := it.Error(); err != nil {
+			it.Close()
+			return nil, fmt.Errorf("projections: scan %q: %w", tag, err)
+		}
+		if err := it.Close(); err != nil {
+			return nil, fmt.Errorf("projections: scan %q: %w", tag, err)
+		}
 	}
-	if err := it.Error(); err != nil {
-		it.Close()
-		return nil, fmt.Errorf("projections: scan decisions: %w", err)
-	}
-	if err := it.Close(); err != nil {
-		return nil, fmt.Errorf("projections: scan decisions: %w", err)
-	}
-	f := newDecisionFilter(2 * len(keys))
+	f := newKeyFilter(2 * len(keys))
 	for _, k := range keys {
 		f.add(k)
 	}
@@ -101,7 +109,7 @@ func loadDecisionFilter(db *pebble.DB) (*decisionFilter, error) {
 // DefaultHotKeys is the default of Options.HotKeys.
 const DefaultHotKeys = 1 << 15
 
-// hotCache is one partition's committed sessions and policy values, used
+// hotCache is one partition's committed sessions, meta and policy values, used
 // only by the partition's applier (under its apply lock). A nil value is a
 // key known to be absent.
 type hotCache struct {
@@ -135,17 +143,18 @@ func (h *hotCache) put(k string, v []byte) {
 }
 
 // hotTable reports the tables whose keys the hot cache may hold.
-func hotTable(tag byte) bool { return tag == tagSessions || tag == tagPolicy }
+func hotTable(tag byte) bool { return tag == tagSessions || tag == tagPolicy || tag == tagMeta }
 
 // ownsHotKey reports whether partition p of n is the one writer of k, a
-// key of a hot table: a policy key names its partition, a sessions key its
-// user, whose stream's partition writes it (invariant 4). Only such keys
+// key of a hot table: a policy key names its partition, a sessions or
+// timeline-meta key its user, whose stream's partition writes it (invariant
+// 4; a copy for a user on another partition is relayed there). Only such keys
 // are cached: another partition's could change behind the cache.
 func ownsHotKey(k string, p, n int32) bool {
 	switch k[0] {
 	case tagPolicy:
 		return len(k) >= 4 && int32(binary.BigEndian.Uint32([]byte(k[len(k)-4:]))) == p
-	case tagSessions:
+	case tagSessions, tagMeta:
 		app, user, ok := splitPair([]byte(k[2:]))
 		return ok && engine.PartitionFor([]byte(engine.UserStream(app, user)), n) == p
 	}

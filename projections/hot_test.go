@@ -8,7 +8,7 @@ import (
 )
 
 // The hot state changes no byte of what is applied: a store with the cache
-// and the decision filter (reopened halfway, so the filter is loaded from
+// and the key filter (reopened halfway, so the filter is loaded from
 // disk and retries of operations decided before the reopen are caught)
 // reaches the digest of a store that reads everything from Pebble. A tiny
 // cache exercises the generation turnover.
@@ -61,8 +61,8 @@ func TestHotStateIsTransparent(t *testing.T) {
 	}
 }
 
-func TestDecisionFilter(t *testing.T) {
-	f := newDecisionFilter(0)
+func TestKeyFilter(t *testing.T) {
+	f := newKeyFilter(0)
 	for i := range 10_000 {
 		f.add(decisionKey("s", "u", string(rune(i))))
 	}

@@ -107,9 +107,9 @@ type Txn struct {
 	entries  []AppliedEntry  // timeline entries appended in this batch
 	sessions []SessionChange // session changes of the current event
 
-	hot     *hotCache       // the partition's committed hot keys (hot.go); nil: none
-	filter  *decisionFilter // every committed decision key; nil: none
-	decided [][]byte        // decision keys written in this batch
+	hot     *hotCache  // the partition's committed hot keys (hot.go); nil: none
+	filter  *keyFilter // every key written to the filtered tables; nil: none
+	written [][]byte   // keys of the filtered tables written in this batch
 }
 
 // get reads k as of this batch. Reads from Pebble are remembered in the
@@ -136,8 +136,8 @@ func (t *Txn) raw(k []byte) ([]byte, bool, error) {
 			t.overlay[string(k)] = v
 		}
 	}
-	if !ok && t.filter != nil && k[0] == tagDecision && !t.filter.mayContain(k) {
-		ok = true // absent: a new operation's dedup reads nothing
+	if !ok && t.filter != nil && filtered(k[0]) && !t.filter.mayContain(k) {
+		ok = true // never written: a new operation's dedup, a new user's sessions
 		t.overlay[string(k)] = nil
 	}
 	if !ok {
@@ -181,6 +181,9 @@ func (t *Txn) set(k, v []byte) error {
 		return err
 	}
 	t.overlay[string(k)] = v
+	if t.filter != nil && filtered(k[0]) {
+		t.written = append(t.written, k)
+	}
 	return t.b.Set(k, v, nil)
 }
 
@@ -272,10 +275,10 @@ type RunnerOptions struct {
 	// OnApplied, when set, is called after each committed batch that
 	// decided something (see Options.OnApplied).
 	OnApplied func(p int32, a Applied)
-	// HotKeys bounds each partition's in-memory cache of committed sessions
-	// and policy values (hot.go): two generations of at most HotKeys keys.
-	// Default DefaultHotKeys; negative: no cache and no decision filter
-	// (every read goes to Pebble, as a reference for tests).
+	// HotKeys bounds each partition's in-memory cache of committed sessions,
+	// timeline meta and policy values (hot.go): two generations of at most
+	// HotKeys keys each. Default DefaultHotKeys; negative: no cache and no
+	// key filter (every read goes to Pebble, as a reference for tests).
 	HotKeys int
 	// DedupMarks stores a one-byte mark in the decision table instead of
 	// the decision: for a runner whose decisions nobody reads (the
@@ -300,7 +303,7 @@ type Runner struct {
 	runnerOwn [256]bool
 
 	parts  []*partState
-	filter *decisionFilter // nil when HotKeys < 0
+	filter *keyFilter // nil when HotKeys < 0
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -370,7 +373,7 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 		o.HotKeys = DefaultHotKeys
 	}
 	if o.HotKeys > 0 {
-		f, err := loadDecisionFilter(db)
+		f, err := loadKeyFilter(db)
 		if err != nil {
 			return nil, err
 		}
@@ -524,7 +527,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		}
 	}
 	if r.filter != nil {
-		for _, k := range t.decided {
+		for _, k := range t.written {
 			r.filter.add(k)
 		}
 	}
@@ -592,7 +595,6 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	t.decided = append(t.decided, dk)
 	if ws := r.watchers[ev.Kind]; len(ws) > 0 {
 		o := &Outcome{Event: ev, Pos: pos, Decision: d, Sessions: t.sessions}
 		for _, h := range ws {
