@@ -7,6 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"log/slog"
 	"net"
 	"net/http"
@@ -274,13 +276,14 @@ func runServe(args []string) error {
 // and what restarts a partition's projector after a broker outage.
 func openNode(ctx context.Context, c serveConfig, brokers []string, onApplied func(int32, projections.Applied), wrap func(engine.Log) engine.Log) (*node.Node, error) {
 	if len(brokers) == 0 {
-		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
+		return node.New(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	return node.OpenOwned(octx, node.OwnedConfig{
-		OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: c.topic, GroupID: c.group, Addr: c.advertise},
-		Partitions:   int32(c.partitions), ReplicationFactor: c.rf, Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
+	return node.New(octx, node.Options{
+		Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
+		Kafka: &kafkalog.Options{Brokers: brokers, Topic: c.topic, Partitions: int32(c.partitions), ReplicationFactor: c.rf, CreateTopic: true},
+		Group: &kafkagroup.Options{GroupID: c.group, Addr: c.advertise},
 	})
 }
 
