@@ -22,6 +22,7 @@ import (
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
 	"github.com/mdsync/mdsync/adapters/console"
+	"github.com/mdsync/mdsync/adapters/delivery"
 	"github.com/mdsync/mdsync/adapters/feed"
 	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/adapters/gateway"
@@ -125,7 +126,8 @@ func runServe(args []string) error {
 	}
 	defer creds.Close()
 
-	// The projector's effects go over the bus to the gateway and to push.
+	// The projector's effects go over the bus to the gateway and to push:
+	// the delivery flow (adapters/delivery, docs/architecture.md).
 	var brokers []string
 	if c.kafka != "" {
 		brokers = strings.Split(c.kafka, ",")
@@ -136,11 +138,7 @@ func runServe(args []string) error {
 	}
 	defer effects.Close()
 	live := feed.New() // the console's live feed of logins, evictions and kicks
-	onApplied := func(p int32, a projections.Applied) {
-		core.observe(a)
-		effects.Publish(bus.EffectsOf(a)...)
-		live.Publish(a)
-	}
+	onApplied := delivery.Publisher(effects, core.observe, live.Publish)
 	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
 	if err != nil {
 		return err
@@ -160,15 +158,7 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	effects.Handle("gateway", func(ctx context.Context, e bus.Effect) error {
-		switch e.Kind {
-		case bus.EffectDeliver:
-			gw.Deliver(e.App, e.User, e.Entry)
-		case bus.EffectEnded:
-			gw.End(e.App, e.Ended)
-		}
-		return nil
-	})
+	flow := delivery.Options{Gateway: gw, Owner: n}
 	if c.pushURL != "" {
 		outbox, err := push.OpenOutbox(push.OutboxOptions{Dir: filepath.Join(c.data, "push"), Logger: logger})
 		if err != nil {
@@ -184,22 +174,10 @@ func runServe(args []string) error {
 				logger.Error("push dispatcher stopped", "err", err)
 			}
 		}()
-		// Offline push: a message for a user with no device connected.
-		// Devices connect to the process that owns their user's partition
-		// (others answer 1018), so only the owner knows that none is, and
-		// only it pushes: with a Kafka bus every process sees every effect.
-		effects.Handle("push", func(ctx context.Context, e bus.Effect) error {
-			if e.Kind != bus.EffectDeliver || gw.Connected(e.App, e.User) {
-				return nil
-			}
-			if _, local := n.Owner(e.App, e.User); !local {
-				return nil
-			}
-			if pe, ok := push.Candidates(e.App, e.User, e.Entry); ok {
-				return outbox.Enqueue(pe)
-			}
-			return nil
-		})
+		flow.Outbox = outbox
+	}
+	if err := delivery.Wire(effects, flow); err != nil {
+		return err
 	}
 	busErr := make(chan error, 1)
 	go func() { busErr <- effects.Run(ctx) }()
