@@ -474,5 +474,5 @@ func unavailable(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return &Error{Code: CodeUnavailable, Message: fmt.Sprint(err)}
+	return &Error{Code: CodeUnavailable, Message: fmt.Sprint(err), Err: err}
 }
