@@ -549,3 +549,29 @@ func (o *Group) WaitApplied(ctx context.Context, pos engine.Position) error {
 	}
 	return err
 }
+
+// WaitRelayed is the store's WaitRelayed for a partition served here, with
+// WaitApplied's ownership rule: once p is given up it returns Owns' error
+// instead of waiting for a relay this process no longer runs.
+func (o *Group) WaitRelayed(ctx context.Context, p int32, offset int64) error {
+	if p < 0 || int(p) >= len(o.parts) {
+		return fmt.Errorf("kafkagroup: wait relayed: %w", engine.ErrBadPartition)
+	}
+	o.mu.Lock()
+	part := o.parts[p]
+	o.mu.Unlock()
+	if part.state == notOwned {
+		return o.Owns(p)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(part.ctx, cancel)()
+	err := o.st.WaitRelayed(wctx, p, offset)
+	if err != nil && ctx.Err() == nil && part.ctx.Err() != nil {
+		if oerr := o.Owns(p); oerr != nil {
+			return oerr
+		}
+		return engine.Errorf(engine.CodeUnavailable, "partition %d moved while waiting; retry", p)
+	}
+	return err
+}

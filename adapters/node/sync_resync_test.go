@@ -116,7 +116,7 @@ func sendN(t *testing.T, n *Node, from, to string, first, count int) {
 			t.Fatalf("message %d refused: %v", i, d)
 		}
 	}
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 }
 
 func bodies(es []*pb.TimelineEntry) string {
@@ -360,7 +360,7 @@ func TestSyncResyncPastDefaultEntryRetention(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 	meta := wantResync(t, n, a, a.epoch, a.pos)
 	if meta.LastSeq != uint64(total+1) || meta.LastSeq-meta.FirstSeq+1 != engine.DefaultTimelineMaxEntries {
 		t.Fatalf("bounds %v", meta)
