@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mdsync/mdsync/adapters/explain"
 )
 
 // buildBinary builds cmd/mdsync into a temporary directory.
@@ -194,15 +196,15 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("explain --json: exit %d: %s", code, errOut)
 	}
-	var rows []explainRow
+	var rows []explain.Row
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		var r explainRow
+		var r explain.Row
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatalf("%v: %s", err, l)
 		}
 		rows = append(rows, r)
 	}
-	var ev, login5 explainRow
+	var ev, login5 explain.Row
 	for _, r := range rows {
 		switch {
 		case r.Event == "ended" && r.LoginID == "phone1":

@@ -1,4 +1,4 @@
-package main
+package explain
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mdsync/mdsync/adapters/replay/replaytest"
 )
 
 // TestExplainFifthLogin: a device evicted by a fifth login is explained
@@ -25,17 +27,17 @@ func TestExplainFifthLogin(t *testing.T) {
 {"op":"kick_device","user":"alice","login_id":"a3","by_login_id":"a5"}
 `
 	dir := t.TempDir()
-	replayInto(t, dir, input)
-	lg := openTestLog(t, dir)
+	replaytest.Into(t, dir, input)
+	lg := replaytest.OpenLog(t, dir)
 	for _, rebuild := range []bool{false, true} {
-		cfg := explainConfig{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
+		cfg := Config{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
 		var out, warn bytes.Buffer
-		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
-		var rows []explainRow
+		var rows []Row
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-			var r explainRow
+			var r Row
 			if err := json.Unmarshal([]byte(l), &r); err != nil {
 				t.Fatalf("%v: %s", err, l)
 			}
@@ -65,7 +67,7 @@ func TestExplainFifthLogin(t *testing.T) {
 
 		cfg.JSON, cfg.Device = false, "a1"
 		out.Reset()
-		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
 		text := out.String()
@@ -80,7 +82,7 @@ func TestExplainFifthLogin(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), explainConfig{App: "demo"}, &out, &out); err == nil {
+	if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), Config{App: "demo"}, &out, &out); err == nil {
 		t.Fatal("explain without --user worked")
 	}
 }
