@@ -232,7 +232,7 @@ func Text(r Row) string {
 	}
 	cause := ""
 	switch {
-	case r.ByLoginID != "" && r.Reason == "login_other_device":
+	case r.ByLoginID != "" && r.Reason == opjson.ReasonName(pb.Reason_REASON_LOGIN_OTHER_DEVICE):
 		cause = fmt.Sprintf(" by the login of %s (%q, extension %q)", r.ByLoginID, r.ByDeviceName, r.ByExtension)
 	case r.ByLoginID != "":
 		cause = fmt.Sprintf(" by device %s", r.ByLoginID)

@@ -53,7 +53,7 @@ func TestExplainFifthLogin(t *testing.T) {
 			t.Fatalf("rows %v, want %s", kinds, want)
 		}
 		ev := rows[5]
-		if ev.Code != 206 || ev.Reason != "login_other_device" || ev.ByLoginID != "a5" || ev.ByDeviceName != "phone5" ||
+		if ev.Code != 206 || ev.Reason != "REASON_LOGIN_OTHER_DEVICE" || ev.ByLoginID != "a5" || ev.ByDeviceName != "phone5" ||
 			ev.ByExtension != "hello <ext>" || ev.PolicyVersion != 2 || ev.Partition != 0 || ev.Offset != 7 ||
 			ev.LoginOffset == nil || *ev.LoginOffset != 2 {
 			t.Fatalf("eviction row %+v", ev)
@@ -61,7 +61,7 @@ func TestExplainFifthLogin(t *testing.T) {
 		if l5 := rows[4]; l5.Offset != 7 || l5.PolicyVersion != 2 || !l5.Active || l5.Extension != "hello <ext>" {
 			t.Fatalf("login row %+v", l5)
 		}
-		if k := rows[6]; k.Code != 217 || k.Reason != "kicked" || k.Offset != 8 {
+		if k := rows[6]; k.Code != 217 || k.Reason != "REASON_KICKED" || k.Offset != 8 {
 			t.Fatalf("kick row %+v", k)
 		}
 
@@ -75,7 +75,7 @@ func TestExplainFifthLogin(t *testing.T) {
 		if len(lines) != 2 {
 			t.Fatalf("--device a1: %q", text)
 		}
-		for _, s := range []string{"0/7 ", "ended", "a1", "206 login_other_device", `by the login of a5 ("phone5", extension "hello <ext>")`, "policy v2"} {
+		for _, s := range []string{"0/7 ", "ended", "a1", "206 REASON_LOGIN_OTHER_DEVICE", `by the login of a5 ("phone5", extension "hello <ext>")`, "policy v2"} {
 			if !strings.Contains(lines[1], s) {
 				t.Fatalf("text %q lacks %q", lines[1], s)
 			}

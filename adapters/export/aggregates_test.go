@@ -119,7 +119,7 @@ func TestAggregatesAgreeWithExport(t *testing.T) {
 			t.Fatalf("app %s: aggregates %+v\nwant logins %d refused %d ended %v active %v messages %v (%d hours, got %d)",
 				app, c, w.logins, w.refused, w.ended, w.active, w.messages, len(w.hours), len(hours))
 		}
-		evictions += w.ended["login_other_device"]
+		evictions += w.ended["REASON_LOGIN_OTHER_DEVICE"]
 		if w.logins < 100 || len(w.hours) < 10 {
 			t.Fatalf("app %s: a weak history: %d logins, %d hour buckets", app, w.logins, len(w.hours))
 		}

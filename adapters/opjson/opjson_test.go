@@ -181,16 +181,24 @@ func TestEveryKindHandled(t *testing.T) {
 	}
 }
 
-// TestDecodeChatTypeSpellings: the enum's number and the old short form
-// are accepted for a chat type, besides the spelling Encode produces.
+// TestDecodeChatTypeSpellings: Encode produces the protocol's spelling;
+// the enum's number and the old short form are accepted too.
 func TestDecodeChatTypeSpellings(t *testing.T) {
-	for _, in := range []string{`"user"`, `1`, `"USER"`} {
+	r, _ := Encode(&pb.Event{Kind: pb.Kind_KIND_READ_RECEIPT, Actor: &pb.Actor{User: "u"},
+		Payload: &pb.Event_Receipt{Receipt: &pb.Receipt{ChatType: pb.ChatType_CHAT_TYPE_SELF_DEVICE}}})
+	if r.ChatType != "CHAT_TYPE_SELF_DEVICE" {
+		t.Errorf("Encode chat_type = %v, want CHAT_TYPE_SELF_DEVICE", r.ChatType)
+	}
+	if got := ReasonName(pb.Reason_REASON_LOGIN_OTHER_DEVICE); got != "REASON_LOGIN_OTHER_DEVICE" {
+		t.Errorf("ReasonName = %q", got)
+	}
+	for _, in := range []string{`"CHAT_TYPE_USER"`, `"user"`, `1`, `"USER"`} {
 		l := Decode(1, []byte(`{"op":"message_send","user":"u","chat_type":`+in+`,"to":"b","client_msg_id":"m"}`), "demo")
 		if l.Err != nil || l.Event.GetMessage().GetChatType() != pb.ChatType_CHAT_TYPE_USER {
 			t.Errorf("chat_type %s: %v %v", in, l.Event, l.Err)
 		}
 	}
-	for _, in := range []string{`"nobody"`, `"unspecified"`, `true`} {
+	for _, in := range []string{`"nobody"`, `"unspecified"`, `"CHAT_TYPE_UNSPECIFIED"`, `"CHAT_TYPE_"`, `true`} {
 		if l := Decode(1, []byte(`{"op":"message_send","user":"u","chat_type":`+in+`}`), "demo"); engine.CodeOf(l.Err) != engine.CodeInvalidArgument {
 			t.Errorf("chat_type %s: err %v, want %d", in, l.Err, engine.CodeInvalidArgument)
 		}

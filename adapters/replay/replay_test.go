@@ -45,7 +45,7 @@ func TestReplayExamples(t *testing.T) {
 				wantStrings(t, "ended by line "+itoa(int32(n)), ended(o.Line(t, n).Ended), []string{})
 			}
 			r := o.Line(t, 6)
-			wantStrings(t, "ended by line 6", ended(r.Ended), []string{"a1:206:login_other_device"})
+			wantStrings(t, "ended by line 6", ended(r.Ended), []string{"a1:206:REASON_LOGIN_OTHER_DEVICE"})
 			if e := r.Ended[0]; e.ByLoginID != "a5" || e.ByDeviceName != "phone5" || e.ByExtension != "hello" || e.Platform != 1 {
 				t.Errorf("206 carries %+v, want by a5 phone5 hello on platform 1", e)
 			}
@@ -56,7 +56,7 @@ func TestReplayExamples(t *testing.T) {
 				wantStrings(t, "ended by line "+itoa(int32(n)), ended(o.Line(t, n).Ended), []string{})
 			}
 			r := o.Line(t, 7)
-			wantStrings(t, "ended by line 7", ended(r.Ended), []string{"and1:206:login_other_device"})
+			wantStrings(t, "ended by line 7", ended(r.Ended), []string{"and1:206:REASON_LOGIN_OTHER_DEVICE"})
 			if r.Ended[0].ByExtension != "from-oneplus" {
 				t.Errorf("by_extension = %q", r.Ended[0].ByExtension)
 			}
@@ -64,11 +64,11 @@ func TestReplayExamples(t *testing.T) {
 		},
 		"single_platform.jsonl": func(t *testing.T, o replaytest.Output) {
 			r := o.Line(t, 3)
-			wantStrings(t, "ended by line 3", ended(r.Ended), []string{"d1:206:login_other_device"})
+			wantStrings(t, "ended by line 3", ended(r.Ended), []string{"d1:206:REASON_LOGIN_OTHER_DEVICE"})
 			if e := r.Ended[0]; e.Platform != 1 || e.ByDeviceName != "android" || e.ByExtension != "x" {
 				t.Errorf("cross-platform kick carries %+v", e)
 			}
-			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d2:206:login_other_device"})
+			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d2:206:REASON_LOGIN_OTHER_DEVICE"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/d3"})
 		},
 		"auto_login_kick_oldest.jsonl": func(t *testing.T, o replaytest.Output) {
@@ -76,7 +76,7 @@ func TestReplayExamples(t *testing.T) {
 			if r.Code != 0 {
 				t.Errorf("auto-login code = %d, want accepted", r.Code)
 			}
-			wantStrings(t, "ended by line 4", ended(r.Ended), []string{"d1:206:login_other_device"})
+			wantStrings(t, "ended by line 4", ended(r.Ended), []string{"d1:206:REASON_LOGIN_OTHER_DEVICE"})
 			if r.Ended[0].ByDeviceName != "auto-phone" {
 				t.Errorf("by_device_name = %q", r.Ended[0].ByDeviceName)
 			}
@@ -87,7 +87,7 @@ func TestReplayExamples(t *testing.T) {
 			if r.Code != int32(engine.CodeTooManyDevices) || len(r.Ended) != 0 {
 				t.Errorf("auto-login = %d ended %v, want 214 and nobody ended", r.Code, ended(r.Ended))
 			}
-			wantStrings(t, "ended by manual line 5", ended(o.Line(t, 5).Ended), []string{"d1:206:login_other_device"})
+			wantStrings(t, "ended by manual line 5", ended(o.Line(t, 5).Ended), []string{"d1:206:REASON_LOGIN_OTHER_DEVICE"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/d2", "alice/d4"})
 		},
 		"reconnect.jsonl": func(t *testing.T, o replaytest.Output) {
@@ -104,33 +104,33 @@ func TestReplayExamples(t *testing.T) {
 			}
 		},
 		"kick_device.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d2:217:kicked"})
+			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d2:217:REASON_KICKED"})
 			if c := o.Line(t, 5).Code; c != int32(engine.CodeNotFound) {
 				t.Errorf("kick of a device not logged in = %d, want 1005", c)
 			}
 			wantStrings(t, "devices", o.Devices(), []string{"alice/d1", "alice/d3"})
 		},
 		"kick_all_devices.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:217:kicked", "d2:217:kicked"})
+			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:217:REASON_KICKED", "d2:217:REASON_KICKED"})
 			wantStrings(t, "devices", o.Devices(), []string{"bob/b1"})
 		},
 		"password_change.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 3", ended(o.Line(t, 3).Ended), []string{"d1:216:password_changed", "d2:216:password_changed"})
+			wantStrings(t, "ended by line 3", ended(o.Line(t, 3).Ended), []string{"d1:216:REASON_PASSWORD_CHANGED", "d2:216:REASON_PASSWORD_CHANGED"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/d3"})
 		},
 		"user_remove.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:207:user_removed", "d2:207:user_removed"})
+			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:207:REASON_USER_REMOVED", "d2:207:REASON_USER_REMOVED"})
 			wantStrings(t, "devices", o.Devices(), []string{"bob/b1"})
 		},
 		"policy_lower_limit.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 6", ended(o.Line(t, 6).Ended), []string{"a1:217:policy_limit", "a2:217:policy_limit"})
+			wantStrings(t, "ended by line 6", ended(o.Line(t, 6).Ended), []string{"a1:217:REASON_POLICY_LIMIT", "a2:217:REASON_POLICY_LIMIT"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/a3", "alice/a4", "bob/b1"})
 		},
 		"self_ids.jsonl": func(t *testing.T, o replaytest.Output) {
 			if c := o.Line(t, 4).Code; c != 0 {
 				t.Errorf("message to an own device = %d", c)
 			}
-			wantStrings(t, "ended by logout", ended(o.Line(t, 5).Ended), []string{"web:0:logout"})
+			wantStrings(t, "ended by logout", ended(o.Line(t, 5).Ended), []string{"web:0:REASON_LOGOUT"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/phone", "alice/desktop"})
 		},
 		"sync_operations.jsonl": func(t *testing.T, o replaytest.Output) {
@@ -298,9 +298,9 @@ func TestReplayWhatIf(t *testing.T) {
 	if !rows[0].Dropped {
 		t.Error("the input's policy_set line is not reported as dropped")
 	}
-	wantStrings(t, "line 3 what-if", ended(rows[1].WhatIfEnded), []string{"ios1:206:login_other_device"})
-	wantStrings(t, "line 7 original", ended(rows[3].Ended), []string{"and1:206:login_other_device"})
-	wantStrings(t, "line 7 what-if", ended(rows[3].WhatIfEnded), []string{"and2:206:login_other_device"})
+	wantStrings(t, "line 3 what-if", ended(rows[1].WhatIfEnded), []string{"ios1:206:REASON_LOGIN_OTHER_DEVICE"})
+	wantStrings(t, "line 7 original", ended(rows[3].Ended), []string{"and1:206:REASON_LOGIN_OTHER_DEVICE"})
+	wantStrings(t, "line 7 what-if", ended(rows[3].WhatIfEnded), []string{"and2:206:REASON_LOGIN_OTHER_DEVICE"})
 	s := o.OfType("whatif_summary")
 	if len(s) != 1 || s[0].Evictions != 1 || s[0].WhatIfEvictions != 3 || s[0].Lines != 4 {
 		t.Errorf("summary = %+v, want 1 -> 3 evictions on 4 lines", s)

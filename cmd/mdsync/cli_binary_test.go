@@ -181,7 +181,7 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 			ended = l
 		}
 	}
-	for _, want := range []string{"phone1", `"Phone 1"`, "206 login_other_device",
+	for _, want := range []string{"phone1", `"Phone 1"`, "206 REASON_LOGIN_OTHER_DEVICE",
 		`by the login of phone5 ("iPhone 15", extension "{\"os\":\"ios\"}")`, "policy v1"} {
 		if !strings.Contains(ended, want) {
 			t.Errorf("explain's eviction line lacks %q:\n%s", want, out)
@@ -213,7 +213,7 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 			login5 = r
 		}
 	}
-	if ev.Event != "ended" || ev.LoginID != "phone1" || ev.Code != 206 || ev.Reason != "login_other_device" ||
+	if ev.Event != "ended" || ev.LoginID != "phone1" || ev.Code != 206 || ev.Reason != "REASON_LOGIN_OTHER_DEVICE" ||
 		ev.ByLoginID != "phone5" || ev.ByDeviceName != "iPhone 15" || ev.ByExtension != `{"os":"ios"}` ||
 		ev.PolicyVersion != 1 || ev.LoginOffset == nil {
 		t.Fatalf("eviction row %+v", ev)
