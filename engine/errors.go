@@ -43,10 +43,15 @@ const (
 )
 
 // Error is an error with a wire code. Callers match it with errors.As, or
-// compare codes with CodeOf.
+// compare codes with CodeOf; errors.Is sees through it to its cause.
 type Error struct {
 	Code    Code
-	Message string
+	Message string // what the client is told (the wire message)
+	// Err is the cause, when the error wraps one (a log that closed, a
+	// Pebble read that failed): Unwrap returns it, so errors.Is(err,
+	// ErrLogClosed) holds for an operation refused because the log closed.
+	// It never goes on the wire; Message does.
+	Err error
 	// actorChecked: a 1018 for an operation whose actor this process checked
 	// against the actor's own partition before finding that another process
 	// decides its stream (see ActorWasChecked).
@@ -62,6 +67,9 @@ func ActorWasChecked(err error) bool {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("mdsync: %d: %s", e.Code, e.Message) }
+
+// Unwrap returns the cause (nil when there is none).
+func (e *Error) Unwrap() error { return e.Err }
 
 // Errorf returns an *Error with the code and a formatted message.
 func Errorf(code Code, format string, args ...any) *Error {

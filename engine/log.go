@@ -31,11 +31,11 @@ type Entry struct {
 
 // Errors returned by Log implementations; match them with errors.Is.
 var (
-	ErrLogClosed      = errors.New("mdsync: log closed")
-	ErrBadPartition   = errors.New("mdsync: partition out of range")
-	ErrOffsetRange    = errors.New("mdsync: offset out of range")
-	ErrRecordTooLarge = errors.New("mdsync: record too large")
-	ErrEmptyAppend    = errors.New("mdsync: append of no records")
+	ErrLogClosed      = errors.New("engine: log closed")
+	ErrBadPartition   = errors.New("engine: partition out of range")
+	ErrOffsetRange    = errors.New("engine: offset out of range")
+	ErrRecordTooLarge = errors.New("engine: record too large")
+	ErrEmptyAppend    = errors.New("engine: append of no records")
 )
 
 // Log is the port to the operation log: a fixed number of partitions, each

@@ -47,7 +47,10 @@ func (t *txn) get(k []byte, m proto.Message) (bool, error) {
 	if v == nil { // absent, or deleted in this batch
 		return false, nil
 	}
-	return true, proto.Unmarshal(v, m)
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("projections: decode %q: %w", k, err)
+	}
+	return true, nil
 }
 
 func (t *txn) put(k []byte, m proto.Message) error {

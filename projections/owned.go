@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -96,8 +95,12 @@ func (s *Store) PartitionPolicy(app string, p int32) (*pb.Policy, error) {
 		return nil, ErrClosed
 	}
 	pol := &pb.Policy{}
-	if ok, err := s.getProto(policyKey(app, p), pol); err != nil || !ok {
-		return engine.DefaultPolicy(), err
+	ok, err := s.getProto(policyKey(app, p), pol)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return engine.DefaultPolicy(), nil
 	}
 	return pol, nil
 }
@@ -114,9 +117,8 @@ func (s *Store) AdvanceRelay(p int32, off int64) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	cur, err := s.relayPosition(p)
-	if err != nil || off <= cur {
-		return err
+	if off <= s.RelayPosition(p) {
+		return nil
 	}
-	return s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(off)), pebble.NoSync)
+	return s.setRelayPosition(p, off)
 }

@@ -31,23 +31,56 @@ func (s *Store) RunRelay(ctx context.Context, log engine.Log) error {
 	return err
 }
 
-func (s *Store) relayPosition(p int32) (int64, error) {
+// readRelayPosition reads partition p's relay position from Pebble (at Open).
+func (s *Store) readRelayPosition(p int32) (int64, error) {
 	v, closer, err := s.db.Get(relayKey(p))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("projections: read relay position of partition %d: %w", p, err)
 	}
 	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("projections: relay position of partition %d: %d bytes, want 8", p, len(v))
+	}
 	return int64(binary.BigEndian.Uint64(v)), nil
 }
 
-func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) error {
-	from, err := s.relayPosition(p)
-	if err != nil {
-		return err
+// setRelayPosition writes partition p's relay position and, once Pebble
+// took it, publishes it to RelayPosition and wakes WaitRelayed.
+func (s *Store) setRelayPosition(p int32, off int64) error {
+	if err := s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(off)), pebble.NoSync); err != nil {
+		return fmt.Errorf("projections: write relay position of partition %d: %w", p, err)
 	}
+	ps := s.parts[p]
+	ps.mu.Lock()
+	ps.relay = off
+	close(ps.relayChanged)
+	ps.relayChanged = make(chan struct{})
+	ps.mu.Unlock()
+	return nil
+}
+
+// relayStopped records that partition p's relay stopped on err (nil: it
+// (re)started) and wakes WaitRelayed.
+func (s *Store) relayStopped(p int32, err error) {
+	ps := s.parts[p]
+	ps.mu.Lock()
+	ps.relayErr = err
+	close(ps.relayChanged)
+	ps.relayChanged = make(chan struct{})
+	ps.mu.Unlock()
+}
+
+func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) (err error) {
+	s.relayStopped(p, nil)
+	defer func() {
+		if quiet(ctx, err) != nil {
+			s.relayStopped(p, err)
+		}
+	}()
+	from := s.RelayPosition(p)
 	for {
 		// Relay only what the projection applied: its decision holds the fan-out.
 		if err := s.WaitApplied(ctx, engine.Position{Partition: p, Offset: from}); err != nil {
@@ -93,14 +126,53 @@ func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) err
 			}
 		}
 		from += int64(len(entries))
-		if err := s.db.Set(relayKey(p), binary.BigEndian.AppendUint64(nil, uint64(from)), pebble.NoSync); err != nil {
+		if err := s.setRelayPosition(p, from); err != nil {
 			return err
 		}
 	}
 }
 
-// RelayPosition returns the next offset of partition p the relay will read.
+// RelayPosition returns the next offset of partition p the relay will
+// read: the copies of every entry before it are in the log. It is the
+// position last written to Pebble by this process (read from Pebble at
+// Open, which fails if it cannot be read), so it has no error to return.
 func (s *Store) RelayPosition(p int32) int64 {
-	off, _ := s.relayPosition(p)
-	return off
+	ps := s.parts[p]
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.relay
+}
+
+// WaitRelayed blocks until the relay of partition p has appended the
+// fan-out copies of the entry at offset and of every entry before it
+// (RelayPosition(p) > offset), so a reader of the recipients' partitions
+// can wait for those copies with WaitApplied. It returns an error when the
+// relay of p stopped on an error, the projector stopped, the store is
+// closed, or ctx is done. It does not start a relay: with none running for
+// p, it waits for ctx.
+func (s *Store) WaitRelayed(ctx context.Context, p int32, offset int64) error {
+	if err := s.checkPartition(p); err != nil {
+		return fmt.Errorf("projections: wait relayed: %w", err)
+	}
+	ps := s.parts[p]
+	for {
+		ps.mu.Lock()
+		done, rerr, ch := ps.relay > offset, ps.relayErr, ps.relayChanged
+		ps.mu.Unlock()
+		switch {
+		case done:
+			return nil
+		case rerr != nil:
+			return fmt.Errorf("projections: relay of partition %d stopped: %w", p, rerr)
+		}
+		select {
+		case <-ch:
+		case <-s.closed:
+			return ErrClosed
+		case <-s.failed:
+			return fmt.Errorf("projections: projector stopped: %w", s.failErr)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

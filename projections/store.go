@@ -110,6 +110,13 @@ type partState struct {
 	cp      *pb.Checkpoint // last committed checkpoint
 	changed chan struct{}  // closed and replaced when cp advances
 	apply   sync.Mutex     // one applier at a time
+
+	// relay is the relay's next offset as last written to Pebble (loaded at
+	// Open); relayChanged is closed and replaced after each write, and
+	// relayErr is set when the relay of this partition stopped on an error.
+	relay        int64
+	relayChanged chan struct{}
+	relayErr     error
 }
 
 // Open opens (or creates) a store.
@@ -146,7 +153,12 @@ func Open(opts Options) (*Store, error) {
 		} else if !ok {
 			cp = &pb.Checkpoint{}
 		}
-		s.parts = append(s.parts, &partState{cp: cp, changed: make(chan struct{})})
+		relay, err := s.readRelayPosition(p)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		s.parts = append(s.parts, &partState{cp: cp, changed: make(chan struct{}), relay: relay, relayChanged: make(chan struct{})})
 	}
 	return s, nil
 }

@@ -56,7 +56,7 @@ func newEnv(t *testing.T, mod func(*gateway.Options)) *env {
 func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.Listener) net.Listener) *env {
 	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {

@@ -33,7 +33,7 @@ type envHooks struct {
 func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
 	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {

@@ -14,7 +14,7 @@ import (
 // It waits on the projector (WaitApplied, which wakes when a batch
 // commits), not by polling. It returns nil at once on an empty log. It
 // returns ctx's error when ctx ends first; the projector's error when it
-// stopped; an error when the node closes or, in owned mode, when a
+// stopped; an error when the node closes or, with a Group, when a
 // partition moves away while Settle waits for it (an error naming the
 // owner, as Submit's). Partitions other nodes serve are not waited for.
 //
@@ -34,8 +34,8 @@ func (n *Node) Settle(ctx context.Context) error {
 		ends[i] = end
 	}
 	wait := n.Store.WaitApplied
-	if n.owned != nil {
-		wait = ownedProjector{n.Store, n.owned}.WaitApplied
+	if n.group != nil {
+		wait = n.group.WaitApplied
 	}
 	for i, p := range owned {
 		if ends[i] == 0 {

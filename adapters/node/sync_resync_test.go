@@ -41,7 +41,7 @@ func (c *testClock) Advance(d time.Duration) {
 func openNodeClock(t *testing.T, parts int32) (*Node, *testClock) {
 	t.Helper()
 	clk := &testClock{t: time.UnixMilli(1_700_000_000_000)}
-	n, err := Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: clk.Now})
+	n, err := New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

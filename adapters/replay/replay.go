@@ -239,7 +239,7 @@ type replayer struct {
 
 func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer, error) {
 	r := &replayer{}
-	n, err := node.Open(ctx, node.Options{
+	n, err := node.New(ctx, node.Options{
 		Dir: dir, Partitions: partitions,
 		Now: func() time.Time { return time.UnixMilli(r.clock.Load()) },
 	})

@@ -65,7 +65,7 @@ func (a *api) emResources(w http.ResponseWriter, r *http.Request, _ principal) {
 		return
 	}
 	app, user := r.PathValue("app"), r.PathValue("user")
-	ss, err := a.store.Devices(app, user)
+	ss, err := a.sessions.Devices(app, user)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
 		return

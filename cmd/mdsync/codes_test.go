@@ -30,7 +30,7 @@ type codesServer struct {
 
 func newCodesServer(t *testing.T) codesServer {
 	t.Helper()
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

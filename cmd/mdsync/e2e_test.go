@@ -137,7 +137,7 @@ func scrapeMetrics(t *testing.T, base, admin string) {
 // wired in-process (node, auth, gateway, restapi), as serve wires them.
 func TestSeedScenariosInProcess(t *testing.T) {
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {

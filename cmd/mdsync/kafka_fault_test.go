@@ -245,7 +245,7 @@ func (r *faultRun) verify(dir string) {
 		lg.Close()
 		t.Fatal(err)
 	}
-	n, err := node.Start(ctx, lg, st, nil)
+	n, err := node.New(ctx, node.Options{Log: lg, Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 func TestAggregatesHTTPAndMetrics(t *testing.T) {
 	ctx := context.Background()
 	clock := time.UnixMilli(1_700_000_000_000)
-	n, err := node.Open(ctx, node.Options{Dir: t.TempDir(), Partitions: 2, Now: func() time.Time { return clock }})
+	n, err := node.New(ctx, node.Options{Dir: t.TempDir(), Partitions: 2, Now: func() time.Time { return clock }})
 	if err != nil {
 		t.Fatal(err)
 	}
