@@ -230,15 +230,14 @@ type opResult struct {
 type replayer struct {
 	n     *node.Node
 	clock atomic.Int64
-	// ctx is cancelled, with the projector's error as its cause, when the
-	// node's projector or relay stops: Submit waits for the projection and
-	// would otherwise wait forever.
-	ctx  context.Context
-	stop context.CancelFunc
+	// ctx is the run's. When the node's projector stops, Submit returns at
+	// once with CodeUnavailable (the store's WaitApplied wakes on the
+	// failure), which fatal reports; no watcher is needed.
+	ctx context.Context
 }
 
 func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer, error) {
-	r := &replayer{}
+	r := &replayer{ctx: ctx}
 	n, err := node.New(ctx, node.Options{
 		Dir: dir, Partitions: partitions,
 		Now: func() time.Time { return time.UnixMilli(r.clock.Load()) },
@@ -260,24 +259,6 @@ func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer,
 			return nil, fmt.Errorf("replay: %s already holds a log (partition %d has %d records); replay needs a fresh directory", dir, p, end)
 		}
 	}
-	rctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	r.ctx, r.stop = rctx, func() { close(done); cancel(nil) }
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if err := n.Err(); err != nil {
-					cancel(fmt.Errorf("projector stopped: %w", err))
-					return
-				}
-			}
-		}
-	}()
 	return r, nil
 }
 
@@ -285,43 +266,51 @@ func openReplayer(ctx context.Context, dir string, partitions int32) (*replayer,
 func (r *replayer) submit(ev *pb.Event, timeMs int64) (*pb.Decision, error) {
 	r.clock.Store(timeMs)
 	d, err := r.n.Engine.Submit(r.ctx, ev)
-	if r.ctx.Err() != nil {
-		return nil, fmt.Errorf("%w (%v)", context.Cause(r.ctx), err)
+	if err == nil {
+		return d, nil
 	}
-	return d, err
+	if perr := r.n.Err(); perr != nil {
+		return nil, fmt.Errorf("%w (projector stopped: %w)", err, perr)
+	}
+	return nil, err
 }
 
 func (r *replayer) close() error {
-	r.stop()
 	return r.n.Close()
 }
 
 // settle waits until the node's relay has appended every fan-out copy and
-// the projections applied them. With one partition copies are applied
-// inline and this returns at once; with more, the relay appends DELIVER
-// records after Submit returned, and the digest, --at and --verify must
-// see a log that no longer grows.
+// the projections applied them: the digest, --at and --verify must see a
+// log that no longer grows. Each pass waits for the projector
+// (node.Settle) and then for the relay (Store.WaitRelayed) up to the
+// log's ends; the relay's copies grow the log, so it repeats until a pass
+// found the ends unchanged. Nothing polls: both waits wake on a signal.
 func (r *replayer) settle() error {
-	ctx := r.ctx
-	lg, st := r.n.Log, r.n.Store
+	ctx, lg, st := r.ctx, r.n.Log, r.n.Store
+	ends := make([]int64, lg.Partitions())
 	for {
-		quiet := true
-		for p := int32(0); p < lg.Partitions(); p++ {
-			end, err := lg.End(ctx, p)
+		grew := false
+		for p := range ends {
+			end, err := lg.End(ctx, int32(p))
 			if err != nil {
 				return err
 			}
-			if st.Checkpoint(p).NextOffset < end || st.RelayPosition(p) < end {
-				quiet = false
-			}
+			grew = grew || end != ends[p]
+			ends[p] = end
 		}
-		if quiet {
+		if !grew {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-time.After(2 * time.Millisecond):
+		if err := r.n.Settle(ctx); err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		for p, end := range ends {
+			if end == 0 {
+				continue
+			}
+			if err := st.WaitRelayed(ctx, int32(p), end-1); err != nil {
+				return fmt.Errorf("replay: relay of partition %d: %w", p, err)
+			}
 		}
 	}
 }
