@@ -126,7 +126,7 @@ func scrapeMetrics(t *testing.T, base, admin string) {
 			t.Errorf("/metrics has no %s", m)
 		}
 	}
-	for _, lbl := range []string{`mdsync_connected_devices{platform="1"}`, `mdsync_sessions_ended_total{reason="login_other_device"}`, `mdsync_sessions_ended_total{reason="kicked"}`} {
+	for _, lbl := range []string{`mdsync_connected_devices{platform="1"}`, `mdsync_sessions_ended_total{reason="REASON_LOGIN_OTHER_DEVICE"}`, `mdsync_sessions_ended_total{reason="REASON_KICKED"}`} {
 		if !strings.Contains(string(body), lbl) {
 			t.Errorf("/metrics has no series %s", lbl)
 		}

@@ -424,7 +424,7 @@ func (a *Aggregates) applyOne(t *txn, en engine.Entry) (applied, dup bool, err e
 	case ki.Category == engine.CatSession:
 		err = a.applySession(t, pol, ev, pos)
 	case ev.Kind == pb.Kind_KIND_MESSAGE_SEND:
-		ct := ChatTypeName(ev.GetMessage().GetChatType())
+		ct := ev.GetMessage().GetChatType().String()                   // the protocol's spelling, "CHAT_TYPE_USER"
 		hour := ev.TimeUnixMs - ((ev.TimeUnixMs%HourMs)+HourMs)%HourMs // floor, also before 1970
 		t.add(counterKey(p, ev.App, mMessages, ct), 1)
 		t.add(counterKey(p, ev.App, mMessagesHour, ct, fmt.Sprintf("%020d", hour+offsetHour)), 1)
@@ -487,7 +487,7 @@ func (a *Aggregates) applySession(t *txn, pol *pb.Policy, ev *pb.Event, pos engi
 // ended sessions by reason, and active devices per platform.
 func (a *Aggregates) sessionsChanged(t *txn, p int32, app string, sk []byte, before, after *pb.UserSessions, ended []*pb.Ended) error {
 	for _, e := range ended {
-		t.add(counterKey(p, app, mEnded, ReasonName(e.Reason)), 1)
+		t.add(counterKey(p, app, mEnded, e.Reason.String()), 1) // "REASON_LOGIN_OTHER_DEVICE"
 	}
 	for _, s := range before.GetSessions() {
 		t.add(counterKey(p, app, mActive, fmt.Sprint(s.Platform)), -1)
@@ -578,14 +578,4 @@ func prefixEnd(prefix []byte) []byte {
 		}
 	}
 	return nil
-}
-
-// ReasonName is a reason's JSON and label name ("login_other_device").
-func ReasonName(r pb.Reason) string {
-	return strings.ToLower(strings.TrimPrefix(r.String(), "REASON_"))
-}
-
-// ChatTypeName is a chat type's JSON and label name ("user", "group"...).
-func ChatTypeName(c pb.ChatType) string {
-	return strings.ToLower(strings.TrimPrefix(c.String(), "CHAT_TYPE_"))
 }
