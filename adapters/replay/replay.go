@@ -281,38 +281,13 @@ func (r *replayer) close() error {
 
 // settle waits until the node's relay has appended every fan-out copy and
 // the projections applied them: the digest, --at and --verify must see a
-// log that no longer grows. Each pass waits for the projector
-// (node.Settle) and then for the relay (Store.WaitRelayed) up to the
-// log's ends; the relay's copies grow the log, so it repeats until a pass
-// found the ends unchanged. Nothing polls: both waits wake on a signal.
+// log that no longer grows. node.Settle waits to that fixed point on the
+// projector's and the relay's signals; nothing polls.
 func (r *replayer) settle() error {
-	ctx, lg, st := r.ctx, r.n.Log, r.n.Store
-	ends := make([]int64, lg.Partitions())
-	for {
-		grew := false
-		for p := range ends {
-			end, err := lg.End(ctx, int32(p))
-			if err != nil {
-				return err
-			}
-			grew = grew || end != ends[p]
-			ends[p] = end
-		}
-		if !grew {
-			return nil
-		}
-		if err := r.n.Settle(ctx); err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
-		for p, end := range ends {
-			if end == 0 {
-				continue
-			}
-			if err := st.WaitRelayed(ctx, int32(p), end-1); err != nil {
-				return fmt.Errorf("replay: relay of partition %d: %w", p, err)
-			}
-		}
+	if err := r.n.Settle(r.ctx); err != nil {
+		return fmt.Errorf("replay: %w", err)
 	}
+	return nil
 }
 
 // storeAt builds a store from the log up to and including offset at of each
