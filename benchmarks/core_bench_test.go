@@ -246,7 +246,7 @@ func BenchmarkProjectionApply(b *testing.B) {
 	b.ReportMetric(float64(ended)/float64(decided), "ended/decision")
 }
 
-// BenchmarkLoginLatency: Engine.Submit of a login through node.Open (embedded
+// BenchmarkLoginLatency: Engine.Submit of a login through node.New (embedded
 // log fsync, projector apply, decision read) from 1 and 8 concurrent
 // clients, against the disk's fsync latency measured on the same file
 // system in the same round: a 200-byte write plus fsync on a plain file (one
@@ -257,12 +257,12 @@ func BenchmarkLoginLatency(b *testing.B) {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			dir := b.TempDir()
 			ctx := context.Background()
-			// node.Open gives Pebble its default logger, which prints info
+			// node.New gives Pebble its default logger, which prints info
 			// lines through the standard logger into the benchmark's result
 			// line; errors still come back as returned errors.
 			log.SetOutput(io.Discard)
 			defer log.SetOutput(os.Stderr)
-			nd, err := node.Open(ctx, node.Options{Dir: filepath.Join(dir, "node")})
+			nd, err := node.New(ctx, node.Options{Dir: filepath.Join(dir, "node")})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -3,6 +3,7 @@ package benchmarks
 import (
 	"context"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
 	"io"
 	"log"
 	"log/slog"
@@ -57,12 +58,13 @@ func BenchmarkKafkaLogin(b *testing.B) {
 			id := fmt.Sprintf("%d", time.Now().UnixNano())
 			octx, cancel := context.WithTimeout(ctx, kafkaBenchReadyLimit)
 			defer cancel()
-			nd, err := node.OpenOwned(octx, node.OwnedConfig{
-				OwnedOptions: node.OwnedOptions{
-					Brokers: brokers, Topic: "mdsync-bench." + id, GroupID: "mdsync-bench." + id, Addr: "127.0.0.1:1",
+			nd, err := node.New(octx, node.Options{
+				Dir:   b.TempDir(),
+				Kafka: &kafkalog.Options{Brokers: brokers, Topic: "mdsync-bench." + id, Partitions: kafkaBenchParts, CreateTopic: true},
+				Group: &kafkagroup.Options{
+					GroupID: "mdsync-bench." + id, Addr: "127.0.0.1:1",
 					Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 				},
-				Partitions: kafkaBenchParts, Dir: b.TempDir(),
 			})
 			if err != nil {
 				b.Fatal(err)

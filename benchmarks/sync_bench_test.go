@@ -357,7 +357,7 @@ func dirSize(tb testing.TB, dir string) float64 {
 func groupMember(i int) string { return fmt.Sprintf("member-%04d", i) }
 
 // BenchmarkGroupFanout: messages to a 1,000-member group (members spread
-// over 8 partitions by hash) submitted through node.Open + Engine.Submit;
+// over 8 partitions by hash) submitted through node.New + Engine.Submit;
 // measured until every member's timeline has every message (the source
 // partition applies its members' copies inline, the relay appends DELIVER
 // events for the others and their partitions apply them). A round is a
@@ -370,12 +370,12 @@ func groupMember(i int) string { return fmt.Sprintf("member-%04d", i) }
 func BenchmarkGroupFanout(b *testing.B) {
 	ctx := context.Background()
 	dir := b.TempDir()
-	log.SetOutput(io.Discard) // node.Open gives Pebble the default logger
+	log.SetOutput(io.Discard) // node.New gives Pebble the default logger
 	defer log.SetOutput(os.Stderr)
 	const group = "group-bench"
 	var delivered atomic.Int64
 	notify := make(chan struct{}, 1)
-	nd, err := node.Open(ctx, node.Options{
+	nd, err := node.New(ctx, node.Options{
 		Dir: filepath.Join(dir, "node"), Partitions: fanoutPartitions,
 		OnApplied: func(_ int32, a projections.Applied) {
 			n := 0

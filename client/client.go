@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,7 @@ type Client struct {
 	cur      *conn // nil while reconnecting
 	calls    map[string]*call
 	loginID  string
+	url      string // the owner a 1018 redirected to; "" = Config.URL
 	ackEpoch string // the acknowledged position: resume starts after it
 	ackSeq   uint64
 	kicked   *Kicked
@@ -236,9 +238,48 @@ func (c *Client) Duplicates() uint64 { return c.dups.Load() }
 func (c *Client) connect(ctx context.Context, resume, autoLogin bool) (*conn, LoginResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoginTimeout)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, c.cfg.URL, &websocket.DialOptions{HTTPClient: c.hc, Subprotocols: []string{Subprotocol}})
+	cn, lr, err := c.connectTo(ctx, c.target(), resume, autoLogin)
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeNotOwner && e.Addr != "" {
+		// Another process serves this user: go there, once per connect, and
+		// keep going there on reconnects until it sends us elsewhere.
+		u, uerr := redirect(c.cfg.URL, e.Addr)
+		if uerr != nil {
+			return nil, LoginResult{}, err
+		}
+		c.mu.Lock()
+		c.url = u
+		c.mu.Unlock()
+		c.log.Info("redirected to the user's owner", "addr", e.Addr)
+		return c.connectTo(ctx, u, resume, autoLogin)
+	}
+	return cn, lr, err
+}
+
+// target is the gateway URL to dial: the owner a 1018 named, else Config.URL.
+func (c *Client) target() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.url != "" {
+		return c.url
+	}
+	return c.cfg.URL
+}
+
+// redirect is base with its host replaced by addr (a 1018's owner).
+func redirect(base, addr string) (string, error) {
+	u, err := url.Parse(base)
 	if err != nil {
-		return nil, LoginResult{}, fmt.Errorf("client: dial %s: %w", c.cfg.URL, err)
+		return "", err
+	}
+	u.Host = addr
+	return u.String(), nil
+}
+
+func (c *Client) connectTo(ctx context.Context, target string, resume, autoLogin bool) (*conn, LoginResult, error) {
+	ws, _, err := websocket.Dial(ctx, target, &websocket.DialOptions{HTTPClient: c.hc, Subprotocols: []string{Subprotocol}})
+	if err != nil {
+		return nil, LoginResult{}, fmt.Errorf("client: dial %s: %w", target, err)
 	}
 	ws.SetReadLimit(maxReadBytes)
 	c.mu.Lock()

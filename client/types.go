@@ -18,6 +18,9 @@ type Error struct {
 	HTTPStatus int
 	// RetryAfter is when to send the request again (code 1019).
 	RetryAfter time.Duration
+	// Addr is the host:port of the process that serves the user (code
+	// 1018); Dial and reconnects follow it.
+	Addr string
 }
 
 func (e *Error) Error() string {
@@ -50,6 +53,7 @@ const (
 	CodeForbidden           = 1008
 	CodeUnauthenticated     = 1013
 	CodeRateLimited         = 1014
+	CodeNotOwner            = 1018 // another process serves the user: Error.Addr names it
 	CodeBusy                = 1019 // the op was not decided: retry after Error.RetryAfter
 	codeInternal            = 1010
 )

@@ -170,5 +170,5 @@ func (f *inFrame) err() error {
 	if f.Code == 0 {
 		return nil
 	}
-	return &Error{Code: f.Code, Message: f.Message, RetryAfter: time.Duration(f.RetryAfterMs) * time.Millisecond}
+	return &Error{Code: f.Code, Message: f.Message, RetryAfter: time.Duration(f.RetryAfterMs) * time.Millisecond, Addr: f.Addr}
 }

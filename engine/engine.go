@@ -39,13 +39,15 @@ func ActorChecked(ctx context.Context) context.Context {
 	return context.WithValue(ctx, actorCheckedKey{}, true)
 }
 
-// Ownership is implemented by a Projector that applies only some
-// partitions: several processes share one log, each owning a subset. Owns
-// returns nil when this process serves partition p, else an *Error:
-// CodeNotOwner (its message names the owner when known) or CodeUnavailable
-// while p is being restored. Its WaitApplied must return such an error, not
-// wait, once p stops being served. Without it every partition is owned.
-type Ownership interface {
+// Membership is the port that tells the engine which partitions this
+// process serves when several processes share one log, each serving a
+// subset (adapters/kafkagroup implements it). Owns returns nil when this
+// process serves partition p, else an *Error: CodeNotOwner (its message
+// names the owner when known) or CodeUnavailable while p is being restored
+// here. It is called before every append and must be cheap and safe for
+// concurrent use. With a Membership, the Projector's WaitApplied must
+// return such an error, not wait, once p stops being served here.
+type Membership interface {
 	Owns(p int32) error
 }
 
@@ -54,15 +56,20 @@ type Options struct {
 	// Now is the clock that stamps events at append. Default: time.Now.
 	// Projections never read a clock; they read Event.time_unix_ms.
 	Now func() time.Time
+	// Membership, when set, tells which partitions this process serves;
+	// an op whose stream is on another partition is refused before the
+	// append. Default nil: this process serves every partition.
+	Membership Membership
 }
 
 // Engine is the write side: it validates an operation, appends it to the
 // log (the single commit point), waits until the projection has applied it,
 // and returns the decision. It is safe for concurrent use.
 type Engine struct {
-	log  Log
-	proj Projector
-	now  func() time.Time
+	log    Log
+	proj   Projector
+	member Membership // nil: every partition is served here
+	now    func() time.Time
 
 	policyMu sync.Mutex // policy versions are assigned one at a time
 
@@ -81,7 +88,7 @@ func New(log Log, proj Projector, opts Options) *Engine {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Engine{log: log, proj: proj, now: opts.Now, inflight: map[string]*call{}}
+	return &Engine{log: log, proj: proj, member: opts.Membership, now: opts.Now, inflight: map[string]*call{}}
 }
 
 // Submit performs one operation and returns its decision: Code 0 when it was
@@ -336,12 +343,12 @@ func sameOp(d *pb.Decision, op *pb.Event) (*pb.Decision, error) {
 	return d, nil
 }
 
-// owns reports whether this process serves partition p (see Ownership).
+// owns reports whether this process serves partition p (see Membership).
 func (e *Engine) owns(p int32) error {
-	if o, ok := e.proj.(Ownership); ok {
-		return o.Owns(p)
+	if e.member == nil {
+		return nil
 	}
-	return nil
+	return e.member.Owns(p)
 }
 
 // notOwned reports a partition another process applies: its policy copy
@@ -360,7 +367,7 @@ func (e *Engine) notOwned(p int32) bool {
 // version (two processes during a rebalance) exactly one is accepted, and
 // every copy of a version carries the same policy: each partition keeps the
 // highest version it has seen, whatever order copies arrive in. Only the
-// owner of partition 0 may decide (Ownership).
+// owner of partition 0 may decide (Membership).
 func (e *Engine) setPolicy(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
 	if err := e.owns(0); err != nil {
 		return nil, err

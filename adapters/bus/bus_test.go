@@ -129,7 +129,7 @@ func sameEffect(a, b Effect) bool {
 func TestEffectsOfRealBatches(t *testing.T) {
 	var mu sync.Mutex
 	var batches []projections.Applied
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2,
 		OnApplied: func(_ int32, a projections.Applied) { mu.Lock(); batches = append(batches, a); mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)

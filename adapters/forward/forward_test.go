@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"io"
 	"log/slog"
 	"net/http"
@@ -44,10 +46,11 @@ func startProc(t *testing.T, brokers []string, topic, group string, parts int32)
 	addr := srv.Listener.Addr().String()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := node.OpenOwned(ctx, node.OwnedConfig{
-		OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: topic, GroupID: group, Addr: addr,
+	n, err := node.New(ctx, node.Options{
+		Dir:   t.TempDir(),
+		Kafka: &kafkalog.Options{Brokers: brokers, Topic: topic, Partitions: parts, CreateTopic: true},
+		Group: &kafkagroup.Options{GroupID: group, Addr: addr,
 			CommitInterval: 200 * time.Millisecond, HeartbeatInterval: 300 * time.Millisecond},
-		Partitions: parts, Dir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)

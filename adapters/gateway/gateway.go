@@ -55,14 +55,27 @@ type Submitter interface {
 	Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending
 }
 
-// Reader is what the gateway reads of the projections (*projections.Store
-// implements it). Every method is safe for concurrent use and reads
-// committed state only; after the store closes they return an error.
-type Reader interface {
+// SessionReader is what the gateway reads of a user's sessions: to attach
+// a device, to answer a refused resume, and for the session sweep. Every
+// method is safe for concurrent use and reads committed state only; after
+// the store closes they return an error.
+type SessionReader interface {
 	// Devices returns the user's active sessions in login order.
 	Devices(app, user string) ([]*pb.Session, error)
 	// SelfIDs returns the login IDs of the user's devices other than loginID.
 	SelfIDs(app, user, loginID string) ([]string, error)
+	// Audit returns the user's ended sessions in log order (to answer a
+	// refused resume with the code that ended the session).
+	Audit(app, user string) ([]*pb.Ended, error)
+}
+
+// TimelineReader is what a connection's follower reads: the user's
+// timeline from a position, a snapshot when the position cannot be
+// continued, history pages, and the device's acknowledged position. Every
+// method is safe for concurrent use and reads committed state only; after
+// the store closes they return an error. Returned messages are the
+// caller's.
+type TimelineReader interface {
 	// Timeline returns up to limit entries visible to loginID after
 	// (epoch, after), and the sequence to continue from (the last entry
 	// examined, visible or not); projections.ErrResync (code 1015) when the
@@ -75,14 +88,27 @@ type Reader interface {
 	// Cursor returns the device's acknowledged position; ok is false when
 	// it never acknowledged.
 	Cursor(app, user, loginID string) (epoch string, seq uint64, ok bool, err error)
-	// SetCursor records an acknowledged position (never moves backwards).
-	SetCursor(app, user, loginID, epoch string, seq uint64) error
-	// Audit returns the user's ended sessions in log order (to answer a
-	// refused resume with the code that ended the session).
-	Audit(app, user string) ([]*pb.Ended, error)
 }
 
-var _ Reader = (*projections.Store)(nil)
+// CursorWriter is the one write the gateway makes outside the log: a
+// device's acknowledged position (soft state: a lost write only makes the
+// device receive again what it already has, and it drops duplicates by
+// seq). SetCursor never moves a cursor backwards within an epoch; it is
+// written without fsync; safe for concurrent use; an error after the
+// store closes.
+type CursorWriter interface {
+	SetCursor(app, user, loginID, epoch string, seq uint64) error
+}
+
+// Store is everything the gateway needs of the projections: the two read
+// ports and the cursor write (*projections.Store implements it).
+type Store interface {
+	SessionReader
+	TimelineReader
+	CursorWriter
+}
+
+var _ Store = (*projections.Store)(nil)
 
 // Owner tells where a user's partition is served when several processes
 // share a log (*node.Node implements it): local true here, else the
@@ -97,7 +123,7 @@ type Owner interface {
 type Options struct {
 	Auth       Authenticator
 	Engine     Submitter
-	Store      Reader
+	Store      Store
 	Registerer prometheus.Registerer
 	// Owner; default nil: this process serves every partition.
 	Owner Owner

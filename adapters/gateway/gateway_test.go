@@ -55,8 +55,15 @@ func newEnv(t *testing.T, mod func(*gateway.Options)) *env {
 // newEnvListener is newEnv with the server's listener wrapped.
 func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.Listener) net.Listener) *env {
 	t.Helper()
+	return newEnvHooks(t, mod, envHooks{listener: wrap})
+}
+
+// newEnvHooks is newEnv with the effect path, the engine or the listener
+// changed (envHooks).
+func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
+	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {
@@ -64,18 +71,26 @@ func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.List
 			}
 			for _, d := range a.Decisions {
 				for _, e := range d.Ended {
-					g.End(d.App, e)
+					if !h.dropEnded {
+						g.End(d.App, e)
+					}
 				}
 			}
 			for _, e := range a.Entries {
-				g.Deliver(e.App, e.User, e.Entry)
+				if !h.dropDeliver {
+					g.Deliver(e.App, e.User, e.Entry)
+				}
 			}
 		}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var eng gateway.Submitter = n.Engine
+	if h.engine != nil {
+		eng = h.engine(n, eng)
+	}
 	reg := prometheus.NewRegistry()
-	o := gateway.Options{Auth: fakeAuth{}, Engine: n.Engine, Store: n.Store, Registerer: reg,
+	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: n.Store, Registerer: reg,
 		HeartbeatTimeout: 20 * time.Second, WriteTimeout: 5 * time.Second}
 	if mod != nil {
 		mod(&o)
@@ -86,8 +101,8 @@ func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.List
 	}
 	gp.Store(g)
 	srv := httptest.NewUnstartedServer(g)
-	if wrap != nil {
-		srv.Listener = wrap(srv.Listener)
+	if h.listener != nil {
+		srv.Listener = h.listener(srv.Listener)
 	}
 	srv.Start()
 	t.Cleanup(func() {

@@ -3,10 +3,9 @@ package gateway_test
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
+	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,8 +13,6 @@ import (
 	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
-	"github.com/mdsync/mdsync/projections"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // envHooks change what newEnvHooks wires between the node and the gateway.
@@ -27,60 +24,8 @@ type envHooks struct {
 	dropDeliver bool
 	// engine wraps the gateway's engine.
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
-}
-
-// newEnvHooks is newEnv with the effect path and the engine changed.
-func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
-	t.Helper()
-	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
-		OnApplied: func(p int32, a projections.Applied) {
-			g := gp.Load()
-			if g == nil {
-				return
-			}
-			for _, d := range a.Decisions {
-				for _, e := range d.Ended {
-					if !h.dropEnded {
-						g.End(d.App, e)
-					}
-				}
-			}
-			for _, e := range a.Entries {
-				if !h.dropDeliver {
-					g.Deliver(e.App, e.User, e.Entry)
-				}
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var eng gateway.Submitter = n.Engine
-	if h.engine != nil {
-		eng = h.engine(n, eng)
-	}
-	reg := prometheus.NewRegistry()
-	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: n.Store, Registerer: reg,
-		HeartbeatTimeout: 20 * time.Second, WriteTimeout: 5 * time.Second}
-	if mod != nil {
-		mod(&o)
-	}
-	g, err := gateway.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gp.Store(g)
-	srv := httptest.NewServer(g)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		srv.Close()
-		n.Close()
-	})
-	return &env{n: n, g: g, reg: reg, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	// listener wraps the server's listener.
+	listener func(net.Listener) net.Listener
 }
 
 // results reads frames until it has the results of n distinct request

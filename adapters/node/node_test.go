@@ -44,7 +44,7 @@ func openNode(t *testing.T, parts int32) *Node {
 	if os.Getenv(nodeLogEnv) == "kafka" {
 		n, err = openKafkaNode(t, parts, now)
 	} else {
-		n, err = Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: now})
+		n, err = New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: now})
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func openKafkaNode(t *testing.T, parts int32, now func() time.Time) (*Node, erro
 		lg.Close()
 		return nil, err
 	}
-	return Start(context.Background(), lg, st, now)
+	return New(context.Background(), Options{Log: lg, Store: st, Now: now})
 }
 
 func login(user, op, id string, platform int32, auto bool) *pb.Event {

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"os"
 	"slices"
 	"strings"
@@ -37,12 +39,13 @@ func openOwned(t *testing.T, brokers []string, topic, group, addr string, parts 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := OpenOwned(ctx, OwnedConfig{
-		OwnedOptions: OwnedOptions{
-			Brokers: brokers, Topic: topic, GroupID: group, Addr: addr,
+	n, err := New(ctx, Options{
+		Dir:   dir,
+		Kafka: &kafkalog.Options{Brokers: brokers, Topic: topic, Partitions: parts, CreateTopic: true},
+		Group: &kafkagroup.Options{
+			GroupID: group, Addr: addr,
 			CommitInterval: 200 * time.Millisecond, HeartbeatInterval: 300 * time.Millisecond,
 		},
-		Partitions: parts, Dir: dir,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +93,9 @@ func userOn(p, parts int32) string {
 		}
 	}
 }
+
+// The group protocol itself (waits that end on a rebalance, the relay
+// position handed over) is tested in adapters/kafkagroup.
 
 // Two processes share a topic: each serves the partitions the group gave
 // it, refuses the others with 1018 naming the owner, and when one leaves
@@ -250,7 +256,7 @@ func assertRebuild(t *testing.T, n *Node) {
 // copies, and every partition ends with the winner's policy.
 func TestPolicyVersionRace(t *testing.T) {
 	const parts = 4
-	n, err := Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts})
+	n, err := New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,91 +314,5 @@ func TestPolicyVersionRace(t *testing.T) {
 				t.Fatalf("round %d: partition %d has policy v%d limit %d, partition 0 v%d limit %d", round, p, pol.Version, pol.DefaultLimit, first.Version, first.DefaultLimit)
 			}
 		}
-	}
-}
-
-// A wait for a decision does not outlive the partition's ownership: when
-// the group rebalances, every waiter returns 1018 or 1009 (retry) instead
-// of waiting for an event this process will no longer apply.
-func TestOwnedWaitEndsOnRebalance(t *testing.T) {
-	const parts = 4
-	brokers, topic, group := ownedCluster(t)
-	a := openOwned(t, brokers, topic, group, "127.0.0.1:7011", parts, t.TempDir())
-	defer a.Close()
-	waitOwned(t, parts, a)
-	proj := ownedProjector{a.Store, a.owned}
-	errs := make(chan error, parts)
-	for p := int32(0); p < parts; p++ {
-		go func() {
-			// An offset nobody appends: only the ownership change ends it.
-			errs <- proj.WaitApplied(context.Background(), engine.Position{Partition: p, Offset: 1 << 40})
-		}()
-	}
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case err := <-errs:
-		t.Fatalf("a wait returned before any rebalance: %v", err)
-	default:
-	}
-	b := openOwned(t, brokers, topic, group, "127.0.0.1:7012", parts, t.TempDir())
-	defer b.Close()
-	for range parts {
-		select {
-		case err := <-errs:
-			if c := engine.CodeOf(err); c != engine.CodeNotOwner && c != engine.CodeUnavailable {
-				t.Fatalf("wait ended with %v, want 1018 or 1009", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("a wait outlived the rebalance by 30s")
-		}
-	}
-}
-
-// A process taking a partition over continues its relay where the previous
-// owner's ended (published with its group offset) instead of appending
-// the fan-out copies of the partition's history again.
-func TestOwnedRelayContinuesAfterMove(t *testing.T) {
-	const parts = 4
-	brokers, topic, group := ownedCluster(t)
-	a := openOwned(t, brokers, topic, group, "127.0.0.1:7021", parts, t.TempDir())
-	defer a.Close()
-	waitOwned(t, parts, a)
-	b := openOwned(t, brokers, topic, group, "127.0.0.1:7022", parts, t.TempDir())
-	defer b.Close()
-	each := waitOwned(t, parts, a, b)
-	q := each[1][0]
-	sender, recipient := userOn(q, parts), userOn((q+1)%parts, parts)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if d, err := b.Engine.Submit(ctx, login(sender, "login-s", "s1", 1, false)); err != nil || d.Code != 0 {
-		t.Fatalf("login: %v %v", d, err)
-	}
-	for i := range 10 {
-		if d, err := b.Engine.Submit(ctx, msg(sender, "s1", pb.ChatType_CHAT_TYPE_USER, recipient, fmt.Sprint("m", i))); err != nil || d.Code != 0 {
-			t.Fatalf("message %d: %v %v", i, d, err)
-		}
-	}
-	end, err := b.Log.End(ctx, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// b has relayed everything and a has read b's published position.
-	eventually(t, func() bool {
-		a.owned.mu.Lock()
-		defer a.owned.mu.Unlock()
-		return b.Store.RelayPosition(q) == end && a.owned.dir[q].Relay == end
-	})
-	before := ends(t, a)
-	if a.Store.RelayPosition(q) != 0 {
-		t.Fatalf("a's own relay position for %d is %d, want 0 (it owned the partition only while empty)", q, a.Store.RelayPosition(q))
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-	waitOwned(t, parts, a)
-	eventually(t, func() bool { return a.Store.RelayPosition(q) >= end })
-	time.Sleep(300 * time.Millisecond) // a re-relay would have appended by now
-	if after := ends(t, a); !slices.Equal(before, after) {
-		t.Fatalf("log ends %v became %v: the new owner appended copies again", before, after)
 	}
 }

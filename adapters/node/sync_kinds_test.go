@@ -171,14 +171,14 @@ func (w *kindsWorld) must(s step) {
 	}
 	// The next step may depend on a copy on another partition (an accept
 	// needs the request on the accepting user's side).
-	eventually(w.t, func() bool { return relayIdle(w.t, w.n) })
+	settle(w.t, w.n)
 }
 
 // settle waits until the relay has delivered every copy and returns each
 // device's new entries, keyed by login ID.
 func (w *kindsWorld) settle() map[string][]*pb.TimelineEntry {
 	w.t.Helper()
-	eventually(w.t, func() bool { return relayIdle(w.t, w.n) })
+	settle(w.t, w.n)
 	out := map[string][]*pb.TimelineEntry{}
 	for _, d := range w.devices {
 		out[d.login] = d.sync(w.t, w.n)
@@ -469,7 +469,7 @@ func TestSyncRefusals(t *testing.T) {
 // groupsOf returns a user's groups and threads as its snapshot shows them.
 func (w *kindsWorld) groupsOf(user string) string {
 	w.t.Helper()
-	eventually(w.t, func() bool { return relayIdle(w.t, w.n) })
+	settle(w.t, w.n)
 	s, err := w.n.Store.Snapshot("app", user)
 	if err != nil {
 		w.t.Fatal(err)

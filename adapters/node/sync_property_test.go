@@ -293,7 +293,7 @@ func TestSyncPropertyRandomHistories(t *testing.T) {
 	t.Logf("%d operations in %v; accepted by kind %v; refused by code %v", done, time.Since(start).Round(time.Millisecond), kindsDone, refused)
 
 	// Everyone comes back online; the relay delivers the last copies.
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 	for _, d := range all {
 		d.online = true
 		syncDev(d)

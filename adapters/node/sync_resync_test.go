@@ -41,7 +41,7 @@ func (c *testClock) Advance(d time.Duration) {
 func openNodeClock(t *testing.T, parts int32) (*Node, *testClock) {
 	t.Helper()
 	clk := &testClock{t: time.UnixMilli(1_700_000_000_000)}
-	n, err := Open(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: clk.Now})
+	n, err := New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func sendN(t *testing.T, n *Node, from, to string, first, count int) {
 			t.Fatalf("message %d refused: %v", i, d)
 		}
 	}
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 }
 
 func bodies(es []*pb.TimelineEntry) string {
@@ -360,7 +360,7 @@ func TestSyncResyncPastDefaultEntryRetention(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 	meta := wantResync(t, n, a, a.epoch, a.pos)
 	if meta.LastSeq != uint64(total+1) || meta.LastSeq-meta.FirstSeq+1 != engine.DefaultTimelineMaxEntries {
 		t.Fatalf("bounds %v", meta)

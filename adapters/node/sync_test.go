@@ -166,7 +166,7 @@ func TestSyncSeedScenarios(t *testing.T) {
 	}
 
 	// Rebuild equals live once the relay is idle.
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 	live, _ := n.Store.Digest()
 	rb, err := projections.Rebuild(context.Background(), n.Log, projections.Options{Dir: t.TempDir()})
 	if err != nil {
@@ -178,31 +178,15 @@ func TestSyncSeedScenarios(t *testing.T) {
 	}
 }
 
-// relayIdle reports whether every appended event is applied and relayed.
-// Partitions are checked one after another while relays may append to a
-// partition already checked, so it takes two passes that see the same ends.
-func relayIdle(t *testing.T, n *Node) bool {
-	ctx := context.Background()
-	pass := func() ([]int64, bool) {
-		ends := make([]int64, n.Log.Partitions())
-		for p := range ends {
-			end, err := n.Log.End(ctx, int32(p))
-			if err != nil {
-				return nil, false
-			}
-			ends[p] = end
-			if n.Store.Checkpoint(int32(p)).NextOffset != end || n.Store.RelayPosition(int32(p)) != end {
-				return nil, false
-			}
-		}
-		return ends, true
+// settle waits until every appended event is applied and its fan-out
+// relayed and applied (Node.Settle), failing the test after 10 s.
+func settle(t *testing.T, n *Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Settle(ctx); err != nil {
+		t.Fatalf("settle: %v", err)
 	}
-	a, ok := pass()
-	if !ok {
-		return false
-	}
-	b, ok := pass()
-	return ok && fmt.Sprint(a) == fmt.Sprint(b)
 }
 
 func TestCursorIsOperational(t *testing.T) {
@@ -237,7 +221,7 @@ func TestMessageRetryByClientMsgID(t *testing.T) {
 	if d1.MessageId == "" || d1.MessageId != d2.MessageId || d1.Offset != d2.Offset {
 		t.Fatalf("retry made a second message: %v / %v", d1, d2)
 	}
-	eventually(t, func() bool { return relayIdle(t, n) })
+	settle(t, n)
 	es, _, _, err := n.Store.Timeline("app", "gina", "G1", "", 0, 100)
 	if err != nil || len(es) != 1 {
 		t.Fatalf("gina's timeline: %d entries, %v", len(es), err)

@@ -197,7 +197,7 @@ func TestDeliverOncePerKey(t *testing.T) {
 		if err := json.Unmarshal(r.body, &body); err != nil || body.Key != k || body.Entry.Key() != k {
 			t.Errorf("key %q: body %s (%v)", k, r.body, err)
 		}
-		if body.From != "alice" || body.ChatType != "user" || body.TimeUnixMs == 0 || body.Preview != "" {
+		if body.From != "alice" || body.ChatType != "CHAT_TYPE_USER" || body.TimeUnixMs == 0 || body.Preview != "" {
 			t.Errorf("key %q: body fields %+v", k, body.Entry)
 		}
 		if r.ctype != "application/json" {

@@ -11,7 +11,7 @@ import (
 
 func entry(i int) Entry {
 	return Entry{App: "app", User: fmt.Sprintf("u%d", i%3), EntryID: fmt.Sprintf("m%03d", i), Seq: uint64(i + 1),
-		From: "alice", ChatType: "user", ConversationID: "alice", TimeUnixMs: time.Now().UnixMilli()}
+		From: "alice", ChatType: "CHAT_TYPE_USER", ConversationID: "alice", TimeUnixMs: time.Now().UnixMilli()}
 }
 
 func openMemOutbox(t *testing.T, fs vfs.FS, opts OutboxOptions) *Outbox {

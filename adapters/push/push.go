@@ -12,7 +12,6 @@
 package push
 
 import (
-	"strings"
 	"unicode/utf8"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -30,7 +29,8 @@ type Entry struct {
 	// Seq is the entry's position on the user's timeline.
 	Seq  uint64 `json:"seq"`
 	From string `json:"from"`
-	// ChatType is "user", "group" or "thread".
+	// ChatType is the protocol's name: "CHAT_TYPE_USER", "CHAT_TYPE_GROUP"
+	// or "CHAT_TYPE_THREAD".
 	ChatType string `json:"chat_type"`
 	// ConversationID is the conversation seen from User: the peer user for
 	// a one-to-one message, else the group or thread id.
@@ -77,7 +77,7 @@ func Candidates(app, user string, e *pb.TimelineEntry) (Entry, bool) {
 	}
 	return Entry{
 		App: app, User: user, EntryID: e.GetEntryId(), Seq: e.GetSeq(), From: e.GetFrom(),
-		ChatType:       strings.ToLower(strings.TrimPrefix(ct.String(), "CHAT_TYPE_")),
+		ChatType:       ct.String(),
 		ConversationID: e.GetConversationId(), TimeUnixMs: src.GetTimeUnixMs(), body: m.Body,
 	}, true
 }

@@ -49,7 +49,7 @@ func TestCandidatesUserMessage(t *testing.T) {
 	if !ok {
 		t.Fatal("the recipient's copy must push")
 	}
-	want := Entry{App: "app", User: "bob", EntryID: "ev-bob", Seq: 1, From: "alice", ChatType: "user",
+	want := Entry{App: "app", User: "bob", EntryID: "ev-bob", Seq: 1, From: "alice", ChatType: "CHAT_TYPE_USER",
 		ConversationID: "alice", TimeUnixMs: 1_700_000_000_000}
 	if string(got.body) != "hello bob" {
 		t.Errorf("body = %q", got.body)
@@ -107,8 +107,8 @@ func TestCandidatesGroupAndThread(t *testing.T) {
 	}
 	e := &pb.TimelineEntry{EntryId: "m1", From: "alice", ChatType: pb.ChatType_CHAT_TYPE_GROUP,
 		Source: msgEvent("alice", "", pb.ChatType_CHAT_TYPE_GROUP, "g1", "x")}
-	if got, _ := Candidates("app", "bob", e); got.ChatType != "group" {
-		t.Errorf("chat type = %q, want group", got.ChatType)
+	if got, _ := Candidates("app", "bob", e); got.ChatType != "CHAT_TYPE_GROUP" {
+		t.Errorf("chat type = %q, want CHAT_TYPE_GROUP", got.ChatType)
 	}
 }
 

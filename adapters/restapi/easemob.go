@@ -61,13 +61,8 @@ func emWrite(w http.ResponseWriter, r *http.Request, action string, start time.T
 
 func (a *api) emResources(w http.ResponseWriter, r *http.Request, _ principal) {
 	start := time.Now()
-	if !validPath(w, r, "app", "user") {
-		return
-	}
-	app, user := r.PathValue("app"), r.PathValue("user")
-	ss, err := a.store.Devices(app, user)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
+	app, user, ss, ok := a.sessionsOf(w, r)
+	if !ok {
 		return
 	}
 	out := make([]emResource, 0, len(ss))

@@ -105,10 +105,43 @@ type Submitter interface {
 	Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
 }
 
+// DeviceReader is what the device routes read (GET .../devices and its
+// Easemob alias .../resources). Devices returns the user's active
+// sessions in login order, from committed state; safe for concurrent use.
+type DeviceReader interface {
+	Devices(app, user string) ([]*pb.Session, error)
+}
+
+// AuditReader is what the audit route reads: the user's ended sessions in
+// log order, from committed state; safe for concurrent use.
+type AuditReader interface {
+	Audit(app, user string) ([]*pb.Ended, error)
+}
+
+// PolicyReader is what the policy route reads: the newest policy of app
+// applied on any partition (the default policy when none was set); safe
+// for concurrent use.
+type PolicyReader interface {
+	Policy(app string) (*pb.Policy, error)
+}
+
+// Reader is every read the API makes of the projections, one small
+// interface per route group (*projections.Store implements it). After the
+// store closes each returns an error, answered 503 (1009).
+type Reader interface {
+	DeviceReader
+	AuditReader
+	PolicyReader
+}
+
+var _ Reader = (*projections.Store)(nil)
+
 type api struct {
 	opts      Options
 	eng       Submitter
-	store     *projections.Store
+	sessions  DeviceReader
+	audits    AuditReader
+	policies  PolicyReader
 	metrics   http.Handler
 	submits   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
@@ -165,8 +198,12 @@ var routeTable = []route{
 	{"DELETE", "/{org}/{app}/users/{user}/disconnect/{resource}", adminOrOwner, (*api).emDisconnect, true},
 }
 
-// New returns the API handler. It registers its metrics on opts.Registry.
-func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, error) {
+// New returns the API handler over eng (writes) and store (reads). It
+// registers its metrics on opts.Registry.
+func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
+	if store == nil {
+		return nil, errors.New("restapi: a Reader is required")
+	}
 	if opts.AdminToken == "" {
 		return nil, errors.New("restapi: Options.AdminToken is required")
 	}
@@ -179,7 +216,7 @@ func New(eng Submitter, store *projections.Store, opts Options) (http.Handler, e
 	if opts.SubmitTimeout == 0 {
 		opts.SubmitTimeout = 10 * time.Second
 	}
-	a := &api{opts: opts, eng: eng, store: store,
+	a := &api{opts: opts, eng: eng, sessions: store, audits: store, policies: store,
 		metrics: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}),
 		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mdsync_operations_submitted_total",
@@ -438,7 +475,7 @@ func (a *api) audit(w http.ResponseWriter, r *http.Request, _ principal) {
 	if !validPath(w, r, "app", "user") {
 		return
 	}
-	ended, err := a.store.Audit(r.PathValue("app"), r.PathValue("user"))
+	ended, err := a.audits.Audit(r.PathValue("app"), r.PathValue("user"))
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
 		return
@@ -454,7 +491,7 @@ func (a *api) getPolicy(w http.ResponseWriter, r *http.Request, _ principal) {
 	if !validPath(w, r, "app") {
 		return
 	}
-	p, err := a.store.Policy(r.PathValue("app"))
+	p, err := a.policies.Policy(r.PathValue("app"))
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
 		return

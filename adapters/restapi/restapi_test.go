@@ -143,7 +143,7 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	openAPI(t)
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,7 +615,7 @@ func TestSecurity(t *testing.T) {
 // Without a credential store the admin routes work and user credentials
 // are refused.
 func TestWithoutAuth(t *testing.T) {
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 1})
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -237,14 +237,25 @@ type device struct {
 	Connected       bool   `json:"connected"`
 }
 
-func (a *api) devices(w http.ResponseWriter, r *http.Request, _ principal) {
+// sessionsOf reads the path's app and user and their active sessions; it
+// answers the request itself (400 or 503) when it returns ok=false. Both
+// device lists (ours and the Easemob alias) start with it.
+func (a *api) sessionsOf(w http.ResponseWriter, r *http.Request) (app, user string, ss []*pb.Session, ok bool) {
 	if !validPath(w, r, "app", "user") {
-		return
+		return "", "", nil, false
 	}
-	app, user := r.PathValue("app"), r.PathValue("user")
-	ss, err := a.store.Devices(app, user)
+	app, user = r.PathValue("app"), r.PathValue("user")
+	ss, err := a.sessions.Devices(app, user)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
+		return "", "", nil, false
+	}
+	return app, user, ss, true
+}
+
+func (a *api) devices(w http.ResponseWriter, r *http.Request, _ principal) {
+	app, user, ss, ok := a.sessionsOf(w, r)
+	if !ok {
 		return
 	}
 	out := make([]device, 0, len(ss))

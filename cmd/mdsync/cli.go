@@ -229,7 +229,7 @@ func (c *cli) printDecision(what string, d *pb.Decision) error {
 	fmt.Fprintf(c.out, "%s; %d device(s) logged out\n", what, len(d.GetEnded()))
 	for _, e := range d.GetEnded() {
 		fmt.Fprintf(c.out, "  %s (platform %d, %q): %d %s\n", e.GetSession().GetLoginId(), e.GetSession().GetPlatform(),
-			e.GetSession().GetDeviceName(), e.GetCode(), strings.TrimPrefix(e.GetReason().String(), "REASON_"))
+			e.GetSession().GetDeviceName(), e.GetCode(), e.GetReason())
 	}
 	return nil
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mdsync/mdsync/adapters/explain"
 )
 
 // buildBinary builds cmd/mdsync into a temporary directory.
@@ -179,7 +181,7 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 			ended = l
 		}
 	}
-	for _, want := range []string{"phone1", `"Phone 1"`, "206 login_other_device",
+	for _, want := range []string{"phone1", `"Phone 1"`, "206 REASON_LOGIN_OTHER_DEVICE",
 		`by the login of phone5 ("iPhone 15", extension "{\"os\":\"ios\"}")`, "policy v1"} {
 		if !strings.Contains(ended, want) {
 			t.Errorf("explain's eviction line lacks %q:\n%s", want, out)
@@ -194,15 +196,15 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("explain --json: exit %d: %s", code, errOut)
 	}
-	var rows []explainRow
+	var rows []explain.Row
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		var r explainRow
+		var r explain.Row
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatalf("%v: %s", err, l)
 		}
 		rows = append(rows, r)
 	}
-	var ev, login5 explainRow
+	var ev, login5 explain.Row
 	for _, r := range rows {
 		switch {
 		case r.Event == "ended" && r.LoginID == "phone1":
@@ -211,7 +213,7 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 			login5 = r
 		}
 	}
-	if ev.Event != "ended" || ev.LoginID != "phone1" || ev.Code != 206 || ev.Reason != "login_other_device" ||
+	if ev.Event != "ended" || ev.LoginID != "phone1" || ev.Code != 206 || ev.Reason != "REASON_LOGIN_OTHER_DEVICE" ||
 		ev.ByLoginID != "phone5" || ev.ByDeviceName != "iPhone 15" || ev.ByExtension != `{"os":"ios"}` ||
 		ev.PolicyVersion != 1 || ev.LoginOffset == nil {
 		t.Fatalf("eviction row %+v", ev)

@@ -114,7 +114,7 @@ func TestCLIUsersAndDevices(t *testing.T) {
 	}
 	// kick takes the login ID as a flag or an argument, with the user's
 	// password (no login needed).
-	if out := run("devices", "kick", "A1", "--password", "pw"); !strings.Contains(out, "1 device(s) logged out") || !strings.Contains(out, "A1 (platform 1, \"Pixel\"): 217 KICKED") {
+	if out := run("devices", "kick", "A1", "--password", "pw"); !strings.Contains(out, "1 device(s) logged out") || !strings.Contains(out, "A1 (platform 1, \"Pixel\"): 217 REASON_KICKED") {
 		t.Fatalf("kick: %q", out)
 	}
 	if out := run("devices", "kick-all", "--password", "pw"); !strings.Contains(out, "2 device(s) logged out") {

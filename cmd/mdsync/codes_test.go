@@ -17,6 +17,7 @@ import (
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/gateway"
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/adapters/replay"
 	"github.com/mdsync/mdsync/adapters/restapi"
 	"github.com/mdsync/mdsync/client"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,7 +30,7 @@ type codesServer struct {
 
 func newCodesServer(t *testing.T) codesServer {
 	t.Helper()
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,10 +245,10 @@ func TestOneCodePerBadInput(t *testing.T) {
 		lineOf[len(lineOf)+1] = i
 	}
 	var out bytes.Buffer
-	replay(context.Background(), replayConfig{App: "codes", KeepGoing: true, At: -1, TempDir: t.TempDir()}, &lines, &out)
+	replay.Run(context.Background(), replay.Config{App: "codes", KeepGoing: true, At: -1, TempDir: t.TempDir()}, &lines, &out)
 	replayed := map[int]answer{}
 	for _, l := range strings.Split(out.String(), "\n") {
-		var e errorRowT
+		var e replay.ErrorRow
 		if json.Unmarshal([]byte(l), &e) == nil && e.Type == "error" {
 			replayed[lineOf[e.Line]] = answer{int(e.Code), e.Message}
 		}
@@ -315,8 +316,8 @@ func TestOneCodePerBadInput(t *testing.T) {
 		}
 		var out bytes.Buffer
 		line, _ := json.Marshal(msgLine(map[string]any{"body": string(body)}))
-		replay(context.Background(), replayConfig{App: "codes", KeepGoing: true, At: -1, TempDir: t.TempDir()}, bytes.NewReader(line), &out)
-		var e errorRowT
+		replay.Run(context.Background(), replay.Config{App: "codes", KeepGoing: true, At: -1, TempDir: t.TempDir()}, bytes.NewReader(line), &out)
+		var e replay.ErrorRow
 		json.Unmarshal([]byte(strings.Split(out.String(), "\n")[0]), &e)
 		if got := (answer{int(e.Code), e.Message}); got != want {
 			t.Errorf("replay: %v, want %v", got, want)

@@ -103,7 +103,7 @@ func TestCrashSIGKILL(t *testing.T) {
 
 	// Recover the way the server does, then check every acknowledgement.
 	ctx := context.Background()
-	n, err := node.Open(ctx, node.Options{Dir: data})
+	n, err := node.New(ctx, node.Options{Dir: data})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -126,7 +126,7 @@ func scrapeMetrics(t *testing.T, base, admin string) {
 			t.Errorf("/metrics has no %s", m)
 		}
 	}
-	for _, lbl := range []string{`mdsync_connected_devices{platform="1"}`, `mdsync_sessions_ended_total{reason="login_other_device"}`, `mdsync_sessions_ended_total{reason="kicked"}`} {
+	for _, lbl := range []string{`mdsync_connected_devices{platform="1"}`, `mdsync_sessions_ended_total{reason="REASON_LOGIN_OTHER_DEVICE"}`, `mdsync_sessions_ended_total{reason="REASON_KICKED"}`} {
 		if !strings.Contains(string(body), lbl) {
 			t.Errorf("/metrics has no series %s", lbl)
 		}
@@ -137,7 +137,7 @@ func scrapeMetrics(t *testing.T, base, admin string) {
 // wired in-process (node, auth, gateway, restapi), as serve wires them.
 func TestSeedScenariosInProcess(t *testing.T) {
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.Open(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {

@@ -245,32 +245,15 @@ func (r *faultRun) verify(dir string) {
 		lg.Close()
 		t.Fatal(err)
 	}
-	n, err := node.Start(ctx, lg, st, nil)
+	n, err := node.New(ctx, node.Options{Log: lg, Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer n.Close()
 	// The relay of the recovered process appends the copies its dead or
 	// stopped predecessor had not: wait until it is idle.
-	relayIdle := func() bool {
-		for p := int32(0); p < faultParts; p++ {
-			end, err := lg.End(ctx, p)
-			if err != nil || n.Store.RelayPosition(p) < end {
-				return false
-			}
-		}
-		return true
-	}
-	for idle := 0; idle < 2; {
-		if relayIdle() {
-			idle++
-		} else {
-			idle = 0
-		}
-		if ctx.Err() != nil {
-			t.Fatal("relay not idle after 120s")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := n.Settle(ctx); err != nil {
+		t.Fatalf("settle the recovered node: %v", err)
 	}
 	// Read each partition once: the operation at every offset, and whether
 	// each partition applied every distinct operation exactly once; and

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mdsync/mdsync/adapters/node"
@@ -56,7 +55,7 @@ func (m *coreMetrics) observe(a projections.Applied) {
 	for _, d := range a.Decisions {
 		m.applied.WithLabelValues(engine.KindName(d.Kind), strconv.Itoa(int(d.Code))).Inc()
 		for _, e := range d.Ended {
-			m.ended.WithLabelValues(strings.ToLower(strings.TrimPrefix(e.Reason.String(), "REASON_"))).Inc()
+			m.ended.WithLabelValues(e.Reason.String()).Inc() // "REASON_KICKED", as the protocol says it
 		}
 	}
 }

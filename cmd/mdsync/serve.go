@@ -7,6 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +22,7 @@ import (
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
 	"github.com/mdsync/mdsync/adapters/console"
+	"github.com/mdsync/mdsync/adapters/delivery"
 	"github.com/mdsync/mdsync/adapters/feed"
 	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/adapters/gateway"
@@ -123,7 +126,8 @@ func runServe(args []string) error {
 	}
 	defer creds.Close()
 
-	// The projector's effects go over the bus to the gateway and to push.
+	// The projector's effects go over the bus to the gateway and to push:
+	// the delivery flow (adapters/delivery, docs/architecture.md).
 	var brokers []string
 	if c.kafka != "" {
 		brokers = strings.Split(c.kafka, ",")
@@ -134,11 +138,7 @@ func runServe(args []string) error {
 	}
 	defer effects.Close()
 	live := feed.New() // the console's live feed of logins, evictions and kicks
-	onApplied := func(p int32, a projections.Applied) {
-		core.observe(a)
-		effects.Publish(bus.EffectsOf(a)...)
-		live.Publish(a)
-	}
+	onApplied := delivery.Publisher(effects, core.observe, live.Publish)
 	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
 	if err != nil {
 		return err
@@ -158,15 +158,7 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	effects.Handle("gateway", func(ctx context.Context, e bus.Effect) error {
-		switch e.Kind {
-		case bus.EffectDeliver:
-			gw.Deliver(e.App, e.User, e.Entry)
-		case bus.EffectEnded:
-			gw.End(e.App, e.Ended)
-		}
-		return nil
-	})
+	flow := delivery.Options{Gateway: gw, Owner: n}
 	if c.pushURL != "" {
 		outbox, err := push.OpenOutbox(push.OutboxOptions{Dir: filepath.Join(c.data, "push"), Logger: logger})
 		if err != nil {
@@ -182,22 +174,10 @@ func runServe(args []string) error {
 				logger.Error("push dispatcher stopped", "err", err)
 			}
 		}()
-		// Offline push: a message for a user with no device connected.
-		// Devices connect to the process that owns their user's partition
-		// (others answer 1018), so only the owner knows that none is, and
-		// only it pushes: with a Kafka bus every process sees every effect.
-		effects.Handle("push", func(ctx context.Context, e bus.Effect) error {
-			if e.Kind != bus.EffectDeliver || gw.Connected(e.App, e.User) {
-				return nil
-			}
-			if _, local := n.Owner(e.App, e.User); !local {
-				return nil
-			}
-			if pe, ok := push.Candidates(e.App, e.User, e.Entry); ok {
-				return outbox.Enqueue(pe)
-			}
-			return nil
-		})
+		flow.Outbox = outbox
+	}
+	if err := delivery.Wire(effects, flow); err != nil {
+		return err
 	}
 	busErr := make(chan error, 1)
 	go func() { busErr <- effects.Run(ctx) }()
@@ -274,13 +254,14 @@ func runServe(args []string) error {
 // and what restarts a partition's projector after a broker outage.
 func openNode(ctx context.Context, c serveConfig, brokers []string, onApplied func(int32, projections.Applied), wrap func(engine.Log) engine.Log) (*node.Node, error) {
 	if len(brokers) == 0 {
-		return node.Open(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
+		return node.New(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	return node.OpenOwned(octx, node.OwnedConfig{
-		OwnedOptions: node.OwnedOptions{Brokers: brokers, Topic: c.topic, GroupID: c.group, Addr: c.advertise},
-		Partitions:   int32(c.partitions), ReplicationFactor: c.rf, Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
+	return node.New(octx, node.Options{
+		Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
+		Kafka: &kafkalog.Options{Brokers: brokers, Topic: c.topic, Partitions: int32(c.partitions), ReplicationFactor: c.rf, CreateTopic: true},
+		Group: &kafkagroup.Options{GroupID: c.group, Addr: c.advertise},
 	})
 }
 

@@ -47,7 +47,7 @@ func runStress(args []string) error {
 	if kf.brokers != "" {
 		n, err = kf.open(ctx, *dir, int32(*parts))
 	} else {
-		n, err = node.Open(ctx, node.Options{Dir: *dir, Partitions: int32(*parts)})
+		n, err = node.New(ctx, node.Options{Dir: *dir, Partitions: int32(*parts)})
 	}
 	if err != nil {
 		return err

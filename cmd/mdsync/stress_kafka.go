@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -16,7 +18,7 @@ import (
 )
 
 // stressKafka holds stress's Kafka flags: with brokers set, stress runs an
-// owned-mode node (node.OpenOwned) on a shared topic, as one of several
+// owned-mode node (node.New with a Group) on a shared topic, as one of several
 // processes; the Kafka fault tests (kafka_fault_test.go) drive it.
 type stressKafka struct {
 	brokers, topic, group, addr string
@@ -37,12 +39,13 @@ func (k *stressKafka) open(ctx context.Context, dir string, parts int32) (*node.
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	return node.OpenOwned(octx, node.OwnedConfig{
-		OwnedOptions: node.OwnedOptions{
-			Brokers: strings.Split(k.brokers, ","), Topic: k.topic, GroupID: k.group, Addr: k.addr,
+	return node.New(octx, node.Options{
+		Dir:   dir,
+		Kafka: &kafkalog.Options{Brokers: strings.Split(k.brokers, ","), Topic: k.topic, Partitions: parts, CreateTopic: true},
+		Group: &kafkagroup.Options{
+			GroupID: k.group, Addr: k.addr,
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		},
-		Partitions: parts, Dir: dir,
 	})
 }
 

@@ -234,7 +234,7 @@ func observe(t *projections.Txn, o *projections.Outcome) error {
 			return err
 		}
 	case pb.Kind_KIND_MESSAGE_SEND:
-		ct := ChatTypeName(ev.GetMessage().GetChatType())
+		ct := ev.GetMessage().GetChatType().String()                   // the protocol's spelling, "CHAT_TYPE_USER"
 		hour := ev.TimeUnixMs - ((ev.TimeUnixMs%HourMs)+HourMs)%HourMs // floor, also before 1970
 		if err := add(counterKey(p, ev.App, mMessages, ct), 1); err != nil {
 			return err
@@ -242,7 +242,7 @@ func observe(t *projections.Txn, o *projections.Outcome) error {
 		return add(counterKey(p, ev.App, mMessagesHour, ct, fmt.Sprintf("%020d", hour+offsetHour)), 1)
 	}
 	for _, e := range d.Ended {
-		if err := add(counterKey(p, ev.App, mEnded, ReasonName(e.Reason)), 1); err != nil {
+		if err := add(counterKey(p, ev.App, mEnded, e.Reason.String()), 1); err != nil { // "REASON_LOGIN_OTHER_DEVICE"
 			return err
 		}
 	}
@@ -274,14 +274,4 @@ func prefixEnd(prefix []byte) []byte {
 		}
 	}
 	return nil
-}
-
-// ReasonName is a reason's JSON and label name ("login_other_device").
-func ReasonName(r pb.Reason) string {
-	return strings.ToLower(strings.TrimPrefix(r.String(), "REASON_"))
-}
-
-// ChatTypeName is a chat type's JSON and label name ("user", "group"...).
-func ChatTypeName(c pb.ChatType) string {
-	return strings.ToLower(strings.TrimPrefix(c.String(), "CHAT_TYPE_"))
 }

@@ -23,7 +23,7 @@ import (
 func TestAggregatesHTTPAndMetrics(t *testing.T) {
 	ctx := context.Background()
 	clock := time.UnixMilli(1_700_000_000_000)
-	n, err := node.Open(ctx, node.Options{Dir: t.TempDir(), Partitions: 2, Now: func() time.Time { return clock }})
+	n, err := node.New(ctx, node.Options{Dir: t.TempDir(), Partitions: 2, Now: func() time.Time { return clock }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestAggregatesHTTPAndMetrics(t *testing.T) {
 	var c aggregates.Counts
 	json.NewDecoder(res.Body).Decode(&c)
 	res.Body.Close()
-	if c.Logins != 5 || c.Ended["login_other_device"] != 1 || c.ActiveDevices["1"] != 4 || c.Messages["user"] != 1 ||
+	if c.Logins != 5 || c.Ended["REASON_LOGIN_OTHER_DEVICE"] != 1 || c.ActiveDevices["1"] != 4 || c.Messages["CHAT_TYPE_USER"] != 1 ||
 		len(c.MessagesByHour) != 1 || c.MessagesByHour[0].Count != 1 {
 		t.Fatalf("counts %+v", c)
 	}
@@ -97,7 +97,7 @@ func TestAggregatesHTTPAndMetrics(t *testing.T) {
 mdsync_aggregate_logins_total{app="demo"} 5
 # HELP mdsync_aggregate_sessions_ended_total Sessions ended (evictions, kicks, logouts...) in the log, by app and reason.
 # TYPE mdsync_aggregate_sessions_ended_total counter
-mdsync_aggregate_sessions_ended_total{app="demo",reason="login_other_device"} 1
+mdsync_aggregate_sessions_ended_total{app="demo",reason="REASON_LOGIN_OTHER_DEVICE"} 1
 # HELP mdsync_aggregate_active_devices Logged-in devices as of the projection's position, by app and platform.
 # TYPE mdsync_aggregate_active_devices gauge
 mdsync_aggregate_active_devices{app="demo",platform="1"} 4

@@ -22,9 +22,11 @@ type Counts struct {
 	App           string `json:"app"`
 	Logins        int64  `json:"logins"`
 	LoginsRefused int64  `json:"logins_refused"`
-	// Ended counts ended sessions by reason: login_other_device (evicted
-	// by a newer login), kicked, password_changed, user_removed,
-	// policy_limit, logout.
+	// Ended counts ended sessions by reason, spelled as the protocol does:
+	// REASON_LOGIN_OTHER_DEVICE (evicted by a newer login), REASON_KICKED,
+	// REASON_PASSWORD_CHANGED, REASON_USER_REMOVED, REASON_POLICY_LIMIT,
+	// REASON_LOGOUT. Messages and MessagesByHour key chat types the same
+	// way (CHAT_TYPE_USER...).
 	Ended map[string]int64 `json:"ended"`
 	// ActiveDevices counts logged-in devices by platform (osType).
 	ActiveDevices map[string]int64 `json:"active_devices"`

@@ -1,4 +1,4 @@
-package main
+package export
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,155 +14,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mdsync/mdsync/adapters/embedlog"
+	"github.com/mdsync/mdsync/adapters/opjson"
+	"github.com/mdsync/mdsync/adapters/replay/replaytest"
 	"github.com/mdsync/mdsync/engine"
 	"github.com/parquet-go/parquet-go"
 )
 
-// randomHistory is n operation lines of a few users of two apps: logins on
-// three platforms (so fifth logins evict), reconnects, logouts, kicks,
-// password changes, policies, messages of every chat type, receipts,
-// contacts, groups, chatrooms and conversation marks. Many are refused by
-// the rules; refusals are in the log too. Times are not monotonic.
-func randomHistory(seed uint64, n int) string {
-	r := rand.New(rand.NewPCG(seed, 7))
-	apps := []string{"demo", "shop"}
-	users := []string{"ann", "bob", "cat", "dan", "eve"}
-	var b strings.Builder
-	t := int64(1_700_000_000_000)
-	line := func(m map[string]any) {
-		bs, _ := json.Marshal(m)
-		b.Write(bs)
-		b.WriteByte('\n')
-	}
-	// active approximates the devices logged in, so that most operations
-	// act as a live session; the rest act as ended or unknown login IDs and
-	// are refused (engine.CheckActor), which the histories must cover too.
-	active := map[string][]string{}
-	for i := 0; i < n; i++ {
-		t += int64(r.IntN(900_000)) - 100_000 // about 6 minutes a step, sometimes back
-		app, u := apps[r.IntN(2)], users[r.IntN(len(users))]
-		other := users[r.IntN(len(users))]
-		dev := fmt.Sprintf("%s-d%d", u, r.IntN(8))
-		if devs := active[app+"/"+u]; len(devs) > 0 && r.IntN(5) > 0 {
-			dev = devs[r.IntN(len(devs))]
-		}
-		m := map[string]any{"app": app, "user": u, "time_ms": t, "client_op_id": fmt.Sprintf("op-%d", i)}
-		switch k := r.IntN(100); {
-		case k < 30:
-			dev = fmt.Sprintf("%s-d%d", u, r.IntN(8))
-			active[app+"/"+u] = append(active[app+"/"+u], dev)
-			m["op"], m["login_id"], m["platform"] = "login", dev, 1+r.IntN(3)
-			m["device_name"], m["extension"] = "name of "+dev, fmt.Sprintf("ext-%d", i)
-			if r.IntN(4) == 0 {
-				m["auto_login"] = true
-			}
-		case k < 36:
-			m["op"], m["login_id"] = "logout", dev
-		case k < 41:
-			m["op"], m["login_id"] = "kick_device", dev
-			if r.IntN(2) == 0 {
-				m["by_login_id"] = fmt.Sprintf("%s-d%d", u, r.IntN(8))
-			}
-		case k < 43:
-			m["op"] = []string{"kick_all_devices", "password_change", "user_remove"}[r.IntN(3)]
-		case k < 45:
-			m["op"], m["user"], m["admin"] = "policy_set", "admin", true
-			m["default_limit"] = 1 + r.IntN(4)
-			m["limits"] = map[string]int{"1": 1 + r.IntN(3)}
-			if r.IntN(2) == 0 {
-				m["mode"], m["auto_login"] = "single", "keep_current"
-			}
-			if r.IntN(3) == 0 {
-				m["timeline_max_entries"] = 100 + r.IntN(100)
-			}
-		case k < 70:
-			m["op"], m["login_id"], m["client_msg_id"] = "message_send", dev, fmt.Sprintf("m%d", i)
-			switch r.IntN(4) {
-			case 0, 1:
-				m["chat_type"], m["to"] = "user", other
-			case 2:
-				m["chat_type"], m["to"] = "group", fmt.Sprintf("g%d", r.IntN(3))
-			default:
-				m["chat_type"], m["to"] = "chatroom", fmt.Sprintf("r%d", r.IntN(2))
-			}
-			if r.IntN(10) == 0 {
-				m["body_base64"] = "/w" + "A=" // 0xff 0x00: not UTF-8
-			} else {
-				m["body"] = fmt.Sprintf("hello <%d> & \"you\"", i)
-			}
-		case k < 75:
-			m["op"] = []string{"delivery_receipt", "read_receipt"}[r.IntN(2)]
-			m["chat_type"], m["conversation_id"], m["message_id"] = "user", other, fmt.Sprintf("m%d", r.IntN(i+1))
-		case k < 80:
-			m["op"] = []string{"contact_request", "contact_accept", "contact_remove"}[r.IntN(3)]
-			m["contact"] = other
-			if other == u {
-				m["contact"] = "zed"
-			}
-		case k < 88:
-			m["op"], m["group_id"] = []string{"group_create", "group_join", "group_leave"}[r.IntN(3)], fmt.Sprintf("g%d", r.IntN(3))
-		case k < 92:
-			m["op"], m["room_id"] = []string{"chatroom_join", "chatroom_leave"}[r.IntN(2)], fmt.Sprintf("r%d", r.IntN(2))
-		default:
-			m["op"] = []string{"conversation_pin", "conversation_mark", "conversation_read"}[r.IntN(3)]
-			m["chat_type"], m["conversation_id"] = "user", other
-			if m["op"] == "conversation_mark" {
-				m["mark"] = r.IntN(20)
-			}
-		}
-		line(m)
-	}
-	return b.String()
-}
-
-// replayInto replays input into dir (kept) and returns the digest; every
-// line must be valid.
-func replayInto(t *testing.T, dir, input string) string {
-	t.Helper()
-	o, err := runReplayOn(t, replayConfig{Dir: dir, Partitions: 1, KeepGoing: true}, input)
-	if err != nil {
-		t.Fatalf("replay: %v\n%s", err, firstLines(o.raw, 20))
-	}
-	var errs []outRow
-	for _, e := range o.ofType("error") {
-		// An ended or unknown device acting on a group's or chatroom's
-		// stream is refused before the append: a valid line, a "no".
-		if !refusedByRule(engine.Errorf(engine.Code(e.Code), "%s", e.Message)) {
-			errs = append(errs, e)
-		}
-	}
-	if len(errs) > 0 {
-		t.Fatalf("replay refused %d lines, first: %+v", len(errs), errs[0])
-	}
-	d := o.ofType("digest")
-	if len(d) != 1 {
-		t.Fatalf("no digest in:\n%s", firstLines(o.raw, 20))
-	}
-	return d[0].Digest
-}
-
-func firstLines(s string, n int) string {
-	ls := strings.SplitN(s, "\n", n+1)
-	return strings.Join(ls[:min(n, len(ls))], "\n")
-}
-
-func openTestLog(t *testing.T, dir string) engine.Log {
-	t.Helper()
-	lg, err := embedlog.Open(embedlog.Options{Dir: filepath.Join(dir, "log")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lg.Close() })
-	return lg
-}
-
 // exportString exports the whole log as JSON lines to memory.
-func exportString(t *testing.T, lg engine.Log, cfg exportConfig) string {
+func exportString(t *testing.T, lg engine.Log, cfg Config) string {
 	t.Helper()
 	var buf bytes.Buffer
 	cfg.Format = "jsonl"
-	if _, err := export(context.Background(), lg, cfg, &buf); err != nil {
+	if _, err := Run(context.Background(), lg, cfg, &buf); err != nil {
 		t.Fatal(err)
 	}
 	return buf.String()
@@ -174,22 +36,22 @@ func exportString(t *testing.T, lg engine.Log, cfg exportConfig) string {
 // random history with evictions, refusals, policies and binary bodies.
 func TestExportReplayDigest(t *testing.T) {
 	cases := map[string]string{
-		"multi_platform_eviction": readExample(t, "multi_platform_eviction.jsonl"),
-		"policy_lower_limit":      readExample(t, "policy_lower_limit.jsonl"),
-		"sync_operations":         readExample(t, "sync_operations.jsonl"),
-		"random":                  randomHistory(1, 1500),
+		"multi_platform_eviction": replaytest.ReadExample(t, "multi_platform_eviction.jsonl"),
+		"policy_lower_limit":      replaytest.ReadExample(t, "policy_lower_limit.jsonl"),
+		"sync_operations":         replaytest.ReadExample(t, "sync_operations.jsonl"),
+		"random":                  replaytest.RandomHistory(1, 1500),
 	}
 	for name, input := range cases {
 		t.Run(name, func(t *testing.T) {
 			src := t.TempDir()
-			want := replayInto(t, src, input)
-			lg := openTestLog(t, src)
-			exp := exportString(t, lg, exportConfig{Partition: -1, ToOffset: -1})
+			want := replaytest.Into(t, src, input)
+			lg := replaytest.OpenLog(t, src)
+			exp := exportString(t, lg, Config{Partition: -1, ToOffset: -1})
 			end, _ := lg.End(context.Background(), 0)
 			if n := strings.Count(exp, "\n"); int64(n) != end {
 				t.Fatalf("export has %d rows, the log %d records", n, end)
 			}
-			got := replayInto(t, t.TempDir(), exp)
+			got := replaytest.Into(t, t.TempDir(), exp)
 			if got != want {
 				t.Fatalf("digest of the replayed export %s, source %s", got, want)
 			}
@@ -219,14 +81,14 @@ func (c *cancelAfter) Read(ctx context.Context, p int32, from int64, max int) ([
 // twice, nothing missed. Both formats.
 func TestExportResume(t *testing.T) {
 	src := t.TempDir()
-	replayInto(t, src, randomHistory(2, 1200))
-	lg := openTestLog(t, src)
+	replaytest.Into(t, src, replaytest.RandomHistory(2, 1200))
+	lg := replaytest.OpenLog(t, src)
 	ctx := context.Background()
-	oneShot := exportString(t, lg, exportConfig{Partition: -1, ToOffset: -1})
+	oneShot := exportString(t, lg, Config{Partition: -1, ToOffset: -1})
 
 	t.Run("jsonl", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "events.jsonl")
-		cfg := exportConfig{Format: "jsonl", Out: out, Partition: -1, ToOffset: -1, ChunkRows: 50, Limit: 130}
+		cfg := Config{Format: "jsonl", Out: out, Partition: -1, ToOffset: -1, ChunkRows: 50, Limit: 130}
 		runs := 0
 		for done := false; !done; runs++ {
 			if runs > 50 {
@@ -239,12 +101,12 @@ func TestExportResume(t *testing.T) {
 				f.Close()
 			case 2: // a signal midway, after a few reads
 				cctx, cancel := context.WithCancel(ctx)
-				_, err := export(cctx, &cancelAfter{Log: lg, n: 3, cancel: cancel}, cfg, nil)
+				_, err := Run(cctx, &cancelAfter{Log: lg, n: 3, cancel: cancel}, cfg, nil)
 				if !errors.Is(err, context.Canceled) {
 					t.Fatalf("cancelled export: %v", err)
 				}
 			}
-			sum, err := export(ctx, lg, cfg, nil)
+			sum, err := Run(ctx, lg, cfg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -258,7 +120,7 @@ func TestExportResume(t *testing.T) {
 		f, _ := os.OpenFile(out, os.O_WRONLY|os.O_APPEND, 0)
 		f.WriteString(`{"partition":0,"offset":999999,"op":"half a line`)
 		f.Close()
-		if sum, err := export(ctx, lg, cfg, nil); err != nil || sum.Rows != 0 || !sum.Done {
+		if sum, err := Run(ctx, lg, cfg, nil); err != nil || sum.Rows != 0 || !sum.Done {
 			t.Fatalf("run on a finished export: %+v %v", sum, err)
 		}
 		b, err := os.ReadFile(out)
@@ -271,14 +133,14 @@ func TestExportResume(t *testing.T) {
 		// A run selecting other records is refused.
 		other := cfg
 		other.SinceMs = 5
-		if _, err := export(ctx, lg, other, nil); engine.CodeOf(err) != engine.CodeConflict {
+		if _, err := Run(ctx, lg, other, nil); engine.CodeOf(err) != engine.CodeConflict {
 			t.Fatalf("resume with another selection: %v, want code %d", err, engine.CodeConflict)
 		}
 	})
 
 	t.Run("parquet", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "pq")
-		cfg := exportConfig{Format: "parquet", Out: dir, Partition: -1, ToOffset: -1, ChunkRows: 40, Limit: 100}
+		cfg := Config{Format: "parquet", Out: dir, Partition: -1, ToOffset: -1, ChunkRows: 40, Limit: 100}
 		runs := 0
 		for done := false; !done; runs++ {
 			if runs > 50 {
@@ -290,11 +152,11 @@ func TestExportResume(t *testing.T) {
 				os.WriteFile(filepath.Join(dir, partName(len(pos.Files)+1)), []byte("not committed"), 0o644)
 			case 2:
 				cctx, cancel := context.WithCancel(ctx)
-				if _, err := export(cctx, &cancelAfter{Log: lg, n: 2, cancel: cancel}, cfg, nil); !errors.Is(err, context.Canceled) {
+				if _, err := Run(cctx, &cancelAfter{Log: lg, n: 2, cancel: cancel}, cfg, nil); !errors.Is(err, context.Canceled) {
 					t.Fatalf("cancelled export: %v", err)
 				}
 			}
-			sum, err := export(ctx, lg, cfg, nil)
+			sum, err := Run(ctx, lg, cfg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -303,7 +165,7 @@ func TestExportResume(t *testing.T) {
 		got := readParquetDir(t, dir)
 		var want []parquetRow
 		for _, l := range strings.Split(strings.TrimSpace(oneShot), "\n") {
-			var r exportRow
+			var r opjson.Row
 			if err := json.Unmarshal([]byte(l), &r); err != nil {
 				t.Fatal(err)
 			}
@@ -321,13 +183,13 @@ func TestExportResume(t *testing.T) {
 	})
 }
 
-func keyOf(r exportRow) parquetRow {
+func keyOf(r opjson.Row) parquetRow {
 	return parquetRow{Partition: r.Partition, Offset: r.Offset, EventID: r.EventID}
 }
 
-func readPosition(t *testing.T, path string) exportPosition {
+func readPosition(t *testing.T, path string) position {
 	t.Helper()
-	var pos exportPosition
+	var pos position
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -386,11 +248,11 @@ func pythonWithPyarrow(t *testing.T) string {
 func TestExportParquetPyarrow(t *testing.T) {
 	py := pythonWithPyarrow(t)
 	src := t.TempDir()
-	replayInto(t, src, readExample(t, "multi_platform_eviction.jsonl")+randomHistory(3, 400))
-	lg := openTestLog(t, src)
-	jsonl := exportString(t, lg, exportConfig{Partition: -1, ToOffset: -1})
+	replaytest.Into(t, src, replaytest.ReadExample(t, "multi_platform_eviction.jsonl")+replaytest.RandomHistory(3, 400))
+	lg := replaytest.OpenLog(t, src)
+	jsonl := exportString(t, lg, Config{Partition: -1, ToOffset: -1})
 	dir := filepath.Join(t.TempDir(), "pq")
-	if _, err := export(context.Background(), lg, exportConfig{Format: "parquet", Out: dir, Partition: -1, ToOffset: -1, ChunkRows: 150}, nil); err != nil {
+	if _, err := Run(context.Background(), lg, Config{Format: "parquet", Out: dir, Partition: -1, ToOffset: -1, ChunkRows: 150}, nil); err != nil {
 		t.Fatal(err)
 	}
 	pos := readPosition(t, filepath.Join(dir, "position.json"))
@@ -450,7 +312,7 @@ for r in t.to_pylist():
 	logins := 0
 	for i := range goRows {
 		var p pyRow
-		var g exportRow
+		var g opjson.Row
 		if err := json.Unmarshal([]byte(pyRows[i]), &p); err != nil {
 			t.Fatalf("pyarrow row %d: %v: %s", i, err, pyRows[i])
 		}
@@ -525,7 +387,7 @@ func TestEventsDocConsumerCompiles(t *testing.T) {
 // exportFieldNames lists the JSON and Parquet field names of an export.
 func exportFieldNames() []string {
 	var out []string
-	for _, v := range []any{exportRow{}, parquetRow{}} {
+	for _, v := range []any{opjson.Row{}, parquetRow{}} {
 		rt := reflect.TypeOf(v)
 		for i := 0; i < rt.NumField(); i++ {
 			for _, tag := range []string{rt.Field(i).Tag.Get("json"), rt.Field(i).Tag.Get("parquet")} {

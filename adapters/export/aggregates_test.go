@@ -1,4 +1,4 @@
-package main
+package export
 
 import (
 	"context"
@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mdsync/mdsync/adapters/opjson"
+	"github.com/mdsync/mdsync/adapters/replay"
+	"github.com/mdsync/mdsync/adapters/replay/replaytest"
 	"github.com/mdsync/mdsync/projections/aggregates"
 )
 
@@ -19,9 +22,9 @@ import (
 // devices left per platform) from replaying the export.
 func TestAggregatesAgreeWithExport(t *testing.T) {
 	src := t.TempDir()
-	replayInto(t, src, randomHistory(4, 3000))
-	lg := openTestLog(t, src)
-	exp := exportString(t, lg, exportConfig{Partition: -1, ToOffset: -1})
+	replaytest.Into(t, src, replaytest.RandomHistory(4, 3000))
+	lg := replaytest.OpenLog(t, src)
+	exp := exportString(t, lg, Config{Partition: -1, ToOffset: -1})
 
 	type want struct {
 		logins, refused int64
@@ -37,7 +40,7 @@ func TestAggregatesAgreeWithExport(t *testing.T) {
 		return wants[app]
 	}
 	for _, l := range strings.Split(strings.TrimSpace(exp), "\n") {
-		var r exportRow
+		var r opjson.Row
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatal(err)
 		}
@@ -48,22 +51,22 @@ func TestAggregatesAgreeWithExport(t *testing.T) {
 			w.hours[fmt.Sprintf("%s/%d", ct, r.TimeMs/aggregates.HourMs*aggregates.HourMs)]++
 		}
 	}
-	o, err := runReplayOn(t, replayConfig{Partitions: 1, KeepGoing: true}, exp)
+	o, err := replaytest.Run(t, replay.Config{Partitions: 1, KeepGoing: true}, exp)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type outLine struct {
-		Op    string     `json:"op"`
-		App   string     `json:"app"`
-		Code  int32      `json:"code"`
-		Ended []endedRow `json:"ended"`
-		Type  string     `json:"type"`
+		Op    string            `json:"op"`
+		App   string            `json:"app"`
+		Code  int32             `json:"code"`
+		Ended []replay.EndedRow `json:"ended"`
+		Type  string            `json:"type"`
 		// device rows
 		User     string `json:"user"`
 		Platform int32  `json:"platform"`
 	}
 	var decisions []outLine
-	for _, l := range strings.Split(strings.TrimSpace(o.raw), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(o.Raw), "\n") {
 		var d outLine
 		if err := json.Unmarshal([]byte(l), &d); err != nil {
 			t.Fatal(err)
@@ -116,7 +119,7 @@ func TestAggregatesAgreeWithExport(t *testing.T) {
 			t.Fatalf("app %s: aggregates %+v\nwant logins %d refused %d ended %v active %v messages %v (%d hours, got %d)",
 				app, c, w.logins, w.refused, w.ended, w.active, w.messages, len(w.hours), len(hours))
 		}
-		evictions += w.ended["login_other_device"]
+		evictions += w.ended["REASON_LOGIN_OTHER_DEVICE"]
 		if w.logins < 100 || len(w.hours) < 10 {
 			t.Fatalf("app %s: a weak history: %d logins, %d hour buckets", app, w.logins, len(w.hours))
 		}

@@ -1,28 +1,8 @@
-package node
-
-import (
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"log/slog"
-	"path/filepath"
-	"sync"
-	"time"
-
-	"github.com/segmentio/kafka-go"
-	"golang.org/x/sync/errgroup"
-
-	"github.com/mdsync/mdsync/adapters/kafkalog"
-	"github.com/mdsync/mdsync/engine"
-	pb "github.com/mdsync/mdsync/engine/enginepb"
-	"github.com/mdsync/mdsync/projections"
-)
-
-// Owned mode: several mdsync processes share one Kafka log. A Kafka
-// consumer group (one member per process, subscribed to the log's topic)
-// assigns each partition to one process, which projects it, runs its relay
-// and decides the operations of the users on it. See docs/design-notes.md
+// Package kafkagroup shares a log's partitions between mdsync processes
+// through a Kafka consumer group: one member per process, subscribed to the
+// log's topic. The group assigns each partition to one process, which
+// restores its projections from the log, applies it, runs its relay and
+// decides the operations of the users on it. See docs/design-notes.md
 // ("Partition ownership") and docs/operations.md ("Several processes").
 //
 // Readers start from the projection's own checkpoint, never from a group
@@ -30,22 +10,43 @@ import (
 // only, from a synced checkpoint, and their metadata carries the owner's
 // address: that is the directory a non-owner reads to answer 1018 with
 // where to reconnect.
+//
+// A *Group is the engine's Membership port (Owns) and wraps the store's
+// WaitApplied so that a wait ends when its partition is given up.
+package kafkagroup
 
-// Owned-mode defaults.
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mdsync/mdsync/engine"
+	"github.com/mdsync/mdsync/projections"
+)
+
+// Defaults.
 const (
-	DefaultOwnedCommitInterval = time.Second
-	// DefaultOwnedSessionTimeout is Kafka's group.min.session.timeout.ms
+	DefaultCommitInterval = time.Second
+	// DefaultSessionTimeout is Kafka's group.min.session.timeout.ms
 	// default: a killed process's partitions move after this long.
-	DefaultOwnedSessionTimeout   = 6 * time.Second
-	DefaultOwnedHeartbeat        = time.Second
-	DefaultOwnedRebalanceTimeout = 10 * time.Second
+	DefaultSessionTimeout   = 6 * time.Second
+	DefaultHeartbeat        = time.Second
+	DefaultRebalanceTimeout = 10 * time.Second
 	// MaxOwnerAddr bounds the address published in offset metadata (Kafka's
 	// offset.metadata.max.bytes defaults to 4096).
 	MaxOwnerAddr = 1000
 )
 
-// OwnedOptions configure StartOwned.
-type OwnedOptions struct {
+// Options configure a Group. Brokers, Topic, GroupID and Addr are
+// required; every other field has the default stated.
+type Options struct {
 	// Brokers are the Kafka bootstrap addresses. Required.
 	Brokers []string
 	// Topic is the log's topic; the group subscribes to it. Required.
@@ -56,8 +57,6 @@ type OwnedOptions struct {
 	// Addr is where devices reach this process (host:port), published as
 	// the owner of the partitions it serves. Required, at most MaxOwnerAddr.
 	Addr string
-	// Now stamps events at append. Default time.Now.
-	Now func() time.Time
 	// Logger receives ownership changes and group errors. Default slog.Default().
 	Logger *slog.Logger
 	// CommitInterval is how often synced checkpoints are committed as group
@@ -68,158 +67,95 @@ type OwnedOptions struct {
 	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
 }
 
-func (o *OwnedOptions) check() error {
-	switch {
-	case len(o.Brokers) == 0 || o.Topic == "" || o.GroupID == "" || o.Addr == "":
-		return errors.New("node: OwnedOptions.Brokers, Topic, GroupID and Addr are required")
-	case len(o.Addr) > MaxOwnerAddr:
-		return fmt.Errorf("node: OwnedOptions.Addr has %d bytes, limit %d", len(o.Addr), MaxOwnerAddr)
-	case o.CommitInterval < 0 || o.SessionTimeout < 0 || o.HeartbeatInterval < 0 || o.RebalanceTimeout < 0:
-		return errors.New("node: OwnedOptions durations must not be negative")
-	}
+// EnsureDefaults sets every zero field that has a default.
+func (o *Options) EnsureDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	if o.CommitInterval == 0 {
-		o.CommitInterval = DefaultOwnedCommitInterval
+		o.CommitInterval = DefaultCommitInterval
 	}
 	if o.SessionTimeout == 0 {
-		o.SessionTimeout = DefaultOwnedSessionTimeout
+		o.SessionTimeout = DefaultSessionTimeout
 	}
 	if o.HeartbeatInterval == 0 {
-		o.HeartbeatInterval = DefaultOwnedHeartbeat
+		o.HeartbeatInterval = DefaultHeartbeat
 	}
 	if o.RebalanceTimeout == 0 {
-		o.RebalanceTimeout = DefaultOwnedRebalanceTimeout
+		o.RebalanceTimeout = DefaultRebalanceTimeout
+	}
+}
+
+// Validate reports a missing required field or a value out of range.
+func (o *Options) Validate() error {
+	switch {
+	case len(o.Brokers) == 0 || o.Topic == "" || o.GroupID == "" || o.Addr == "":
+		return errors.New("kafkagroup: Options.Brokers, Topic, GroupID and Addr are required")
+	case len(o.Addr) > MaxOwnerAddr:
+		return fmt.Errorf("kafkagroup: Options.Addr has %d bytes, limit %d", len(o.Addr), MaxOwnerAddr)
+	case o.CommitInterval < 0 || o.SessionTimeout < 0 || o.HeartbeatInterval < 0 || o.RebalanceTimeout < 0:
+		return errors.New("kafkagroup: Options durations must not be negative")
 	}
 	return nil
 }
 
-// OwnedConfig is what OpenOwned needs: the Kafka log, the projection
-// directory and the group. It is the entry point for `mdsync serve` with
-// several processes on one topic.
-type OwnedConfig struct {
-	OwnedOptions
-	// Partitions of the topic (created with it when missing; an existing
-	// topic must have as many). Default kafkalog.DefaultPartitions.
-	Partitions int32
-	// ReplicationFactor of a topic OpenOwned creates. Default 1.
-	ReplicationFactor int
-	// Dir holds the projections (Pebble). Required; one per process.
-	Dir string
-	// OnApplied, ProjectionSync and WrapLog as in Options.
-	OnApplied      func(p int32, a projections.Applied)
-	ProjectionSync bool
-	WrapLog        func(engine.Log) engine.Log
+// Group is this process's membership in the consumer group: which of the
+// log's partitions it serves, and the loops that serve them. Its methods
+// are safe for concurrent use.
+type Group struct {
+	opts   Options
+	lg     engine.Log
+	st     *projections.Store
+	client *kafka.Client
+
+	// stop and ctx are Run's: stop ends Run on a fatal error; ctx is done
+	// once Run is stopping.
+	stop context.CancelFunc
+	ctx  context.Context
+
+	mu    sync.Mutex
+	parts []partOwn
+	dir   map[int32]ownerMeta // partition -> its owner, from committed offset metadata
+
+	errOnce sync.Once
+	err     error
 }
 
-// OpenOwned opens the Kafka log (creating the topic when missing) and the
-// projections in cfg.Dir/proj-kafka, and starts an owned-mode node. ctx
-// bounds the opening.
-func OpenOwned(ctx context.Context, cfg OwnedConfig) (*Node, error) {
-	if cfg.Dir == "" {
-		return nil, errors.New("node: OwnedConfig.Dir is required")
-	}
-	if err := cfg.OwnedOptions.check(); err != nil {
-		return nil, err
-	}
-	lg, err := kafkalog.Open(ctx, kafkalog.Options{
-		Brokers: cfg.Brokers, Topic: cfg.Topic, Partitions: cfg.Partitions,
-		ReplicationFactor: cfg.ReplicationFactor, CreateTopic: true,
-	})
-	if err != nil {
-		return nil, err
-	}
-	st, err := projections.Open(projections.Options{
-		Dir: filepath.Join(cfg.Dir, "proj-kafka"), Partitions: lg.Partitions(),
-		OnApplied: cfg.OnApplied, Sync: cfg.ProjectionSync,
-	})
-	if err != nil {
-		lg.Close()
-		return nil, err
-	}
-	var l engine.Log = lg
-	if cfg.WrapLog != nil {
-		l = cfg.WrapLog(lg)
-	}
-	n, err := StartOwned(ctx, l, st, cfg.OwnedOptions)
-	if err != nil {
-		st.Close()
-		lg.Close()
-		return nil, err
-	}
-	return n, nil
-}
+var _ engine.Membership = (*Group)(nil)
 
-// StartOwned runs an owned-mode node over an open Kafka log and store. It
-// returns at once: partitions are served once the group assigns them and
-// their projections are restored (see Node.Owned). Submit for a user on a
-// partition not served here fails with engine.CodeNotOwner (1018), or
-// CodeUnavailable (1009) while the partition is being restored. Close
-// leaves the group.
-func StartOwned(ctx context.Context, lg engine.Log, st *projections.Store, opts OwnedOptions) (*Node, error) {
-	if err := opts.check(); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
+// New returns a Group over an open log (on opts.Topic) and the store that
+// projects it. It serves nothing until Run.
+func New(lg engine.Log, st *projections.Store, opts Options) (*Group, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	if lg.Partitions() != st.Partitions() {
 		return nil, fmt.Errorf("%w: store %d, log %d", projections.ErrPartitionMismatch, st.Partitions(), lg.Partitions())
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	o := &owned{
-		opts: opts, lg: lg, st: st, stop: cancel, ctx: runCtx,
+	return &Group{
+		opts: opts, lg: lg, st: st,
 		client: &kafka.Client{Addr: kafka.TCP(opts.Brokers...), Timeout: 5 * time.Second},
 		parts:  make([]partOwn, lg.Partitions()),
 		dir:    map[int32]ownerMeta{},
-	}
-	n := &Node{Log: lg, Store: st, cancel: cancel, done: make(chan struct{}), owned: o}
-	n.Engine = engine.New(lg, ownedProjector{st, o}, engine.Options{Now: opts.Now})
-	go func() {
-		defer close(n.done)
-		n.runErr = o.run(runCtx)
-	}()
-	return n, nil
+	}, nil
 }
 
-// Owner tells where the user's partition is served: locally (local true,
-// addr this process's Addr), by another process (its address), or nobody
-// known right now (addr "", local false: the partition is moving or being
-// restored; retry shortly). On a node that owns every partition (Open,
-// Start) it returns ("", true).
-func (n *Node) Owner(app, user string) (addr string, local bool) {
-	if n.owned == nil {
-		return "", true
+// OwnerOf tells where partition p is served: here (local true, addr this
+// process's Addr), by another process (its address, local false), or by
+// nobody known right now (addr "", local false: the partition is moving
+// or being restored; retry shortly).
+func (o *Group) OwnerOf(p int32) (addr string, local bool) {
+	if p < 0 || int(p) >= len(o.parts) {
+		return "", false
 	}
-	return n.owned.ownerOf(engine.PartitionFor([]byte(engine.UserStream(app, user)), n.Log.Partitions()))
+	return o.ownerOf(p)
 }
 
-// OwnerOfOp tells, like Owner, where op is decided: the owner of its
-// stream's partition (a group's stream may live on another partition than
-// the sender's user), or of partition 0 for a policy change. A gateway
-// connected to the sender's owner forwards an op whose owner is elsewhere.
-func (n *Node) OwnerOfOp(op *pb.Event) (addr string, local bool) {
-	if n.owned == nil {
-		return "", true
-	}
-	p := int32(0)
-	if op.GetKind() != pb.Kind_KIND_POLICY_SET {
-		p = engine.PartitionFor([]byte(engine.StreamKeyFor(op)), n.Log.Partitions())
-	}
-	return n.owned.ownerOf(p)
-}
-
-// Owned lists the partitions this node serves now (every partition for a
-// node that owns all of them).
-func (n *Node) Owned() []int32 {
-	var out []int32
-	for p := int32(0); p < n.Log.Partitions(); p++ {
-		if n.owned == nil || n.owned.state(p) == serving {
-			out = append(out, p)
-		}
-	}
-	return out
+// Serving reports whether this process serves partition p now (restored
+// and applying it).
+func (o *Group) Serving(p int32) bool {
+	return p >= 0 && int(p) < len(o.parts) && o.state(p) == serving
 }
 
 type ownState int
@@ -237,22 +173,6 @@ type partOwn struct {
 	ctx   context.Context
 }
 
-type owned struct {
-	opts   OwnedOptions
-	lg     engine.Log
-	st     *projections.Store
-	client *kafka.Client
-	stop   context.CancelFunc // stops the node on a fatal error
-	ctx    context.Context    // the node's run context, done on Close
-
-	mu    sync.Mutex
-	parts []partOwn
-	dir   map[int32]ownerMeta // partition -> its owner, from committed offset metadata
-
-	errOnce sync.Once
-	err     error
-}
-
 // ownerMeta is the committed offset's metadata: who serves the partition,
 // and how far its relay got (copies before it are in the log).
 type ownerMeta struct {
@@ -261,13 +181,13 @@ type ownerMeta struct {
 	Relay      int64  `json:"relay"`
 }
 
-func (o *owned) state(p int32) ownState {
+func (o *Group) state(p int32) ownState {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.parts[p].state
 }
 
-func (o *owned) set(p int32, ctx context.Context, s ownState) {
+func (o *Group) set(p int32, ctx context.Context, s ownState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	// A late reset from an ended assignment must not clobber a newer one.
@@ -280,7 +200,7 @@ func (o *owned) set(p int32, ctx context.Context, s ownState) {
 	}
 }
 
-func (o *owned) ownerOf(p int32) (string, bool) {
+func (o *Group) ownerOf(p int32) (string, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
@@ -297,8 +217,10 @@ func (o *owned) ownerOf(p int32) (string, bool) {
 	return "", false
 }
 
-// owns implements engine.Ownership.
-func (o *owned) owns(p int32) error {
+// Owns is engine.Membership: nil when this process serves p; else an
+// *engine.Error, CodeUnavailable while p is being restored here, or
+// CodeNotOwner naming the owner when known.
+func (o *Group) Owns(p int32) error {
 	if p < 0 || int(p) >= len(o.parts) {
 		return engine.Errorf(engine.CodeInvalidArgument, "partition %d out of range", p)
 	}
@@ -314,23 +236,27 @@ func (o *owned) owns(p int32) error {
 	}
 }
 
-// fatal stops the node on err, unless the node is closing (the log closed
+// fatal stops Run on err, unless Run is stopping anyway (the log closed
 // under a loop is then expected).
-func (o *owned) fatal(err error) {
+func (o *Group) fatal(err error) {
 	if o.ctx.Err() != nil {
 		return
 	}
 	o.errOnce.Do(func() {
 		o.err = err
-		o.opts.Logger.Error("owned node stopping", "err", err)
+		o.opts.Logger.Error("kafkagroup: stopping", "err", err)
 		o.stop()
 	})
 }
 
-// run joins the group and serves each generation's partitions until ctx is
-// done. It returns the first fatal error (a partition's projection or relay
-// failed), nil on a clean stop.
-func (o *owned) run(ctx context.Context) error {
+// Run joins the group and serves each generation's partitions until ctx is
+// done, then leaves the group; no partition is applied after it returns.
+// It returns the first fatal error (a partition's projection or relay
+// failed without progress), nil on a clean stop. Call it once.
+func (o *Group) Run(ctx context.Context) error {
+	ctx, o.stop = context.WithCancel(ctx)
+	defer o.stop()
+	o.ctx = ctx
 	lg := o.opts.Logger
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                o.opts.GroupID,
@@ -344,7 +270,7 @@ func (o *owned) run(ctx context.Context) error {
 		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { lg.Warn(fmt.Sprintf(f, a...), "component", "kafka-group") }),
 	})
 	if err != nil {
-		return fmt.Errorf("node: consumer group: %w", err)
+		return fmt.Errorf("kafkagroup: consumer group: %w", err)
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -366,7 +292,7 @@ func (o *owned) run(ctx context.Context) error {
 		lg.Info("partitions assigned", "generation", gen.ID, "member", gen.MemberID, "partitions", ps)
 		for _, p := range ps {
 			if p < 0 || int(p) >= len(o.parts) {
-				o.fatal(fmt.Errorf("node: group assigned partition %d, log has %d", p, len(o.parts)))
+				o.fatal(fmt.Errorf("kafkagroup: group assigned partition %d, log has %d", p, len(o.parts)))
 				continue
 			}
 			gen.Start(func(gctx context.Context) { o.serve(gctx, gen, p) })
@@ -392,7 +318,7 @@ func (o *owned) run(ctx context.Context) error {
 // apply and relay it until the generation ends. It returns only once both
 // loops stopped, and the group waits for it before the partition can be
 // assigned elsewhere: a partition is never given up while being applied.
-func (o *owned) serve(gctx context.Context, gen *kafka.Generation, p int32) {
+func (o *Group) serve(gctx context.Context, gen *kafka.Generation, p int32) {
 	o.set(p, gctx, restoring)
 	// Stop answering for p as soon as the generation ends, before the
 	// loops have wound down: new submissions get 1018, waiters wake.
@@ -416,7 +342,7 @@ func (o *owned) serve(gctx context.Context, gen *kafka.Generation, p int32) {
 			failures = 0
 		}
 		if failures++; failures > maxServeFailures {
-			o.fatal(fmt.Errorf("node: partition %d failed %d times without progress: %w", p, failures, err))
+			o.fatal(fmt.Errorf("kafkagroup: partition %d failed %d times without progress: %w", p, failures, err))
 			return
 		}
 		o.set(p, gctx, restoring)
@@ -434,7 +360,7 @@ const maxServeFailures = 25
 
 // serveOnce restores p, then applies and relays it until gctx is done
 // (nil) or a loop fails (its error).
-func (o *owned) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) error {
+func (o *Group) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) error {
 	start := time.Now()
 	if err := o.st.RestorePartition(gctx, o.lg, p); err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -456,7 +382,7 @@ func (o *owned) serveOnce(gctx context.Context, gen *kafka.Generation, p int32) 
 // over does not append its history's copies again. Without a published
 // position (or on an error) the relay starts from its own position and
 // the copies it repeats are dropped by their recipients.
-func (o *owned) adoptRelay(ctx context.Context, p int32) {
+func (o *Group) adoptRelay(ctx context.Context, p int32) {
 	o.refreshDirectory(ctx)
 	o.mu.Lock()
 	prev := o.dir[p].Relay
@@ -473,7 +399,7 @@ func (o *owned) adoptRelay(ctx context.Context, p int32) {
 
 // commitLoop commits the served partitions' synced checkpoints every
 // CommitInterval until the generation ends.
-func (o *owned) commitLoop(gctx context.Context, gen *kafka.Generation) {
+func (o *Group) commitLoop(gctx context.Context, gen *kafka.Generation) {
 	t := time.NewTicker(o.opts.CommitInterval)
 	defer t.Stop()
 	for {
@@ -498,7 +424,7 @@ func (o *owned) commitLoop(gctx context.Context, gen *kafka.Generation) {
 // offset (lag = log end - offset) with this process as owner in the
 // metadata. The generation fences it: a process that lost the partition
 // gets ILLEGAL_GENERATION and changes nothing.
-func (o *owned) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
+func (o *Group) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
 	if len(ps) == 0 {
 		return
 	}
@@ -546,7 +472,7 @@ func (o *owned) commit(ctx context.Context, gen *kafka.Generation, ps []int32) {
 
 // directoryLoop refreshes the owner directory from the group's committed
 // offset metadata every CommitInterval until ctx is done.
-func (o *owned) directoryLoop(ctx context.Context) {
+func (o *Group) directoryLoop(ctx context.Context) {
 	t := time.NewTicker(o.opts.CommitInterval)
 	defer t.Stop()
 	for {
@@ -559,7 +485,7 @@ func (o *owned) directoryLoop(ctx context.Context) {
 	}
 }
 
-func (o *owned) refreshDirectory(ctx context.Context) {
+func (o *Group) refreshDirectory(ctx context.Context) {
 	ps := make([]int, len(o.parts))
 	for i := range ps {
 		ps[i] = i
@@ -589,44 +515,63 @@ func (o *owned) refreshDirectory(ctx context.Context) {
 	}
 }
 
-// ownedProjector is the engine's projector in owned mode: the store, with
-// ownership checks (engine.Ownership) and waits that end when the
-// partition is given up.
-type ownedProjector struct {
-	*projections.Store
-	o *owned
-}
-
-var _ engine.Ownership = ownedProjector{}
-
-func (op ownedProjector) Owns(p int32) error { return op.o.owns(p) }
-
-func (op ownedProjector) WaitApplied(ctx context.Context, pos engine.Position) error {
-	if pos.Partition < 0 || int(pos.Partition) >= len(op.o.parts) {
-		return fmt.Errorf("node: wait: %w", engine.ErrBadPartition)
+// WaitApplied is the store's WaitApplied (see engine.Projector) for a
+// partition served here; it does not outlive the partition's ownership:
+// once p is given up it returns Owns' error (1018, or 1009 to retry)
+// instead of waiting for an event this process will no longer apply. On a
+// partition not served here it returns nil when pos is applied already.
+func (o *Group) WaitApplied(ctx context.Context, pos engine.Position) error {
+	if pos.Partition < 0 || int(pos.Partition) >= len(o.parts) {
+		return fmt.Errorf("kafkagroup: wait: %w", engine.ErrBadPartition)
 	}
-	op.o.mu.Lock()
-	part := op.o.parts[pos.Partition]
-	op.o.mu.Unlock()
+	o.mu.Lock()
+	part := o.parts[pos.Partition]
+	o.mu.Unlock()
 	if part.state == notOwned {
 		// Applied already (e.g. just before a rebalance), or never here.
-		if op.Checkpoint(pos.Partition).NextOffset > pos.Offset {
+		if o.st.Checkpoint(pos.Partition).NextOffset > pos.Offset {
 			return nil
 		}
-		return op.o.owns(pos.Partition)
+		return o.Owns(pos.Partition)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(part.ctx, cancel)()
-	err := op.Store.WaitApplied(wctx, pos)
+	err := o.st.WaitApplied(wctx, pos)
 	if err != nil && ctx.Err() == nil && part.ctx.Err() != nil {
 		// The partition moved while we waited: the operation is in the log
 		// and its new owner decides it; a retry there with the same client
 		// op id returns that decision.
-		if oerr := op.o.owns(pos.Partition); oerr != nil {
+		if oerr := o.Owns(pos.Partition); oerr != nil {
 			return oerr
 		}
 		return engine.Errorf(engine.CodeUnavailable, "partition %d moved while waiting; retry", pos.Partition)
+	}
+	return err
+}
+
+// WaitRelayed is the store's WaitRelayed for a partition served here, with
+// WaitApplied's ownership rule: once p is given up it returns Owns' error
+// instead of waiting for a relay this process no longer runs.
+func (o *Group) WaitRelayed(ctx context.Context, p int32, offset int64) error {
+	if p < 0 || int(p) >= len(o.parts) {
+		return fmt.Errorf("kafkagroup: wait relayed: %w", engine.ErrBadPartition)
+	}
+	o.mu.Lock()
+	part := o.parts[p]
+	o.mu.Unlock()
+	if part.state == notOwned {
+		return o.Owns(p)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(part.ctx, cancel)()
+	err := o.st.WaitRelayed(wctx, p, offset)
+	if err != nil && ctx.Err() == nil && part.ctx.Err() != nil {
+		if oerr := o.Owns(p); oerr != nil {
+			return oerr
+		}
+		return engine.Errorf(engine.CodeUnavailable, "partition %d moved while waiting; retry", p)
 	}
 	return err
 }

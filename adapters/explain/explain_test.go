@@ -1,4 +1,4 @@
-package main
+package explain
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mdsync/mdsync/adapters/replay/replaytest"
 )
 
 // TestExplainFifthLogin: a device evicted by a fifth login is explained
@@ -25,17 +27,17 @@ func TestExplainFifthLogin(t *testing.T) {
 {"op":"kick_device","user":"alice","login_id":"a3","by_login_id":"a5"}
 `
 	dir := t.TempDir()
-	replayInto(t, dir, input)
-	lg := openTestLog(t, dir)
+	replaytest.Into(t, dir, input)
+	lg := replaytest.OpenLog(t, dir)
 	for _, rebuild := range []bool{false, true} {
-		cfg := explainConfig{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
+		cfg := Config{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
 		var out, warn bytes.Buffer
-		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
-		var rows []explainRow
+		var rows []Row
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-			var r explainRow
+			var r Row
 			if err := json.Unmarshal([]byte(l), &r); err != nil {
 				t.Fatalf("%v: %s", err, l)
 			}
@@ -51,7 +53,7 @@ func TestExplainFifthLogin(t *testing.T) {
 			t.Fatalf("rows %v, want %s", kinds, want)
 		}
 		ev := rows[5]
-		if ev.Code != 206 || ev.Reason != "login_other_device" || ev.ByLoginID != "a5" || ev.ByDeviceName != "phone5" ||
+		if ev.Code != 206 || ev.Reason != "REASON_LOGIN_OTHER_DEVICE" || ev.ByLoginID != "a5" || ev.ByDeviceName != "phone5" ||
 			ev.ByExtension != "hello <ext>" || ev.PolicyVersion != 2 || ev.Partition != 0 || ev.Offset != 7 ||
 			ev.LoginOffset == nil || *ev.LoginOffset != 2 {
 			t.Fatalf("eviction row %+v", ev)
@@ -59,13 +61,13 @@ func TestExplainFifthLogin(t *testing.T) {
 		if l5 := rows[4]; l5.Offset != 7 || l5.PolicyVersion != 2 || !l5.Active || l5.Extension != "hello <ext>" {
 			t.Fatalf("login row %+v", l5)
 		}
-		if k := rows[6]; k.Code != 217 || k.Reason != "kicked" || k.Offset != 8 {
+		if k := rows[6]; k.Code != 217 || k.Reason != "REASON_KICKED" || k.Offset != 8 {
 			t.Fatalf("kick row %+v", k)
 		}
 
 		cfg.JSON, cfg.Device = false, "a1"
 		out.Reset()
-		if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
 		text := out.String()
@@ -73,14 +75,14 @@ func TestExplainFifthLogin(t *testing.T) {
 		if len(lines) != 2 {
 			t.Fatalf("--device a1: %q", text)
 		}
-		for _, s := range []string{"0/7 ", "ended", "a1", "206 login_other_device", `by the login of a5 ("phone5", extension "hello <ext>")`, "policy v2"} {
+		for _, s := range []string{"0/7 ", "ended", "a1", "206 REASON_LOGIN_OTHER_DEVICE", `by the login of a5 ("phone5", extension "hello <ext>")`, "policy v2"} {
 			if !strings.Contains(lines[1], s) {
 				t.Fatalf("text %q lacks %q", lines[1], s)
 			}
 		}
 	}
 	var out bytes.Buffer
-	if err := explain(context.Background(), lg, filepath.Join(dir, "proj"), explainConfig{App: "demo"}, &out, &out); err == nil {
+	if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), Config{App: "demo"}, &out, &out); err == nil {
 		t.Fatal("explain without --user worked")
 	}
 }
