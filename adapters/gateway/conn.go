@@ -74,6 +74,10 @@ type conn struct {
 	lastEpoch     string // the last position sent (lastSent)
 	lastSeq       uint64
 
+	// The live path (live.go).
+	live   []*liveEvent // delivered entries not yet taken by the follower
+	reread bool         // the follower must read the store
+
 	// The op pipeline (pipeline.go).
 	queue    []*opReq // admitted, not yet handed to Begin, in receive order
 	draining bool     // the drainer goroutine runs
@@ -501,18 +505,18 @@ func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }
 
-// notify wakes the follower unless it already sent seq.
+// notify wakes the follower to read the store, unless it already sent seq.
 func (c *conn) notify(seq uint64) {
 	c.mu.Lock()
 	skip := c.attached && c.lastEpoch != "" && seq <= c.lastSeq
+	if !skip {
+		c.reread = true
+	}
 	c.mu.Unlock()
 	if skip {
 		return
 	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.wakeUp()
 }
 
 // follow sends the snapshot or catch-up, then live events, reading the
@@ -529,7 +533,25 @@ func (c *conn) follow(pos position) {
 		}
 	}
 	resyncs := 0
-	for {
+	for readStore := true; ; {
+		if !readStore {
+			// Woken: live entries that continue the position go out as
+			// they are (live.go); anything else reads the store.
+			select {
+			case <-c.wake:
+			case <-c.ctx.Done():
+				return
+			}
+			live, reread := c.takeLive()
+			read, ok := c.sendLive(epoch, &seq, live)
+			if !ok {
+				return
+			}
+			if readStore = read || reread; !readStore {
+				continue
+			}
+			c.g.m.storeReads.Inc()
+		}
 		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
 		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
 			if resyncs++; resyncs > 2 {
@@ -587,11 +609,7 @@ func (c *conn) follow(pos position) {
 			c.g.m.catchup.Observe(float64(sent))
 			c.g.m.catchupTime.Observe(time.Since(start).Seconds())
 		}
-		select {
-		case <-c.wake:
-		case <-c.ctx.Done():
-			return
-		}
+		readStore = false
 	}
 }
 

@@ -27,6 +27,8 @@ type envHooks struct {
 	dropDeliver bool
 	// engine wraps the gateway's engine.
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
+	// store wraps the gateway's store.
+	store func(gateway.Reader) gateway.Reader
 }
 
 // newEnvHooks is newEnv with the effect path and the engine changed.
@@ -59,8 +61,12 @@ func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
 	if h.engine != nil {
 		eng = h.engine(n, eng)
 	}
+	var store gateway.Reader = n.Store
+	if h.store != nil {
+		store = h.store(store)
+	}
 	reg := prometheus.NewRegistry()
-	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: n.Store, Registerer: reg,
+	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: store, Registerer: reg,
 		HeartbeatTimeout: 20 * time.Second, WriteTimeout: 5 * time.Second}
 	if mod != nil {
 		mod(&o)
