@@ -49,16 +49,14 @@ type conn struct {
 	app, user, loginID string
 	platform           int32
 
-	out  chan outFrame
 	wake chan struct{} // cap 1: "the timeline may have grown"
 
 	ctx    context.Context // done when the connection is being torn down
 	cancel context.CancelFunc
 
-	wg         sync.WaitGroup // writer, follower, drainer, answerers, closer
-	writerDone chan struct{}
-	closeOnce  sync.Once
-	closeCode  atomic.Int32
+	wg        sync.WaitGroup // writer, follower, drainer, answerers, closer
+	closeOnce sync.Once
+	closeCode atomic.Int32
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame received
 	gotFirst atomic.Bool
@@ -78,6 +76,15 @@ type conn struct {
 	live   []*liveEvent // delivered entries not yet taken by the follower
 	reread bool         // the follower must read the store
 
+	// The send queue (sendq.go).
+	qmu        sync.Mutex
+	q          []outFrame    // queued, not yet taken by the writer; nil when empty
+	qn         int           // queued or taken and not yet written
+	qspace     chan struct{} // closed when a frame was written (a push waits on it)
+	writing    bool          // a writer goroutine runs (or the queue is closed for good)
+	writerDone chan struct{} // closed when the current writer returns
+	qclosed    bool          // teardown: no writer starts again
+
 	// The op pipeline (pipeline.go).
 	queue    []*opReq // admitted, not yet handed to Begin, in receive order
 	draining bool     // the drainer goroutine runs
@@ -88,8 +95,8 @@ func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		g: g, ws: ws, remote: remote,
-		out: make(chan outFrame, g.o.SendQueue), wake: make(chan struct{}, 1),
-		ctx: ctx, cancel: cancel, writerDone: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+		ctx:  ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
 	return c
@@ -113,8 +120,6 @@ func (c *conn) sessionOver() bool {
 // connection's other goroutines.
 func (c *conn) serve() {
 	c.ws.SetReadLimit(int64(c.g.o.MaxFrameBytes) + 1)
-	c.wg.Add(1)
-	go c.writer()
 	c.watchdog = time.AfterFunc(c.g.o.LoginTimeout, c.checkIdle)
 	if c.read() {
 		// The peer went away or the socket was closed: stop the rest.
@@ -658,76 +663,6 @@ func (c *conn) setSent(epoch string, seq uint64) {
 	c.mu.Unlock()
 }
 
-// push queues a frame, waiting while the queue is full (events are read
-// from the store only as the queue drains); false when the connection is
-// closing.
-func (c *conn) push(f outFrame) bool {
-	select {
-	case c.out <- f:
-		return true
-	case <-c.ctx.Done():
-		return false
-	}
-}
-
-// reply queues an answer without waiting: a device whose answers overflow
-// the queue is not reading them (1016). False when the connection is closing.
-func (c *conn) reply(v any, typ string) bool {
-	b, err := json.Marshal(v)
-	if err != nil {
-		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
-		return false
-	}
-	if c.ctx.Err() != nil {
-		return false
-	}
-	select {
-	case c.out <- outFrame{b: b, typ: typ}:
-		return true
-	default:
-		c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
-		return false
-	}
-}
-
-// closeAfterQueued closes the connection once the frames queued before
-// are written.
-func (c *conn) closeAfterQueued(code engine.Code, status websocket.StatusCode) {
-	c.push(outFrame{close: true, code: code, status: status})
-}
-
-// writer writes queued frames in order, each within WriteTimeout.
-func (c *conn) writer() {
-	defer c.wg.Done()
-	defer close(c.writerDone)
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case f := <-c.out:
-			if f.close {
-				c.terminate(f.code, f.status, f.b)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
-			err := c.ws.Write(ctx, websocket.MessageText, f.b)
-			timedOut := ctx.Err() != nil
-			cancel()
-			if err != nil {
-				if timedOut {
-					// The socket took nothing for WriteTimeout: the device
-					// does not read. (The library closed the socket.)
-					c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
-				} else {
-					c.terminate(0, websocket.StatusNormalClosure, nil)
-				}
-				return
-			}
-			c.g.m.frames.WithLabelValues("out", f.typ).Inc()
-		}
-	}
-}
-
 // terminate starts the connection's teardown once: it stops the writer and
 // the follower, then (in its own goroutine, so callers never block) writes
 // final, if any, and closes the socket with status. code is what the
@@ -744,7 +679,7 @@ func (c *conn) terminate(code engine.Code, status websocket.StatusCode, final []
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			<-c.writerDone
+			c.stopWriter()
 			if final != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), min(c.g.o.WriteTimeout, 2*time.Second))
 				err := c.ws.Write(ctx, websocket.MessageText, final)
