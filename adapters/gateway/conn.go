@@ -49,8 +49,6 @@ type conn struct {
 	app, user, loginID string
 	platform           int32
 
-	wake chan struct{} // cap 1: "the timeline may have grown"
-
 	ctx    context.Context // done when the connection is being torn down
 	cancel context.CancelFunc
 
@@ -72,9 +70,22 @@ type conn struct {
 	lastEpoch     string // the last position sent (lastSent)
 	lastSeq       uint64
 
-	// The live path (live.go).
-	live   []*liveEvent // delivered entries not yet taken by the follower
-	reread bool         // the follower must read the store
+	// The follower (follow, run; live.go). following: a follower goroutine
+	// runs; it is set by whoever starts one (attach, deliver, notify)
+	// and cleared by the follower itself, under mu, when it finds nothing
+	// to send, so one runs at a time and none is missed.
+	live      []*liveEvent // delivered entries not yet taken by the follower
+	reread    bool         // the follower must read the store
+	following bool
+	fattached bool // the first follower was started (by attach)
+	fstopped  bool // serve is waiting for the goroutines: start none
+	// The follower's own state, touched only by the running follower.
+	fepoch     string
+	fseq       uint64
+	freadStore bool
+	fcaughtUp  bool
+	fsent      int
+	fstart     time.Time
 
 	// The send queue (sendq.go).
 	qmu        sync.Mutex
@@ -95,8 +106,7 @@ func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		g: g, ws: ws, remote: remote,
-		wake: make(chan struct{}, 1),
-		ctx:  ctx, cancel: cancel,
+		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
 	return c
@@ -126,6 +136,9 @@ func (c *conn) serve() {
 		c.terminate(0, websocket.StatusNormalClosure, nil)
 	}
 	c.watchdog.Stop()
+	c.mu.Lock()
+	c.fstopped = true // no follower starts after this: every wg.Add is before the Wait
+	c.mu.Unlock()
 	c.wg.Wait()
 	c.mu.Lock()
 	registered, attached := c.registered, c.attached
@@ -470,8 +483,16 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 	for _, e := range pending {
 		c.ended(e)
 	}
-	c.wg.Add(1)
-	go c.follow(pos)
+	c.mu.Lock()
+	start := !c.fstopped
+	c.fattached, c.following = start, start
+	if start {
+		c.wg.Add(1) // under c.mu: before serve's Wait (fstopped)
+	}
+	c.mu.Unlock()
+	if start {
+		go c.follow(pos)
+	}
 	return true
 }
 
@@ -510,53 +531,67 @@ func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }
 
-// notify wakes the follower to read the store, unless it already sent seq.
+// notify has the follower read the store, unless it already sent seq.
 func (c *conn) notify(seq uint64) {
 	c.mu.Lock()
-	skip := c.attached && c.lastEpoch != "" && seq <= c.lastSeq
-	if !skip {
-		c.reread = true
-	}
-	c.mu.Unlock()
-	if skip {
+	if c.attached && c.lastEpoch != "" && seq <= c.lastSeq {
+		c.mu.Unlock()
 		return
 	}
-	c.wakeUp()
+	c.reread = true
+	start := c.startFollowerLocked()
+	c.mu.Unlock()
+	if start {
+		go c.resumeFollow()
+	}
 }
 
-// follow sends the snapshot or catch-up, then live events, reading the
-// timeline from the last sequence sent. It is the only sender of events.
+// follow starts following the timeline: the snapshot when the device has
+// no position, then the catch-up and live events (run). It is the only
+// sender of events; see conn.following for when it runs.
 func (c *conn) follow(pos position) {
 	defer c.wg.Done()
-	start := time.Now()
-	sent, caughtUp := 0, false
-	epoch, seq := pos.epoch, pos.seq
+	c.fstart = time.Now()
+	c.fepoch, c.fseq = pos.epoch, pos.seq
 	if !pos.ok {
 		var ok bool
-		if epoch, seq, ok = c.snapshot(false); !ok {
+		if c.fepoch, c.fseq, ok = c.snapshot(false); !ok {
 			return
 		}
 	}
+	c.freadStore = true
+	c.run()
+}
+
+// resumeFollow runs the follower again after it went idle.
+func (c *conn) resumeFollow() {
+	defer c.wg.Done()
+	c.run()
+}
+
+// run sends what the timeline has after (fepoch, fseq): reads of the store
+// until caught up, then the live entries queued for it (live.go), and
+// returns when nothing is left to send (following is then false) or the
+// connection is closing. A connected idle device has no follower
+// goroutine: deliver and notify start one.
+func (c *conn) run() {
 	resyncs := 0
-	for readStore := true; ; {
-		if !readStore {
-			// Woken: live entries that continue the position go out as
-			// they are (live.go); anything else reads the store.
-			select {
-			case <-c.wake:
-			case <-c.ctx.Done():
+	for {
+		if !c.freadStore {
+			live, reread, idle := c.takeLive()
+			if idle {
 				return
 			}
-			live, reread := c.takeLive()
-			read, ok := c.sendLive(epoch, &seq, live)
+			read, ok := c.sendLive(c.fepoch, &c.fseq, live)
 			if !ok {
 				return
 			}
-			if readStore = read || reread; !readStore {
+			if c.freadStore = read || reread; !c.freadStore {
 				continue
 			}
 			c.g.m.storeReads.Inc()
 		}
+		epoch, seq := c.fepoch, c.fseq
 		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
 		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
 			if resyncs++; resyncs > 2 {
@@ -564,7 +599,7 @@ func (c *conn) follow(pos position) {
 				return
 			}
 			var ok bool
-			if epoch, seq, ok = c.snapshot(true); !ok {
+			if c.fepoch, c.fseq, ok = c.snapshot(true); !ok {
 				return
 			}
 			continue
@@ -582,6 +617,7 @@ func (c *conn) follow(pos position) {
 				continue // the timeline opened between reading its meta and its entries
 			}
 			epoch = meta.GetEpoch()
+			c.fepoch = epoch
 		}
 		progressed := next > seq
 		for _, e := range es {
@@ -600,21 +636,23 @@ func (c *conn) follow(pos position) {
 				return
 			}
 			seq = e.Seq
-			sent++
+			c.fseq = seq
+			c.fsent++
 		}
 		if next > seq {
 			seq = next // entries hidden from this device
+			c.fseq = seq
 			c.setSent(epoch, seq)
 		}
 		if progressed {
 			continue // there may be more
 		}
-		if !caughtUp {
-			caughtUp = true
-			c.g.m.catchup.Observe(float64(sent))
-			c.g.m.catchupTime.Observe(time.Since(start).Seconds())
+		if !c.fcaughtUp {
+			c.fcaughtUp = true
+			c.g.m.catchup.Observe(float64(c.fsent))
+			c.g.m.catchupTime.Observe(time.Since(c.fstart).Seconds())
 		}
-		readStore = false
+		c.freadStore = false
 	}
 }
 

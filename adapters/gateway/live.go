@@ -57,8 +57,8 @@ func (ev *liveEvent) frame(epoch string) ([]byte, error) {
 	return b, nil
 }
 
-// deliver queues a live entry for the follower and wakes it, unless the
-// entry was already sent.
+// deliver queues a live entry for the follower and starts one if none
+// runs, unless the entry was already sent.
 func (c *conn) deliver(ev *liveEvent) {
 	seq := ev.entry.GetSeq()
 	c.mu.Lock()
@@ -71,25 +71,38 @@ func (c *conn) deliver(ev *liveEvent) {
 	} else {
 		c.reread = true
 	}
+	start := c.startFollowerLocked()
 	c.mu.Unlock()
-	c.wakeUp()
-}
-
-func (c *conn) wakeUp() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	if start {
+		go c.resumeFollow()
 	}
 }
 
+// startFollowerLocked reports whether the caller must start a follower
+// (go c.resumeFollow()): the first one was started and none runs now. It
+// marks one running and counts it in wg. c.mu held.
+func (c *conn) startFollowerLocked() bool {
+	if !c.fattached || c.following || c.fstopped || c.ctx.Err() != nil {
+		return false
+	}
+	c.following = true
+	c.wg.Add(1)
+	return true
+}
+
 // takeLive returns the queued live entries and whether the store must be
-// read (an overflow, or a wake that asked for it).
-func (c *conn) takeLive() ([]*liveEvent, bool) {
+// read (an overflow, or a notify); idle when there is neither, and then
+// the follower is marked not running: it must return.
+func (c *conn) takeLive() (live []*liveEvent, reread, idle bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	live, reread := c.live, c.reread
+	live, reread = c.live, c.reread
 	c.live, c.reread = nil, false
-	return live, reread
+	if len(live) == 0 && !reread {
+		c.following = false
+		return nil, false, true
+	}
+	return live, reread, false
 }
 
 // sendLive sends the live entries that continue (epoch, *seq) in order,

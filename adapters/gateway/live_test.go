@@ -3,6 +3,8 @@ package gateway_test
 import (
 	"bytes"
 	"fmt"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,5 +106,65 @@ func TestLiveEventsAreEncodedOnceAndNotReadBack(t *testing.T) {
 	case f := <-a1.frames:
 		t.Fatalf("extra frame on A1: %+v", f)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// gatewayGoroutines counts the goroutines running the gateway's own code
+// (not the test's clients, whose frames are in package gateway_test).
+func gatewayGoroutines() int {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	n := 0
+	for _, g := range strings.Split(buf.String(), "\n\n") {
+		if strings.Contains(g, "mdsync/adapters/gateway.") {
+			n++
+		}
+	}
+	return n
+}
+
+// A connected device that has nothing to send or receive costs one
+// goroutine (its reader): no writer, no follower, after a snapshot, live
+// events, an op and its result.
+func TestIdleDeviceHasOneGoroutine(t *testing.T) {
+	e := newEnv(t, func(o *gateway.Options) { o.SessionCheckInterval = -1 })
+	const users = 10
+	var cs []*client
+	for u := range users {
+		for d := range 2 {
+			c, _ := login(t, e, fmt.Sprint("idle", u), fmt.Sprintf("I%d-%d", u, d), int32(d+1))
+			c.expect("snapshot")
+			cs = append(cs, c)
+		}
+	}
+	// Traffic on every connection: an op (result) and a live event.
+	for u := range users {
+		c := cs[2*u]
+		if r := c.op(fmt.Sprint("op", u), msgJSON(fmt.Sprint("idle", (u+1)%users), fmt.Sprint("i-", u), "hi")); r.Code != 0 {
+			t.Fatalf("send: %+v", r)
+		}
+	}
+	for i, c := range cs {
+		if i%2 == 1 { // op() of the others may have read their event
+			c.expect("event")
+		}
+	}
+	devices := len(cs)
+	var n int
+	deadline := time.Now().Add(5 * time.Second)
+	for n = gatewayGoroutines(); n > devices && time.Now().Before(deadline); n = gatewayGoroutines() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n > devices {
+		t.Fatalf("%d gateway goroutines for %d idle devices, want at most one each", n, devices)
+	}
+	// And they still work: a message wakes the follower again.
+	if r := cs[1].op("again", msgJSON("idle0", "i-again", "again")); r.Code != 0 {
+		t.Fatalf("send: %+v", r)
+	}
+	for { // cs[0] may still hold idle9's message, unread
+		if ev := cs[0].expect("event"); string(ev.entry(t).GetSource().GetMessage().GetBody()) == "again" {
+			break
+		}
 	}
 }
