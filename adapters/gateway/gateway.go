@@ -3,9 +3,11 @@
 // engine) or resumes an active session, then receives a snapshot or the
 // catch-up from its last position and live events, and sends operations.
 //
-// Every connection reads its user's timeline itself, from the last sequence
-// it sent: a delivery hint only wakes it, so a slow device never slows the
-// projector or another device, and events cannot be skipped or repeated.
+// Every connection follows its user's timeline itself, from the last
+// sequence it sent: a delivered entry that continues it is sent as the
+// effect carries it (encoded once for all the user's devices), anything
+// else is read from the store, so a slow device never slows the projector
+// or another device, and events cannot be skipped or repeated (live.go).
 package gateway
 
 import (
@@ -105,7 +107,9 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxFrameBytes bounds one client message. Default 64 KiB.
 	MaxFrameBytes int
-	// SendQueue is the frames queued per connection. Default 1024.
+	// SendQueue bounds the frames queued per connection (queued or being
+	// written); the queue grows as frames come and holds nothing while
+	// empty. Default 1024.
 	SendQueue int
 	// HeartbeatTimeout closes a connection that sent nothing for this long
 	// (error 1017). Default 60s.
