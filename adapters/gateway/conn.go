@@ -36,10 +36,12 @@ type outFrame struct {
 	status websocket.StatusCode
 }
 
-// conn is one device connection. Its goroutines: the reader (serve), the
-// writer, the follower (reads the timeline once attached), the op drainer
-// and one answerer per submitted batch (both only while ops are in flight;
-// see pipeline.go), and the closer. Teardown starts with terminate.
+// conn is one device connection. Its goroutines: the reader (serve), for
+// the whole connection; the others only while they have work: the writer
+// (while frames are queued, sendq.go), the follower (while the timeline has
+// something to send, live.go), the op drainer and one answerer per
+// submitted batch (while ops are in flight, pipeline.go), and the closer.
+// An idle connection has the reader only. Teardown starts with terminate.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
@@ -49,16 +51,12 @@ type conn struct {
 	app, user, loginID string
 	platform           int32
 
-	out  chan outFrame
-	wake chan struct{} // cap 1: "the timeline may have grown"
-
 	ctx    context.Context // done when the connection is being torn down
 	cancel context.CancelFunc
 
-	wg         sync.WaitGroup // writer, follower, drainer, answerers, closer
-	writerDone chan struct{}
-	closeOnce  sync.Once
-	closeCode  atomic.Int32
+	wg        sync.WaitGroup // writer, follower, drainer, answerers, closer
+	closeOnce sync.Once
+	closeCode atomic.Int32
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame received
 	gotFirst atomic.Bool
@@ -74,6 +72,32 @@ type conn struct {
 	lastEpoch     string // the last position sent (lastSent)
 	lastSeq       uint64
 
+	// The follower (follow, run; live.go). following: a follower goroutine
+	// runs; it is set by whoever starts one (attach, deliver, notify)
+	// and cleared by the follower itself, under mu, when it finds nothing
+	// to send, so one runs at a time and none is missed.
+	live      []*liveEvent // delivered entries not yet taken by the follower
+	reread    bool         // the follower must read the store
+	following bool
+	fattached bool // the first follower was started (by attach)
+	fstopped  bool // serve is waiting for the goroutines: start none
+	// The follower's own state, touched only by the running follower.
+	fepoch     string
+	fseq       uint64
+	freadStore bool
+	fcaughtUp  bool
+	fsent      int
+	fstart     time.Time
+
+	// The send queue (sendq.go).
+	qmu        sync.Mutex
+	q          []outFrame    // queued, not yet taken by the writer; nil when empty
+	qn         int           // queued or taken and not yet written
+	qspace     chan struct{} // closed when a frame was written (a push waits on it)
+	writing    bool          // a writer goroutine runs (or the queue is closed for good)
+	writerDone chan struct{} // closed when the current writer returns
+	qclosed    bool          // teardown: no writer starts again
+
 	// The op pipeline (pipeline.go).
 	queue    []*opReq // admitted, not yet handed to Begin, in receive order
 	draining bool     // the drainer goroutine runs
@@ -84,8 +108,7 @@ func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		g: g, ws: ws, remote: remote,
-		out: make(chan outFrame, g.o.SendQueue), wake: make(chan struct{}, 1),
-		ctx: ctx, cancel: cancel, writerDone: make(chan struct{}),
+		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
 	return c
@@ -109,14 +132,15 @@ func (c *conn) sessionOver() bool {
 // connection's other goroutines.
 func (c *conn) serve() {
 	c.ws.SetReadLimit(int64(c.g.o.MaxFrameBytes) + 1)
-	c.wg.Add(1)
-	go c.writer()
 	c.watchdog = time.AfterFunc(c.g.o.LoginTimeout, c.checkIdle)
 	if c.read() {
 		// The peer went away or the socket was closed: stop the rest.
 		c.terminate(0, websocket.StatusNormalClosure, nil)
 	}
 	c.watchdog.Stop()
+	c.mu.Lock()
+	c.fstopped = true // no follower starts after this: every wg.Add is before the Wait
+	c.mu.Unlock()
 	c.wg.Wait()
 	c.mu.Lock()
 	registered, attached := c.registered, c.attached
@@ -461,8 +485,16 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 	for _, e := range pending {
 		c.ended(e)
 	}
-	c.wg.Add(1)
-	go c.follow(pos)
+	c.mu.Lock()
+	start := !c.fstopped
+	c.fattached, c.following = start, start
+	if start {
+		c.wg.Add(1) // under c.mu: before serve's Wait (fstopped)
+	}
+	c.mu.Unlock()
+	if start {
+		go c.follow(pos)
+	}
 	return true
 }
 
@@ -501,35 +533,67 @@ func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }
 
-// notify wakes the follower unless it already sent seq.
+// notify has the follower read the store, unless it already sent seq.
 func (c *conn) notify(seq uint64) {
 	c.mu.Lock()
-	skip := c.attached && c.lastEpoch != "" && seq <= c.lastSeq
-	c.mu.Unlock()
-	if skip {
+	if c.attached && c.lastEpoch != "" && seq <= c.lastSeq {
+		c.mu.Unlock()
 		return
 	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	c.reread = true
+	start := c.startFollowerLocked()
+	c.mu.Unlock()
+	if start {
+		go c.resumeFollow()
 	}
 }
 
-// follow sends the snapshot or catch-up, then live events, reading the
-// timeline from the last sequence sent. It is the only sender of events.
+// follow starts following the timeline: the snapshot when the device has
+// no position, then the catch-up and live events (run). It is the only
+// sender of events; see conn.following for when it runs.
 func (c *conn) follow(pos position) {
 	defer c.wg.Done()
-	start := time.Now()
-	sent, caughtUp := 0, false
-	epoch, seq := pos.epoch, pos.seq
+	c.fstart = time.Now()
+	c.fepoch, c.fseq = pos.epoch, pos.seq
 	if !pos.ok {
 		var ok bool
-		if epoch, seq, ok = c.snapshot(false); !ok {
+		if c.fepoch, c.fseq, ok = c.snapshot(false); !ok {
 			return
 		}
 	}
+	c.freadStore = true
+	c.run()
+}
+
+// resumeFollow runs the follower again after it went idle.
+func (c *conn) resumeFollow() {
+	defer c.wg.Done()
+	c.run()
+}
+
+// run sends what the timeline has after (fepoch, fseq): reads of the store
+// until caught up, then the live entries queued for it (live.go), and
+// returns when nothing is left to send (following is then false) or the
+// connection is closing. A connected idle device has no follower
+// goroutine: deliver and notify start one.
+func (c *conn) run() {
 	resyncs := 0
 	for {
+		if !c.freadStore {
+			live, reread, idle := c.takeLive()
+			if idle {
+				return
+			}
+			read, ok := c.sendLive(c.fepoch, &c.fseq, live)
+			if !ok {
+				return
+			}
+			if c.freadStore = read || reread; !c.freadStore {
+				continue
+			}
+			c.g.m.storeReads.Inc()
+		}
+		epoch, seq := c.fepoch, c.fseq
 		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
 		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
 			if resyncs++; resyncs > 2 {
@@ -537,7 +601,7 @@ func (c *conn) follow(pos position) {
 				return
 			}
 			var ok bool
-			if epoch, seq, ok = c.snapshot(true); !ok {
+			if c.fepoch, c.fseq, ok = c.snapshot(true); !ok {
 				return
 			}
 			continue
@@ -555,6 +619,7 @@ func (c *conn) follow(pos position) {
 				continue // the timeline opened between reading its meta and its entries
 			}
 			epoch = meta.GetEpoch()
+			c.fepoch = epoch
 		}
 		progressed := next > seq
 		for _, e := range es {
@@ -573,25 +638,23 @@ func (c *conn) follow(pos position) {
 				return
 			}
 			seq = e.Seq
-			sent++
+			c.fseq = seq
+			c.fsent++
 		}
 		if next > seq {
 			seq = next // entries hidden from this device
+			c.fseq = seq
 			c.setSent(epoch, seq)
 		}
 		if progressed {
 			continue // there may be more
 		}
-		if !caughtUp {
-			caughtUp = true
-			c.g.m.catchup.Observe(float64(sent))
-			c.g.m.catchupTime.Observe(time.Since(start).Seconds())
+		if !c.fcaughtUp {
+			c.fcaughtUp = true
+			c.g.m.catchup.Observe(float64(c.fsent))
+			c.g.m.catchupTime.Observe(time.Since(c.fstart).Seconds())
 		}
-		select {
-		case <-c.wake:
-		case <-c.ctx.Done():
-			return
-		}
+		c.freadStore = false
 	}
 }
 
@@ -640,76 +703,6 @@ func (c *conn) setSent(epoch string, seq uint64) {
 	c.mu.Unlock()
 }
 
-// push queues a frame, waiting while the queue is full (events are read
-// from the store only as the queue drains); false when the connection is
-// closing.
-func (c *conn) push(f outFrame) bool {
-	select {
-	case c.out <- f:
-		return true
-	case <-c.ctx.Done():
-		return false
-	}
-}
-
-// reply queues an answer without waiting: a device whose answers overflow
-// the queue is not reading them (1016). False when the connection is closing.
-func (c *conn) reply(v any, typ string) bool {
-	b, err := json.Marshal(v)
-	if err != nil {
-		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
-		return false
-	}
-	if c.ctx.Err() != nil {
-		return false
-	}
-	select {
-	case c.out <- outFrame{b: b, typ: typ}:
-		return true
-	default:
-		c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
-		return false
-	}
-}
-
-// closeAfterQueued closes the connection once the frames queued before
-// are written.
-func (c *conn) closeAfterQueued(code engine.Code, status websocket.StatusCode) {
-	c.push(outFrame{close: true, code: code, status: status})
-}
-
-// writer writes queued frames in order, each within WriteTimeout.
-func (c *conn) writer() {
-	defer c.wg.Done()
-	defer close(c.writerDone)
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case f := <-c.out:
-			if f.close {
-				c.terminate(f.code, f.status, f.b)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
-			err := c.ws.Write(ctx, websocket.MessageText, f.b)
-			timedOut := ctx.Err() != nil
-			cancel()
-			if err != nil {
-				if timedOut {
-					// The socket took nothing for WriteTimeout: the device
-					// does not read. (The library closed the socket.)
-					c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
-				} else {
-					c.terminate(0, websocket.StatusNormalClosure, nil)
-				}
-				return
-			}
-			c.g.m.frames.WithLabelValues("out", f.typ).Inc()
-		}
-	}
-}
-
 // terminate starts the connection's teardown once: it stops the writer and
 // the follower, then (in its own goroutine, so callers never block) writes
 // final, if any, and closes the socket with status. code is what the
@@ -726,7 +719,7 @@ func (c *conn) terminate(code engine.Code, status websocket.StatusCode, final []
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			<-c.writerDone
+			c.stopWriter()
 			if final != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), min(c.g.o.WriteTimeout, 2*time.Second))
 				err := c.ws.Write(ctx, websocket.MessageText, final)

@@ -314,57 +314,7 @@ func (p partJSON) Marshal(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.UseNumber()
-	var v any
-	if err := d.Decode(&v); err != nil {
-		return nil, err
-	}
-	numbers(v, m.ProtoReflect().Descriptor())
-	return json.Marshal(v)
-}
-
-// numbers turns the 64-bit integer fields of v, the JSON of a message of
-// descriptor md, from strings into numbers, recursively.
-func numbers(v any, md protoreflect.MessageDescriptor) {
-	obj, ok := v.(map[string]any)
-	if !ok {
-		return
-	}
-	fields := md.Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		x, ok := obj[fd.TextName()]
-		if !ok {
-			continue
-		}
-		switch {
-		case fd.IsMap():
-			if m, ok := x.(map[string]any); ok {
-				for k, e := range m {
-					if is64(fd.MapValue()) {
-						m[k] = number(e)
-					} else if fd.MapValue().Message() != nil {
-						numbers(e, fd.MapValue().Message())
-					}
-				}
-			}
-		case fd.IsList():
-			if l, ok := x.([]any); ok {
-				for j, e := range l {
-					if is64(fd) {
-						l[j] = number(e)
-					} else if fd.Message() != nil {
-						numbers(e, fd.Message())
-					}
-				}
-			}
-		case is64(fd):
-			obj[fd.TextName()] = number(x)
-		case fd.Message() != nil:
-			numbers(x, fd.Message())
-		}
-	}
+	return numbers64(b, m.ProtoReflect().Descriptor())
 }
 
 func is64(fd protoreflect.FieldDescriptor) bool {
@@ -374,13 +324,6 @@ func is64(fd protoreflect.FieldDescriptor) bool {
 		return true
 	}
 	return false
-}
-
-func number(x any) any {
-	if s, ok := x.(string); ok {
-		return json.Number(s)
-	}
-	return x
 }
 
 type errorFrame struct {
@@ -471,7 +414,34 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: encode entry: %w", err)
 	}
-	return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: entryName(e), Entry: b})
+	name := entryName(e)
+	if !plainJSONString(epoch) || !plainJSONString(name) {
+		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: name, Entry: b})
+	}
+	// The same frame without json.Marshal's second pass over the entry
+	// (it is compact JSON already: numbers64 wrote it).
+	out := make([]byte, 0, len(b)+len(epoch)+len(name)+64)
+	out = append(out, `{"type":"event","epoch":"`...)
+	out = append(out, epoch...)
+	out = append(out, `","seq":`...)
+	out = strconv.AppendUint(out, e.Seq, 10)
+	out = append(out, `,"name":"`...)
+	out = append(out, name...)
+	out = append(out, `","entry":`...)
+	out = append(out, b...)
+	return append(out, '}'), nil
+}
+
+// plainJSONString reports whether s needs no escaping in JSON (and in
+// HTML, as encoding/json escapes <, > and &): letters, digits and _.-@:.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-' || c == '@' || c == ':') {
+			return false
+		}
+	}
+	return true
 }
 
 func encodeEntries(es []*pb.TimelineEntry) ([]json.RawMessage, error) {

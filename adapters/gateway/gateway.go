@@ -3,9 +3,11 @@
 // engine) or resumes an active session, then receives a snapshot or the
 // catch-up from its last position and live events, and sends operations.
 //
-// Every connection reads its user's timeline itself, from the last sequence
-// it sent: a delivery hint only wakes it, so a slow device never slows the
-// projector or another device, and events cannot be skipped or repeated.
+// Every connection follows its user's timeline itself, from the last
+// sequence it sent: a delivered entry that continues it is sent as the
+// effect carries it (encoded once for all the user's devices), anything
+// else is read from the store, so a slow device never slows the projector
+// or another device, and events cannot be skipped or repeated (live.go).
 package gateway
 
 import (
@@ -131,7 +133,9 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxFrameBytes bounds one client message. Default 64 KiB.
 	MaxFrameBytes int
-	// SendQueue is the frames queued per connection. Default 1024.
+	// SendQueue bounds the frames queued per connection (queued or being
+	// written); the queue grows as frames come and holds nothing while
+	// empty. Default 1024.
 	SendQueue int
 	// HeartbeatTimeout closes a connection that sent nothing for this long
 	// (error 1017). Default 60s.
@@ -338,14 +342,20 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Unlock()
 }
 
-// Deliver is the hint that entry was appended to user's timeline. It wakes
-// the user's connections here and never blocks; the connections read the
-// timeline themselves.
+// Deliver is told that entry was appended to user's timeline (committed).
+// It hands the entry to the user's connections here and never blocks: a
+// connection that has sent everything before it sends it as it is, the
+// frame encoded once for all of them; any other reads the timeline from
+// the last sequence it sent (live.go).
 func (g *Gateway) Deliver(app, user string, entry *pb.TimelineEntry) {
+	if entry == nil {
+		return
+	}
+	ev := &liveEvent{entry: entry}
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for c := range g.users[userKey{app, user}] {
-		c.notify(entry.GetSeq())
+		c.deliver(ev)
 	}
 }
 
@@ -599,6 +609,9 @@ type metrics struct {
 	disconnects *prometheus.CounterVec
 	busy        *prometheus.CounterVec
 	opBatch     prometheus.Histogram
+	// live counts events sent from a delivery effect without a store
+	// read; storeReads the timeline reads a woken follower made instead.
+	live, storeReads prometheus.Counter
 	// sessionChecks counts connections closed by the session check: each
 	// one is an end whose effect did not reach this gateway in time.
 	sessionChecks prometheus.Counter
@@ -646,7 +659,15 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		Name: "mdsync_gateway_session_check_closes_total",
 		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them).",
 	})
-	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.sessionChecks} {
+	m.live = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mdsync_gateway_live_events_total",
+		Help: "Events sent to a device from the delivery effect, without reading the timeline back.",
+	})
+	m.storeReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mdsync_gateway_live_store_reads_total",
+		Help: "Timeline reads of a caught-up connection woken by a delivery: a gap, an overflow of its live queue, or the session sweep.",
+	})
+	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.sessionChecks, m.live, m.storeReads} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

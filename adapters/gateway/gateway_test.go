@@ -89,8 +89,12 @@ func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
 	if h.engine != nil {
 		eng = h.engine(n, eng)
 	}
+	var store gateway.Store = n.Store
+	if h.store != nil {
+		store = h.store(store)
+	}
 	reg := prometheus.NewRegistry()
-	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: n.Store, Registerer: reg,
+	o := gateway.Options{Auth: fakeAuth{}, Engine: eng, Store: store, Registerer: reg,
 		HeartbeatTimeout: 20 * time.Second, WriteTimeout: 5 * time.Second}
 	if mod != nil {
 		mod(&o)

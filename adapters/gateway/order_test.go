@@ -26,6 +26,8 @@ type envHooks struct {
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
 	// listener wraps the server's listener.
 	listener func(net.Listener) net.Listener
+	// store wraps the gateway's store.
+	store func(gateway.Store) gateway.Store
 }
 
 // results reads frames until it has the results of n distinct request

@@ -106,7 +106,7 @@ func (a *api) emDisconnect(w http.ResponseWriter, r *http.Request, p principal) 
 		Payload: &pb.Event_KickDevice{KickDevice: &pb.KickDevice{LoginId: r.PathValue("resource")}}}
 	d, err := a.submit(r.Context(), op)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	switch engine.Code(d.Code) {

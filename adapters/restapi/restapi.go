@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdsync/mdsync/adapters/forward"
@@ -73,7 +74,23 @@ type Options struct {
 	// Feed, optional, serves GET /v1/apps/{app}/feed (admin, server-sent
 	// events). Without it the route answers 503/1009.
 	Feed Feed
+	// MaxSubmitsInFlight bounds the operations this API has handed to the
+	// engine and not yet answered, over all requests and routes (the
+	// node-wide bound of REST writes, beside the gateway's). A request
+	// beyond it is refused at once, before anything is appended, with 429,
+	// code 1019 (engine.CodeBusy), a Retry-After header and retry_after_ms.
+	// Default 1,024.
+	MaxSubmitsInFlight int
+	// BusyRetryAfter is the delay a 1019 refusal advertises: retry_after_ms
+	// in the body, and Retry-After in whole seconds, rounded up. Default
+	// 100ms.
+	BusyRetryAfter time.Duration
 }
+
+// UnavailableRetryAfter is the Retry-After of a 503/1009: the log, the
+// projections or the credential store did not answer in time, which a
+// retry (the same Idempotency-Key) may cure.
+const UnavailableRetryAfter = time.Second
 
 // Credentials is the port to the user credential store (adapters/auth.Store
 // implements it). Errors carry engine codes: 1001 bad input, 1005 unknown
@@ -146,6 +163,8 @@ type api struct {
 	submits   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	authFails *prometheus.CounterVec
+	busy      prometheus.Counter
+	inflight  atomic.Int64 // submits handed to the engine, not yet answered
 	// access of every served pattern ("METHOD /path"), for preflights.
 	access map[string]access
 }
@@ -216,6 +235,15 @@ func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
 	if opts.SubmitTimeout == 0 {
 		opts.SubmitTimeout = 10 * time.Second
 	}
+	if opts.MaxSubmitsInFlight == 0 {
+		opts.MaxSubmitsInFlight = 1024
+	}
+	if opts.BusyRetryAfter == 0 {
+		opts.BusyRetryAfter = 100 * time.Millisecond
+	}
+	if opts.MaxSubmitsInFlight < 1 || opts.BusyRetryAfter < time.Millisecond {
+		return nil, errors.New("restapi: Options.MaxSubmitsInFlight must be >= 1 and BusyRetryAfter >= 1ms")
+	}
 	a := &api{opts: opts, eng: eng, sessions: store, audits: store, policies: store,
 		metrics: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}),
 		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -231,8 +259,12 @@ func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
 			Name: "mdsync_rest_auth_failures_total",
 			Help: "Requests refused for their credentials, by result: unauthenticated (401), forbidden (403), rate_limited (429).",
 		}, []string{"result"}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mdsync_rest_submits_busy_total",
+			Help: "Operations refused with 1019 (429) because MaxSubmitsInFlight were in flight.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{a.submits, a.latency, a.authFails} {
+	for _, c := range []prometheus.Collector{a.submits, a.latency, a.authFails, a.busy} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, err
 		}
@@ -275,21 +307,47 @@ func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
 
 // errorBody is the wire shape of every error: a code clients can switch on.
 type errorBody struct {
-	Code    int32  `json:"code"`
-	Message string `json:"message"`
+	Code         int32  `json:"code"`
+	Message      string `json:"message"`
+	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
 }
 
+// writeError writes an error body. A 503/1009 carries Retry-After: the
+// failure was one of time (a store or the log not answering), so a retry
+// may succeed; 1019 goes through writeBusy.
 func writeError(w http.ResponseWriter, status int, code engine.Code, msg string) {
+	if status == http.StatusServiceUnavailable && code == engine.CodeUnavailable {
+		w.Header().Set("Retry-After", retryAfterSeconds(UnavailableRetryAfter))
+	}
 	writeJSON(w, status, errorBody{Code: int32(code), Message: msg})
 }
 
+// writeBusy refuses with 429/1019, Retry-After and retry_after_ms.
+func writeBusy(w http.ResponseWriter, after time.Duration, msg string) {
+	w.Header().Set("Retry-After", retryAfterSeconds(after))
+	writeJSON(w, http.StatusTooManyRequests, errorBody{Code: int32(engine.CodeBusy), Message: msg, RetryAfterMs: after.Milliseconds()})
+}
+
+// retryAfterSeconds is d in whole seconds for the Retry-After header,
+// rounded up, at least 1.
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
+}
+
+// errBusy is the refusal of a submit past MaxSubmitsInFlight.
+var errBusy = engine.Errorf(engine.CodeBusy, "too many operations in flight on this node; retry after retry_after_ms")
+
 // writeCoded writes err with the status its code maps to.
-func writeCoded(w http.ResponseWriter, err error) {
+func (a *api) writeCoded(w http.ResponseWriter, err error) {
 	code := engine.CodeOf(err)
 	msg := err.Error()
 	var e *engine.Error
 	if errors.As(err, &e) {
 		msg = e.Message
+	}
+	if code == engine.CodeBusy {
+		writeBusy(w, a.opts.BusyRetryAfter, msg)
+		return
 	}
 	writeError(w, statusFor(code), code, msg)
 }
@@ -312,7 +370,7 @@ func statusFor(code engine.Code) int {
 		return http.StatusForbidden
 	case engine.CodeUnauthenticated:
 		return http.StatusUnauthorized
-	case engine.CodeRateLimited:
+	case engine.CodeRateLimited, engine.CodeBusy:
 		return http.StatusTooManyRequests
 	}
 	return http.StatusBadRequest
@@ -358,15 +416,24 @@ func (a *api) serveMetrics(w http.ResponseWriter, r *http.Request, _ principal) 
 }
 
 // submit performs op and counts it; every route that writes goes here.
+// Past MaxSubmitsInFlight it refuses with 1019 before anything is
+// appended (invariant 10).
 func (a *api) submit(ctx context.Context, op *pb.Event) (*pb.Decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.opts.SubmitTimeout)
-	defer cancel()
-	start := time.Now()
-	d, err := a.eng.Submit(ctx, op)
 	kind := engine.KindName(op.Kind)
 	if _, known := engine.LookupKind(op.Kind); !known {
 		kind = "unknown"
 	}
+	if a.inflight.Add(1) > int64(a.opts.MaxSubmitsInFlight) {
+		a.inflight.Add(-1)
+		a.busy.Inc()
+		a.submits.WithLabelValues(kind, strconv.Itoa(int(engine.CodeBusy))).Inc()
+		return nil, errBusy
+	}
+	defer a.inflight.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, a.opts.SubmitTimeout)
+	defer cancel()
+	start := time.Now()
+	d, err := a.eng.Submit(ctx, op)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = engine.Errorf(engine.CodeUnavailable, "no decision within %v: %v", a.opts.SubmitTimeout, err)
@@ -391,12 +458,12 @@ func (a *api) submitOperation(w http.ResponseWriter, r *http.Request, _ principa
 	}
 	op, err := decodeOperation(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	d, err := a.submit(r.Context(), op)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	writeProto(w, http.StatusOK, d)
@@ -416,7 +483,7 @@ func (a *api) internalOperation(w http.ResponseWriter, r *http.Request, _ princi
 	}
 	op, err := decodeEvent(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	ctx := forward.Mark(r.Context())
@@ -425,7 +492,7 @@ func (a *api) internalOperation(w http.ResponseWriter, r *http.Request, _ princi
 	}
 	d, err := a.submit(ctx, op)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	writeProto(w, http.StatusOK, d)
@@ -436,7 +503,7 @@ func (a *api) internalOperation(w http.ResponseWriter, r *http.Request, _ princi
 func (a *api) decide(w http.ResponseWriter, r *http.Request, op *pb.Event) (*pb.Decision, bool) {
 	d, err := a.submit(r.Context(), op)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return nil, false
 	}
 	if d.Code != 0 {
@@ -511,7 +578,7 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request, _ principal) {
 	}
 	ps, err := decodePolicy(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	id, ok := opID(w, r)

@@ -142,6 +142,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, nil, nil)
+}
+
+// newHarnessWith is newHarness with the engine wrapped by wrap and the
+// options changed by opt (either may be nil).
+func newHarnessWith(t *testing.T, wrap func(Submitter) Submitter, opt func(*Options)) *harness {
+	t.Helper()
 	openAPI(t)
 	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
 	if err != nil {
@@ -163,7 +170,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.auth.Close() })
-	api, err := New(n.Engine, n.Store, Options{AdminToken: adminToken, Registry: prometheus.NewRegistry(),
+	var eng Submitter = n.Engine
+	if wrap != nil {
+		eng = wrap(eng)
+	}
+	o := Options{AdminToken: adminToken, Registry: prometheus.NewRegistry(),
 		Auth: h.auth, Presence: fakePresence{},
 		AdminRoutes: map[string]http.Handler{harnessAdminRoutes[0]: h.agg.Handler()},
 		Ready: func() error {
@@ -171,7 +182,11 @@ func newHarness(t *testing.T) *harness {
 				return errors.New(s)
 			}
 			return nil
-		}})
+		}}
+	if opt != nil {
+		opt(&o)
+	}
+	api, err := New(eng, n.Store, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func (a *api) guard(rt route) http.Handler {
 				a.authFails.WithLabelValues("rate_limited").Inc()
 				w.Header().Set("Retry-After", "6")
 			}
-			writeCoded(w, err)
+			a.writeCoded(w, err)
 			return
 		}
 		rt.handle(a, w, r, p)
@@ -123,11 +123,11 @@ func (a *api) register(w http.ResponseWriter, r *http.Request, _ principal) {
 	}
 	req, err := decodeRegister(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	if err := a.opts.Auth.Register(r.PathValue("app"), req.User, req.Password); err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]string{"user": req.User})
@@ -149,7 +149,7 @@ func (a *api) setPassword(w http.ResponseWriter, r *http.Request, p principal) {
 	}
 	pw, err := decodePassword(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	id, ok := opID(w, r)
@@ -157,7 +157,7 @@ func (a *api) setPassword(w http.ResponseWriter, r *http.Request, p principal) {
 		return
 	}
 	if err := a.opts.Auth.SetPassword(r.PathValue("app"), r.PathValue("user"), pw); err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	op := &pb.Event{App: r.PathValue("app"), ClientOpId: id, Kind: pb.Kind_KIND_PASSWORD_CHANGE, Actor: actor(r, p)}
@@ -176,7 +176,7 @@ func (a *api) removeUser(w http.ResponseWriter, r *http.Request, _ principal) {
 	}
 	app, user := r.PathValue("app"), r.PathValue("user")
 	if ok, err := a.opts.Auth.Exists(app, user); err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	} else if !ok {
 		writeError(w, http.StatusNotFound, engine.CodeNotFound, "user "+user+" does not exist")
@@ -192,7 +192,7 @@ func (a *api) removeUser(w http.ResponseWriter, r *http.Request, _ principal) {
 		return
 	}
 	if err := a.opts.Auth.Remove(app, user); err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	writeProto(w, http.StatusOK, d)
@@ -213,12 +213,12 @@ func (a *api) issueToken(w http.ResponseWriter, r *http.Request, _ principal) {
 	}
 	ttl, err := decodeTokenRequest(body)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	tok, exp, err := a.opts.Auth.IssueToken(r.PathValue("app"), r.PathValue("user"), ttl)
 	if err != nil {
-		writeCoded(w, err)
+		a.writeCoded(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, tokenResponse{Token: tok, ExpiresAtUnixMs: exp.UnixMilli()})

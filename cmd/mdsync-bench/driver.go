@@ -815,6 +815,7 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 		t.Delivered += p.Delivered
 		t.Evictions += p.Evictions
 		t.CatchUpSnapshots += p.CatchUpSnapshots
+		t.ServerCPUSeconds += p.ServerCPUSeconds
 		for k, v := range p.ByKind {
 			t.ByKind[k] += v
 		}
@@ -822,6 +823,9 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 	if t.Seconds > 0 {
 		t.OpsPerSec = float64(t.Ops+t.Refused) / t.Seconds
 		t.DeliveredPerSec = float64(t.Delivered) / t.Seconds
+	}
+	if t.ServerCPUSeconds > 0 {
+		t.setServerCPU(time.Duration(t.ServerCPUSeconds * float64(time.Second)))
 	}
 	t.Op, t.Delivery, t.Login, t.CatchUp = total.op.Snapshot(false), total.delivery.Snapshot(false), total.login.Snapshot(false), total.catchup.Snapshot(false)
 	return t

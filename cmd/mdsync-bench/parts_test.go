@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"log/slog"
 	"net"
@@ -347,5 +348,50 @@ func TestRSSSlope(t *testing.T) {
 	}
 	if got := rssSlope(ss[:1]); got != 0 {
 		t.Errorf("one sample: slope %v", got)
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// A command name with spaces and a ')' must not shift the fields.
+	line := "4242 (my (mdsync) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 12 0 100 2000000 5000 18446744073709551615\n"
+	d, err := parseStatCPU(line)
+	if err != nil || d != 3250*time.Millisecond {
+		t.Fatalf("parseStatCPU = %v, %v; want 3.25s (250+75 ticks)", d, err)
+	}
+	if _, err := parseStatCPU("garbage"); err == nil {
+		t.Fatal("no error for a line without the command's ')'")
+	}
+	if _, err := ReadCPUTime(0); err == nil {
+		t.Fatal("no error for pid 0")
+	}
+	self, err := ReadCPUTime(os.Getpid())
+	if err != nil || self <= 0 {
+		t.Fatalf("own CPU time %v, %v", self, err)
+	}
+}
+
+func TestSaturatingRateAndOverloadStep(t *testing.T) {
+	ph := []PhaseReport{
+		{Name: "ramp-1", OfferedRate: 100, OpsPerSec: 99},
+		{Name: "ramp-2", OfferedRate: 200, OpsPerSec: 180},
+		{Name: "ramp-3", OfferedRate: 300, OpsPerSec: 150},
+		{Name: OverloadPhase, OfferedRate: 360, OpsPerSec: 400}, // not a ramp step
+		{Name: "steady", OpsPerSec: 500},                        // closed loop
+	}
+	if got := SaturatingRate(ph); got != 180 {
+		t.Fatalf("SaturatingRate = %v, want 180", got)
+	}
+	sc := Scenario{Ramp: Ramp{FromRate: 100, ToRate: 300, Steps: 3, StepSeconds: 2, OverloadFactor: 2}, Steady: Steady{Seconds: 5}}
+	var names []string
+	for _, p := range sc.Phases() {
+		names = append(names, p.Name)
+	}
+	if fmt.Sprint(names) != "[ramp-1 ramp-2 ramp-3 overload steady]" || sc.Phases()[3].Overload != 2 || sc.loadSeconds() != 13 {
+		t.Fatalf("phases %v, overload %+v, load seconds %v", names, sc.Phases()[3], sc.loadSeconds())
+	}
+	p := PhaseReport{Ops: 900, Refused: 100, Delivered: 800}
+	p.setServerCPU(2 * time.Second)
+	if p.ServerCPUSeconds != 2 || p.ServerCPUPerDeliveredUs != 2500 || p.ServerCPUPerOpUs != 2000 {
+		t.Fatalf("server CPU %+v", p)
 	}
 }

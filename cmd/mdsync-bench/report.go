@@ -165,6 +165,35 @@ type PhaseReport struct {
 	// CatchUpSnapshots: reconnects answered with a snapshot instead of
 	// the missed events (not in the catch-up latency).
 	CatchUpSnapshots int64 `json:"catchup_snapshots"`
+	// ServerCPUSeconds is the server process's user+system CPU time over
+	// the phase (its /proc/<pid>/stat; 0 when the pid is not known), and
+	// the same per delivered event and per decided op, in µs.
+	ServerCPUSeconds        float64 `json:"server_cpu_s,omitempty"`
+	ServerCPUPerDeliveredUs float64 `json:"server_cpu_us_per_delivered,omitempty"`
+	ServerCPUPerOpUs        float64 `json:"server_cpu_us_per_op,omitempty"`
+}
+
+// setServerCPU records the server's CPU time over the phase.
+func (p *PhaseReport) setServerCPU(d time.Duration) {
+	p.ServerCPUSeconds = d.Seconds()
+	if p.Delivered > 0 {
+		p.ServerCPUPerDeliveredUs = d.Seconds() * 1e6 / float64(p.Delivered)
+	}
+	if n := p.Ops + p.Refused; n > 0 {
+		p.ServerCPUPerOpUs = d.Seconds() * 1e6 / float64(n)
+	}
+}
+
+// SaturatingRate is the best achieved rate of the ramp steps (the open
+// loop phases before the overload step): what the server sustained.
+func SaturatingRate(phases []PhaseReport) float64 {
+	best := 0.0
+	for _, p := range phases {
+		if p.OfferedRate > 0 && p.Name != OverloadPhase {
+			best = max(best, p.OpsPerSec)
+		}
+	}
+	return best
 }
 
 // CatchUpReport is the catch-up phase.
@@ -225,18 +254,39 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		r.Scenario.Users, r.Scenario.DevicesPerUser, c.Devices, c.Connected, c.PerSecond, c.Login.P50Ms, c.Login.P99Ms,
 		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev/1024, c.SlopeBytesPerDev/1024, c.Goroutines)
 	if len(r.Phases) > 0 {
-		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions |\n")
-		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions | server CPU cores | server CPU µs / delivered |\n")
+		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, p := range append(append([]PhaseReport(nil), r.Phases...), r.Total) {
 			offered := "closed loop"
 			if p.OfferedRate > 0 {
 				offered = fmt.Sprintf("%.0f", p.OfferedRate)
 			}
-			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.0f | %.2f / %.2f / %.1f | %.2f | %.2f | %d |\n",
+			cores, perDelivered := "—", "—"
+			if p.ServerCPUSeconds > 0 && p.Seconds > 0 {
+				cores = fmt.Sprintf("%.2f", p.ServerCPUSeconds/p.Seconds)
+			}
+			if p.ServerCPUPerDeliveredUs > 0 {
+				perDelivered = fmt.Sprintf("%.0f", p.ServerCPUPerDeliveredUs)
+			}
+			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.0f | %.2f / %.2f / %.1f | %.2f | %.2f | %d | %s | %s |\n",
 				p.Name, offered, p.OpsPerSec, p.Ops, p.Refused, p.Failed, p.Missed, p.Op.P50Ms, p.Op.P99Ms,
-				p.DeliveredPerSec, p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions)
+				p.DeliveredPerSec, p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions, cores, perDelivered)
 		}
 		f("\n")
+		for _, p := range r.Phases {
+			if p.Name != OverloadPhase {
+				continue
+			}
+			peak := SaturatingRate(r.Phases)
+			f("Past saturation: the best ramp step achieved %.0f ops/s; offered %.0f ops/s (%.1f×), mdsync achieved **%.0f ops/s = %.2f of that peak**, op p99 %.0f ms, %d refused (busy or otherwise), %d failed, %d ticks missed by the load generator.\n\n",
+				peak, p.OfferedRate, p.OfferedRate/peak, p.OpsPerSec, p.OpsPerSec/peak, p.Op.P99Ms, p.Refused, p.Failed, p.Missed)
+		}
+		for _, p := range r.Phases {
+			if p.Name == "steady" && p.ServerCPUPerDeliveredUs > 0 {
+				f("Server CPU over the steady phase: %.1f s in %.1f s (%.2f cores), **%.0f µs per delivered event**, %.0f µs per op (the server's /proc/PID/stat utime+stime).\n\n",
+					p.ServerCPUSeconds, p.Seconds, p.ServerCPUSeconds/p.Seconds, p.ServerCPUPerDeliveredUs, p.ServerCPUPerOpUs)
+			}
+		}
 	}
 	if cu := r.CatchUp; cu != nil {
 		f("| catch-up | devices | missed each | complete | by snapshot | events | events/s | per device p50 / p99 / max ms | sends decided and applied | server RSS peak |\n")

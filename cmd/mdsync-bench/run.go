@@ -246,10 +246,21 @@ func Run(ctx context.Context, sc Scenario, f runFlags, logger *slog.Logger) (*Re
 			if ctx.Err() != nil {
 				break
 			}
+			if ph.Overload > 0 {
+				ph.Rate = ph.Overload * SaturatingRate(rep.Phases)
+				if ph.Rate <= 0 {
+					continue // no ramp step achieved anything
+				}
+			}
+			cpu0, cpuErr := ReadCPUTime(pid)
 			pr := b.runPhase(ctx, ph, total, bar)
+			if cpu1, err := ReadCPUTime(pid); cpuErr == nil && err == nil {
+				pr.setServerCPU(cpu1 - cpu0)
+			}
 			rep.Phases = append(rep.Phases, pr)
 			logger.Info("phase", "name", pr.Name, "offered", pr.OfferedRate, "ops_per_s", int(pr.OpsPerSec),
-				"op_p99_ms", pr.Op.P99Ms, "delivery_p99_ms", pr.Delivery.P99Ms, "failed", pr.Failed)
+				"op_p99_ms", pr.Op.P99Ms, "delivery_p99_ms", pr.Delivery.P99Ms, "failed", pr.Failed,
+				"server_cpu_us_per_delivered", int(pr.ServerCPUPerDeliveredUs))
 		}
 		bar.Finish()
 		rep.Total = sumPhases(rep.Phases, total)

@@ -14,6 +14,46 @@ import (
 	"time"
 )
 
+// userHZ is the unit of /proc/<pid>/stat's CPU times (USER_HZ, 100 on
+// every Linux mdsync-bench runs on; sysconf(_SC_CLK_TCK) needs cgo).
+const userHZ = 100
+
+// ReadCPUTime returns the user plus system CPU time process pid has used,
+// from /proc/<pid>/stat (Linux only); an error for pid 0 (not known).
+func ReadCPUTime(pid int) (time.Duration, error) {
+	if pid <= 0 {
+		return 0, errors.New("no server pid")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatCPU(string(b))
+}
+
+// parseStatCPU reads utime and stime (fields 14 and 15) of a stat line;
+// the command name (field 2) may hold spaces and parentheses, so fields
+// are counted after its last ')'.
+func parseStatCPU(line string) (time.Duration, error) {
+	i := strings.LastIndexByte(line, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected stat line %.80q", line)
+	}
+	f := strings.Fields(line[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("unexpected stat line %.80q", line)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("stat cpu field %q: %w", s, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
 // ReadRSS returns the resident set size of process pid in bytes, from the
 // VmRSS line of /proc/<pid>/status (Linux only).
 func ReadRSS(pid int) (int64, error) {

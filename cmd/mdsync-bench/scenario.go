@@ -74,6 +74,12 @@ type Ramp struct {
 	ToRate      float64 `json:"to_rate"`
 	Steps       int     `json:"steps"`
 	StepSeconds float64 `json:"step_seconds"`
+	// OverloadFactor, when set, adds one more step of StepSeconds after
+	// the ramp, offered at OverloadFactor × the highest rate any ramp step
+	// achieved (the saturating rate, measured in this run): past
+	// saturation, does goodput hold and is the excess refused early?
+	// 0: no such step.
+	OverloadFactor float64 `json:"overload_factor"`
 }
 
 // Steady is the constant phase after the ramp.
@@ -169,6 +175,7 @@ func (s Scenario) Validate() error {
 		{"ramp.to_rate", s.Ramp.ToRate, 0, maxRate},
 		{"ramp.steps", float64(s.Ramp.Steps), 0, maxSteps},
 		{"ramp.step_seconds", s.Ramp.StepSeconds, 0, maxSeconds},
+		{"ramp.overload_factor", s.Ramp.OverloadFactor, 0, 10},
 		{"steady.rate", s.Steady.Rate, 0, maxRate},
 		{"steady.seconds", s.Steady.Seconds, 0, maxSeconds},
 		{"concurrency", float64(s.Concurrency), 1, maxConcurrency},
@@ -203,6 +210,9 @@ func (s Scenario) Validate() error {
 	if s.Ramp.Steps > 0 && (s.Ramp.StepSeconds <= 0 || s.Ramp.ToRate <= 0) {
 		return fmt.Errorf("scenario %q: a ramp needs step_seconds and to_rate", s.Name)
 	}
+	if s.Ramp.OverloadFactor != 0 && (s.Ramp.Steps == 0 || s.Ramp.OverloadFactor < 1) {
+		return fmt.Errorf("scenario %q: ramp.overload_factor needs ramp steps and must be >= 1", s.Name)
+	}
 	if s.Mix.GroupMessage > 0 && s.Groups == 0 {
 		return fmt.Errorf("scenario %q: mix.group_message needs groups", s.Name)
 	}
@@ -231,17 +241,27 @@ func (m Mix) total() int {
 }
 
 func (s Scenario) loadSeconds() float64 {
-	return float64(s.Ramp.Steps)*s.Ramp.StepSeconds + s.Steady.Seconds
+	steps := s.Ramp.Steps
+	if s.Ramp.OverloadFactor > 0 {
+		steps++
+	}
+	return float64(steps)*s.Ramp.StepSeconds + s.Steady.Seconds
 }
 
 // Phase is one stretch of offered load: Rate ops/s (0 = closed loop).
+// Overload > 0: Rate is Overload × the best rate the ramp steps before it
+// achieved, known only when it starts.
 type Phase struct {
 	Name     string
 	Rate     float64
+	Overload float64
 	Duration time.Duration
 }
 
-// Phases lists the ramp steps then the steady phase.
+// OverloadPhase is the name of the step past saturation.
+const OverloadPhase = "overload"
+
+// Phases lists the ramp steps, the overload step, then the steady phase.
 func (s Scenario) Phases() []Phase {
 	var out []Phase
 	for i := 0; i < s.Ramp.Steps; i++ {
@@ -250,6 +270,9 @@ func (s Scenario) Phases() []Phase {
 			rate = s.Ramp.FromRate + (s.Ramp.ToRate-s.Ramp.FromRate)*float64(i)/float64(s.Ramp.Steps-1)
 		}
 		out = append(out, Phase{Name: fmt.Sprintf("ramp-%d", i+1), Rate: rate, Duration: secs(s.Ramp.StepSeconds)})
+	}
+	if s.Ramp.Steps > 0 && s.Ramp.OverloadFactor > 0 {
+		out = append(out, Phase{Name: OverloadPhase, Overload: s.Ramp.OverloadFactor, Duration: secs(s.Ramp.StepSeconds)})
 	}
 	if s.Steady.Seconds > 0 {
 		out = append(out, Phase{Name: "steady", Rate: s.Steady.Rate, Duration: secs(s.Steady.Seconds)})

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -67,6 +68,29 @@ func TestSmokeScenario(t *testing.T) {
 	for _, p := range back.Phases {
 		if p.Ops == 0 || p.Op.Count == 0 || p.Delivered == 0 || p.Delivery.Count == 0 {
 			t.Errorf("phase %s: %+v", p.Name, p)
+		}
+	}
+	// The step past saturation is offered twice what the ramp achieved at
+	// best, and the server's CPU was read over every phase.
+	var over *PhaseReport
+	for i, p := range back.Phases {
+		if p.Name == OverloadPhase {
+			over = &back.Phases[i]
+		}
+		if p.ServerCPUSeconds <= 0 || p.ServerCPUPerOpUs <= 0 {
+			t.Errorf("phase %s: no server CPU time (%v s, %v µs/op)", p.Name, p.ServerCPUSeconds, p.ServerCPUPerOpUs)
+		}
+	}
+	if peak := SaturatingRate(back.Phases); over == nil || peak <= 0 || over.OfferedRate != 2*peak {
+		t.Errorf("overload step %+v, want offered 2 × %v", over, peak)
+	}
+	md, err := os.ReadFile(filepath.Join(out, sc.Name+".md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Past saturation:", "µs per delivered event", "mdsync / baseline ="} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("the Markdown report lacks %q", want)
 		}
 	}
 	tot := back.Total

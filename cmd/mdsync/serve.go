@@ -55,6 +55,7 @@ type serveConfig struct {
 	busTopic   string
 	rf         int
 	origins    string
+	debugAddr  string
 	gw         gateway.Options
 }
 
@@ -81,6 +82,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&c.gw.HeartbeatTimeout, "ws-heartbeat-timeout", 0, "close a device connection silent this long (1017); 0: the gateway default (env MDSYNC_WS_HEARTBEAT_TIMEOUT)")
 	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
 	fs.StringVar(&c.origins, "allowed-origins", "", "comma-separated browser origins (scheme://host:port, or *) allowed besides the server's own: the WebSocket handshake and CORS on the user routes; admin routes never (env MDSYNC_ALLOWED_ORIGINS)")
+	fs.StringVar(&c.debugAddr, "debug-addr", defaultDebugAddr, "internal listener for /debug/pprof/ and /metrics without the admin token (debug.go); keep it on loopback or a private network; empty disables (env MDSYNC_DEBUG_ADDR)")
 	if err := parseSettings(fs, args); err != nil {
 		return err
 	}
@@ -116,6 +118,11 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	dbg, err := startDebug(c.debugAddr, isSet(fs, "debug-addr"), reg, logger)
+	if err != nil {
+		return err
+	}
+	defer dbg.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -228,7 +235,11 @@ func runServe(args []string) error {
 	case err := <-busErr:
 		return fmt.Errorf("serve: delivery bus: %w", err)
 	case err := <-aggErr:
-		return fmt.Errorf("serve: aggregates projection: %w", err)
+		// On a signal Run returns nil and may win this select over
+		// ctx.Done: that is the shutdown, not a failure.
+		if ctx.Err() == nil || err != nil {
+			return fmt.Errorf("serve: aggregates projection: %w", err)
+		}
 	case <-ctx.Done():
 	}
 	// Graceful: stop taking requests and let in-flight operations get their

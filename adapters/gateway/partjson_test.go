@@ -1,0 +1,250 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// The reference: decode protojson into any, turn the 64-bit fields'
+// strings into numbers, marshal again (what partJSON did before
+// numbers64).
+func referencePartJSON(m proto.Message) ([]byte, error) {
+	b, err := pjson.o.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, err
+	}
+	numbers(v, m.ProtoReflect().Descriptor())
+	return json.Marshal(v)
+}
+
+// numbers turns the 64-bit integer fields of v, the JSON of a message of
+// descriptor md, from strings into numbers, recursively.
+func numbers(v any, md protoreflect.MessageDescriptor) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return
+	}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		x, ok := obj[fd.TextName()]
+		if !ok {
+			continue
+		}
+		switch {
+		case fd.IsMap():
+			if m, ok := x.(map[string]any); ok {
+				for k, e := range m {
+					if is64(fd.MapValue()) {
+						m[k] = number(e)
+					} else if fd.MapValue().Message() != nil {
+						numbers(e, fd.MapValue().Message())
+					}
+				}
+			}
+		case fd.IsList():
+			if l, ok := x.([]any); ok {
+				for j, e := range l {
+					if is64(fd) {
+						l[j] = number(e)
+					} else if fd.Message() != nil {
+						numbers(e, fd.Message())
+					}
+				}
+			}
+		case is64(fd):
+			obj[fd.TextName()] = number(x)
+		case fd.Message() != nil:
+			numbers(x, fd.Message())
+		}
+	}
+}
+
+func number(x any) any {
+	if s, ok := x.(string); ok {
+		return json.Number(s)
+	}
+	return x
+}
+
+// fill sets every field of m (lists: two elements; messages: to depth 3;
+// oneofs: the option variant selects, by index), so every field of the
+// schema is encoded somewhere.
+func fill(m protoreflect.Message, variant, depth int) {
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if o := fd.ContainingOneof(); o != nil && !o.IsSynthetic() && o.Fields().Get(variant%o.Fields().Len()) != fd {
+			continue
+		}
+		switch {
+		case fd.IsMap():
+			continue // the schema has none
+		case fd.IsList():
+			l := m.Mutable(fd).List()
+			for j := 0; j < 2; j++ {
+				if fd.Message() != nil {
+					if depth == 0 {
+						break
+					}
+					e := l.NewElement()
+					fill(e.Message(), variant+j, depth-1)
+					l.Append(e)
+				} else {
+					l.Append(scalar(fd, variant+j))
+				}
+			}
+		case fd.Message() != nil:
+			if depth > 0 {
+				fill(m.Mutable(fd).Message(), variant, depth-1)
+			}
+		default:
+			m.Set(fd, scalar(fd, variant))
+		}
+	}
+}
+
+func scalar(fd protoreflect.FieldDescriptor, v int) protoreflect.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(v%2 == 0)
+	case protoreflect.EnumKind:
+		vals := fd.Enum().Values()
+		return protoreflect.ValueOfEnum(vals.Get(v % vals.Len()).Number())
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return protoreflect.ValueOfInt32(int32(-7 - v))
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return protoreflect.ValueOfUint32(uint32(7 + v))
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return protoreflect.ValueOfInt64(-1_700_000_000_123 - int64(v))
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return protoreflect.ValueOfUint64(1<<53 - 1 - uint64(v))
+	case protoreflect.FloatKind:
+		return protoreflect.ValueOfFloat32(1.5)
+	case protoreflect.DoubleKind:
+		return protoreflect.ValueOfFloat64(-2.25)
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString("s \"12\" \\ é\u2028 {\"seq\":\"3\"}")
+	case protoreflect.BytesKind:
+		return protoreflect.ValueOfBytes([]byte{0, 1, 2, 250})
+	}
+	panic(fd.Kind())
+}
+
+// TestNumbers64MatchesTheReference: for every message the gateway sends
+// as a part, with every field set, the one-pass rewrite reads back as the
+// same JSON value as the decode-and-re-marshal it replaced.
+func TestNumbers64MatchesTheReference(t *testing.T) {
+	for _, m := range []proto.Message{&pb.TimelineEntry{}, &pb.Contacts{}, &pb.UserGroups{}, &pb.Conversation{}} {
+		for variant := 0; variant < 12; variant++ {
+			x := m.ProtoReflect().New()
+			fill(x, variant, 3)
+			got, err := pjson.Marshal(x.Interface())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := referencePartJSON(x.Interface())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g, w any
+			for _, p := range []struct {
+				b []byte
+				v *any
+			}{{got, &g}, {want, &w}} {
+				d := json.NewDecoder(bytes.NewReader(p.b))
+				d.UseNumber()
+				if err := d.Decode(p.v); err != nil {
+					t.Fatalf("%T variant %d: %v\n%s", m, variant, err, p.b)
+				}
+			}
+			if !reflect.DeepEqual(g, w) {
+				t.Fatalf("%T variant %d:\n got %s\nwant %s", m, variant, got, want)
+			}
+			if _, entry := m.(*pb.TimelineEntry); entry && !bytes.Contains(got, []byte(":-17000000001")) {
+				t.Fatalf("%T variant %d: no 64-bit number in %s", m, variant, got)
+			}
+		}
+	}
+	if _, err := numbers64([]byte(`{"seq":"1"`), (&pb.TimelineEntry{}).ProtoReflect().Descriptor()); err == nil {
+		t.Fatal("no error for truncated JSON")
+	}
+}
+
+func BenchmarkPartJSONReference(b *testing.B) {
+	e := &pb.TimelineEntry{Seq: 121, From: "alice", MultiDevice: true, ConversationId: "bob",
+		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, App: "a", EventId: "0123456789abcdef",
+			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", Body: make([]byte, 200)}}}}
+	for i := 0; i < b.N; i++ {
+		if _, err := referencePartJSON(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPartJSON(b *testing.B) {
+	e := &pb.TimelineEntry{Seq: 121, From: "alice", MultiDevice: true, ConversationId: "bob",
+		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, App: "a", EventId: "0123456789abcdef",
+			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", Body: make([]byte, 200)}}}}
+	for i := 0; i < b.N; i++ {
+		if _, err := pjson.Marshal(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkProtojsonOnly is the floor: protojson alone, no rewrite.
+func BenchmarkProtojsonOnly(b *testing.B) {
+	e := &pb.TimelineEntry{Seq: 121, From: "alice", MultiDevice: true, ConversationId: "bob",
+		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, App: "a", EventId: "0123456789abcdef",
+			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", Body: make([]byte, 200)}}}}
+	for i := 0; i < b.N; i++ {
+		if _, err := pjson.o.Marshal(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestEncodeEventMatchesJSONMarshal: the hand-built event frame reads
+// back as the frame json.Marshal writes, for plain and escaped epochs.
+func TestEncodeEventMatchesJSONMarshal(t *testing.T) {
+	x := (&pb.TimelineEntry{}).ProtoReflect().New()
+	fill(x, 0, 3)
+	e := x.Interface().(*pb.TimelineEntry)
+	for _, epoch := range []string{"0123abcdef", "", "a<b>\"c"} {
+		got, err := encodeEvent(epoch, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		part, _ := pjson.Marshal(e)
+		want, _ := json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: entryName(e), Entry: part})
+		// The same JSON value (encoding/json also escapes <, >, & and
+		// U+2028 inside the entry's strings; both read back the same).
+		if g, w := decodeNumbers(t, got), decodeNumbers(t, want); !reflect.DeepEqual(g, w) {
+			t.Fatalf("epoch %q:\n got %s\nwant %s", epoch, got, want)
+		}
+	}
+}
+
+func decodeNumbers(t *testing.T, b []byte) any {
+	t.Helper()
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil || d.More() {
+		t.Fatalf("not one JSON value (%v): %s", err, b)
+	}
+	return v
+}

@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/coder/websocket"
+	"github.com/mdsync/mdsync/engine"
+)
+
+// A connection's send queue costs nothing while it is empty: no buffer
+// (the slice grows with what is queued, up to Options.SendQueue, and is
+// dropped when the writer takes it) and no goroutine (a writer starts with
+// the first queued frame and returns when the queue is empty). Frames are
+// written in the order they were queued, one writer at a time.
+
+// push queues a frame, waiting while SendQueue frames are queued or being
+// written (events are read from the store only as the queue drains);
+// false when the connection is closing.
+func (c *conn) push(f outFrame) bool {
+	for {
+		c.qmu.Lock()
+		if c.qclosed || c.ctx.Err() != nil {
+			c.qmu.Unlock()
+			return false
+		}
+		if c.qn < c.g.o.SendQueue {
+			c.enqueueLocked(f)
+			c.qmu.Unlock()
+			return true
+		}
+		if c.qspace == nil {
+			c.qspace = make(chan struct{})
+		}
+		space := c.qspace
+		c.qmu.Unlock()
+		select {
+		case <-space:
+		case <-c.ctx.Done():
+			return false
+		}
+	}
+}
+
+// reply queues an answer without waiting: a device whose answers overflow
+// the queue is not reading them (1016). False when the connection is closing.
+func (c *conn) reply(v any, typ string) bool {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
+		return false
+	}
+	c.qmu.Lock()
+	if c.qclosed || c.ctx.Err() != nil {
+		c.qmu.Unlock()
+		return false
+	}
+	if c.qn >= c.g.o.SendQueue {
+		c.qmu.Unlock()
+		c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
+		return false
+	}
+	c.enqueueLocked(outFrame{b: b, typ: typ})
+	c.qmu.Unlock()
+	return true
+}
+
+// closeAfterQueued closes the connection once the frames queued before
+// are written.
+func (c *conn) closeAfterQueued(code engine.Code, status websocket.StatusCode) {
+	c.push(outFrame{close: true, code: code, status: status})
+}
+
+// enqueueLocked appends f and starts a writer when none runs. c.qmu held.
+func (c *conn) enqueueLocked(f outFrame) {
+	c.q = append(c.q, f)
+	c.qn++
+	if !c.writing {
+		c.writing = true
+		c.writerDone = make(chan struct{})
+		c.wg.Add(1)
+		go c.writer(c.writerDone)
+	}
+}
+
+// writer writes queued frames in order, each within WriteTimeout, until
+// the queue is empty or the connection closes.
+func (c *conn) writer(done chan struct{}) {
+	defer c.wg.Done()
+	defer close(done)
+	for {
+		c.qmu.Lock()
+		batch := c.q
+		c.q = nil
+		if len(batch) == 0 || c.ctx.Err() != nil {
+			// Closing: writing stays true, so no writer starts again.
+			c.writing = c.ctx.Err() != nil
+			c.qmu.Unlock()
+			return
+		}
+		c.qmu.Unlock()
+		for _, f := range batch {
+			if c.ctx.Err() != nil {
+				return
+			}
+			if f.close {
+				c.terminate(f.code, f.status, f.b)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
+			err := c.ws.Write(ctx, websocket.MessageText, f.b)
+			timedOut := ctx.Err() != nil
+			cancel()
+			if err != nil {
+				if timedOut {
+					// The socket took nothing for WriteTimeout: the device
+					// does not read. (The library closed the socket.)
+					c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
+				} else {
+					c.terminate(0, websocket.StatusNormalClosure, nil)
+				}
+				return
+			}
+			c.g.m.frames.WithLabelValues("out", f.typ).Inc()
+			c.qmu.Lock()
+			c.qn--
+			if c.qspace != nil {
+				close(c.qspace)
+				c.qspace = nil
+			}
+			c.qmu.Unlock()
+		}
+	}
+}
+
+// stopWriter closes the queue for good and waits for the writer, if one
+// runs, to return (the teardown writes the final frame after it).
+func (c *conn) stopWriter() {
+	c.qmu.Lock()
+	c.qclosed = true
+	done := c.writerDone
+	c.qmu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
