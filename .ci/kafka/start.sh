@@ -72,7 +72,12 @@ start_ms=$(($(date +%s%N) / 1000000))
 # A cluster id is 16 random bytes in unpadded base64url, what
 # "kafka-storage.sh random-uuid" prints; made here to save a JVM start.
 if ((!reuse)); then
-	cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+	# One id in 64 starts with '-', which the tool's argument parser takes
+	# for an option ("--cluster-id/-t: expected one argument"): draw again.
+	cluster_id=-
+	while [[ $cluster_id == -* ]]; do
+		cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+	done
 	java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
 		-c "$state/server.properties" >"$state/format.log" 2>&1 ||
 		{ cat "$state/format.log" >&2; exit 1; }
