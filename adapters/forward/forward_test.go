@@ -231,8 +231,8 @@ func TestForwardToOwner(t *testing.T) {
 	}
 	out, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 400 || !strings.Contains(string(out), `"code":1018`) || !strings.Contains(string(out), a.addr) {
-		t.Fatalf("forwarded request at a non-owner: %d %s, want 400 with 1018 naming %s", resp.StatusCode, out, a.addr)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(out), `"code":1018`) || !strings.Contains(string(out), a.addr) {
+		t.Fatalf("forwarded request at a non-owner: %d %s, want 503 with Retry-After and 1018 naming %s", resp.StatusCode, out, a.addr)
 	}
 	time.Sleep(200 * time.Millisecond)
 	if after, _ := a.n.Log.End(ctx, pu); after != before {

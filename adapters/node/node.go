@@ -238,6 +238,34 @@ func (n *Node) Owned() []int32 {
 	return out
 }
 
+// Ready reports whether this node can take any operation now: nil when its
+// projector runs and every partition is either served here or served by a
+// process whose address is known (so an operation for it is forwarded, or
+// a device redirected, instead of refused with "owner not known yet").
+// While a Group settles after a start or a rebalance, or while a partition
+// is being restored here, it returns an error naming the partition. It is
+// what GET /readyz answers.
+func (n *Node) Ready() error {
+	if err := n.Err(); err != nil {
+		return err
+	}
+	if n.group == nil {
+		return nil
+	}
+	for p := int32(0); p < n.Log.Partitions(); p++ {
+		if n.group.Serving(p) {
+			continue
+		}
+		if err := n.group.Owns(p); engine.CodeOf(err) != engine.CodeNotOwner {
+			return fmt.Errorf("node: partition %d is not ready: %v", p, err)
+		}
+		if addr, _ := n.group.OwnerOf(p); addr == "" {
+			return fmt.Errorf("node: partition %d has no known owner yet", p)
+		}
+	}
+	return nil
+}
+
 // Err returns the projector's or the relay's error once it stopped, nil while running.
 func (n *Node) Err() error {
 	select {

@@ -316,7 +316,7 @@ type errorBody struct {
 // failure was one of time (a store or the log not answering), so a retry
 // may succeed; 1019 goes through writeBusy.
 func writeError(w http.ResponseWriter, status int, code engine.Code, msg string) {
-	if status == http.StatusServiceUnavailable && code == engine.CodeUnavailable {
+	if status == http.StatusServiceUnavailable && (code == engine.CodeUnavailable || code == engine.CodeNotOwner) {
 		w.Header().Set("Retry-After", retryAfterSeconds(UnavailableRetryAfter))
 	}
 	writeJSON(w, status, errorBody{Code: int32(code), Message: msg})
@@ -358,7 +358,9 @@ func statusFor(code engine.Code) int {
 	switch code {
 	case engine.CodeOK:
 		return http.StatusOK
-	case engine.CodeUnavailable, engine.CodeInternal:
+	case engine.CodeUnavailable, engine.CodeInternal, engine.CodeNotOwner:
+		// A 1018 reaches a REST client only when no owner could take the
+		// operation (none known yet, or it moved): a retry cures it.
 		return http.StatusServiceUnavailable
 	case engine.CodeConflict, engine.CodeTooManyDevices:
 		return http.StatusConflict

@@ -206,7 +206,7 @@ func runServe(args []string) error {
 
 	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
-		Ready:          func() error { return n.Err() },
+		Ready:          n.Ready,
 		AdminRoutes:    map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
 		AllowedOrigins: origins,
 		Feed:           live,
