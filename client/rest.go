@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,12 +84,12 @@ func path(parts ...string) string {
 	return b.String()
 }
 
-// do sends one request. body is JSON-encoded (a proto.Message with the
+// do sends a request, again after Retry-After while a retry cures its refusal
+// (retryable, at most maxRetries attempts, within ctx). body is JSON-encoded (a proto.Message with the
 // protobuf mapping); out, when not nil, receives the 2xx body.
 func (r *REST) do(ctx context.Context, method, p, auth string, body any, out any) error {
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		var b []byte
 		var err error
 		if m, ok := body.(proto.Message); ok {
 			b, err = pjson.Marshal(m)
@@ -97,13 +99,54 @@ func (r *REST) do(ctx context.Context, method, p, auth string, body any, out any
 		if err != nil {
 			return &Error{Code: CodeInvalidArgument, Message: err.Error()}
 		}
+	}
+	for attempt := 1; ; attempt++ {
+		err := r.once(ctx, method, p, auth, b, body != nil, out)
+		var e *Error
+		if !errors.As(err, &e) || !retryable(method, e) || attempt == maxRetries {
+			return err
+		}
+		wait := e.RetryAfter
+		if wait <= 0 {
+			wait = 200 * time.Millisecond
+		}
+		select {
+		case <-time.After(min(wait, 5*time.Second)):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// maxRetries bounds the attempts of one request refused with a code a
+// retry cures.
+const maxRetries = 5
+
+// retryable: 429/1019 (busy: not decided) and 503/1018 (no owner known yet:
+// nothing appended) are sent again after Retry-After; any 503 of a read
+// too. A write refused with 503/1009 is not: it may have been appended, and
+// only the caller knows whether repeating it is harmless.
+func retryable(method string, e *Error) bool {
+	switch {
+	case e.Code == CodeBusy, e.Code == CodeNotOwner && e.HTTPStatus == http.StatusServiceUnavailable:
+		return true
+	case method == http.MethodGet && e.HTTPStatus == http.StatusServiceUnavailable:
+		return true
+	}
+	return false
+}
+
+// once sends one request and decodes its answer.
+func (r *REST) once(ctx context.Context, method, p, auth string, b []byte, hasBody bool, out any) error {
+	var rd io.Reader
+	if hasBody {
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, r.base+p, rd)
 	if err != nil {
 		return err
 	}
-	if body != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if auth != "" {
@@ -120,7 +163,19 @@ func (r *REST) do(ctx context.Context, method, p, auth string, body any, out any
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &Error{HTTPStatus: resp.StatusCode}
-		if json.Unmarshal(data, e) != nil || e.Code == 0 {
+		var body struct {
+			Code         int32  `json:"code"`
+			Message      string `json:"message"`
+			RetryAfterMs int64  `json:"retry_after_ms"`
+		}
+		if json.Unmarshal(data, &body) == nil {
+			e.Code, e.Message = body.Code, body.Message
+			e.RetryAfter = time.Duration(body.RetryAfterMs) * time.Millisecond
+		}
+		if sec, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && e.RetryAfter == 0 {
+			e.RetryAfter = time.Duration(sec) * time.Second
+		}
+		if e.Code == 0 {
 			e.Code, e.Message = statusCode(resp.StatusCode), strings.TrimSpace(string(data))
 			if e.Message == "" {
 				e.Message = resp.Status
