@@ -120,9 +120,6 @@ func (p *Pending) Wait(ctx context.Context) (*pb.Decision, error) {
 	}
 }
 
-// Done is closed when the decision (or the refusal) is known.
-func (p *Pending) Done() <-chan struct{} { return p.c.done }
-
 // Resolved returns a Pending that is already decided: for adapters that
 // decide an operation elsewhere (a forwarder) but hand out Pendings.
 func Resolved(d *pb.Decision, err error) *Pending {

@@ -6,21 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/mdsync/mdsync/adapters/auth"
-	"github.com/mdsync/mdsync/adapters/gateway"
-	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/adapters/replay"
-	"github.com/mdsync/mdsync/adapters/restapi"
 	"github.com/mdsync/mdsync/client"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // codesServer is a gateway and the REST API over one node, in process.
@@ -30,36 +23,8 @@ type codesServer struct {
 
 func newCodesServer(t *testing.T) codesServer {
 	t.Helper()
-	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := auth.Open(auth.Options{Dir: t.TempDir(), TokenKey: []byte(strings.Repeat("k", 32)),
-		Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(gateway.Options{Logger: slog.New(slog.DiscardHandler), Auth: creds, Engine: n.Engine, Store: n.Store, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := restapi.New(n.Engine, n.Store, restapi.Options{Logger: slog.New(slog.DiscardHandler), AdminToken: "adm", Registry: prometheus.NewRegistry(), Auth: creds, Presence: g})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/v1/ws", g)
-	mux.Handle("/", api)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-		srv.Close()
-		n.Close()
-		creds.Close()
-	})
-	s := codesServer{base: srv.URL, ws: "ws" + strings.TrimPrefix(srv.URL, "http") + "/v1/ws"}
+	base, ws := startInProcess(t, 2)
+	s := codesServer{base: base, ws: ws}
 	r := client.NewREST(s.base, nil)
 	admin := client.Credential{Admin: "adm"}
 	if err := r.RegisterUser(context.Background(), "codes", "alice", "password-alice", admin); err != nil {

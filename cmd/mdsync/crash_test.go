@@ -35,10 +35,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	if s := os.Getenv("MDSYNC_CRASH_KILLS"); s != "" {
 		kills, _ = strconv.Atoi(s)
 	}
-	bin := filepath.Join(t.TempDir(), "mdsync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	data := filepath.Join(t.TempDir(), "data")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,13 +20,7 @@ import (
 // demands the admin token; then that --debug-addr "" starts no listener
 // and that an explicit address that is taken stops serve with an error.
 func TestServeDebugListener(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "mdsync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 
 	t.Run("serves", func(t *testing.T) {
 		s := startServeLogged(t, bin, "--debug-addr", "127.0.0.1:0")

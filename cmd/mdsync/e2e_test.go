@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -39,13 +38,7 @@ type e2eServer struct {
 // playing the seeds' scenarios. It skips while serve does not route
 // /v1/ws (the gateway not wired yet).
 func TestEndToEndSDK(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "mdsync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -136,8 +129,17 @@ func scrapeMetrics(t *testing.T, base, admin string) {
 // TestSeedScenariosInProcess plays the same scenarios on the adapters
 // wired in-process (node, auth, gateway, restapi), as serve wires them.
 func TestSeedScenariosInProcess(t *testing.T) {
+	base, ws := startInProcess(t, 4)
+	playSeedScenarios(t, e2eServer{base: base, ws: ws, admin: "adm"})
+}
+
+// startInProcess wires node, auth, gateway and restapi in this process as
+// serve wires them (admin token "adm") and returns the HTTP base URL and
+// the WebSocket URL.
+func startInProcess(t *testing.T, partitions int32) (base, ws string) {
+	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: partitions,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {
@@ -181,7 +183,7 @@ func TestSeedScenariosInProcess(t *testing.T) {
 		n.Close()
 		creds.Close()
 	})
-	playSeedScenarios(t, e2eServer{base: srv.URL, ws: "ws" + strings.TrimPrefix(srv.URL, "http") + "/v1/ws", admin: "adm"})
+	return srv.URL, "ws" + strings.TrimPrefix(srv.URL, "http") + "/v1/ws"
 }
 
 // device is one SDK client with what its handlers saw.

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,13 +25,7 @@ import (
 // connected device, and checks the push arrives with an idempotency key;
 // then SIGTERM shuts it down cleanly.
 func TestServeEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "mdsync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	t.Run("embedded", func(t *testing.T) { serveEndToEnd(t, bin) })
 	t.Run("kafka", func(t *testing.T) {
 		c, err := kfake.NewCluster(kfake.NumBrokers(1))
