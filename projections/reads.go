@@ -72,22 +72,14 @@ func (s *Store) ActorSession(app, user, loginID string) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	st := &pb.UserSessions{}
-	if _, err := s.getProto(sessionsKey(app, user), st); err != nil {
-		return err
-	}
-	if engine.CheckActor(st, loginID, nil) == nil {
-		return nil
-	}
-	last := &pb.Ended{}
-	ok, err := s.getProto(endedKey(app, user, loginID), last)
+	refused, err := actorRefusal(s.getProto, app, user, loginID)
 	if err != nil {
 		return err
 	}
-	if !ok {
-		last = nil
+	if refused != nil {
+		return refused // not a nil *engine.Error in a non-nil error
 	}
-	return engine.CheckActor(st, loginID, last)
+	return nil
 }
 
 // Decision implements engine.Projector.

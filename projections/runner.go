@@ -624,22 +624,29 @@ func checkActor(t *Txn, ev *pb.Event) (*engine.Error, error) {
 	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
 		return nil, nil
 	}
+	return actorRefusal(t.get, ev.App, ev.Actor.User, ev.Actor.LoginId)
+}
+
+// actorRefusal is engine.CheckActor on the state get reads (a batch's
+// overlay, or committed state): the user's sessions, and only when loginID
+// is not among them, how its last session ended.
+func actorRefusal(get func([]byte, proto.Message) (bool, error), app, user, loginID string) (*engine.Error, error) {
 	st := &pb.UserSessions{}
-	if _, err := t.get(sessionsKey(ev.App, ev.Actor.User), st); err != nil {
+	if _, err := get(sessionsKey(app, user), st); err != nil {
 		return nil, err
 	}
-	if engine.CheckActor(st, ev.Actor.LoginId, nil) == nil {
+	if engine.CheckActor(st, loginID, nil) == nil {
 		return nil, nil
 	}
 	last := &pb.Ended{}
-	ok, err := t.get(endedKey(ev.App, ev.Actor.User, ev.Actor.LoginId), last)
+	ok, err := get(endedKey(app, user, loginID), last)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
 		last = nil
 	}
-	return engine.CheckActor(st, ev.Actor.LoginId, last), nil
+	return engine.CheckActor(st, loginID, last), nil
 }
 
 // policyOf is app's policy as partition p applies it, as of this batch.
