@@ -37,6 +37,7 @@ const (
 	plThread
 	plChatroom
 	plDeliver
+	plCredential
 )
 
 // KindInfo describes one kind: its names on the wire and what it carries.
@@ -65,9 +66,11 @@ var kindTable = []KindInfo{
 	{pb.Kind_KIND_LOGOUT, CatSession, "logout", "logout", plEmpty, false},
 	{pb.Kind_KIND_KICK_DEVICE, CatSession, "kick_device", "kick_device", plKick, false},
 	{pb.Kind_KIND_KICK_ALL_DEVICES, CatSession, "kick_all_devices", "kick_all_devices", plEmpty, false},
-	{pb.Kind_KIND_PASSWORD_CHANGE, CatSession, "password_change", "password_change", plEmpty, false},
+	{pb.Kind_KIND_PASSWORD_CHANGE, CatSession, "password_change", "password_change", plCredential, false},
 	{pb.Kind_KIND_USER_REMOVE, CatSession, "user_remove", "user_remove", plEmpty, false},
 	{pb.Kind_KIND_POLICY_SET, CatSession, "policy_set", "policy_set", plPolicy, false},
+	{pb.Kind_KIND_USER_REGISTER, CatSession, "user_register", "user_register", plCredential, false},
+	{pb.Kind_KIND_TOKENS_REVOKE, CatSession, "tokens_revoke", "tokens_revoke", plEmpty, false},
 
 	{pb.Kind_KIND_MESSAGE_SEND, CatMessage, "message_send", "message_send", plMessage, false},
 	{pb.Kind_KIND_DELIVERY_RECEIPT, CatMessage, "delivery_receipt", "delivery_receipt", plReceipt, false},
@@ -189,7 +192,7 @@ func EventName(k pb.Kind) string {
 var payloadFields = map[payloadCase]string{
 	plEmpty: "empty", plLogin: "login", plKick: "kick_device", plPolicy: "policy_set", plMessage: "message",
 	plReceipt: "receipt", plConversation: "conversation", plContact: "contact", plGroup: "group",
-	plThread: "thread", plChatroom: "chatroom", plDeliver: "deliver",
+	plThread: "thread", plChatroom: "chatroom", plDeliver: "deliver", plCredential: "credential",
 }
 
 // Payload is the name of the Event payload field k carries ("login",

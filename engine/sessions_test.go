@@ -70,6 +70,7 @@ func (h *goldenHarness) run(t *testing.T, d *datadriven.TestData) string {
 		ev.Kind = pb.Kind_KIND_KICK_ALL_DEVICES
 	case "password-change":
 		ev.Kind = pb.Kind_KIND_PASSWORD_CHANGE
+		ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "h"}}
 	case "user-remove":
 		ev.Kind = pb.Kind_KIND_USER_REMOVE
 	case "policy":

@@ -148,6 +148,11 @@ func Validate(ev *pb.Event) error {
 	if !ok {
 		return UnknownKind(strconv.Itoa(int(ev.Kind)))
 	}
+	if IsAccountKind(ev.Kind) && ev.Actor.LoginId != "" {
+		// The user's backend or the admin changes an account, never a device:
+		// the rule that decides it reads no session (ApplyAccount).
+		return Errorf(CodeInvalidArgument, "%s is an account operation and takes no actor.login_id", ki.Name)
+	}
 	if err := validatePayload(ki, ev); err != nil {
 		return err
 	}
@@ -342,6 +347,12 @@ func validatePayload(ki *KindInfo, ev *pb.Event) error {
 		// Fan-out copies are derived by mdsync from accepted events; a
 		// caller can never submit one (invariant 7).
 		return Errorf(CodeForbidden, "%s is derived by mdsync and cannot be submitted", ki.Name)
+	case plCredential:
+		c := ev.GetCredential()
+		if c == nil {
+			return missingPayload(ki, "credential")
+		}
+		return checkPasswordHash(c.PasswordHash)
 	case plChatroom:
 		c := ev.GetChatroom()
 		if c == nil {

@@ -259,6 +259,73 @@ func (x *UserSessions) GetCredentialEpoch() uint64 {
 	return 0
 }
 
+// Account is a user's credential as the account events of the log made it
+// (engine.ApplyAccount). A removed user keeps a tombstone (removed, no
+// hash) with its epoch, so a later registration continues the epoch and the
+// removed user's tokens never verify again.
+type Account struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// password_hash is the argon2id PHC string of the current password.
+	PasswordHash string `protobuf:"bytes,1,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	// epoch is the credential epoch tokens are issued under; it grows with
+	// every registration, password change, token revocation and removal.
+	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Removed       bool   `protobuf:"varint,3,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Account) Reset() {
+	*x = Account{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Account) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Account) ProtoMessage() {}
+
+func (x *Account) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Account.ProtoReflect.Descriptor instead.
+func (*Account) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Account) GetPasswordHash() string {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return ""
+}
+
+func (x *Account) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Account) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
 // Policy is an app's session policy as seen by one partition.
 type Policy struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -277,7 +344,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	mi := &file_mdsync_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +356,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	mi := &file_mdsync_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +369,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Policy) GetVersion() uint64 {
@@ -386,7 +453,7 @@ type Ended struct {
 
 func (x *Ended) Reset() {
 	*x = Ended{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[3]
+	mi := &file_mdsync_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +465,7 @@ func (x *Ended) String() string {
 func (*Ended) ProtoMessage() {}
 
 func (x *Ended) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[3]
+	mi := &file_mdsync_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +478,7 @@ func (x *Ended) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ended.ProtoReflect.Descriptor instead.
 func (*Ended) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Ended) GetSession() *Session {
@@ -530,7 +597,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[4]
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +609,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[4]
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +622,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Decision) GetApp() string {
@@ -688,7 +755,7 @@ type TimelineEntry struct {
 
 func (x *TimelineEntry) Reset() {
 	*x = TimelineEntry{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +767,7 @@ func (x *TimelineEntry) String() string {
 func (*TimelineEntry) ProtoMessage() {}
 
 func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +780,7 @@ func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
 func (*TimelineEntry) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimelineEntry) GetSeq() uint64 {
@@ -811,7 +878,7 @@ type TimelineMeta struct {
 
 func (x *TimelineMeta) Reset() {
 	*x = TimelineMeta{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +890,7 @@ func (x *TimelineMeta) String() string {
 func (*TimelineMeta) ProtoMessage() {}
 
 func (x *TimelineMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +903,7 @@ func (x *TimelineMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineMeta.ProtoReflect.Descriptor instead.
 func (*TimelineMeta) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TimelineMeta) GetEpoch() string {
@@ -880,7 +947,7 @@ type Contacts struct {
 
 func (x *Contacts) Reset() {
 	*x = Contacts{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +959,7 @@ func (x *Contacts) String() string {
 func (*Contacts) ProtoMessage() {}
 
 func (x *Contacts) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +972,7 @@ func (x *Contacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Contacts.ProtoReflect.Descriptor instead.
 func (*Contacts) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Contacts) GetFriends() []string {
@@ -960,7 +1027,7 @@ type Conversation struct {
 
 func (x *Conversation) Reset() {
 	*x = Conversation{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1039,7 @@ func (x *Conversation) String() string {
 func (*Conversation) ProtoMessage() {}
 
 func (x *Conversation) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1052,7 @@ func (x *Conversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
 func (*Conversation) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Conversation) GetChatType() ChatType {
@@ -1076,7 +1143,7 @@ type Mute struct {
 
 func (x *Mute) Reset() {
 	*x = Mute{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1155,7 @@ func (x *Mute) String() string {
 func (*Mute) ProtoMessage() {}
 
 func (x *Mute) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1168,7 @@ func (x *Mute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mute.ProtoReflect.Descriptor instead.
 func (*Mute) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Mute) GetUser() string {
@@ -1128,7 +1195,7 @@ type MemberAttributes struct {
 
 func (x *MemberAttributes) Reset() {
 	*x = MemberAttributes{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1207,7 @@ func (x *MemberAttributes) String() string {
 func (*MemberAttributes) ProtoMessage() {}
 
 func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1220,7 @@ func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberAttributes.ProtoReflect.Descriptor instead.
 func (*MemberAttributes) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MemberAttributes) GetUser() string {
@@ -1183,7 +1250,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1262,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1275,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Thread) GetThreadId() string {
@@ -1269,7 +1336,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1348,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1361,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Group) GetGroupId() string {
@@ -1399,7 +1466,7 @@ type Chatroom struct {
 
 func (x *Chatroom) Reset() {
 	*x = Chatroom{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1478,7 @@ func (x *Chatroom) String() string {
 func (*Chatroom) ProtoMessage() {}
 
 func (x *Chatroom) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1491,7 @@ func (x *Chatroom) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chatroom.ProtoReflect.Descriptor instead.
 func (*Chatroom) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Chatroom) GetRoomId() string {
@@ -1453,7 +1520,7 @@ type UserGroups struct {
 
 func (x *UserGroups) Reset() {
 	*x = UserGroups{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1532,7 @@ func (x *UserGroups) String() string {
 func (*UserGroups) ProtoMessage() {}
 
 func (x *UserGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1545,7 @@ func (x *UserGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGroups.ProtoReflect.Descriptor instead.
 func (*UserGroups) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UserGroups) GetGroups() []string {
@@ -1514,7 +1581,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[15]
+	mi := &file_mdsync_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1593,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[15]
+	mi := &file_mdsync_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1606,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{15}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Checkpoint) GetNextOffset() int64 {
@@ -1588,7 +1655,11 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"i\n" +
 	"\fUserSessions\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.mdsync.v1.SessionR\bsessions\x12)\n" +
-	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"\xe1\x02\n" +
+	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"^\n" +
+	"\aAccount\x12#\n" +
+	"\rpassword_hash\x18\x01 \x01(\tR\fpasswordHash\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aremoved\x18\x03 \x01(\bR\aremoved\"\xe1\x02\n" +
 	"\x06Policy\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.mdsync.v1.PlatformModeR\x04mode\x12#\n" +
@@ -1748,53 +1819,54 @@ func file_mdsync_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_mdsync_v1_state_proto_goTypes = []any{
 	(Reason)(0),              // 0: mdsync.v1.Reason
 	(*Session)(nil),          // 1: mdsync.v1.Session
 	(*UserSessions)(nil),     // 2: mdsync.v1.UserSessions
-	(*Policy)(nil),           // 3: mdsync.v1.Policy
-	(*Ended)(nil),            // 4: mdsync.v1.Ended
-	(*Decision)(nil),         // 5: mdsync.v1.Decision
-	(*TimelineEntry)(nil),    // 6: mdsync.v1.TimelineEntry
-	(*TimelineMeta)(nil),     // 7: mdsync.v1.TimelineMeta
-	(*Contacts)(nil),         // 8: mdsync.v1.Contacts
-	(*Conversation)(nil),     // 9: mdsync.v1.Conversation
-	(*Mute)(nil),             // 10: mdsync.v1.Mute
-	(*MemberAttributes)(nil), // 11: mdsync.v1.MemberAttributes
-	(*Thread)(nil),           // 12: mdsync.v1.Thread
-	(*Group)(nil),            // 13: mdsync.v1.Group
-	(*Chatroom)(nil),         // 14: mdsync.v1.Chatroom
-	(*UserGroups)(nil),       // 15: mdsync.v1.UserGroups
-	(*Checkpoint)(nil),       // 16: mdsync.v1.Checkpoint
-	(PlatformMode)(0),        // 17: mdsync.v1.PlatformMode
-	(*PlatformLimit)(nil),    // 18: mdsync.v1.PlatformLimit
-	(AutoLoginPolicy)(0),     // 19: mdsync.v1.AutoLoginPolicy
-	(*Actor)(nil),            // 20: mdsync.v1.Actor
-	(Kind)(0),                // 21: mdsync.v1.Kind
-	(*Deliver)(nil),          // 22: mdsync.v1.Deliver
-	(*Event)(nil),            // 23: mdsync.v1.Event
-	(ChatType)(0),            // 24: mdsync.v1.ChatType
-	(*Attribute)(nil),        // 25: mdsync.v1.Attribute
+	(*Account)(nil),          // 3: mdsync.v1.Account
+	(*Policy)(nil),           // 4: mdsync.v1.Policy
+	(*Ended)(nil),            // 5: mdsync.v1.Ended
+	(*Decision)(nil),         // 6: mdsync.v1.Decision
+	(*TimelineEntry)(nil),    // 7: mdsync.v1.TimelineEntry
+	(*TimelineMeta)(nil),     // 8: mdsync.v1.TimelineMeta
+	(*Contacts)(nil),         // 9: mdsync.v1.Contacts
+	(*Conversation)(nil),     // 10: mdsync.v1.Conversation
+	(*Mute)(nil),             // 11: mdsync.v1.Mute
+	(*MemberAttributes)(nil), // 12: mdsync.v1.MemberAttributes
+	(*Thread)(nil),           // 13: mdsync.v1.Thread
+	(*Group)(nil),            // 14: mdsync.v1.Group
+	(*Chatroom)(nil),         // 15: mdsync.v1.Chatroom
+	(*UserGroups)(nil),       // 16: mdsync.v1.UserGroups
+	(*Checkpoint)(nil),       // 17: mdsync.v1.Checkpoint
+	(PlatformMode)(0),        // 18: mdsync.v1.PlatformMode
+	(*PlatformLimit)(nil),    // 19: mdsync.v1.PlatformLimit
+	(AutoLoginPolicy)(0),     // 20: mdsync.v1.AutoLoginPolicy
+	(*Actor)(nil),            // 21: mdsync.v1.Actor
+	(Kind)(0),                // 22: mdsync.v1.Kind
+	(*Deliver)(nil),          // 23: mdsync.v1.Deliver
+	(*Event)(nil),            // 24: mdsync.v1.Event
+	(ChatType)(0),            // 25: mdsync.v1.ChatType
+	(*Attribute)(nil),        // 26: mdsync.v1.Attribute
 }
 var file_mdsync_v1_state_proto_depIdxs = []int32{
 	1,  // 0: mdsync.v1.UserSessions.sessions:type_name -> mdsync.v1.Session
-	17, // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
-	18, // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
-	19, // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	18, // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
+	19, // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
+	20, // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
 	1,  // 4: mdsync.v1.Ended.session:type_name -> mdsync.v1.Session
 	0,  // 5: mdsync.v1.Ended.reason:type_name -> mdsync.v1.Reason
-	20, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
-	21, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
-	4,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
-	22, // 9: mdsync.v1.Decision.fanout:type_name -> mdsync.v1.Deliver
-	23, // 10: mdsync.v1.TimelineEntry.source:type_name -> mdsync.v1.Event
-	24, // 11: mdsync.v1.TimelineEntry.chat_type:type_name -> mdsync.v1.ChatType
-	24, // 12: mdsync.v1.Conversation.chat_type:type_name -> mdsync.v1.ChatType
-	25, // 13: mdsync.v1.MemberAttributes.attributes:type_name -> mdsync.v1.Attribute
-	10, // 14: mdsync.v1.Group.mutes:type_name -> mdsync.v1.Mute
-	11, // 15: mdsync.v1.Group.attributes:type_name -> mdsync.v1.MemberAttributes
-	12, // 16: mdsync.v1.Group.threads:type_name -> mdsync.v1.Thread
+	21, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
+	22, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
+	5,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
+	23, // 9: mdsync.v1.Decision.fanout:type_name -> mdsync.v1.Deliver
+	24, // 10: mdsync.v1.TimelineEntry.source:type_name -> mdsync.v1.Event
+	25, // 11: mdsync.v1.TimelineEntry.chat_type:type_name -> mdsync.v1.ChatType
+	25, // 12: mdsync.v1.Conversation.chat_type:type_name -> mdsync.v1.ChatType
+	26, // 13: mdsync.v1.MemberAttributes.attributes:type_name -> mdsync.v1.Attribute
+	11, // 14: mdsync.v1.Group.mutes:type_name -> mdsync.v1.Mute
+	12, // 15: mdsync.v1.Group.attributes:type_name -> mdsync.v1.MemberAttributes
+	13, // 16: mdsync.v1.Group.threads:type_name -> mdsync.v1.Thread
 	17, // [17:17] is the sub-list for method output_type
 	17, // [17:17] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
@@ -1814,7 +1886,7 @@ func file_mdsync_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_state_proto_rawDesc), len(file_mdsync_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
