@@ -13,6 +13,7 @@ import (
 //	d 0 <stream> 0 <user> 0 <op>                decision of an operation
 //	a 0 <app> 0 <user> 0 <p:4> <off:8> <i:2>    audit: a session ended
 //	e 0 <app> 0 <user> 0 <login>                how a login ID's session ended (the latest)
+//	A 0 <app> 0 <user>                          a user's account (password hash, credential epoch)
 const (
 	tagCheckpoint = 'c'
 	tagSessions   = 's'
@@ -20,7 +21,10 @@ const (
 	tagDecision   = 'd'
 	tagAudit      = 'a'
 	tagEnded      = 'e'
+	tagAccount    = 'A'
 )
+
+func accountKey(app, user string) []byte { return key(tagAccount, app, user) }
 
 func endedKey(app, user, loginID string) []byte { return key(tagEnded, app, user, loginID) }
 

@@ -24,6 +24,8 @@ type model struct {
 	users map[string][]mdev // app/user → devices in login order
 	pol   map[string]mpol   // app → policy
 	ended map[string]int32  // app/user/login → the code that ended its latest session
+	// accounts: app/user → "live" or "removed" (absent: never registered).
+	accounts map[string]string
 }
 
 type mdev struct {
@@ -80,6 +82,23 @@ func (m *model) apply(app, user string, ev *pb.Event) expect {
 			m.ended[key+"/"+id] = endCode(ev.Kind)
 		}
 	}()
+	// Accounts: the first registration wins; the other account operations
+	// need a live account, and a refused one ends nothing.
+	switch live := m.accounts[key] == "live"; {
+	case ev.Kind == pb.Kind_KIND_USER_REGISTER && live:
+		ex.code = 1006
+		return ex
+	case ev.Kind == pb.Kind_KIND_USER_REGISTER:
+		m.accounts[key] = "live"
+		return ex
+	case engine.IsAccountKind(ev.Kind) && !live:
+		ex.code = 1005
+		return ex
+	case ev.Kind == pb.Kind_KIND_TOKENS_REVOKE:
+		return ex
+	case ev.Kind == pb.Kind_KIND_USER_REMOVE:
+		m.accounts[key] = "removed"
+	}
 	switch ev.Kind {
 	case pb.Kind_KIND_LOGIN:
 		l := ev.GetLogin()
@@ -220,7 +239,7 @@ func TestPropertyRandomHistories(t *testing.T) {
 	apps := []string{"app1", "app2"}
 	usersPerApp := 400
 
-	m := &model{users: map[string][]mdev{}, pol: map[string]mpol{}, ended: map[string]int32{}}
+	m := &model{users: map[string][]mdev{}, pol: map[string]mpol{}, ended: map[string]int32{}, accounts: map[string]string{}}
 	for _, a := range apps {
 		m.pol[a] = mpol{def: 4}
 	}
@@ -333,9 +352,15 @@ func TestPropertyRandomHistories(t *testing.T) {
 			ev.Payload = &pb.Event_KickDevice{KickDevice: &pb.KickDevice{LoginId: target}}
 		case r < 930:
 			ev.Kind = pb.Kind_KIND_KICK_ALL_DEVICES
-		case r < 945:
+		case r < 938:
+			ev.Kind = pb.Kind_KIND_USER_REGISTER
+			ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "h" + ev.ClientOpId}}
+		case r < 948:
 			ev.Kind = pb.Kind_KIND_PASSWORD_CHANGE
-		case r < 955:
+			ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "h" + ev.ClientOpId}}
+		case r < 952:
+			ev.Kind = pb.Kind_KIND_TOKENS_REVOKE
+		case r < 958:
 			ev.Kind = pb.Kind_KIND_USER_REMOVE
 		default:
 			ev.Kind = pb.Kind_KIND_MESSAGE_SEND

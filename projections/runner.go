@@ -24,13 +24,14 @@ import (
 // waiters. A Handler owns the state of one concern: which kinds it decides
 // or observes, and which tables it writes. The handlers of a runner are
 // declared in one place (Store.topology for the main projection, the
-// aggregates package for the counts), the way goka declares a processor's
+// aggregates package for the counts, OpenAccounts for the accounts), the way goka declares a processor's
 // topology as data.
 //
 // Per entry, in log order:
 //
 //  1. decode; an undecodable record, an unknown kind or a record without
-//     an actor is skipped (counted in the checkpoint);
+//     an actor is skipped (counted in the checkpoint), and so is, under
+//     RunnerOptions.HandledOnly, a kind no handler takes;
 //  2. dedup: a decision already stored for (stream, user, client op id)
 //     makes the entry a duplicate;
 //  3. the app's policy as this partition applies it;
@@ -284,6 +285,11 @@ type RunnerOptions struct {
 	// the decision: for a runner whose decisions nobody reads (the
 	// aggregates), the dedup needs only their presence. Default false.
 	DedupMarks bool
+	// HandledOnly skips, without any write, the events of kinds no handler
+	// decides or observes (counted as skipped in the checkpoint): for a
+	// runner that follows a few kinds of the whole log (the accounts).
+	// Default false: such events are recorded as accepted.
+	HandledOnly bool
 }
 
 // Runner applies the partitions of one log to one Pebble database through
@@ -295,6 +301,7 @@ type Runner struct {
 	partitions int32
 	onApplied  func(p int32, a Applied)
 	marks      bool
+	only       bool
 
 	handlers  []Handler
 	deciders  map[pb.Kind]*Handler
@@ -333,7 +340,7 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 	if o.Partitions < 1 {
 		return nil, fmt.Errorf("projections: RunnerOptions.Partitions must be >= 1, got %d", o.Partitions)
 	}
-	r := &Runner{db: db, wo: pebble.NoSync, partitions: o.Partitions, onApplied: o.OnApplied, marks: o.DedupMarks,
+	r := &Runner{db: db, wo: pebble.NoSync, partitions: o.Partitions, onApplied: o.OnApplied, marks: o.DedupMarks, only: o.HandledOnly,
 		handlers: slices.Clone(o.Handlers), deciders: map[pb.Kind]*Handler{}, watchers: map[pb.Kind][]*Handler{},
 		own: map[*Handler]*[256]bool{}, closed: make(chan struct{}), failed: make(chan struct{})}
 	if o.Sync {
@@ -556,6 +563,9 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	if _, known := engine.LookupKind(ev.Kind); !known || ev.Actor == nil {
 		return nil, false, nil
 	}
+	if r.only && r.deciders[ev.Kind] == nil && len(r.watchers[ev.Kind]) == 0 {
+		return nil, false, nil
+	}
 	pos := engine.Position{Partition: en.Partition, Offset: en.Offset}
 	dk := decisionKey(ev.StreamKey, ev.Actor.User, ev.ClientOpId)
 	if _, ok, err := t.raw(dk); err != nil {
@@ -619,6 +629,11 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 func checkActor(t *Txn, ev *pb.Event) (*engine.Error, error) {
 	switch ev.Kind {
 	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_DELIVER:
+		return nil, nil
+	}
+	if engine.IsAccountKind(ev.Kind) {
+		// Accounts are decided from the account alone, on every process
+		// (accounts.go); a device never changes one (engine.Validate).
 		return nil, nil
 	}
 	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {

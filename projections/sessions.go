@@ -11,7 +11,8 @@ import (
 )
 
 // Sessions is the handler of the session kinds (login, logout, kicks,
-// password change, user removal) and of the policy: each user's devices in
+// password change, user removal), of the accounts (accounts.go) and of the
+// policy: each user's devices in
 // login order, the audit of ended sessions, how each login ID's session
 // ended (which the runner's actor rule reads), the app's policy per
 // partition, and the opening of a user's timeline at its first login. The
@@ -22,7 +23,7 @@ func Sessions(partitions int32) Handler {
 	return Handler{
 		Name:       "sessions",
 		Categories: []engine.Category{engine.CatSession},
-		Tables:     []byte{tagSessions, tagPolicy, tagAudit, tagEnded, tagMeta},
+		Tables:     []byte{tagSessions, tagPolicy, tagAudit, tagEnded, tagMeta, tagAccount},
 		Decide:     h.decide,
 	}
 }
@@ -37,6 +38,17 @@ func (h sessionsHandler) decide(t *Txn, ev *pb.Event, pos engine.Position, pol *
 }
 
 func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
+	if engine.IsAccountKind(ev.Kind) {
+		// The account decides first: a password change or a removal of a
+		// user that does not exist ends nothing.
+		d, err := accountDecision(t, ev, pos, pol)
+		if err != nil || d.Code != 0 {
+			return d, err
+		}
+		if ev.Kind == pb.Kind_KIND_USER_REGISTER || ev.Kind == pb.Kind_KIND_TOKENS_REVOKE {
+			return d, nil // no session ends: a revoked token ends no session
+		}
+	}
 	sk := sessionsKey(ev.App, ev.Actor.User)
 	st := &pb.UserSessions{}
 	if _, err := t.get(sk, st); err != nil {
