@@ -1,16 +1,25 @@
-// Package auth stores user credentials: argon2id password hashes in their
-// own Pebble database, HMAC-signed user tokens, and rate limits on password
-// checks. It decides who a caller is; what that caller may do is decided by
-// the engine (invariant 7: nothing is trusted that a caller claims).
+// Package auth checks user credentials: passwords against argon2id hashes,
+// HMAC-signed user tokens, and rate limits on password checks. It decides
+// who a caller is; what that caller may do is decided by the engine
+// (invariant 7: nothing is trusted that a caller claims).
 //
-// Every user has a credential epoch. SetPassword and Remove bump it, and a
-// token carries the epoch it was issued under, so both revoke every token
-// issued before them without a revocation list. A removed user keeps a
-// tombstone with its epoch, so registering the same name again cannot bring
-// the old tokens back.
+// Accounts are events of the log (engine.ApplyAccount): registration,
+// password change, token revocation and removal are appended through the
+// engine like any operation, ordered in the user's stream. A Store follows
+// the account kinds of every partition of the log into its own Pebble
+// database (projections.Accounts), so every process that shares the log
+// authenticates every user. The password never enters the log: the process
+// that receives it hashes it (HashPassword) and the event carries the hash.
+//
+// Every user has a credential epoch. Each account event bumps it, and a
+// token carries the epoch it was issued under, so a password change, a
+// revocation or a removal revokes every token issued before it without a
+// revocation list. A removed user keeps a tombstone with its epoch, so
+// registering the same name again cannot bring the old tokens back.
 package auth
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -23,11 +32,10 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/argon2"
@@ -95,10 +103,15 @@ type RateLimit struct {
 
 // Options configure a Store.
 type Options struct {
-	// Dir is the store's own Pebble directory. Required.
+	// Dir is the Pebble directory of the account projection (its own, with
+	// its own checkpoint). Required.
 	Dir string
+	// Log is the log whose account events the store follows, every
+	// partition of it, from Open until Close. Required.
+	Log engine.Log
 	// TokenKey is the HMAC-SHA256 key that signs tokens. Required, at
-	// least 32 bytes. Changing it invalidates every token.
+	// least 32 bytes. Changing it invalidates every token; processes that
+	// share a log share their users, and must share the key.
 	TokenKey []byte
 	// TokenTTL is the lifetime of a token issued with ttl 0. Default 24h,
 	// at most 30 days.
@@ -112,7 +125,7 @@ type Options struct {
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// PerUser and PerRemote limit password checks per (app, user) and per
-	// remote IP. Default: burst 10, then one per 6s each.
+	// remote IP, in this process. Default: burst 10, then one per 6s each.
 	PerUser, PerRemote RateLimit
 	// MaxLimiters bounds each limiter map. Default 100_000. When a map is
 	// full of limiters that are still refilling, checks from new keys are
@@ -123,32 +136,29 @@ type Options struct {
 	MaxConcurrentHashes int
 }
 
-// Store is the credential store. It is safe for concurrent use.
+// Store is the credential checker over the account projection. It is safe
+// for concurrent use.
 type Store struct {
-	opts   Options
-	db     *pebble.DB
-	mu     sync.Mutex // serializes read-modify-write of user records
-	life   sync.RWMutex
-	closed bool   // under life; reads and writes after Close get 1009
-	dummy  string // a PHC hash checked for unknown users (equal timing)
-	hashes chan struct{}
-	users  *limiters
-	ips    *limiters
-	checks *prometheus.CounterVec
+	opts     Options
+	accounts *projections.Accounts
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when the follower returned
+	runErr   error         // the follower's error, once done
+	dummy    string        // a PHC hash checked for unknown users (equal timing)
+	hashes   chan struct{}
+	users    *limiters
+	ips      *limiters
+	checks   *prometheus.CounterVec
 }
 
-// record is a user's stored credential. Removed users keep a tombstone
-// (Removed, empty Hash) so their epoch keeps growing across re-registration.
-type record struct {
-	Hash    string `json:"hash,omitempty"`
-	Epoch   uint64 `json:"epoch"`
-	Removed bool   `json:"removed,omitempty"`
-}
-
-// Open opens (or creates) a credential store.
+// Open opens (or creates) the account projection in Dir and starts
+// following Log's account events from its checkpoint.
 func Open(o Options) (*Store, error) {
 	if o.Dir == "" {
 		return nil, errors.New("auth: Options.Dir is required")
+	}
+	if o.Log == nil {
+		return nil, errors.New("auth: Options.Log is required")
 	}
 	if len(o.TokenKey) < MinTokenKeyBytes {
 		return nil, fmt.Errorf("auth: Options.TokenKey must be at least %d bytes", MinTokenKeyBytes)
@@ -195,6 +205,7 @@ func Open(o Options) (*Store, error) {
 
 	s := &Store{
 		opts:   o,
+		done:   make(chan struct{}),
 		hashes: make(chan struct{}, o.MaxConcurrentHashes),
 		users:  newLimiters(o.PerUser, o.MaxLimiters),
 		ips:    newLimiters(o.PerRemote, o.MaxLimiters),
@@ -213,68 +224,70 @@ func Open(o Options) (*Store, error) {
 		return nil, err
 	}
 	s.dummy = dummy
-	db, err := pebble.Open(o.Dir, &pebble.Options{Logger: projections.PebbleLogger(o.Logger)})
+	acc, err := projections.OpenAccounts(projections.AccountsOptions{Dir: o.Dir, Partitions: o.Log.Partitions(), Logger: o.Logger})
 	if err != nil {
-		return nil, fmt.Errorf("auth: open %s: %w", o.Dir, err)
+		return nil, fmt.Errorf("auth: %w", err)
 	}
-	s.db = db
+	s.accounts = acc
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go func() {
+		defer close(s.done)
+		s.runErr = acc.Run(ctx, o.Log)
+		if s.runErr != nil {
+			o.Logger.Error("auth: the account follower stopped", "err", s.runErr)
+		}
+	}()
 	return s, nil
 }
 
-// Close closes the database. Later calls return 1009; a second Close is a
-// no-op.
+// Close stops following the log and closes the database. Later reads
+// return 1009; a second Close is a no-op.
 func (s *Store) Close() error {
-	s.life.Lock()
-	defer s.life.Unlock()
-	if s.closed {
+	s.cancel()
+	<-s.done
+	return s.accounts.Close()
+}
+
+// Err returns the follower's error once it stopped on one, nil while it
+// runs (or after Close).
+func (s *Store) Err() error {
+	select {
+	case <-s.done:
+		return s.runErr
+	default:
 		return nil
 	}
-	s.closed = true
-	return s.db.Close()
 }
 
-var errClosed = engine.Errorf(engine.CodeUnavailable, "auth: store is closed")
-
-func userKey(app, user string) []byte { return []byte("u\x00" + app + "\x00" + user) }
-
-func (s *Store) get(app, user string) (record, bool, error) {
-	s.life.RLock()
-	defer s.life.RUnlock()
-	if s.closed {
-		return record{}, false, errClosed
-	}
-	v, closer, err := s.db.Get(userKey(app, user))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return record{}, false, nil
-	}
-	if err != nil {
-		return record{}, false, engine.Errorf(engine.CodeUnavailable, "auth: read: %v", err)
-	}
-	defer closer.Close()
-	var r record
-	if err := json.Unmarshal(v, &r); err != nil {
-		return record{}, false, engine.Errorf(engine.CodeInternal, "auth: corrupt record for %s/%s: %v", app, user, err)
-	}
-	return r, true, nil
-}
-
-func (s *Store) put(app, user string, r record) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return engine.Errorf(engine.CodeInternal, "auth: encode: %v", err)
-	}
-	s.life.RLock()
-	defer s.life.RUnlock()
-	if s.closed {
-		return errClosed
-	}
-	// Sync: an acknowledged password change must survive a crash, or the
-	// old password (and its tokens) would come back.
-	if err := s.db.Set(userKey(app, user), b, pebble.Sync); err != nil {
-		return engine.Errorf(engine.CodeUnavailable, "auth: write: %v", err)
+// WaitApplied blocks until this store has applied the log position pos
+// (the position of an account operation's decision), so that a change
+// acknowledged by this process is visible to its next check: a 1009 when
+// the follower stopped, ctx's error when ctx ends first.
+func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
+	if err := s.accounts.WaitApplied(ctx, pos); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &engine.Error{Code: engine.CodeUnavailable, Message: "auth: account projection: " + err.Error(), Err: err}
 	}
 	return nil
 }
+
+// account returns the user's live account; ok is false for a user that was
+// never registered or was removed.
+func (s *Store) account(app, user string) (*pb.Account, bool, error) {
+	a, ok, err := s.accounts.Account(app, user)
+	if errors.Is(err, projections.ErrClosed) {
+		return nil, false, errClosed
+	}
+	if err != nil {
+		return nil, false, engine.Errorf(engine.CodeUnavailable, "auth: read: %v", err)
+	}
+	return a, ok && !a.Removed, nil
+}
+
+var errClosed = engine.Errorf(engine.CodeUnavailable, "auth: store is closed")
 
 func checkIDs(app, user string) error {
 	if !engine.ValidID(app) {
@@ -293,84 +306,24 @@ func checkPassword(p string) error {
 	return nil
 }
 
-// Register creates a user. 1006 if the user exists, 1001 for a bad id or
-// password.
-func (s *Store) Register(app, user, password string) error {
-	if err := checkIDs(app, user); err != nil {
-		return err
-	}
+// HashPassword checks a new password's length (1001) and returns its
+// argon2id hash in PHC form, with a fresh salt: what an account event
+// carries (Credential.password_hash). The password itself goes nowhere.
+func (s *Store) HashPassword(password string) (string, error) {
 	if err := checkPassword(password); err != nil {
-		return err
+		return "", err
 	}
-	h, err := s.hash(password)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok, err := s.get(app, user)
-	if err != nil {
-		return err
-	}
-	if ok && !r.Removed {
-		return engine.Errorf(engine.CodeConflict, "user %s already exists in app %s", user, app)
-	}
-	if ok {
-		r.Epoch++ // past the tombstone: tokens of the removed user stay dead
-	}
-	return s.put(app, user, record{Hash: h, Epoch: r.Epoch})
+	return s.hash(password)
 }
 
-// SetPassword replaces a user's password and bumps the credential epoch, so
-// every token issued before stops verifying. 1005 if the user is unknown.
-func (s *Store) SetPassword(app, user, newPassword string) error {
-	if err := checkIDs(app, user); err != nil {
-		return err
-	}
-	if err := checkPassword(newPassword); err != nil {
-		return err
-	}
-	h, err := s.hash(newPassword)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok, err := s.get(app, user)
-	if err != nil {
-		return err
-	}
-	if !ok || r.Removed {
-		return engine.Errorf(engine.CodeNotFound, "user %s does not exist in app %s", user, app)
-	}
-	return s.put(app, user, record{Hash: h, Epoch: r.Epoch + 1})
-}
-
-// Remove deletes a user's credential; its tokens stop verifying. 1005 if the
-// user is unknown.
-func (s *Store) Remove(app, user string) error {
-	if err := checkIDs(app, user); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok, err := s.get(app, user)
-	if err != nil {
-		return err
-	}
-	if !ok || r.Removed {
-		return engine.Errorf(engine.CodeNotFound, "user %s does not exist in app %s", user, app)
-	}
-	return s.put(app, user, record{Epoch: r.Epoch + 1, Removed: true})
-}
-
-// Exists reports whether the user is registered (and not removed).
+// Exists reports whether the user is registered (and not removed), as far
+// as this store has followed the log.
 func (s *Store) Exists(app, user string) (bool, error) {
 	if checkIDs(app, user) != nil {
 		return false, nil
 	}
-	r, ok, err := s.get(app, user)
-	return ok && !r.Removed, err
+	_, ok, err := s.account(app, user)
+	return ok, err
 }
 
 var errBadCredentials = engine.Errorf(engine.CodeUnauthenticated, "bad credentials")
@@ -390,12 +343,17 @@ func (s *Store) CheckPassword(app, user, password, remote string) error {
 	stored := s.dummy
 	known := false
 	if checkIDs(app, user) == nil && len(password) <= MaxPasswordBytes {
-		r, ok, err := s.get(app, user)
+		a, ok, err := s.account(app, user)
 		if err != nil {
 			return err
 		}
-		if ok && !r.Removed {
-			stored, known = r.Hash, true
+		if ok {
+			if _, _, _, perr := parsePHC(a.PasswordHash); perr == nil {
+				stored, known = a.PasswordHash, true
+			}
+			// else a hash no password matches (an account replayed from an
+			// export, whose hash is RedactedHash): the dummy is checked, for
+			// the same timing, and the check is denied.
 		}
 	}
 	if len(password) > MaxPasswordBytes {
@@ -487,12 +445,19 @@ func (s *Store) verify(phc, password string) (bool, error) {
 
 // --- tokens ---
 
+// claims are a token's payload. V is the claims' version: 2 since
+// accounts are events of the log; tokens without it were issued against
+// the per-process store before, under epochs that the log restarted, and
+// are refused.
 type claims struct {
+	V     int    `json:"v"`
 	App   string `json:"app"`
 	User  string `json:"user"`
 	Epoch uint64 `json:"epoch"`
 	Exp   int64  `json:"exp"` // unix milliseconds
 }
+
+const claimsVersion = 2
 
 var b64url = base64.RawURLEncoding
 
@@ -515,15 +480,15 @@ func (s *Store) IssueToken(app, user string, ttl time.Duration) (string, time.Ti
 	if ttl < time.Second || ttl > MaxTokenTTL {
 		return "", time.Time{}, engine.Errorf(engine.CodeInvalidArgument, "token ttl %v is outside [1s,%v]", ttl, MaxTokenTTL)
 	}
-	r, ok, err := s.get(app, user)
+	a, ok, err := s.account(app, user)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	if !ok || r.Removed {
+	if !ok {
 		return "", time.Time{}, engine.Errorf(engine.CodeNotFound, "user %s does not exist in app %s", user, app)
 	}
 	exp := s.opts.Now().Add(ttl).Truncate(time.Millisecond)
-	b, _ := json.Marshal(claims{App: app, User: user, Epoch: r.Epoch, Exp: exp.UnixMilli()})
+	b, _ := json.Marshal(claims{V: claimsVersion, App: app, User: user, Epoch: a.Epoch, Exp: exp.UnixMilli()})
 	payload := b64url.EncodeToString(b)
 	return TokenPrefix + payload + "." + b64url.EncodeToString(s.sign(payload)), exp, nil
 }
@@ -563,14 +528,17 @@ func (s *Store) verifyToken(token string) (claims, error) {
 	if err := json.Unmarshal(raw, &c); err != nil || checkIDs(c.App, c.User) != nil {
 		return bad("is malformed")
 	}
+	if c.V != claimsVersion {
+		return bad("was revoked")
+	}
 	if s.opts.Now().UnixMilli() >= c.Exp {
 		return bad("has expired")
 	}
-	r, ok, err := s.get(c.App, c.User)
+	a, ok, err := s.account(c.App, c.User)
 	if err != nil {
 		return claims{}, err
 	}
-	if !ok || r.Removed || r.Epoch != c.Epoch {
+	if !ok || a.Epoch != c.Epoch {
 		return bad("was revoked")
 	}
 	return c, nil

@@ -1,14 +1,20 @@
 package auth
 
 import (
+	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -30,22 +36,87 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func open(t *testing.T, dir string, mod func(*Options)) (*Store, *clock) {
+// fixture is a Store following the log of an embedded node, with the
+// account operations submitted through the node's engine as the REST API
+// submits them: hash here, append, wait until this store applied it.
+type fixture struct {
+	*Store
+	n     *node.Node
+	start int64 // op ids differ between fixtures on one log
+	op    atomic.Int64
+}
+
+func open(t *testing.T, dir string, mod func(*Options)) (*fixture, *clock) {
 	t.Helper()
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	o := Options{Dir: dir, TokenKey: testKey, Now: c.Now, Argon2: tinyArgon}
+	n, err := node.New(context.Background(), node.Options{Dir: dir, Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Dir: filepath.Join(dir, "accounts"), Log: n.Log, TokenKey: testKey, Now: c.Now, Argon2: tinyArgon}
 	if mod != nil {
 		mod(&o)
 	}
 	s, err := Open(o)
 	if err != nil {
+		n.Close()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
-	return s, c
+	f := &fixture{Store: s, n: n, start: time.Now().UnixNano()}
+	t.Cleanup(func() { f.Close() })
+	return f, c
 }
 
-func counter(s *Store, result string) float64 {
+func (f *fixture) Close() error { return errors.Join(f.Store.Close(), f.n.Close()) }
+
+// submit appends an account operation of user and waits until f applied it;
+// a refusal is returned as the *engine.Error it carries.
+func (f *fixture) submit(app, user string, kind pb.Kind, password string) error {
+	op := &pb.Event{App: app, Kind: kind, ClientOpId: fmt.Sprintf("op%d-%d", f.start, f.op.Add(1)), Actor: &pb.Actor{User: user, Admin: true}}
+	if kind == pb.Kind_KIND_USER_REGISTER || kind == pb.Kind_KIND_PASSWORD_CHANGE {
+		h, err := f.HashPassword(password)
+		if err != nil {
+			return err
+		}
+		op.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: h}}
+	}
+	d, err := f.n.Engine.Submit(context.Background(), op)
+	if err != nil {
+		return err
+	}
+	if err := f.WaitApplied(context.Background(), engine.Position{Partition: d.Partition, Offset: d.Offset}); err != nil {
+		return err
+	}
+	if d.Code != 0 {
+		return engine.Errorf(engine.Code(d.Code), "%s", d.Message)
+	}
+	return nil
+}
+
+func (f *fixture) Register(app, user, pw string) error {
+	return f.submit(app, user, pb.Kind_KIND_USER_REGISTER, pw)
+}
+func (f *fixture) SetPassword(app, user, pw string) error {
+	return f.submit(app, user, pb.Kind_KIND_PASSWORD_CHANGE, pw)
+}
+func (f *fixture) Remove(app, user string) error {
+	return f.submit(app, user, pb.Kind_KIND_USER_REMOVE, "")
+}
+func (f *fixture) Revoke(app, user string) error {
+	return f.submit(app, user, pb.Kind_KIND_TOKENS_REVOKE, "")
+}
+
+// hashOf is the stored hash of a user.
+func (f *fixture) hashOf(t *testing.T, app, user string) string {
+	t.Helper()
+	a, ok, err := f.accounts.Account(app, user)
+	if err != nil || !ok {
+		t.Fatalf("account %s/%s: %v %v", app, user, ok, err)
+	}
+	return a.PasswordHash
+}
+
+func counter(s *fixture, result string) float64 {
 	var m dto.Metric
 	s.checks.WithLabelValues(result).Write(&m)
 	return m.GetCounter().GetValue()
@@ -82,22 +153,24 @@ func TestRegisterAndCheck(t *testing.T) {
 		t.Fatalf("ok checks = %v, want 1", got)
 	}
 	// The stored hash is a PHC string with the configured parameters.
-	r, _, _ := s.get("demo", "alice")
-	if !strings.HasPrefix(r.Hash, "$argon2id$v=19$m=64,t=1,p=1$") {
-		t.Fatalf("stored hash %q", r.Hash)
+	if h := s.hashOf(t, "demo", "alice"); !strings.HasPrefix(h, "$argon2id$v=19$m=64,t=1,p=1$") {
+		t.Fatalf("stored hash %q", h)
 	}
 }
 
 func TestLimits(t *testing.T) {
 	s, _ := open(t, t.TempDir(), nil)
-	for _, c := range []struct{ app, user, pw string }{
-		{"demo", "alice", "short"},
-		{"demo", "alice", strings.Repeat("p", MaxPasswordBytes+1)},
-		{"demo", "al/ice", "password1"},
-		{"", "alice", "password1"},
-		{"demo", strings.Repeat("u", engine.MaxIDBytes+1), "password1"},
+	for _, c := range []struct {
+		app, user, pw string
+		code          engine.Code
+	}{
+		{"demo", "alice", "short", engine.CodeInvalidArgument},
+		{"demo", "alice", strings.Repeat("p", MaxPasswordBytes+1), engine.CodeInvalidArgument},
+		{"demo", "al/ice", "password1", engine.CodeInvalidArgument},
+		{"", "alice", "password1", engine.CodeMissingField},
+		{"demo", strings.Repeat("u", engine.MaxIDBytes+1), "password1", engine.CodeTooLarge},
 	} {
-		wantCode(t, s.Register(c.app, c.user, c.pw), engine.CodeInvalidArgument, "register "+c.user)
+		wantCode(t, s.Register(c.app, c.user, c.pw), c.code, "register "+c.user)
 	}
 	if err := s.Register("demo", "alice", strings.Repeat("p", MaxPasswordBytes)); err != nil {
 		t.Fatal(err)
@@ -109,6 +182,7 @@ func TestLimits(t *testing.T) {
 	wantCode(t, s.SetPassword("demo", "alice", "x"), engine.CodeInvalidArgument, "short new password")
 	wantCode(t, s.SetPassword("demo", "nobody", "password1"), engine.CodeNotFound, "set password of unknown user")
 	wantCode(t, s.Remove("demo", "nobody"), engine.CodeNotFound, "remove unknown user")
+	wantCode(t, s.Revoke("demo", "nobody"), engine.CodeNotFound, "revoke tokens of unknown user")
 	_, _, err := s.IssueToken("demo", "alice", MaxTokenTTL+time.Second)
 	wantCode(t, err, engine.CodeInvalidArgument, "ttl over 30 days")
 	_, _, err = s.IssueToken("demo", "alice", -time.Second)
@@ -118,11 +192,13 @@ func TestLimits(t *testing.T) {
 	_, _, err = s.VerifyToken(TokenPrefix + strings.Repeat("a", MaxTokenBytes))
 	wantCode(t, err, engine.CodeUnauthenticated, "oversized token")
 
+	lg := s.n.Log
 	for _, o := range []Options{
-		{Dir: t.TempDir(), TokenKey: testKey[:31]},
-		{Dir: t.TempDir(), TokenKey: testKey, TokenTTL: MaxTokenTTL + time.Hour},
-		{Dir: t.TempDir(), TokenKey: testKey, Argon2: Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 4, KeyLen: 32}},
-		{Dir: "", TokenKey: testKey},
+		{Dir: t.TempDir(), Log: lg, TokenKey: testKey[:31]},
+		{Dir: t.TempDir(), Log: lg, TokenKey: testKey, TokenTTL: MaxTokenTTL + time.Hour},
+		{Dir: t.TempDir(), Log: lg, TokenKey: testKey, Argon2: Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 4, KeyLen: 32}},
+		{Dir: "", Log: lg, TokenKey: testKey},
+		{Dir: t.TempDir(), TokenKey: testKey},
 	} {
 		if s, err := Open(o); err == nil {
 			s.Close()
@@ -199,6 +275,15 @@ func TestTokens(t *testing.T) {
 	if _, _, err := s.VerifyToken(tok2); err != nil {
 		t.Fatal(err)
 	}
+
+	// A revocation refuses every earlier token and keeps the password.
+	if err := s.Revoke("demo", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.VerifyToken(tok2)
+	wantCode(t, err, engine.CodeUnauthenticated, "token after revocation")
+	wantCode(t, s.CheckPassword("demo", "alice", "password2", "r"), engine.CodeOK, "password after revocation")
+	tok2, _, _ = s.IssueToken("demo", "alice", 0)
 
 	// Remove revokes, and registering the name again does not revive them.
 	if err := s.Remove("demo", "alice"); err != nil {
@@ -308,11 +393,11 @@ func TestProductionParams(t *testing.T) {
 	if err := s.Register("demo", "alice", "password1"); err != nil {
 		t.Fatal(err)
 	}
-	r, _, _ := s.get("demo", "alice")
-	if !strings.HasPrefix(r.Hash, "$argon2id$v=19$m=19456,t=2,p=1$") {
-		t.Fatalf("hash %q", r.Hash)
+	h := s.hashOf(t, "demo", "alice")
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=19456,t=2,p=1$") {
+		t.Fatalf("hash %q", h)
 	}
-	p, salt, key, err := parsePHC(r.Hash)
+	p, salt, key, err := parsePHC(h)
 	if err != nil || p != DefaultArgon2 || len(salt) != 16 || len(key) != 32 {
 		t.Fatalf("parsePHC: %+v %d %d %v", p, len(salt), len(key), err)
 	}
