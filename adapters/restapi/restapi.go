@@ -93,18 +93,20 @@ type Options struct {
 const UnavailableRetryAfter = time.Second
 
 // Credentials is the port to the user credential store (adapters/auth.Store
-// implements it). Errors carry engine codes: 1001 bad input, 1005 unknown
-// user, 1006 exists, 1013 bad credentials, 1014 rate limited, 1009 store
-// unavailable.
+// implements it). Accounts are events of the log: this API hashes a new
+// password with HashPassword, submits the account operation through the
+// engine, and waits with WaitApplied until the store has applied it, so the
+// process that answered already checks the new credential. Errors carry
+// engine codes: 1001 bad input, 1005 unknown user, 1013 bad credentials,
+// 1014 rate limited, 1009 store unavailable.
 type Credentials interface {
-	Register(app, user, password string) error
+	// HashPassword checks a new password's length and returns its argon2id
+	// hash (PHC form), the only thing of it that goes into the log.
+	HashPassword(password string) (string, error)
+	// WaitApplied returns once the store has applied the log position pos.
+	WaitApplied(ctx context.Context, pos engine.Position) error
 	// CheckPassword spends from the user's and the remote's rate limit.
 	CheckPassword(app, user, password, remote string) error
-	// SetPassword revokes every token issued before it.
-	SetPassword(app, user, newPassword string) error
-	// Remove revokes every token of the user.
-	Remove(app, user string) error
-	Exists(app, user string) (bool, error)
 	// IssueToken with ttl 0 uses the store's default lifetime.
 	IssueToken(app, user string, ttl time.Duration) (token string, expires time.Time, err error)
 	VerifyToken(token string) (app, user string, err error)
@@ -205,6 +207,7 @@ var routeTable = []route{
 	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser, false},
 	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword, false},
 	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken, false},
+	{"POST", "/v1/apps/{app}/users/{user}/tokens/revoke", adminOrPass, (*api).revokeTokens, false},
 	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices, false},
 	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll, false},
 	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice, false},

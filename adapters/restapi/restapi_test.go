@@ -161,7 +161,7 @@ func newHarnessWith(t *testing.T, wrap func(Submitter) Submitter, opt func(*Opti
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.agg.Close() })
-	h.auth, err = auth.Open(auth.Options{Dir: t.TempDir(), TokenKey: []byte("0123456789abcdef0123456789abcdef"),
+	h.auth, err = auth.Open(auth.Options{Dir: t.TempDir(), Log: n.Log, TokenKey: []byte("0123456789abcdef0123456789abcdef"),
 		Now: h.clk.Now, Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32},
 		// Every test request comes from 127.0.0.1: the per-IP limit is
 		// the auth package's to test; here the per-user limit is.
@@ -491,7 +491,8 @@ func TestPasswordChange(t *testing.T) {
 	if ids := h.deviceIDs("alice", basic("alice", "password2")); len(ids) != 0 {
 		t.Fatalf("devices after password change: %v", ids)
 	}
-	// A retry (by the admin, with the same key) appends nothing new.
+	// A retry (by the admin, with the same key) appends nothing new: the
+	// first change stands, password3 was never set.
 	code, again := h.do("PUT", "/v1/apps/demo/users/alice/password", admin, `{"new_password":"password3"}`, "Idempotency-Key", "pw-change-1")
 	if code != 200 || again["event_id"] != m["event_id"] {
 		t.Fatalf("retried password change: %d %v", code, again)
@@ -499,14 +500,45 @@ func TestPasswordChange(t *testing.T) {
 	if _, out := h.raw("GET", "/v1/apps/demo/users/alice/audit", admin, ""); strings.Count(string(out), "\n") != 2 {
 		t.Fatalf("audit after retry: %s", out)
 	}
-	code, m = h.do("PUT", "/v1/apps/demo/users/alice/password", basic("alice", "password3"), `{"new_password":"x"}`)
+	code, m2 = h.do("GET", "/v1/apps/demo/users/alice/devices", basic("alice", "password3"), "")
+	h.want(401, 1013, code, m2, "the retried request's password")
+	code, m = h.do("PUT", "/v1/apps/demo/users/alice/password", basic("alice", "password2"), `{"new_password":"x"}`)
 	h.want(400, 1001, code, m, "short new password")
 	code, m = h.do("PUT", "/v1/apps/demo/users/nobody/password", admin, `{"new_password":"password1"}`)
 	h.want(404, 1005, code, m, "unknown user")
 	// A token cannot change the password: only the current password can.
-	tok = h.token("alice", basic("alice", "password3"), 0)
+	tok = h.token("alice", basic("alice", "password2"), 0)
 	code, m = h.do("PUT", "/v1/apps/demo/users/alice/password", bearer(tok), `{"new_password":"password4"}`)
 	h.want(401, 1013, code, m, "token on password route")
+}
+
+func TestTokensRevoke(t *testing.T) {
+	h := newHarness(t)
+	h.register("alice", "password1")
+	h.register("bob", "password1")
+	h.login("alice", "v1", 1)
+	tok := h.token("alice", basic("alice", "password1"), 0)
+	bobs := h.token("bob", admin, 0)
+	code, m := h.do("POST", "/v1/apps/demo/users/alice/tokens/revoke", bearer(tok), "")
+	h.want(401, 1013, code, m, "a token revoking tokens")
+	code, m = h.do("POST", "/v1/apps/demo/users/alice/tokens/revoke", basic("alice", "password1"), "", "Idempotency-Key", "rv-1")
+	if code != 200 || m["code"] != float64(0) || len(endedCodes(m)) != 0 {
+		t.Fatalf("revoke: %d %v", code, m)
+	}
+	code, m = h.do("GET", "/v1/apps/demo/users/alice/devices", bearer(tok), "")
+	h.want(401, 1013, code, m, "token issued before the revocation")
+	if ids := h.deviceIDs("alice", basic("alice", "password1")); len(ids) != 1 {
+		t.Fatalf("a revocation ends no session and keeps the password: %v", ids)
+	}
+	if code, _ := h.do("GET", "/v1/apps/demo/users/bob/devices", bearer(bobs), ""); code != 200 {
+		t.Fatalf("another user's token after the revocation: %d", code)
+	}
+	tok = h.token("alice", basic("alice", "password1"), 0)
+	if code, _ := h.do("GET", "/v1/apps/demo/users/alice/devices", bearer(tok), ""); code != 200 {
+		t.Fatalf("token issued after the revocation: %d", code)
+	}
+	code, m = h.do("POST", "/v1/apps/demo/users/nobody/tokens/revoke", admin, "")
+	h.want(404, 1005, code, m, "revoke tokens of an unknown user")
 }
 
 func TestUserRemove(t *testing.T) {

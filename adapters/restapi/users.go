@@ -1,6 +1,7 @@
 package restapi
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"net/http"
@@ -126,19 +127,51 @@ func (a *api) register(w http.ResponseWriter, r *http.Request, _ principal) {
 		a.writeCoded(w, err)
 		return
 	}
-	if err := a.opts.Auth.Register(r.PathValue("app"), req.User, req.Password); err != nil {
-		a.writeCoded(w, err)
-		return
+	op := &pb.Event{App: r.PathValue("app"), Kind: pb.Kind_KIND_USER_REGISTER, Actor: &pb.Actor{User: req.User, Admin: true}}
+	if _, ok := a.decideAccount(w, r, op, req.Password); ok {
+		writeJSON(w, http.StatusCreated, map[string]string{"user": req.User})
 	}
-	writeJSON(w, http.StatusCreated, map[string]string{"user": req.User})
 }
 
-// setPassword changes the password, then ends every session of the user
-// with 216 through the log, so each device learns it in order. The store
-// changes first: a device must not be able to log in again with the old
-// password after it was kicked. A failed submit is retried by the caller
-// (with the same Idempotency-Key); the store change is idempotent enough
-// (one more epoch bump).
+// decideAccount submits an account operation and answers a refusal itself
+// (ok=false). password, when set, is hashed here and only its hash goes in
+// the operation. An accepted operation is answered only once this process's
+// credential store applied it: the caller's next request to this process
+// sees the change (read-your-writes); the other processes apply it as they
+// follow the log.
+func (a *api) decideAccount(w http.ResponseWriter, r *http.Request, op *pb.Event, password string) (*pb.Decision, bool) {
+	id, ok := opID(w, r)
+	if !ok {
+		return nil, false
+	}
+	op.ClientOpId = id
+	if op.Kind == pb.Kind_KIND_USER_REGISTER || op.Kind == pb.Kind_KIND_PASSWORD_CHANGE {
+		h, err := a.opts.Auth.HashPassword(password)
+		if err != nil {
+			a.writeCoded(w, err)
+			return nil, false
+		}
+		op.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: h}}
+	}
+	d, ok := a.decide(w, r, op)
+	if !ok {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.opts.SubmitTimeout)
+	defer cancel()
+	if err := a.opts.Auth.WaitApplied(ctx, engine.Position{Partition: d.Partition, Offset: d.Offset}); err != nil {
+		// Accepted and durable, not yet visible here: the same
+		// Idempotency-Key retried returns this decision once it is.
+		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, "the change is accepted but not yet applied here; retry with the same Idempotency-Key: "+err.Error())
+		return nil, false
+	}
+	return d, true
+}
+
+// setPassword changes the password and ends every session of the user with
+// 216, in one event: the account and the sessions change at the same
+// position of the user's stream, so no device can log in with the old
+// password after it was kicked, on any process that applied it.
 func (a *api) setPassword(w http.ResponseWriter, r *http.Request, p principal) {
 	if !validPath(w, r, "app", "user") || !a.needAuth(w) {
 		return
@@ -152,50 +185,35 @@ func (a *api) setPassword(w http.ResponseWriter, r *http.Request, p principal) {
 		a.writeCoded(w, err)
 		return
 	}
-	id, ok := opID(w, r)
-	if !ok {
-		return
-	}
-	if err := a.opts.Auth.SetPassword(r.PathValue("app"), r.PathValue("user"), pw); err != nil {
-		a.writeCoded(w, err)
-		return
-	}
-	op := &pb.Event{App: r.PathValue("app"), ClientOpId: id, Kind: pb.Kind_KIND_PASSWORD_CHANGE, Actor: actor(r, p)}
-	if d, ok := a.decide(w, r, op); ok {
+	op := &pb.Event{App: r.PathValue("app"), Kind: pb.Kind_KIND_PASSWORD_CHANGE, Actor: actor(r, p)}
+	if d, ok := a.decideAccount(w, r, op, pw); ok {
 		writeProto(w, http.StatusOK, d)
 	}
 }
 
-// removeUser ends every session with 207 through the log, then removes the
-// credential. In that order a failure half-way leaves the user able to retry
-// the removal (the credential still exists); the other order would leave
-// devices online for a user that can no longer be addressed.
+// removeUser removes the account (a tombstone keeps its epoch) and ends
+// every session with 207, in one event. 404/1005 for a user that does not
+// exist.
 func (a *api) removeUser(w http.ResponseWriter, r *http.Request, _ principal) {
 	if !validPath(w, r, "app", "user") || !a.needAuth(w) {
 		return
 	}
-	app, user := r.PathValue("app"), r.PathValue("user")
-	if ok, err := a.opts.Auth.Exists(app, user); err != nil {
-		a.writeCoded(w, err)
-		return
-	} else if !ok {
-		writeError(w, http.StatusNotFound, engine.CodeNotFound, "user "+user+" does not exist")
+	op := &pb.Event{App: r.PathValue("app"), Kind: pb.Kind_KIND_USER_REMOVE, Actor: &pb.Actor{User: r.PathValue("user"), Admin: true}}
+	if d, ok := a.decideAccount(w, r, op, ""); ok {
+		writeProto(w, http.StatusOK, d)
+	}
+}
+
+// revokeTokens bumps the user's credential epoch: every token issued before
+// stops verifying on every process; the password and the sessions stay.
+func (a *api) revokeTokens(w http.ResponseWriter, r *http.Request, p principal) {
+	if !validPath(w, r, "app", "user") || !a.needAuth(w) {
 		return
 	}
-	id, ok := opID(w, r)
-	if !ok {
-		return
+	op := &pb.Event{App: r.PathValue("app"), Kind: pb.Kind_KIND_TOKENS_REVOKE, Actor: actor(r, p)}
+	if d, ok := a.decideAccount(w, r, op, ""); ok {
+		writeProto(w, http.StatusOK, d)
 	}
-	op := &pb.Event{App: app, ClientOpId: id, Kind: pb.Kind_KIND_USER_REMOVE, Actor: &pb.Actor{User: user, Admin: true}}
-	d, ok := a.decide(w, r, op)
-	if !ok {
-		return
-	}
-	if err := a.opts.Auth.Remove(app, user); err != nil {
-		a.writeCoded(w, err)
-		return
-	}
-	writeProto(w, http.StatusOK, d)
 }
 
 type tokenResponse struct {
