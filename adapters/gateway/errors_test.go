@@ -85,8 +85,10 @@ func TestOpRefusals(t *testing.T) {
 	for _, ev := range []string{
 		`{"kind":"KIND_LOGIN","client_op_id":"k1","login":{"platform":1,"login_id":"A7"}}`,
 		`{"kind":"KIND_POLICY_SET","client_op_id":"k2","policy_set":{"mode":"PLATFORM_MODE_MULTI","default_limit":1,"auto_login":"AUTO_LOGIN_POLICY_KICK_OLDEST"}}`,
-		`{"kind":"KIND_PASSWORD_CHANGE","client_op_id":"k3","empty":{}}`,
+		`{"kind":"KIND_PASSWORD_CHANGE","client_op_id":"k3","credential":{"password_hash":"$argon2id$x"}}`,
 		`{"kind":"KIND_USER_REMOVE","client_op_id":"k4","empty":{}}`,
+		`{"kind":"KIND_USER_REGISTER","client_op_id":"k6","credential":{"password_hash":"$argon2id$x"}}`,
+		`{"kind":"KIND_TOKENS_REVOKE","client_op_id":"k7","empty":{}}`,
 		`{"kind":"KIND_DELIVER","client_op_id":"k5","deliver":{"recipient":"alice"}}`,
 	} {
 		if r := a.op("k", ev); r.Code != 1008 {

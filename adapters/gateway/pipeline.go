@@ -41,6 +41,8 @@ var forbidden = map[pb.Kind]string{
 	pb.Kind_KIND_POLICY_SET:      "policy changes are made through the admin API",
 	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
 	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
+	pb.Kind_KIND_USER_REGISTER:   "registration is made through the REST API",
+	pb.Kind_KIND_TOKENS_REVOKE:   "token revocation is made through the REST API",
 	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
 }
 

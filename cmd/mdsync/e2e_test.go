@@ -157,7 +157,7 @@ func startInProcess(t *testing.T, partitions int32) (base, ws string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := auth.Open(auth.Options{Dir: t.TempDir(), TokenKey: []byte(strings.Repeat("k", 32)),
+	creds, err := auth.Open(auth.Options{Dir: t.TempDir(), Log: n.Log, TokenKey: []byte(strings.Repeat("k", 32)),
 		Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}})
 	if err != nil {
 		t.Fatal(err)

@@ -127,12 +127,6 @@ func runServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	creds, err := auth.Open(auth.Options{Dir: filepath.Join(c.data, "auth"), TokenKey: []byte(tokenKey), Registerer: reg, Logger: logger})
-	if err != nil {
-		return err
-	}
-	defer creds.Close()
-
 	// The projector's effects go over the bus to the gateway and to push:
 	// the delivery flow (adapters/delivery, docs/architecture.md).
 	var brokers []string
@@ -152,6 +146,18 @@ func runServe(args []string) error {
 	}
 	defer n.Close()
 	reg.MustRegister(newLagCollector(n))
+
+	// Accounts are events of the log; every process follows them on every
+	// partition into its own store, with its own checkpoint.
+	accountsDir := "accounts"
+	if c.kafka != "" {
+		accountsDir = "accounts-kafka"
+	}
+	creds, err := auth.Open(auth.Options{Dir: filepath.Join(c.data, accountsDir), Log: n.Log, TokenKey: []byte(tokenKey), Registerer: reg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer creds.Close()
 
 	// Operations whose stream another process owns go to that owner.
 	sub, err := forward.New(n.Engine, n, forward.Options{Token: token, Logger: logger})
