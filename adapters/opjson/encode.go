@@ -62,6 +62,9 @@ type Row struct {
 	MuteMs         int64             `json:"mute_ms,omitempty"`
 	ThreadID       string            `json:"thread_id,omitempty"`
 	RoomID         string            `json:"room_id,omitempty"`
+	// PasswordHash is always engine.RedactedHash: a password hash never
+	// leaves the log through a row (an export, a replay's echo).
+	PasswordHash string `json:"password_hash,omitempty"`
 
 	// For columnar writers, which keep what JSON leaves out: whether the
 	// row is a login (its platform and auto_login are set, even when
@@ -94,7 +97,8 @@ func RowOf(en engine.Entry) (*Row, RowKind) {
 	return r, kind
 }
 
-// Encode maps an event to a row (without its log position).
+// Encode maps an event to a row (without its log position). A credential's
+// password hash is written as engine.RedactedHash.
 func Encode(ev *pb.Event) (*Row, RowKind) {
 	ki, known := engine.LookupKind(ev.Kind)
 	if !known || ev.Actor == nil {
@@ -172,6 +176,11 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		r.ThreadID, r.GroupID, r.Name, r.Users, r.MessageID = t.ThreadId, t.GroupId, t.Name, t.Users, t.MessageId
 	case *pb.Event_Chatroom:
 		r.RoomID = pl.Chatroom.RoomId
+	case *pb.Event_Credential:
+		// Redacted, not dropped: the row still says the event carried one,
+		// and a replay of it decides alike (the account exists), though no
+		// password matches it.
+		r.PasswordHash = engine.RedactedHash
 	}
 	return r, RowEvent
 }

@@ -101,6 +101,7 @@ type opJSON struct {
 	MuteMs         int64             `json:"mute_ms"`
 	ThreadID       string            `json:"thread_id"`
 	RoomID         string            `json:"room_id"`
+	PasswordHash   string            `json:"password_hash"`
 
 	// Fields of `mdsync export` lines (docs/events.md): body_base64 is a
 	// body that is not UTF-8, timeline_* are policy retention settings.
@@ -137,6 +138,9 @@ var PayloadFields = map[string][]string{
 	"group":        {"login_id", "group_id", "users", "name", "reason", "attributes", "mute_ms"},
 	"thread":       {"login_id", "thread_id", "group_id", "name", "users", "message_id"},
 	"chatroom":     {"login_id", "room_id"},
+	// password_hash: an argon2id PHC string; an export writes
+	// engine.RedactedHash instead (Encode).
+	"credential": {"login_id", "password_hash"},
 }
 
 func invalid(format string, args ...any) error {
@@ -314,6 +318,8 @@ func fillPayload(ev *pb.Event, payload string, j *opJSON) error {
 		}}
 	case "chatroom":
 		ev.Payload = &pb.Event_Chatroom{Chatroom: &pb.ChatroomOp{RoomId: j.RoomID}}
+	case "credential":
+		ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: j.PasswordHash}}
 	default:
 		return engine.Errorf(engine.CodeInternal, "op %s has no JSON mapping", engine.KindName(ev.Kind))
 	}
