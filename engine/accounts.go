@@ -63,7 +63,10 @@ func checkPasswordHash(h string) error {
 //   - USER_REMOVE: leaves a tombstone (no hash) one epoch up; 1005 for a
 //     user that does not exist.
 //
-// It reads nothing but its arguments: no session, no policy, no clock.
+// It reads nothing but its arguments: no session, no policy, no clock; and
+// of st only the epoch and whether it is removed decide, never the hash, so
+// a projection may keep accounts without their hashes (the main one does)
+// and decide exactly alike.
 func ApplyAccount(st *pb.Account, ev *pb.Event) (*pb.Account, *Error) {
 	user := ev.GetActor().GetUser()
 	exists := st.GetEpoch() > 0 && !st.GetRemoved()
@@ -73,24 +76,25 @@ func ApplyAccount(st *pb.Account, ev *pb.Event) (*pb.Account, *Error) {
 	if ev.Kind != pb.Kind_KIND_USER_REGISTER && !exists {
 		return st, Errorf(CodeNotFound, "user %s does not exist in app %s", user, ev.App)
 	}
+	hash := ev.GetCredential().GetPasswordHash()
+	if (ev.Kind == pb.Kind_KIND_USER_REGISTER || ev.Kind == pb.Kind_KIND_PASSWORD_CHANGE) && hash == "" {
+		// A record without its payload (the log is not validated on read):
+		// refused alike everywhere, so no account exists without a hash.
+		return st, Errorf(CodeMissingField, "%s carries no credential.password_hash", KindName(ev.Kind))
+	}
 	next := &pb.Account{Epoch: st.GetEpoch() + 1}
 	switch ev.Kind {
 	case pb.Kind_KIND_USER_REGISTER:
 		if exists {
 			return st, Errorf(CodeConflict, "user %s already exists in app %s", user, ev.App)
 		}
-		next.PasswordHash = ev.GetCredential().GetPasswordHash()
+		next.PasswordHash = hash
 	case pb.Kind_KIND_PASSWORD_CHANGE:
-		next.PasswordHash = ev.GetCredential().GetPasswordHash()
+		next.PasswordHash = hash
 	case pb.Kind_KIND_TOKENS_REVOKE:
 		next.PasswordHash = st.GetPasswordHash()
 	case pb.Kind_KIND_USER_REMOVE:
 		next.Removed = true
-	}
-	if next.PasswordHash == "" && !next.Removed {
-		// A record without its payload (the log is not validated on read):
-		// refused alike everywhere, so no account exists without a hash.
-		return st, Errorf(CodeMissingField, "%s carries no credential.password_hash", KindName(ev.Kind))
 	}
 	return next, nil
 }

@@ -17,13 +17,16 @@ import (
 // that a password change ends the user's sessions in the same decision) and
 // the accounts handler of an Accounts runner, which follows every partition
 // of the log for the account kinds only, so that every process can
-// authenticate every user. Both read nothing but the user's account table
+// authenticate every user. Only the latter keeps password hashes. Both read nothing but the user's account table
 // (engine.ApplyAccount; the actor rule does not apply to account kinds), so
 // they decide every account event alike.
 
 // decideAccount applies an account event to the user's account in t. It
-// returns the refusal, or nil once the new account is written.
-func decideAccount(t *Txn, ev *pb.Event) (*engine.Error, error) {
+// returns the refusal, or nil once the new account is written: with its
+// password hash when keepHash, else without (engine.ApplyAccount never reads
+// it). The main projection keeps none: it needs only who exists, and so its
+// state, its digest and a replay of a redacted export stay free of hashes.
+func decideAccount(t *Txn, ev *pb.Event, keepHash bool) (*engine.Error, error) {
 	k := accountKey(ev.App, ev.Actor.User)
 	st := &pb.Account{}
 	if _, err := t.get(k, st); err != nil {
@@ -33,12 +36,15 @@ func decideAccount(t *Txn, ev *pb.Event) (*engine.Error, error) {
 	if refused != nil {
 		return refused, nil
 	}
+	if !keepHash {
+		next.PasswordHash = ""
+	}
 	return nil, t.put(k, next)
 }
 
 // accountDecision is decideAccount as a decision.
-func accountDecision(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
-	refused, err := decideAccount(t, ev)
+func accountDecision(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy, keepHash bool) (*pb.Decision, error) {
+	refused, err := decideAccount(t, ev, keepHash)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +62,10 @@ var accountKinds = []pb.Kind{pb.Kind_KIND_USER_REGISTER, pb.Kind_KIND_PASSWORD_C
 // It is the topology of an Accounts runner; the main projection decides the
 // same kinds in its sessions handler (which also ends sessions).
 func AccountsHandler() Handler {
-	return Handler{Name: "accounts", Kinds: accountKinds, Tables: []byte{tagAccount}, Decide: accountDecision}
+	return Handler{Name: "accounts", Kinds: accountKinds, Tables: []byte{tagAccount},
+		Decide: func(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
+			return accountDecision(t, ev, pos, pol, true)
+		}}
 }
 
 // AccountsOptions configure OpenAccounts.

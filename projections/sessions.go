@@ -41,7 +41,7 @@ func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos 
 	if engine.IsAccountKind(ev.Kind) {
 		// The account decides first: a password change or a removal of a
 		// user that does not exist ends nothing.
-		d, err := accountDecision(t, ev, pos, pol)
+		d, err := accountDecision(t, ev, pos, pol, false)
 		if err != nil || d.Code != 0 {
 			return d, err
 		}

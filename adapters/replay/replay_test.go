@@ -115,12 +115,22 @@ func TestReplayExamples(t *testing.T) {
 			wantStrings(t, "devices", o.Devices(), []string{"bob/b1"})
 		},
 		"password_change.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 3", ended(o.Line(t, 3).Ended), []string{"d1:216:REASON_PASSWORD_CHANGED", "d2:216:REASON_PASSWORD_CHANGED"})
+			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:216:REASON_PASSWORD_CHANGED", "d2:216:REASON_PASSWORD_CHANGED"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/d3"})
 		},
 		"user_remove.jsonl": func(t *testing.T, o replaytest.Output) {
-			wantStrings(t, "ended by line 4", ended(o.Line(t, 4).Ended), []string{"d1:207:REASON_USER_REMOVED", "d2:207:REASON_USER_REMOVED"})
+			wantStrings(t, "ended by line 5", ended(o.Line(t, 5).Ended), []string{"d1:207:REASON_USER_REMOVED", "d2:207:REASON_USER_REMOVED"})
 			wantStrings(t, "devices", o.Devices(), []string{"bob/b1"})
+		},
+		"accounts.jsonl": func(t *testing.T, o replaytest.Output) {
+			for line, want := range map[int]engine.Code{1: 0, 2: engine.CodeConflict, 3: engine.CodeNotFound, 5: 0, 6: 0, 7: engine.CodeNotFound, 8: 0} {
+				if c := o.Line(t, line).Code; c != int32(want) {
+					t.Errorf("line %d: code %d, want %d", line, c, want)
+				}
+			}
+			wantStrings(t, "ended by line 5 (a revocation)", ended(o.Line(t, 5).Ended), nil)
+			wantStrings(t, "ended by line 6", ended(o.Line(t, 6).Ended), []string{"d1:207:REASON_USER_REMOVED"})
+			wantStrings(t, "devices", o.Devices(), nil)
 		},
 		"policy_lower_limit.jsonl": func(t *testing.T, o replaytest.Output) {
 			wantStrings(t, "ended by line 6", ended(o.Line(t, 6).Ended), []string{"a1:217:REASON_POLICY_LIMIT", "a2:217:REASON_POLICY_LIMIT"})

@@ -171,7 +171,12 @@ func RandomHistory(seed uint64, n int) string {
 				m["by_login_id"] = fmt.Sprintf("%s-d%d", u, r.IntN(8))
 			}
 		case k < 43:
-			m["op"] = []string{"kick_all_devices", "password_change", "user_remove"}[r.IntN(3)]
+			m["op"] = []string{"kick_all_devices", "password_change", "user_remove", "user_register", "tokens_revoke"}[r.IntN(5)]
+			if m["op"] == "password_change" || m["op"] == "user_register" {
+				// A hash as the receiving process computes it; an export
+				// writes it as [redacted].
+				m["password_hash"] = fmt.Sprintf("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$%s%d", u, i)
+			}
 		case k < 45:
 			m["op"], m["user"], m["admin"] = "policy_set", "admin", true
 			m["default_limit"] = 1 + r.IntN(4)
