@@ -37,11 +37,26 @@ var endings = []ending{
 		mustEnd(w, ev)
 	}},
 	{"its password changed", engine.CodePasswordChanged, func(w *kindsWorld, by string) {
-		mustEnd(w, kev(by, "", pb.Kind_KIND_PASSWORD_CHANGE))
+		registerAccount(w, by)
+		ev := kev(by, "", pb.Kind_KIND_PASSWORD_CHANGE)
+		ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "new-hash"}}
+		mustEnd(w, ev)
 	}},
 	{"its user removed", engine.CodeUserRemoved, func(w *kindsWorld, by string) {
+		registerAccount(w, by)
 		mustEnd(w, kev(by, "", pb.Kind_KIND_USER_REMOVE))
 	}},
+}
+
+// registerAccount registers user: a password change or a removal needs an
+// account (engine.ApplyAccount).
+func registerAccount(w *kindsWorld, user string) {
+	w.t.Helper()
+	ev := kev(user, "", pb.Kind_KIND_USER_REGISTER)
+	ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "hash"}}
+	if d := submit(w.t, w.n, ev); d.Code != 0 {
+		w.t.Fatalf("register %s: %v", user, d)
+	}
 }
 
 func mustEnd(w *kindsWorld, ev *pb.Event) {
