@@ -262,6 +262,13 @@ func (r *REST) RemoveUser(ctx context.Context, app, user string, cred Credential
 	return r.decision(ctx, http.MethodDelete, "/v1/apps"+path(app, "users", user), cred.header(user), nil)
 }
 
+// RevokeTokens refuses every token of the user issued before it, on every
+// process (admin, or the user's password); the password and the logged-in
+// devices stay.
+func (r *REST) RevokeTokens(ctx context.Context, app, user string, cred Credential) (*pb.Decision, error) {
+	return r.decision(ctx, http.MethodPost, "/v1/apps"+path(app, "users", user, "tokens", "revoke"), cred.header(user), nil)
+}
+
 // IssueToken issues a user token valid for ttl (admin or the user's
 // password).
 func (r *REST) IssueToken(ctx context.Context, app, user string, ttl time.Duration, cred Credential) (Token, error) {

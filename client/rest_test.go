@@ -50,16 +50,17 @@ func reply(status int, body string) func(w http.ResponseWriter) {
 func TestRESTRoutesAndCredentials(t *testing.T) {
 	ctx := context.Background()
 	r, rr := newREST(t, map[string]func(http.ResponseWriter){
-		"POST /v1/apps/demo/users":                    reply(201, `{}`),
-		"PUT /v1/apps/demo/users/alice/password":      reply(200, `{"code":0,"ended":[{"code":216}]}`),
-		"DELETE /v1/apps/demo/users/alice":            reply(200, `{"code":0}`),
-		"POST /v1/apps/demo/users/alice/tokens":       reply(200, `{"token":"mdt1.x","expires_at_unix_ms":1700000000000}`),
-		"GET /v1/apps/demo/users/alice/devices":       reply(200, `{"devices":[{"login_id":"A1","platform":1,"device_name":"Phone","connected":true,"extra":1}]}`),
-		"DELETE /v1/apps/demo/users/alice/devices/A1": reply(200, `{"code":0,"ended":[{"code":217}]}`),
-		"DELETE /v1/apps/demo/users/alice/devices":    reply(200, `{"code":0}`),
-		"GET /v1/apps/demo/policy":                    reply(200, `{"version":3,"mode":"PLATFORM_MODE_SINGLE","auto_login":"AUTO_LOGIN_POLICY_KEEP_CURRENT"}`),
-		"PUT /v1/apps/demo/policy":                    reply(200, `{"code":0,"policy_version":4}`),
-		"DELETE /v1/apps/demo/users/a%2Fb/devices":    reply(200, `{"code":0}`),
+		"POST /v1/apps/demo/users":                     reply(201, `{}`),
+		"PUT /v1/apps/demo/users/alice/password":       reply(200, `{"code":0,"ended":[{"code":216}]}`),
+		"DELETE /v1/apps/demo/users/alice":             reply(200, `{"code":0}`),
+		"POST /v1/apps/demo/users/alice/tokens":        reply(200, `{"token":"mdt1.x","expires_at_unix_ms":1700000000000}`),
+		"POST /v1/apps/demo/users/alice/tokens/revoke": reply(200, `{"code":0,"kind":"KIND_TOKENS_REVOKE"}`),
+		"GET /v1/apps/demo/users/alice/devices":        reply(200, `{"devices":[{"login_id":"A1","platform":1,"device_name":"Phone","connected":true,"extra":1}]}`),
+		"DELETE /v1/apps/demo/users/alice/devices/A1":  reply(200, `{"code":0,"ended":[{"code":217}]}`),
+		"DELETE /v1/apps/demo/users/alice/devices":     reply(200, `{"code":0}`),
+		"GET /v1/apps/demo/policy":                     reply(200, `{"version":3,"mode":"PLATFORM_MODE_SINGLE","auto_login":"AUTO_LOGIN_POLICY_KEEP_CURRENT"}`),
+		"PUT /v1/apps/demo/policy":                     reply(200, `{"code":0,"policy_version":4}`),
+		"DELETE /v1/apps/demo/users/a%2Fb/devices":     reply(200, `{"code":0}`),
 	})
 	admin, pw, tok := Credential{Admin: "adm"}, Credential{Password: "s3cret"}, Credential{Token: "mdt1.t"}
 	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
@@ -75,6 +76,9 @@ func TestRESTRoutesAndCredentials(t *testing.T) {
 	}
 	if tk, err := r.IssueToken(ctx, "demo", "alice", time.Hour, pw); err != nil || tk.Token != "mdt1.x" || tk.ExpiresAt().UnixMilli() != 1700000000000 {
 		t.Fatalf("%+v %v", tk, err)
+	}
+	if d, err := r.RevokeTokens(ctx, "demo", "alice", pw); err != nil || d.Kind != pb.Kind_KIND_TOKENS_REVOKE {
+		t.Fatalf("revoke: %v %v", d, err)
 	}
 	devs, err := r.FetchLoggedInDevices(ctx, "demo", "alice", tok)
 	if err != nil || len(devs) != 1 || devs[0].LoginID != "A1" || !devs[0].Connected || devs[0].DeviceName != "Phone" {
@@ -98,11 +102,12 @@ func TestRESTRoutesAndCredentials(t *testing.T) {
 	}
 
 	for key, want := range map[string]string{
-		"POST /v1/apps/demo/users":                    "Bearer adm",
-		"PUT /v1/apps/demo/users/alice/password":      basic,
-		"GET /v1/apps/demo/users/alice/devices":       "Bearer mdt1.t",
-		"DELETE /v1/apps/demo/users/alice/devices/A1": basic,
-		"PUT /v1/apps/demo/policy":                    "Bearer adm",
+		"POST /v1/apps/demo/users":                     "Bearer adm",
+		"PUT /v1/apps/demo/users/alice/password":       basic,
+		"POST /v1/apps/demo/users/alice/tokens/revoke": basic,
+		"GET /v1/apps/demo/users/alice/devices":        "Bearer mdt1.t",
+		"DELETE /v1/apps/demo/users/alice/devices/A1":  basic,
+		"PUT /v1/apps/demo/policy":                     "Bearer adm",
 	} {
 		if rr.auth[key] != want {
 			t.Errorf("%s: Authorization %q, want %q", key, rr.auth[key], want)
