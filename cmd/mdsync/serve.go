@@ -164,6 +164,16 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The users of the per-process store that came before accounts were
+	// events (DATA/auth) are registered in the log, once.
+	go func() {
+		n, err := auth.MigrateLegacy(ctx, filepath.Join(c.data, "auth"), sub.Submit, logger)
+		if err != nil && ctx.Err() == nil {
+			logger.Error("auth: moving the users of DATA/auth into the log failed; restart to retry", "err", err)
+		} else if n > 0 {
+			logger.Info("auth: the users of DATA/auth are now in the log", "users", n)
+		}
+	}()
 	gopts := c.gw
 	gopts.OriginPatterns = origins
 	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, sub, n.Store, n, reg, logger
