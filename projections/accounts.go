@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -82,7 +83,8 @@ type AccountsOptions struct {
 
 // Accounts is the account projection of a whole log: a Runner (Run,
 // CatchUp, WaitApplied, Checkpoint, Close) with the accounts handler over
-// its own Pebble database, and Account to read it. Its batches are
+// its own Pebble database, and Account to read it. Run keeps reading
+// through failed log reads (RunnerOptions.ReadRetry, every second). Its batches are
 // committed with fsync: a password change acknowledged by this process is
 // visible here, and stays visible after a crash. Events of other kinds are
 // skipped without a write (RunnerOptions.HandledOnly). Safe for concurrent
@@ -111,8 +113,17 @@ func OpenAccounts(o AccountsOptions) (*Accounts, error) {
 		db.Close()
 		return nil, err
 	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
 	r, err := NewRunner(db, RunnerOptions{Partitions: o.Partitions, Sync: true, HandledOnly: true, DedupMarks: true,
-		Handlers: []Handler{AccountsHandler()}})
+		Handlers: []Handler{AccountsHandler()},
+		// Nobody restarts this runner: it reads through a broker restart.
+		ReadRetry: time.Second,
+		OnReadRetry: func(p int32, err error) {
+			logger.Warn("projections: accounts: log read failed; retrying", "partition", p, "err", err)
+		}})
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -1,8 +1,12 @@
 package projections
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/mdsync/mdsync/engine"
@@ -103,5 +107,59 @@ func TestAccountsFollowTheMainProjection(t *testing.T) {
 	}
 	if _, err := OpenAccounts(AccountsOptions{FS: fs, Partitions: 2}); err == nil {
 		t.Error("reopened with another partition count")
+	}
+}
+
+// flakyLog fails its first reads, as a Kafka log does while its broker
+// restarts, then serves entries of partition 0.
+type flakyLog struct {
+	engine.Log
+	fails   atomic.Int32
+	entries []engine.Entry
+}
+
+func (l *flakyLog) Partitions() int32 { return 1 }
+
+func (l *flakyLog) Read(ctx context.Context, p int32, from int64, max int) ([]engine.Entry, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, errors.New("broker unavailable")
+	}
+	if from < int64(len(l.entries)) {
+		return l.entries[from:min(int(from)+max, len(l.entries))], nil
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// The accounts runner, which nobody restarts, reads through failed reads.
+func TestAccountsRunReadsThroughFailures(t *testing.T) {
+	ev := &pb.Event{App: "app", SchemaVersion: 1, ClientOpId: "r1", Kind: pb.Kind_KIND_USER_REGISTER, Actor: &pb.Actor{User: "alice", Admin: true},
+		Payload: &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: "h1"}}}
+	ev.StreamKey = engine.StreamKeyFor(ev)
+	b, err := engine.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg := &flakyLog{entries: []engine.Entry{{Partition: 0, Offset: 0, Key: []byte(ev.StreamKey), Value: b}}}
+	lg.fails.Store(2)
+	acc, err := OpenAccounts(AccountsOptions{FS: vfs.NewMem(), Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- acc.Run(ctx, lg) }()
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	if err := acc.WaitApplied(wctx, engine.Position{Partition: 0, Offset: 0}); err != nil {
+		t.Fatalf("after two failed reads: %v", err)
+	}
+	if a, ok, _ := acc.Account("app", "alice"); !ok || a.PasswordHash != "h1" {
+		t.Fatalf("account %v %v", a, ok)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
 	}
 }

@@ -290,6 +290,14 @@ type RunnerOptions struct {
 	// runner that follows a few kinds of the whole log (the accounts).
 	// Default false: such events are recorded as accepted.
 	HandledOnly bool
+	// ReadRetry, when > 0, makes a failed log read wait this long and read
+	// again instead of stopping the runner (OnReadRetry, when set, is told
+	// each time): for a runner that follows a log it must keep following
+	// through a broker restart (the accounts). A read that fails because
+	// the log closed, or ctx ended, still stops it. Default 0: a failed
+	// read stops the runner, and its owner restarts what it owns.
+	ReadRetry   time.Duration
+	OnReadRetry func(p int32, err error)
 }
 
 // Runner applies the partitions of one log to one Pebble database through
@@ -302,6 +310,8 @@ type Runner struct {
 	onApplied  func(p int32, a Applied)
 	marks      bool
 	only       bool
+	readRetry  time.Duration
+	onRetry    func(p int32, err error)
 
 	handlers  []Handler
 	deciders  map[pb.Kind]*Handler
@@ -341,6 +351,7 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 		return nil, fmt.Errorf("projections: RunnerOptions.Partitions must be >= 1, got %d", o.Partitions)
 	}
 	r := &Runner{db: db, wo: pebble.NoSync, partitions: o.Partitions, onApplied: o.OnApplied, marks: o.DedupMarks, only: o.HandledOnly,
+		readRetry: o.ReadRetry, onRetry: o.OnReadRetry,
 		handlers: slices.Clone(o.Handlers), deciders: map[pb.Kind]*Handler{}, watchers: map[pb.Kind][]*Handler{},
 		own: map[*Handler]*[256]bool{}, closed: make(chan struct{}), failed: make(chan struct{})}
 	if o.Sync {
@@ -710,6 +721,19 @@ func (r *Runner) runPartition(ctx context.Context, log engine.Log, p int32, unti
 			max = int(until - from)
 		}
 		entries, err := log.Read(ctx, p, from, max)
+		if err != nil && r.readRetry > 0 && ctx.Err() == nil && !errors.Is(err, engine.ErrLogClosed) {
+			if r.onRetry != nil {
+				r.onRetry(p, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-r.closed:
+				return ErrClosed
+			case <-time.After(r.readRetry):
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("projections: read partition %d at %d: %w", p, from, err)
 		}
