@@ -418,3 +418,29 @@ func TestParsePHCRejects(t *testing.T) {
 		}
 	}
 }
+
+// An account whose hash is engine.RedactedHash (a replayed export) exists
+// but refuses every password, like a wrong one: no password is restored.
+func TestRedactedHashRefusesEveryPassword(t *testing.T) {
+	s, _ := open(t, t.TempDir(), nil)
+	op := &pb.Event{App: "demo", Kind: pb.Kind_KIND_USER_REGISTER, ClientOpId: "replayed", Actor: &pb.Actor{User: "alice", Admin: true},
+		Payload: &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: engine.RedactedHash}}}
+	d, err := s.n.Engine.Submit(context.Background(), op)
+	if err != nil || d.Code != 0 {
+		t.Fatalf("register: %v %v", d, err)
+	}
+	if err := s.WaitApplied(context.Background(), engine.Position{Partition: d.Partition, Offset: d.Offset}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.Exists("demo", "alice"); !ok {
+		t.Fatal("the replayed account does not exist")
+	}
+	for _, pw := range []string{engine.RedactedHash, "password1", ""} {
+		wantCode(t, s.CheckPassword("demo", "alice", pw, "r"), engine.CodeUnauthenticated, "password "+pw)
+	}
+	// An admin sets a password: it works from then on.
+	if err := s.SetPassword("demo", "alice", "password2"); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, s.CheckPassword("demo", "alice", "password2", "r"), engine.CodeOK, "password set after the replay")
+}
