@@ -468,8 +468,9 @@ func (s *Store) sign(payload string) []byte {
 }
 
 // IssueToken returns a token for a registered user, valid for ttl (0: the
-// configured TokenTTL; at most 30 days) or until the user's password changes
-// or the user is removed. 1005 if the user is unknown.
+// configured TokenTTL; at most 30 days) or until the user's next account
+// event (password change, token revocation, removal). 1005 if the user is
+// unknown to this store.
 func (s *Store) IssueToken(app, user string, ttl time.Duration) (string, time.Time, error) {
 	if err := checkIDs(app, user); err != nil {
 		return "", time.Time{}, err
