@@ -288,7 +288,9 @@ type RunnerOptions struct {
 	// HandledOnly skips, without any write, the events of kinds no handler
 	// decides or observes (counted as skipped in the checkpoint): for a
 	// runner that follows a few kinds of the whole log (the accounts).
-	// Default false: such events are recorded as accepted.
+	// Default false: such events are recorded as accepted. A batch of a
+	// HandledOnly runner that decided nothing is committed without fsync,
+	// even with Sync.
 	HandledOnly bool
 	// ReadRetry, when > 0, makes a failed log read wait this long and read
 	// again instead of stopping the runner (OnReadRetry, when set, is told
@@ -533,7 +535,14 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if err := t.put(checkpointKey(p), cp); err != nil {
 		return err
 	}
-	if err := t.b.Commit(r.wo); err != nil {
+	wo := r.wo
+	if r.only && len(decisions) == 0 {
+		// Only skipped records: a crash that loses this batch makes the
+		// runner read them again, nothing more. Not worth an fsync per
+		// read of a busy log.
+		wo = pebble.NoSync
+	}
+	if err := t.b.Commit(wo); err != nil {
 		return fmt.Errorf("projections: commit partition %d: %w", p, err)
 	}
 	// What the batch committed is what Pebble now holds: keep the hot part.
