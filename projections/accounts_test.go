@@ -80,6 +80,16 @@ func TestAccountsFollowTheMainProjection(t *testing.T) {
 	if _, ok, _ := acc.Account("app", "carol"); ok {
 		t.Error("an account nobody registered exists")
 	}
+	// Skipped kinds leave nothing behind; account kinds leave their dedup mark.
+	for op, want := range map[string]bool{"op0": true, "op1": false, "op8": false} {
+		_, closer, err := acc.db.Get(decisionKey(entriesStream(t, entries, op), "alice", op))
+		if got := err == nil; got != want {
+			t.Errorf("accounts: a dedup record of %s: %v, want %v", op, got, want)
+		}
+		if closer != nil {
+			closer.Close()
+		}
+	}
 	cp := acc.Checkpoint(0)
 	if cp.NextOffset != int64(len(entries)) || cp.Applied != 7 || cp.Duplicates != 1 || cp.Skipped != 2 {
 		t.Errorf("checkpoint %v: want next %d, 7 applied (account kinds), 1 duplicate, 2 skipped (login, message)", cp, len(entries))
@@ -108,6 +118,19 @@ func TestAccountsFollowTheMainProjection(t *testing.T) {
 	if _, err := OpenAccounts(AccountsOptions{FS: fs, Partitions: 2}); err == nil {
 		t.Error("reopened with another partition count")
 	}
+}
+
+// entriesStream is the stream key of the entry whose client op id is op.
+func entriesStream(t *testing.T, entries []engine.Entry, op string) string {
+	t.Helper()
+	for _, en := range entries {
+		ev, err := engine.Decode(en.Value)
+		if err == nil && ev.ClientOpId == op {
+			return ev.StreamKey
+		}
+	}
+	t.Fatalf("no entry %s", op)
+	return ""
 }
 
 // flakyLog fails its first reads, as a Kafka log does while its broker
