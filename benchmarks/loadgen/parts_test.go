@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 )
 
 func TestScenarioFilesLoad(t *testing.T) {
-	files, err := filepath.Glob("../../benchmarks/scenarios/*.json")
+	files, err := filepath.Glob("../scenarios/*.json")
 	if err != nil || len(files) < 4 {
 		t.Fatalf("scenario files: %v %v", files, err)
 	}
