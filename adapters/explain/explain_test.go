@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,8 +95,8 @@ func TestExplainFifthLogin(t *testing.T) {
 
 // TestExplainWhileServed: explain on a data directory whose log and
 // projections another holder has open (as a running server does) reads
-// them from snapshots, prints what it prints on a free directory, and adds,
-// removes or locks nothing in it.
+// them from snapshots, prints what it prints on a free directory, and adds
+// nothing to it nor stops the holder.
 func TestExplainWhileServed(t *testing.T) {
 	input := `{"op":"login","user":"alice","login_id":"a1","platform":1,"device_name":"phone1"}
 {"op":"policy_set","default_limit":1}
@@ -151,8 +152,11 @@ func TestExplainWhileServed(t *testing.T) {
 			t.Fatalf("held, rebuild %v:\n%s\nwant\n%s", rebuild, got, free)
 		}
 	}
-	if after := files(); after != before {
-		t.Fatalf("explain changed the held directories:\n%s\nwas\n%s", after, before)
+	// (The holder itself may remove its obsolete files meanwhile.)
+	for _, f := range strings.Fields(files()) {
+		if !slices.Contains(strings.Fields(before), f) {
+			t.Fatalf("explain added %s to the held directories (before: %s)", f, before)
+		}
 	}
 	// The holder is not disturbed: it still appends.
 	if _, err := lg.Append(ctx, []engine.Record{{Partition: 0, Key: []byte("k"), Value: []byte("v")}}); err != nil {
