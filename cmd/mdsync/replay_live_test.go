@@ -28,6 +28,24 @@ func rowsOfType(t *testing.T, out, typ string) []map[string]any {
 	return rows
 }
 
+// shopWithAlice sets app shop's policy to 4 devices per platform and adds
+// alice through the admin CLI of the built binary (cred: how it finds the
+// admin token), and returns a token of alice's.
+func shopWithAlice(t *testing.T, bin, base string, cred ...string) string {
+	t.Helper()
+	cli := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runBin(t, bin, append(append(args, "--server", base), cred...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	cli("policy", "set", "--app", "shop", "--default-limit", "4")
+	cli("users", "add", "--app", "shop", "--user", "alice", "--password", "password-alice")
+	return strings.TrimSpace(strings.Split(cli("users", "token", "--app", "shop", "--user", "alice"), "\n")[0])
+}
+
 // TestBinaryReplayAndExplainWhileServing: on the data directory of a
 // running `mdsync serve` binary, `mdsync explain` tells the fifth-login
 // eviction and `mdsync replay --from-data DIR --policy FILE` replays the
@@ -38,17 +56,7 @@ func TestBinaryReplayAndExplainWhileServing(t *testing.T) {
 	data := t.TempDir()
 	srv := startServeLogged(t, bin, "--data", data, "--partitions", "2")
 	base := "http://" + srv.addr
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errOut, code := runBin(t, bin, append(args, "--server", base, "--admin-token", "tok")...)
-		if code != 0 {
-			t.Fatalf("%v: exit %d: %s", args, code, errOut)
-		}
-		return out
-	}
-	cli("policy", "set", "--app", "shop", "--default-limit", "4")
-	cli("users", "add", "--app", "shop", "--user", "alice", "--password", "password-alice")
-	tok := strings.TrimSpace(strings.Split(cli("users", "token", "--app", "shop", "--user", "alice"), "\n")[0])
+	tok := shopWithAlice(t, bin, base, "--admin-token", "tok")
 	s := e2eServer{base: base, ws: "ws://" + srv.addr + "/v1/ws"}
 	var phones []*device
 	for i := 1; i <= 5; i++ {
