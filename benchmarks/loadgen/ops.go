@@ -212,13 +212,11 @@ func (b *bench) request(ctx context.Context, kind string, r *phaseRec) (string, 
 // is whole again. Both logins are login decisions, timed from dial to
 // login_result.
 func (b *bench) evictionLogin(ctx context.Context, r *phaseRec) error {
-	d, _ := b.pickExclusive()
+	d, ctx, done := b.exclusiveOp(ctx)
 	if d == nil {
 		return errSkipped
 	}
-	defer d.use.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
+	defer done()
 	intruder := &device{b: b, u: d.u, ui: d.ui, di: -1, platform: d.platform, name: "intruder"}
 	ic, took, err := intruder.dial(ctx, "")
 	if err != nil {
@@ -235,18 +233,27 @@ func (b *bench) evictionLogin(ctx context.Context, r *phaseRec) error {
 	return nil
 }
 
+// exclusiveOp picks an online device for an operation that takes its
+// connection away (held exclusively), with the operation's timeout; done
+// releases both. d is nil when no device was free.
+func (b *bench) exclusiveOp(ctx context.Context) (d *device, opCtx context.Context, done func()) {
+	if d, _ = b.pickExclusive(); d == nil {
+		return nil, ctx, nil
+	}
+	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+	return d, opCtx, func() { cancel(); d.use.Unlock() }
+}
+
 // reconnect: a device drops its connection (the session stays), misses
 // what arrives for reconnect_offline_ms and a marker message sent last,
 // then logs in again with its login ID and catches up; the catch-up is
 // timed from the dial to the marker's arrival.
 func (b *bench) reconnect(ctx context.Context, r *phaseRec) error {
-	d, _ := b.pickExclusive()
+	d, ctx, done := b.exclusiveOp(ctx)
 	if d == nil {
 		return errSkipped
 	}
-	defer d.use.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
+	defer done()
 	d.mu.Lock()
 	lid := d.loginID
 	d.mu.Unlock()
