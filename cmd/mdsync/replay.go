@@ -31,7 +31,7 @@ func runReplay(args []string) error {
 	policyFile := fs.String("policy", "", "replay a second time under the policy in `FILE` and print how sessions ended differently")
 	fs.BoolVar(&cfg.KeepGoing, "keep-going", true, "report an invalid line and go on; false stops at the first one")
 	var src logsource.Source
-	fs.StringVar(&src.Data, "from-data", "", "replay the log of the data directory `DIR` (a stopped or running server's: read from a snapshot, the server is not disturbed)")
+	fs.StringVar(&src.Data, "from-data", "", "replay the log of the data directory `DIR` (a stopped or running server's; a running one's is read from a snapshot, without disturbing it)")
 	fs.StringVar(&src.Kafka, "kafka-brokers", "", "replay the log in a Kafka topic: comma-separated brokers")
 	fs.StringVar(&src.Topic, "topic", "mdsync.log", "with --kafka-brokers: the log's topic")
 	fs.StringVar(&src.Topic, "kafka-topic", "mdsync.log", "the same as --topic (the spelling of export and explain)")
