@@ -79,12 +79,12 @@ type RowKind int
 
 const (
 	RowEvent      RowKind = iota // an operation: the row is set
-	RowDerived                   // a fan-out copy (DELIVER) of an event already in the log
+	RowDerived                   // a copy of an event already in the log: a fan-out (DELIVER), or a POLICY_SET on a partition > 0
 	RowUnreadable                // undecodable, or a kind unknown to this build
 )
 
-// RowOf maps one log record to a row. DELIVER records are fan-out copies of
-// events already in the log and make no row.
+// RowOf maps one log record to a row. Copies of events already in the log
+// (DELIVER fan-out copies, POLICY_SET copies on partitions > 0) make no row.
 func RowOf(en engine.Entry) (*Row, RowKind) {
 	ev, err := engine.Decode(en.Value)
 	if err != nil {
@@ -105,6 +105,12 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		return nil, RowUnreadable
 	}
 	if ki.Category == engine.CatDerived {
+		return nil, RowDerived
+	}
+	// A policy change is appended once to every partition (engine's
+	// setPolicy); partition 0's copy is the operation, the others would
+	// replay as further changes.
+	if ps := ev.GetPolicySet(); ps != nil && ps.Partition > 0 {
 		return nil, RowDerived
 	}
 	r := &Row{

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/mdsync/mdsync/adapters/kafkagroup"
-	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +16,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
+	"github.com/mdsync/mdsync/adapters/nodemetrics"
 
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
@@ -114,7 +116,7 @@ func runServe(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	core, err := newCoreMetrics(reg)
+	core, err := nodemetrics.NewCore(reg)
 	if err != nil {
 		return err
 	}
@@ -139,13 +141,13 @@ func runServe(args []string) error {
 	}
 	defer effects.Close()
 	live := feed.New() // the console's live feed of logins, evictions and kicks
-	onApplied := delivery.Publisher(effects, core.observe, live.Publish)
-	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
+	onApplied := delivery.Publisher(effects, core.Observe, live.Publish)
+	n, err := openNode(ctx, c, brokers, onApplied, core.TimeAppends)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	reg.MustRegister(newLagCollector(n))
+	reg.MustRegister(nodemetrics.NewLag(n))
 
 	// Accounts are events of the log; every process follows them on every
 	// partition into its own store, with its own checkpoint.
