@@ -87,7 +87,8 @@ type wireFrame struct {
 // naming the actor itself — is made again on Submit).
 func validateOp(ev *pb.Event) error {
 	switch ev.Kind {
-	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_PASSWORD_CHANGE, pb.Kind_KIND_USER_REMOVE, pb.Kind_KIND_DELIVER:
+	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_PASSWORD_CHANGE, pb.Kind_KIND_USER_REMOVE, pb.Kind_KIND_DELIVER,
+		pb.Kind_KIND_DEVICE_CONNECTED, pb.Kind_KIND_DEVICE_DISCONNECTED:
 		// Not a device's to submit: refused with 1008 by the gateway.
 		return nil
 	}

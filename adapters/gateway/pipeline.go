@@ -42,6 +42,9 @@ var forbidden = map[pb.Kind]string{
 	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
 	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
 	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
+	// The gateway records a device's connections itself.
+	pb.Kind_KIND_DEVICE_CONNECTED:    "presence is recorded by the gateway",
+	pb.Kind_KIND_DEVICE_DISCONNECTED: "presence is recorded by the gateway",
 }
 
 // admitOp queues an op frame or answers it at once; false ends reading.
