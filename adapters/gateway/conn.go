@@ -46,6 +46,7 @@ type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
 	remote string
+	number uint64 // within the gateway's incarnation, for presence ops
 
 	// Set by register, before any other goroutine sees the conn.
 	app, user, loginID string
@@ -107,7 +108,7 @@ type conn struct {
 func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		g: g, ws: ws, remote: remote,
+		g: g, ws: ws, remote: remote, number: g.connSeq.Add(1),
 		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
@@ -147,6 +148,11 @@ func (c *conn) serve() {
 	c.mu.Unlock()
 	if attached {
 		c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Dec()
+		if !c.sessionOver() {
+			// After wg.Wait: the connect of this connection was appended
+			// (or given up) first. Graceful shutdown waits for it too.
+			c.recordPresence(context.Background(), pb.Kind_KIND_DEVICE_DISCONNECTED)
+		}
 	}
 	if registered {
 		c.g.unregister(c, attached)
@@ -479,6 +485,13 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 	c.pendingEnds = nil
 	c.mu.Unlock()
 	c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Inc()
+	if c.g.o.Process != "" {
+		c.wg.Add(1) // the reader's own goroutine: before serve's Wait
+		go func() {
+			defer c.wg.Done()
+			c.recordPresence(c.ctx, pb.Kind_KIND_DEVICE_CONNECTED)
+		}()
+	}
 	for _, x := range c.g.others(c) {
 		x.terminate(0, statusEnded, nil) // replaced by this connection
 	}
@@ -496,6 +509,37 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 		go c.follow(pos)
 	}
 	return true
+}
+
+// recordPresence appends a presence op of this connection (connect, or
+// disconnect with the last frame's time) when the gateway has a Process.
+// Best effort: a failure is logged and costs only the freshness of the
+// device list (the owner's gateway says who is connected now).
+func (c *conn) recordPresence(ctx context.Context, kind pb.Kind) {
+	if c.g.o.Process == "" {
+		return
+	}
+	p := &pb.DevicePresence{RemoteAddr: c.remote, Process: c.g.o.Process, Incarnation: c.g.o.Incarnation, Connection: c.number}
+	if len(p.RemoteAddr) > engine.MaxRemoteAddrBytes {
+		p.RemoteAddr = p.RemoteAddr[:engine.MaxRemoteAddrBytes]
+	}
+	suffix := ".c"
+	if kind == pb.Kind_KIND_DEVICE_DISCONNECTED {
+		p.LastSeenUnixMs, suffix = c.seen().UnixMilli(), ".d"
+	}
+	ev := &pb.Event{
+		App: c.app, ClientOpId: "pr." + c.g.o.Incarnation + "." + strconv.FormatUint(c.number, 36) + suffix, Kind: kind,
+		Actor: &pb.Actor{User: c.user, LoginId: c.loginID}, Payload: &pb.Event_Presence{Presence: p},
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.g.o.SubmitTimeout)
+	defer cancel()
+	d, err := c.g.o.Engine.Begin(ctx, []*pb.Event{ev})[0].Wait(ctx)
+	if err == nil && d.Code != 0 {
+		err = engine.Errorf(engine.Code(d.Code), "%s", d.Message)
+	}
+	if err != nil {
+		c.g.o.Logger.Debug("gateway: presence not recorded", "kind", engine.KindName(kind), "app", c.app, "user", c.user, "login_id", c.loginID, "err", err)
+	}
 }
 
 // ended is told that the session of this connection's login ID ended.

@@ -176,6 +176,19 @@ type Options struct {
 	OriginPatterns []string
 	// Now is the clock of last-seen times and idle checks. Default time.Now.
 	Now func() time.Time
+	// Process names this process in the presence ops the gateway appends
+	// (its advertised host:port): a DEVICE_CONNECTED when a device attaches,
+	// a DEVICE_DISCONNECTED when that connection ends — never per heartbeat
+	// (docs/design-notes.md, "Device presence"). Default "": nothing is
+	// appended and DeviceInfo knows only what this gateway saw.
+	Process string
+	// Incarnation identifies this run of the process in presence ops: an
+	// id (engine.ValidID) of at most 32 bytes. Default: random.
+	Incarnation string
+	// ClientAddr is a request's client address: the device's remote
+	// address and the rate-limit key of its logins (adapters/clientaddr
+	// picks it behind trusted proxies). Default: r.RemoteAddr.
+	ClientAddr func(r *http.Request) string
 }
 
 func (o *Options) ensureDefaults() {
@@ -218,6 +231,12 @@ func (o *Options) ensureDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Incarnation == "" {
+		o.Incarnation = randomID()
+	}
+	if o.ClientAddr == nil {
+		o.ClientAddr = func(r *http.Request) string { return r.RemoteAddr }
+	}
 }
 
 func (o *Options) validate() error {
@@ -240,6 +259,8 @@ func (o *Options) validate() error {
 		return errors.New("gateway: MaxConnections, MaxOpsInFlight and MaxGatewayOpsInFlight must be >= 1")
 	case o.BusyRetryAfter < time.Millisecond:
 		return errors.New("gateway: Options.BusyRetryAfter must be >= 1ms")
+	case len(o.Process) > engine.MaxProcessBytes || !engine.ValidID(o.Incarnation) || len(o.Incarnation) > 32:
+		return errors.New("gateway: Options.Process must be at most 256 bytes and Incarnation a valid id of at most 32 bytes")
 	}
 	return nil
 }
@@ -266,7 +287,8 @@ type Gateway struct {
 	n        int                            // open connections, counted before the upgrade
 	closing  bool
 
-	inflight atomic.Int64 // ops admitted and not yet answered, all connections
+	inflight atomic.Int64  // ops admitted and not yet answered, all connections
+	connSeq  atomic.Uint64 // numbers connections within the incarnation (presence ops)
 
 	wg        sync.WaitGroup // one per ServeHTTP call
 	stop      chan struct{}  // closed by Shutdown: stops the session check
@@ -327,7 +349,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ws.Close(websocket.StatusPolicyViolation, "subprotocol "+Subprotocol+" required")
 		return
 	}
-	c := newConn(g, ws, r.RemoteAddr)
+	c := newConn(g, ws, g.o.ClientAddr(r))
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()
