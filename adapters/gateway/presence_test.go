@@ -1,0 +1,152 @@
+package gateway_test
+
+import (
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mdsync/mdsync/adapters/clientaddr"
+	"github.com/mdsync/mdsync/adapters/gateway"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+)
+
+// remoteAuth is fakeAuth that records the remote address of each check.
+type remoteAuth struct {
+	mu      sync.Mutex
+	remotes []string
+}
+
+func (a *remoteAuth) Authenticate(app, user, password, token, remote string) error {
+	a.mu.Lock()
+	a.remotes = append(a.remotes, remote)
+	a.mu.Unlock()
+	return fakeAuth{}.Authenticate(app, user, password, token, remote)
+}
+
+// loginFrom logs a device in with an X-Forwarded-For header.
+func loginFrom(t *testing.T, e *env, xff, user, loginID string) *client {
+	t.Helper()
+	hc := &http.Client{Transport: headerTransport{"X-Forwarded-For", xff}}
+	c := dialWith(t, e, hc)
+	c.send(loginFrame{Type: "login", ID: "l", App: "app", User: user, Password: "pw", LoginID: loginID, Platform: 1})
+	if r := c.expect("login_result"); r.Code != 0 {
+		t.Fatalf("login: %+v", r)
+	}
+	c.expect("snapshot")
+	return c
+}
+
+type headerTransport struct{ k, v string }
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(h.k, h.v)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func presenceOf(t *testing.T, e *env, user, loginID string) *pb.Presence {
+	t.Helper()
+	ps, err := e.n.Store.Presence("app", user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps[loginID]
+}
+
+// A gateway with a Process records a connection in the log when the device
+// attaches and when the connection ends — with the client address a
+// trusted proxy forwarded, the process and the last frame — and the record
+// is forgotten when the session ends.
+func TestPresenceRecordedInTheLog(t *testing.T) {
+	proxies, err := clientaddr.Parse("127.0.0.1/32") // the test's own peer is the proxy
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &remoteAuth{}
+	e := newEnv(t, func(o *gateway.Options) {
+		o.Process, o.Incarnation, o.ClientAddr, o.Auth = "gw1:7000", "run1", proxies.Addr, auth
+	})
+	c := loginFrom(t, e, "203.0.113.9, 198.51.100.7", "alice", "a1")
+	var p *pb.Presence
+	eventually(t, "connect recorded", func() bool { p = presenceOf(t, e, "alice", "a1"); return p.GetConnected() })
+	if p.RemoteAddr != "198.51.100.7" || p.Process != "gw1:7000" || p.Incarnation != "run1" || p.ConnectedUnixMs == 0 || p.LastSeenUnixMs != p.ConnectedUnixMs {
+		t.Fatalf("connect record %v", p)
+	}
+	if _, remote, connected := e.g.DeviceInfo("app", "alice", "a1"); !connected || remote != "198.51.100.7" {
+		t.Fatalf("DeviceInfo: %q %v", remote, connected)
+	}
+	auth.mu.Lock()
+	if got := auth.remotes; len(got) != 1 || got[0] != "198.51.100.7" {
+		t.Errorf("Authenticate saw remotes %q, want the forwarded client", got)
+	}
+	auth.mu.Unlock()
+
+	time.Sleep(20 * time.Millisecond)
+	c.send(map[string]string{"type": "ping", "id": "p"})
+	c.expect("pong")
+	c.ws.Close(websocket.StatusNormalClosure, "")
+	eventually(t, "disconnect recorded", func() bool { p = presenceOf(t, e, "alice", "a1"); return p != nil && !p.Connected })
+	if p.LastSeenUnixMs <= p.ConnectedUnixMs || p.RemoteAddr != "198.51.100.7" {
+		t.Fatalf("disconnect record %v: last seen must be the ping, after the connect", p)
+	}
+
+	// A second connection of the device, then a late disconnect of the
+	// first one (replayed by hand) changes nothing.
+	c2 := loginFrom(t, e, "198.51.100.8", "alice", "a1")
+	eventually(t, "reconnect recorded", func() bool { p = presenceOf(t, e, "alice", "a1"); return p.GetConnected() })
+	late := &pb.Event{App: "app", ClientOpId: "late", Kind: pb.Kind_KIND_DEVICE_DISCONNECTED, Actor: &pb.Actor{User: "alice", LoginId: "a1"},
+		Payload: &pb.Event_Presence{Presence: &pb.DevicePresence{Process: "gw1:7000", Incarnation: "run1", Connection: 1, LastSeenUnixMs: 1}}}
+	if d := submit(t, e.n, late); d.Code != 0 {
+		t.Fatalf("late disconnect: %v", d)
+	}
+	if p2 := presenceOf(t, e, "alice", "a1"); !p2.Connected || p2.RemoteAddr != "198.51.100.8" {
+		t.Fatalf("a late disconnect of an older connection changed the record: %v", p2)
+	}
+
+	// The session ends: the record goes with it.
+	kick := &pb.Event{App: "app", ClientOpId: "k", Kind: pb.Kind_KIND_KICK_DEVICE, Actor: &pb.Actor{User: "alice", Admin: true},
+		Payload: &pb.Event_KickDevice{KickDevice: &pb.KickDevice{LoginId: "a1"}}}
+	if d := submit(t, e.n, kick); d.Code != 0 {
+		t.Fatalf("kick: %v", d)
+	}
+	c2.expect("kicked")
+	if p := presenceOf(t, e, "alice", "a1"); p != nil {
+		t.Fatalf("presence of an ended session kept: %v", p)
+	}
+}
+
+// X-Forwarded-For is believed only from a trusted proxy: a device
+// connecting directly is recorded with its TCP peer address.
+func TestPresenceUntrustedForwardedFor(t *testing.T) {
+	proxies, err := clientaddr.Parse("10.0.0.0/8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(o *gateway.Options) { o.Process, o.ClientAddr = "gw1:7000", proxies.Addr })
+	loginFrom(t, e, "198.51.100.7", "bob", "b1")
+	var p *pb.Presence
+	eventually(t, "connect recorded", func() bool { p = presenceOf(t, e, "bob", "b1"); return p.GetConnected() })
+	if host := p.RemoteAddr; len(host) < len("127.0.0.1:") || host[:10] != "127.0.0.1:" {
+		t.Fatalf("remote %q, want the TCP peer 127.0.0.1:port", host)
+	}
+}
+
+// A device may not submit presence: the gateway records it.
+func TestPresenceOpsRefusedFromDevices(t *testing.T) {
+	e := newEnv(t, nil)
+	c, _ := login(t, e, "carol", "c1", 1)
+	c.expect("snapshot")
+	for _, kind := range []string{"KIND_DEVICE_CONNECTED", "KIND_DEVICE_DISCONNECTED"} {
+		r := c.op("x", `{"kind":"`+kind+`","client_op_id":"x1","presence":{"incarnation":"i","remote_addr":"1.2.3.4"}}`)
+		if r.Code != int32(engine.CodeForbidden) {
+			t.Errorf("%s from a device: %+v, want 1008", kind, r)
+		}
+	}
+	ps, err := e.n.Store.Presence("app", "carol")
+	if err != nil || len(ps) != 0 {
+		t.Fatalf("presence after refused ops: %v %v", ps, err)
+	}
+}
