@@ -9,29 +9,32 @@ import (
 // nothing is recorded). It reads only its arguments. A connect records the
 // connection it names; a disconnect ends only the connection recorded (an
 // older connection's late disconnect, after the device reconnected, changes
-// nothing) and records its last frame, clamped to [connect time, event
-// time] so a gateway's clock cannot move it outside the connection. The
-// second result is false when nothing changed.
+// nothing). Both carry the connection's last frame as the gateway saw it;
+// last seen is that time, never after the event's own time (the gateway's
+// clock cannot move it into the future) and never backwards. The second
+// result is false when nothing changed.
 func ApplyPresence(cur *pb.Presence, ev *pb.Event) (*pb.Presence, bool) {
 	p := ev.GetPresence()
+	seen := p.GetLastSeenUnixMs()
+	if seen <= 0 || seen > ev.TimeUnixMs {
+		seen = ev.TimeUnixMs
+	}
 	switch ev.Kind {
 	case pb.Kind_KIND_DEVICE_CONNECTED:
 		return &pb.Presence{
 			RemoteAddr: p.GetRemoteAddr(), Process: p.GetProcess(), Incarnation: p.GetIncarnation(),
 			Connection: p.GetConnection(), Connected: true,
-			ConnectedUnixMs: ev.TimeUnixMs, LastSeenUnixMs: ev.TimeUnixMs,
+			ConnectedUnixMs: ev.TimeUnixMs, LastSeenUnixMs: seen,
 		}, true
 	case pb.Kind_KIND_DEVICE_DISCONNECTED:
 		if !cur.GetConnected() || cur.Incarnation != p.GetIncarnation() || cur.Connection != p.GetConnection() {
 			return cur, false
 		}
-		seen := min(max(p.GetLastSeenUnixMs(), cur.ConnectedUnixMs), ev.TimeUnixMs)
-		next := &pb.Presence{
+		return &pb.Presence{
 			RemoteAddr: cur.RemoteAddr, Process: cur.Process, Incarnation: cur.Incarnation,
 			Connection: cur.Connection, ConnectedUnixMs: cur.ConnectedUnixMs,
 			LastSeenUnixMs: max(seen, cur.LastSeenUnixMs),
-		}
-		return next, true
+		}, true
 	}
 	return cur, false
 }

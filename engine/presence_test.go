@@ -13,9 +13,9 @@ func presenceEv(kind pb.Kind, at int64, inc string, conn uint64, seen int64, add
 }
 
 func TestApplyPresence(t *testing.T) {
-	conn := presenceEv(pb.Kind_KIND_DEVICE_CONNECTED, 1000, "i1", 7, 0, "1.2.3.4:5")
+	conn := presenceEv(pb.Kind_KIND_DEVICE_CONNECTED, 1000, "i1", 7, 990, "1.2.3.4:5")
 	st, changed := ApplyPresence(nil, conn)
-	want := &pb.Presence{RemoteAddr: "1.2.3.4:5", Process: "p:1", Incarnation: "i1", Connection: 7, Connected: true, ConnectedUnixMs: 1000, LastSeenUnixMs: 1000}
+	want := &pb.Presence{RemoteAddr: "1.2.3.4:5", Process: "p:1", Incarnation: "i1", Connection: 7, Connected: true, ConnectedUnixMs: 1000, LastSeenUnixMs: 990}
 	if !changed || !proto.Equal(st, want) {
 		t.Fatalf("connect: %v %v", st, changed)
 	}
@@ -25,11 +25,11 @@ func TestApplyPresence(t *testing.T) {
 		changed  bool
 		lastSeen int64
 	}{
-		{"other connection", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 8, 4000, ""), false, 1000},
-		{"other incarnation", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i0", 7, 4000, ""), false, 1000},
+		{"other connection", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 8, 4000, ""), false, 990},
+		{"other incarnation", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i0", 7, 4000, ""), false, 990},
 		{"last frame", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 7, 4000, ""), true, 4000},
 		{"last frame after the event: clamped", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 7, 9000, ""), true, 5000},
-		{"last frame before the connect: clamped", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 7, 10, ""), true, 1000},
+		{"last frame before the recorded one: kept", presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 7, 10, ""), true, 990},
 	} {
 		got, changed := ApplyPresence(st, c.ev)
 		if changed != c.changed || got.LastSeenUnixMs != c.lastSeen || (changed && got.Connected) || got.RemoteAddr != "1.2.3.4:5" {
@@ -46,6 +46,13 @@ func TestApplyPresence(t *testing.T) {
 	}
 	if _, changed := ApplyPresence(nil, presenceEv(pb.Kind_KIND_DEVICE_DISCONNECTED, 5000, "i1", 7, 4000, "")); changed {
 		t.Error("disconnect without a record changed it")
+	}
+	// A connect without a last frame, or one after the event, is seen at
+	// the event's time.
+	for _, seen := range []int64{0, 2000} {
+		if got, _ := ApplyPresence(nil, presenceEv(pb.Kind_KIND_DEVICE_CONNECTED, 1000, "i1", 7, seen, "")); got.LastSeenUnixMs != 1000 {
+			t.Errorf("connect with last frame %d: last seen %d", seen, got.LastSeenUnixMs)
+		}
 	}
 }
 

@@ -511,21 +511,22 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 	return true
 }
 
-// recordPresence appends a presence op of this connection (connect, or
-// disconnect with the last frame's time) when the gateway has a Process.
+// recordPresence appends a presence op of this connection, with its last
+// frame's time, when the gateway has a Process.
 // Best effort: a failure is logged and costs only the freshness of the
 // device list (the owner's gateway says who is connected now).
 func (c *conn) recordPresence(ctx context.Context, kind pb.Kind) {
 	if c.g.o.Process == "" {
 		return
 	}
-	p := &pb.DevicePresence{RemoteAddr: c.remote, Process: c.g.o.Process, Incarnation: c.g.o.Incarnation, Connection: c.number}
+	p := &pb.DevicePresence{RemoteAddr: c.remote, Process: c.g.o.Process, Incarnation: c.g.o.Incarnation, Connection: c.number,
+		LastSeenUnixMs: c.seen().UnixMilli()}
 	if len(p.RemoteAddr) > engine.MaxRemoteAddrBytes {
 		p.RemoteAddr = p.RemoteAddr[:engine.MaxRemoteAddrBytes]
 	}
 	suffix := ".c"
 	if kind == pb.Kind_KIND_DEVICE_DISCONNECTED {
-		p.LastSeenUnixMs, suffix = c.seen().UnixMilli(), ".d"
+		suffix = ".d"
 	}
 	ev := &pb.Event{
 		App: c.app, ClientOpId: "pr." + c.g.o.Incarnation + "." + strconv.FormatUint(c.number, 36) + suffix, Kind: kind,

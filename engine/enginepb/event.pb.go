@@ -974,8 +974,8 @@ type DevicePresence struct {
 	// connection numbers the connection within the incarnation: a
 	// DISCONNECTED ends only the connection it names.
 	Connection uint64 `protobuf:"varint,4,opt,name=connection,proto3" json:"connection,omitempty"`
-	// last_seen_unix_ms (DISCONNECTED): when the gateway last received a
-	// frame of the connection, by the gateway's clock.
+	// last_seen_unix_ms: when the gateway last received a frame of the
+	// connection (the login, for CONNECTED), by the gateway's clock.
 	LastSeenUnixMs int64 `protobuf:"varint,5,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

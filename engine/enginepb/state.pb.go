@@ -218,8 +218,8 @@ type Presence struct {
 	// connection since.
 	Connected       bool  `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
 	ConnectedUnixMs int64 `protobuf:"varint,6,opt,name=connected_unix_ms,json=connectedUnixMs,proto3" json:"connected_unix_ms,omitempty"`
-	// last_seen_unix_ms: the connect time, then the last frame reported by
-	// the disconnect.
+	// last_seen_unix_ms: the connection's last frame as its connect, then
+	// its disconnect, reported it.
 	LastSeenUnixMs int64 `protobuf:"varint,7,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
