@@ -311,7 +311,8 @@ func (c *conn) start(f *frame) bool {
 				msg = "the user's partition is not served here and its owner is not known yet; retry"
 			}
 			c.g.m.logins.WithLabelValues(codeLabel(int32(engine.CodeNotOwner))).Inc()
-			b, _ := json.Marshal(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr})
+			b, _ := json.Marshal(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr,
+				RetryAfterMs: c.g.retryAfter(engine.CodeNotOwner, addr)})
 			c.terminate(engine.CodeNotOwner, statusEnded, b)
 			return false
 		}
@@ -462,7 +463,7 @@ func (c *conn) register() bool {
 // refuse answers a login or resume with a non-zero code and closes.
 func (c *conn) refuse(id string, code engine.Code, msg string) {
 	c.g.m.logins.WithLabelValues(codeLabel(int32(code))).Inc()
-	c.reply(loginResultFrame{Type: "login_result", ID: id, Code: int32(code), Message: msg}, "login_result")
+	c.reply(loginResultFrame{Type: "login_result", ID: id, Code: int32(code), Message: msg, RetryAfterMs: c.g.retryAfter(code, "")}, "login_result")
 	c.closeAfterQueued(code, statusEnded)
 }
 

@@ -333,6 +333,8 @@ type errorFrame struct {
 	Code    int32  `json:"code"`
 	Message string `json:"message,omitempty"`
 	Addr    string `json:"addr,omitempty"` // 1018: the owner's address
+	// RetryAfterMs: a retry after this long may succeed (retryAfter).
+	RetryAfterMs int64 `json:"retry_after_ms,omitempty"`
 }
 
 type loginResultFrame struct {
@@ -344,6 +346,7 @@ type loginResultFrame struct {
 	Reconnect     bool   `json:"reconnect,omitempty"`
 	Resumed       bool   `json:"resumed,omitempty"`
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	RetryAfterMs  int64  `json:"retry_after_ms,omitempty"`
 }
 
 type resultFrame struct {
@@ -355,6 +358,10 @@ type resultFrame struct {
 	MessageID string `json:"message_id,omitempty"`
 	Partition int32  `json:"partition"`
 	Offset    int64  `json:"offset"`
+	// RetryAfterMs comes with a refusal a retry may cure (1009, 1018
+	// without an owner, 1019): send the op again, same client_op_id, after
+	// it.
+	RetryAfterMs int64 `json:"retry_after_ms,omitempty"`
 }
 
 type eventFrame struct {

@@ -163,6 +163,12 @@ type Options struct {
 	// BusyRetryAfter is the retry_after_ms a 1019 refusal carries.
 	// Default 100ms.
 	BusyRetryAfter time.Duration
+	// UnavailableRetryAfter is the retry_after_ms of a refusal a retry may
+	// cure that is not 1019: 1009 (the log or the store did not answer in
+	// time) and 1018 without an owner's address (the user's partition is
+	// moving or being restored). Default 1s, like the REST API's
+	// Retry-After.
+	UnavailableRetryAfter time.Duration
 	// SessionCheckInterval is the period of the check that closes every
 	// connection whose session the log has ended, in case the effect that
 	// should have closed it was lost: one ticker per gateway, jittered by
@@ -225,6 +231,9 @@ func (o *Options) ensureDefaults() {
 	if o.BusyRetryAfter == 0 {
 		o.BusyRetryAfter = 100 * time.Millisecond
 	}
+	if o.UnavailableRetryAfter == 0 {
+		o.UnavailableRetryAfter = time.Second
+	}
 	if o.SessionCheckInterval == 0 {
 		o.SessionCheckInterval = 5 * time.Second
 	}
@@ -257,8 +266,8 @@ func (o *Options) validate() error {
 		return errors.New("gateway: timeouts must be positive")
 	case o.MaxConnections < 1 || o.MaxOpsInFlight < 1 || o.MaxGatewayOpsInFlight < 1:
 		return errors.New("gateway: MaxConnections, MaxOpsInFlight and MaxGatewayOpsInFlight must be >= 1")
-	case o.BusyRetryAfter < time.Millisecond:
-		return errors.New("gateway: Options.BusyRetryAfter must be >= 1ms")
+	case o.BusyRetryAfter < time.Millisecond || o.UnavailableRetryAfter < time.Millisecond:
+		return errors.New("gateway: Options.BusyRetryAfter and UnavailableRetryAfter must be >= 1ms")
 	case len(o.Process) > engine.MaxProcessBytes || !engine.ValidID(o.Incarnation) || len(o.Incarnation) > 32:
 		return errors.New("gateway: Options.Process must be at most 256 bytes and Incarnation a valid id of at most 32 bytes")
 	}

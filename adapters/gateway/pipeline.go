@@ -93,10 +93,10 @@ func (c *conn) admitOp(f *frame) bool {
 // busy refuses an op with CodeBusy; bound names the bound that was full.
 func (c *conn) busy(id, bound string) bool {
 	c.g.m.busy.WithLabelValues(bound).Inc()
-	return c.reply(busyResultFrame{
-		resultFrame: resultFrame{Type: "result", ID: id, Code: int32(CodeBusy),
-			Message: "too many operations in flight on this " + bound + "; retry after retry_after_ms"},
-		RetryAfterMs: c.g.o.BusyRetryAfter.Milliseconds(),
+	return c.reply(resultFrame{
+		Type: "result", ID: id, Code: int32(CodeBusy),
+		Message:      "too many operations in flight on this " + bound + "; retry after retry_after_ms",
+		RetryAfterMs: c.g.retryAfter(CodeBusy, ""),
 	}, "result")
 }
 
@@ -170,6 +170,7 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 		res.Code, res.Message = d.Code, d.Message
 		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
 	}
+	res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
 	c.reply(res, "result")
 	if r.logout {
 		c.mu.Lock()

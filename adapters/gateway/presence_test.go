@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"net/http"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/mdsync/mdsync/adapters/clientaddr"
 	"github.com/mdsync/mdsync/adapters/gateway"
+	"github.com/mdsync/mdsync/adapters/node"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
@@ -149,5 +151,52 @@ func TestPresenceOpsRefusedFromDevices(t *testing.T) {
 	ps, err := e.n.Store.Presence("app", "carol")
 	if err != nil || len(ps) != 0 {
 		t.Fatalf("presence after refused ops: %v %v", ps, err)
+	}
+}
+
+// refusing answers every message op with a fixed error, and passes the rest.
+type refusing struct {
+	gateway.Submitter
+	err error
+}
+
+func (r refusing) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending {
+	if ops[0].Kind == pb.Kind_KIND_MESSAGE_SEND {
+		return []*engine.Pending{engine.Resolved(nil, r.err)}
+	}
+	return r.Submitter.Begin(ctx, ops)
+}
+
+type noOwner struct{}
+
+func (noOwner) Owner(app, user string) (string, bool) { return "", false }
+
+// A refusal a retry may cure carries retry_after_ms: 1009 and 1018
+// without an owner's address (UnavailableRetryAfter), 1019
+// (BusyRetryAfter); a refusal that will not change has none.
+func TestRetryAfterOnRefusals(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int64
+	}{
+		{engine.Errorf(engine.CodeUnavailable, "the log did not answer"), 1500},
+		{engine.Errorf(engine.CodeNotOwner, "partition 1 is moving; retry"), 1500},
+		{engine.Errorf(engine.CodeInvalidArgument, "bad"), 0},
+	} {
+		e := newEnvHooks(t, func(o *gateway.Options) { o.UnavailableRetryAfter = 1500 * time.Millisecond },
+			envHooks{engine: func(_ *node.Node, s gateway.Submitter) gateway.Submitter { return refusing{s, c.err} }})
+		dev, _ := login(t, e, "dan", "d1", 1)
+		dev.expect("snapshot")
+		r := dev.op("m", msgJSON("eve", "m1", "hi"))
+		if r.Code != int32(engine.CodeOf(c.err)) || r.RetryAfterMs != c.want {
+			t.Errorf("%v: result %+v, want retry_after_ms %d", c.err, r, c.want)
+		}
+	}
+	// A login refused because nobody is known to serve the user yet.
+	e := newEnv(t, func(o *gateway.Options) { o.Owner = noOwner{} })
+	dev := dial(t, e)
+	dev.send(loginFrame{Type: "login", ID: "l", App: "app", User: "fay", Password: "pw", LoginID: "f1", Platform: 1})
+	if f := dev.expect("error"); f.Code != int32(engine.CodeNotOwner) || f.Addr != "" || f.RetryAfterMs != 1000 {
+		t.Errorf("login without a known owner: %+v, want 1018 with retry_after_ms 1000", f)
 	}
 }
