@@ -439,6 +439,15 @@ func (c *conn) sessionGone(afterQueued bool) {
 	c.close(afterQueued, engine.CodeNotFound, statusEnded, errorJSON("", engine.CodeNotFound, "no active session with login ID "+c.loginID))
 }
 
+// moved closes an attached connection whose user's partition another
+// process (addr) now serves, with error 1018 naming it: the device logs in
+// there. Its disconnect is recorded (serve), through the owner.
+func (c *conn) moved(addr string) {
+	c.g.m.sessionChecks.Inc()
+	b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner), Message: "the user's partition is now served by " + addr, Addr: addr})
+	c.terminate(engine.CodeNotOwner, statusEnded, b)
+}
+
 // close is terminate, or (afterQueued) the same once the frames queued
 // before it are written.
 func (c *conn) close(afterQueued bool, code engine.Code, status websocket.StatusCode, final []byte) {

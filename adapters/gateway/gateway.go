@@ -503,7 +503,8 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // sweepSessions checks every connected user once, sessionCheckBatch users
-// at a time.
+// at a time: connections of a user another process now serves are sent
+// there, ended sessions are closed, and followers are woken.
 func (g *Gateway) sweepSessions() {
 	g.mu.RLock()
 	keys := make([]userKey, 0, len(g.users))
@@ -536,6 +537,18 @@ func (g *Gateway) sweepSessions() {
 			}
 			if len(conns[i]) == 0 {
 				continue
+			}
+			if g.o.Owner != nil {
+				// The user's partition moved to another process: this
+				// store no longer follows it, so the device would see
+				// nothing new here. Send it to the owner (1018 with the
+				// address), as a new login would be.
+				if addr, local := g.o.Owner.Owner(k.app, k.user); !local && addr != "" {
+					for _, c := range conns[i] {
+						c.moved(addr)
+					}
+					continue
+				}
 			}
 			ss, err := g.o.Store.Devices(k.app, k.user)
 			if err != nil {
@@ -688,7 +701,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 	})
 	m.sessionChecks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mdsync_gateway_session_check_closes_total",
-		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them).",
+		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them, or their user's partition moved to another process).",
 	})
 	m.live = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mdsync_gateway_live_events_total",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,5 +199,33 @@ func TestRetryAfterOnRefusals(t *testing.T) {
 	dev.send(loginFrame{Type: "login", ID: "l", App: "app", User: "fay", Password: "pw", LoginID: "f1", Platform: 1})
 	if f := dev.expect("error"); f.Code != int32(engine.CodeNotOwner) || f.Addr != "" || f.RetryAfterMs != 1000 {
 		t.Errorf("login without a known owner: %+v, want 1018 with retry_after_ms 1000", f)
+	}
+}
+
+// switchOwner serves every user here until moveTo is set.
+type switchOwner struct{ to atomic.Value }
+
+func (o *switchOwner) Owner(app, user string) (string, bool) {
+	if a, _ := o.to.Load().(string); a != "" {
+		return a, false
+	}
+	return "", true
+}
+
+// A connection whose user's partition moved to another process is sent
+// there by the session check (1018 with the owner's address): this
+// process's store no longer follows the user.
+func TestMovedUserSentToNewOwner(t *testing.T) {
+	owner := &switchOwner{}
+	e := newEnv(t, func(o *gateway.Options) { o.Owner, o.SessionCheckInterval = owner, 30*time.Millisecond })
+	dev, _ := login(t, e, "gus", "g1", 1)
+	dev.expect("snapshot")
+	owner.to.Store("10.0.0.9:8080")
+	f := dev.expect("error")
+	if f.Code != int32(engine.CodeNotOwner) || f.Addr != "10.0.0.9:8080" {
+		t.Fatalf("after the move: %+v, want 1018 naming the new owner", f)
+	}
+	if st := dev.closed(); st != 4000 {
+		t.Fatalf("close status %d, want 4000", st)
 	}
 }
