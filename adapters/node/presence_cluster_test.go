@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -98,21 +99,28 @@ func (p *presenceProc) stop(graceful bool) {
 	p.n.Close()
 }
 
-// get returns the body of an admin GET on p.
+// get returns the body of an admin GET on p; a 503 (a rebalance under
+// way: no owner known for a moment) is retried, as the SDKs do.
 func (p *presenceProc) get(path string) []byte {
 	p.t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+p.addr+path, nil)
-	req.Header.Set("Authorization", "Bearer "+presenceAdmin)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		p.t.Fatal(err)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", "http://"+p.addr+path, nil)
+		req.Header.Set("Authorization", "Bearer "+presenceAdmin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return b
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			p.t.Fatalf("GET %s on %s: %d %s", path, p.addr, resp.StatusCode, b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		p.t.Fatalf("GET %s on %s: %d %s", path, p.addr, resp.StatusCode, b)
-	}
-	return b
 }
 
 type listedDevice struct {
@@ -123,22 +131,32 @@ type listedDevice struct {
 	Process    string `json:"process"`
 }
 
-// sameDevices reads user's device list on every process, checks the
-// answers are byte for byte the same, and returns the one device listed.
+// sameDevices reads user's device list on every process until the answers
+// are byte for byte the same (they may differ only while a rebalance moves
+// the user between two reads) and returns the one device listed.
 func sameDevices(t *testing.T, user string, procs ...*presenceProc) (listedDevice, []byte) {
 	t.Helper()
 	path := "/v1/apps/app/users/" + user + "/devices"
-	first := procs[0].get(path)
-	for _, p := range procs[1:] {
-		if b := p.get(path); !bytes.Equal(b, first) {
-			t.Fatalf("devices of %s differ:\n%s: %s\n%s: %s", user, procs[0].addr, first, p.addr, b)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		first, differ := procs[0].get(path), ""
+		for _, p := range procs[1:] {
+			if b := p.get(path); !bytes.Equal(b, first) {
+				differ = fmt.Sprintf("%s: %s\n%s: %s", procs[0].addr, first, p.addr, b)
+			}
 		}
+		if differ == "" {
+			var l struct{ Devices []listedDevice }
+			if err := json.Unmarshal(first, &l); err != nil || len(l.Devices) != 1 {
+				t.Fatalf("devices of %s: %s %v", user, first, err)
+			}
+			return l.Devices[0], first
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("devices of %s differ:\n%s", user, differ)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	var l struct{ Devices []listedDevice }
-	if err := json.Unmarshal(first, &l); err != nil || len(l.Devices) != 1 {
-		t.Fatalf("devices of %s: %s %v", user, first, err)
-	}
-	return l.Devices[0], first
 }
 
 func waitReady(t *testing.T, procs ...*presenceProc) {
@@ -159,43 +177,61 @@ func waitReady(t *testing.T, procs ...*presenceProc) {
 	}
 }
 
-// ownerOf returns the process that serves user.
+// ownerOf returns the process that serves user (waiting while nobody does:
+// a rebalance under way).
 func ownerOf(t *testing.T, user string, procs ...*presenceProc) *presenceProc {
 	t.Helper()
-	for _, p := range procs {
-		if _, local := p.n.Owner("app", user); local {
-			return p
-		}
-	}
-	t.Fatalf("nobody serves %s", user)
-	return nil
-}
-
-// connect logs a device in on its user's owner over the WebSocket.
-func connect(t *testing.T, p *presenceProc, user, loginID string) *websocket.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws://"+p.addr+"/v1/ws", &websocket.DialOptions{Subprotocols: []string{gateway.Subprotocol}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(map[string]any{"type": "login", "id": "l", "app": "app", "user": user, "password": "x", "login_id": loginID, "platform": 1, "device_name": "phone"})
-	if err := ws.Write(ctx, websocket.MessageText, b); err != nil {
-		t.Fatal(err)
-	}
-	_, b, err = ws.Read(ctx)
-	if err != nil || !strings.Contains(string(b), `"login_result"`) || strings.Contains(string(b), `"code":1`) {
-		t.Fatalf("login of %s on %s: %s %v", user, p.addr, b, err)
-	}
-	go func() { // drain: the snapshot, then nothing
-		for {
-			if _, _, err := ws.Read(context.Background()); err != nil {
-				return
+	var p *presenceProc
+	until(t, "an owner of "+user, func() bool {
+		for _, q := range procs {
+			if _, local := q.n.Owner("app", user); local {
+				p = q
+				return true
 			}
 		}
-	}()
-	return ws
+		return false
+	})
+	return p
+}
+
+// connect logs a device in on its user's owner over the WebSocket; a 1018
+// (the partition moved meanwhile) is retried on the new owner, as the SDKs
+// do.
+func connect(t *testing.T, user, loginID string, procs ...*presenceProc) (*websocket.Conn, *presenceProc) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p := ownerOf(t, user, procs...)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ws, _, err := websocket.Dial(ctx, "ws://"+p.addr+"/v1/ws", &websocket.DialOptions{Subprotocols: []string{gateway.Subprotocol}})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(map[string]any{"type": "login", "id": "l", "app": "app", "user": user, "password": "x", "login_id": loginID, "platform": 1, "device_name": "phone"})
+		if err := ws.Write(ctx, websocket.MessageText, b); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		_, b, err = ws.Read(ctx)
+		cancel()
+		if err == nil && strings.Contains(string(b), `"code":1018`) && time.Now().Before(deadline) {
+			ws.CloseNow()
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil || !strings.Contains(string(b), `"login_result"`) || strings.Contains(string(b), `"code":1`) {
+			t.Fatalf("login of %s on %s: %s %v", user, p.addr, b, err)
+		}
+		go func() { // drain: the snapshot, then nothing
+			for {
+				if _, _, err := ws.Read(context.Background()); err != nil {
+					return
+				}
+			}
+		}()
+		return ws, p
+	}
 }
 
 func until(t *testing.T, what string, cond func() bool) {
@@ -223,12 +259,12 @@ func TestPresenceSameOnEveryProcess(t *testing.T) {
 	each := [][]int32{a.n.Owned(), b.n.Owned()}
 	ua, ub := userOn(each[0][0], parts), userOn(each[1][0], parts)
 
-	wsA := connect(t, ownerOf(t, ua, a, b), ua, "da")
-	wsB := connect(t, ownerOf(t, ub, a, b), ub, "db")
+	wsA, ownA := connect(t, ua, "da", a, b)
+	wsB, ownB := connect(t, ub, "db", a, b)
 	for _, c := range []struct {
 		user  string
 		owner *presenceProc
-	}{{ua, a}, {ub, b}} {
+	}{{ua, ownA}, {ub, ownB}} {
 		var d listedDevice
 		until(t, c.user+" connected", func() bool { d, _ = sameDevices(t, c.user, a, b); return d.Connected })
 		if !strings.HasPrefix(d.RemoteAddr, "127.0.0.1:") || d.LastSeen == 0 || d.Process != c.owner.addr {
