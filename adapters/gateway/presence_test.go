@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -87,10 +88,18 @@ func TestPresenceRecordedInTheLog(t *testing.T) {
 	}
 	auth.mu.Unlock()
 
+	// Heartbeats append nothing: a connection costs two records, however
+	// long it lasts.
+	before := logEnds(t, e.n)
 	connectedSeen := p.LastSeenUnixMs
 	time.Sleep(20 * time.Millisecond)
-	c.send(map[string]string{"type": "ping", "id": "p"})
-	c.expect("pong")
+	for i := 0; i < 50; i++ {
+		c.send(map[string]string{"type": "ping", "id": "p"})
+		c.expect("pong")
+	}
+	if after := logEnds(t, e.n); !slices.Equal(before, after) {
+		t.Fatalf("50 pings appended to the log: ends %v, then %v", before, after)
+	}
 	c.ws.Close(websocket.StatusNormalClosure, "")
 	eventually(t, "disconnect recorded", func() bool { p = presenceOf(t, e, "alice", "a1"); return p != nil && !p.Connected })
 	if p.LastSeenUnixMs < connectedSeen+20 || p.RemoteAddr != "198.51.100.7" {
