@@ -62,6 +62,11 @@ type Row struct {
 	MuteMs         int64             `json:"mute_ms,omitempty"`
 	ThreadID       string            `json:"thread_id,omitempty"`
 	RoomID         string            `json:"room_id,omitempty"`
+	RemoteAddr     string            `json:"remote_addr,omitempty"`
+	Process        string            `json:"process,omitempty"`
+	Incarnation    string            `json:"incarnation,omitempty"`
+	Connection     uint64            `json:"connection,omitempty"`
+	LastSeenMs     int64             `json:"last_seen_ms,omitempty"`
 
 	// For columnar writers, which keep what JSON leaves out: whether the
 	// row is a login (its platform and auto_login are set, even when
@@ -178,6 +183,9 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		r.ThreadID, r.GroupID, r.Name, r.Users, r.MessageID = t.ThreadId, t.GroupId, t.Name, t.Users, t.MessageId
 	case *pb.Event_Chatroom:
 		r.RoomID = pl.Chatroom.RoomId
+	case *pb.Event_Presence:
+		p := pl.Presence
+		r.RemoteAddr, r.Process, r.Incarnation, r.Connection, r.LastSeenMs = p.RemoteAddr, p.Process, p.Incarnation, p.Connection, p.LastSeenUnixMs
 	}
 	return r, RowEvent
 }
