@@ -65,6 +65,11 @@ type Row struct {
 	// PasswordHash is always engine.RedactedHash: a password hash never
 	// leaves the log through a row (an export, a replay's echo).
 	PasswordHash string `json:"password_hash,omitempty"`
+	RemoteAddr   string `json:"remote_addr,omitempty"`
+	Process      string `json:"process,omitempty"`
+	Incarnation  string `json:"incarnation,omitempty"`
+	Connection   uint64 `json:"connection,omitempty"`
+	LastSeenMs   int64  `json:"last_seen_ms,omitempty"`
 
 	// For columnar writers, which keep what JSON leaves out: whether the
 	// row is a login (its platform and auto_login are set, even when
@@ -187,6 +192,9 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		// and a replay of it decides alike (the account exists), though no
 		// password matches it.
 		r.PasswordHash = engine.RedactedHash
+	case *pb.Event_Presence:
+		p := pl.Presence
+		r.RemoteAddr, r.Process, r.Incarnation, r.Connection, r.LastSeenMs = p.RemoteAddr, p.Process, p.Incarnation, p.Connection, p.LastSeenUnixMs
 	}
 	return r, RowEvent
 }

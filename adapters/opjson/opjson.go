@@ -102,6 +102,11 @@ type opJSON struct {
 	ThreadID       string            `json:"thread_id"`
 	RoomID         string            `json:"room_id"`
 	PasswordHash   string            `json:"password_hash"`
+	RemoteAddr     string            `json:"remote_addr"`
+	Process        string            `json:"process"`
+	Incarnation    string            `json:"incarnation"`
+	Connection     uint64            `json:"connection"`
+	LastSeenMs     int64             `json:"last_seen_ms"`
 
 	// Fields of `mdsync export` lines (docs/events.md): body_base64 is a
 	// body that is not UTF-8, timeline_* are policy retention settings.
@@ -141,6 +146,9 @@ var PayloadFields = map[string][]string{
 	// password_hash: an argon2id PHC string; an export writes
 	// engine.RedactedHash instead (Encode).
 	"credential": {"login_id", "password_hash"},
+	// Presence ops are the gateway's (device_connected, ...): exported so a
+	// replay rebuilds the same device table; login_id is the device.
+	"presence": {"login_id", "remote_addr", "process", "incarnation", "connection", "last_seen_ms"},
 }
 
 func invalid(format string, args ...any) error {
@@ -320,6 +328,11 @@ func fillPayload(ev *pb.Event, payload string, j *opJSON) error {
 		ev.Payload = &pb.Event_Chatroom{Chatroom: &pb.ChatroomOp{RoomId: j.RoomID}}
 	case "credential":
 		ev.Payload = &pb.Event_Credential{Credential: &pb.Credential{PasswordHash: j.PasswordHash}}
+	case "presence":
+		ev.Payload = &pb.Event_Presence{Presence: &pb.DevicePresence{
+			RemoteAddr: j.RemoteAddr, Process: j.Process, Incarnation: j.Incarnation,
+			Connection: j.Connection, LastSeenUnixMs: j.LastSeenMs,
+		}}
 	default:
 		return engine.Errorf(engine.CodeInternal, "op %s has no JSON mapping", engine.KindName(ev.Kind))
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
+	"github.com/mdsync/mdsync/adapters/clientaddr"
 	"github.com/mdsync/mdsync/adapters/console"
 	"github.com/mdsync/mdsync/adapters/delivery"
 	"github.com/mdsync/mdsync/adapters/feed"
@@ -58,6 +59,7 @@ type serveConfig struct {
 	rf         int
 	origins    string
 	debugAddr  string
+	proxies    string
 	gw         gateway.Options
 }
 
@@ -85,7 +87,12 @@ func runServe(args []string) error {
 	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
 	fs.StringVar(&c.origins, "allowed-origins", "", "comma-separated browser origins (scheme://host:port, or *) allowed besides the server's own: the WebSocket handshake and CORS on the user routes; admin routes never (env MDSYNC_ALLOWED_ORIGINS)")
 	fs.StringVar(&c.debugAddr, "debug-addr", defaultDebugAddr, "internal listener for /debug/pprof/ and /metrics without the admin token (debug.go); keep it on loopback or a private network; empty disables (env MDSYNC_DEBUG_ADDR)")
+	fs.StringVar(&c.proxies, "trusted-proxies", "", "comma-separated CIDR ranges or addresses of reverse proxies whose X-Forwarded-For is believed (the rightmost address not in the list is the client's); empty: the TCP peer is the client (env MDSYNC_TRUSTED_PROXIES)")
 	if err := parseSettings(fs, args); err != nil {
+		return err
+	}
+	proxies, err := clientaddr.Parse(c.proxies)
+	if err != nil {
 		return err
 	}
 	var origins []string
@@ -179,6 +186,7 @@ func runServe(args []string) error {
 	gopts := c.gw
 	gopts.OriginPatterns = origins
 	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, sub, n.Store, n, reg, logger
+	gopts.Process, gopts.ClientAddr = c.advertise, proxies.Addr
 	gw, err := gateway.New(gopts)
 	if err != nil {
 		return err
@@ -222,8 +230,14 @@ func runServe(args []string) error {
 	aggErr := make(chan error, 1)
 	go func() { aggErr <- agg.Run(ctx, n.Log) }()
 
+	// Reads about a user are answered by the owner of its partition.
+	reads, err := forward.NewReads(forward.Options{Token: token, Logger: logger})
+	if err != nil {
+		return err
+	}
 	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
+		Owner: n, Reads: reads, Process: c.advertise, ClientAddr: proxies.Addr,
 		Ready:          n.Ready,
 		AdminRoutes:    map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
 		AllowedOrigins: origins,
