@@ -658,12 +658,13 @@ func (c *conn) run() {
 	}
 }
 
-// snapshot queues a snapshot frame; it returns the position it is current at.
+// snapshot queues a snapshot's frames (snapshot.go); it returns the
+// position it is current at.
 func (c *conn) snapshot(resync bool) (string, uint64, bool) {
 	s, err := c.g.o.Store.Snapshot(c.app, c.user)
-	var b []byte
+	var parts [][]byte
 	if err == nil {
-		b, err = encodeSnapshot(s, resync)
+		parts, err = snapshotParts(s, resync, c.g.o.SnapshotPartBytes)
 	}
 	if err != nil {
 		if c.ctx.Err() == nil {
@@ -672,29 +673,12 @@ func (c *conn) snapshot(resync bool) (string, uint64, bool) {
 		return "", 0, false
 	}
 	c.setSent(s.Meta.Epoch, s.Meta.LastSeq)
-	if !c.push(outFrame{b: b, typ: "snapshot"}) {
-		return "", 0, false
+	for _, b := range parts {
+		if !c.push(outFrame{b: b, typ: "snapshot"}) {
+			return "", 0, false
+		}
 	}
 	return s.Meta.Epoch, s.Meta.LastSeq, true
-}
-
-func encodeSnapshot(s *projections.Snapshot, resync bool) ([]byte, error) {
-	f := snapshotFrame{Type: "snapshot", Resync: resync, Epoch: s.Meta.GetEpoch(), Seq: s.Meta.GetLastSeq(), Conversations: []json.RawMessage{}}
-	var err error
-	if f.Contacts, err = pjson.Marshal(s.Contacts); err != nil {
-		return nil, err
-	}
-	if f.Groups, err = pjson.Marshal(s.Groups); err != nil {
-		return nil, err
-	}
-	for _, cv := range s.Conversations {
-		b, err := pjson.Marshal(cv)
-		if err != nil {
-			return nil, err
-		}
-		f.Conversations = append(f.Conversations, b)
-	}
-	return json.Marshal(f)
 }
 
 func (c *conn) setSent(epoch string, seq uint64) {

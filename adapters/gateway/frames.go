@@ -369,6 +369,8 @@ type snapshotFrame struct {
 	Resync        bool              `json:"resync"`
 	Epoch         string            `json:"epoch"`
 	Seq           uint64            `json:"seq"`
+	Part          int               `json:"part"`
+	More          bool              `json:"more,omitempty"` // more parts of this snapshot follow (snapshot.go)
 	Contacts      json.RawMessage   `json:"contacts"`
 	Groups        json.RawMessage   `json:"groups"`
 	Conversations []json.RawMessage `json:"conversations"`

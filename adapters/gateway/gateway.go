@@ -137,6 +137,9 @@ type Options struct {
 	// written); the queue grows as frames come and holds nothing while
 	// empty. Default 1024.
 	SendQueue int
+	// SnapshotPartBytes bounds one snapshot frame: a larger snapshot is
+	// sent in parts (docs/protocol.md). Default 256 KiB; at least 4 KiB.
+	SnapshotPartBytes int
 	// HeartbeatTimeout closes a connection that sent nothing for this long
 	// (error 1017). Default 60s.
 	HeartbeatTimeout time.Duration
@@ -188,6 +191,9 @@ func (o *Options) ensureDefaults() {
 	if o.SendQueue == 0 {
 		o.SendQueue = 1024
 	}
+	if o.SnapshotPartBytes == 0 {
+		o.SnapshotPartBytes = 256 << 10
+	}
 	if o.HeartbeatTimeout == 0 {
 		o.HeartbeatTimeout = 60 * time.Second
 	}
@@ -232,6 +238,8 @@ func (o *Options) validate() error {
 		return errors.New("gateway: Options.Registerer is required")
 	case o.MaxFrameBytes < 1024 || o.MaxFrameBytes > 16<<20:
 		return errors.New("gateway: Options.MaxFrameBytes must be in [1 KiB, 16 MiB]")
+	case o.SnapshotPartBytes < 4<<10 || o.SnapshotPartBytes > 16<<20:
+		return errors.New("gateway: Options.SnapshotPartBytes must be in [4 KiB, 16 MiB]")
 	case o.SendQueue < 1 || o.SendQueue > 1<<20:
 		return errors.New("gateway: Options.SendQueue must be in [1, 1Mi]")
 	case o.HeartbeatTimeout < 0 || o.LoginTimeout < 0 || o.WriteTimeout < 0 || o.SubmitTimeout < 0:
