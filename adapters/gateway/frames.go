@@ -9,9 +9,7 @@ import (
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Limits of client frames' fields (docs/protocol.md).
@@ -300,31 +298,12 @@ func chatType(raw json.RawMessage) (pb.ChatType, error) {
 // except that 64-bit integers are JSON numbers, as they are in the frames
 // around them (`seq` of an event frame and of its entry have one type).
 
-var pjson = partJSON{protojson.MarshalOptions{UseProtoNames: true}}
+var pjson partJSON
 
-// partJSON marshals a protobuf part of a server frame (docs/protocol.md,
-// "JSON types"): protojson, with every int64/uint64 field (which protojson
-// writes as a string) written as a number. Every 64-bit value mdsync sends
-// (sequences, offsets, versions, times in ms) is below 2^53, so a
-// JavaScript client reads it exactly.
-type partJSON struct{ o protojson.MarshalOptions }
+// partJSON marshals a protobuf part of a server frame: engine.MarshalPart.
+type partJSON struct{}
 
-func (p partJSON) Marshal(m proto.Message) ([]byte, error) {
-	b, err := p.o.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	return numbers64(b, m.ProtoReflect().Descriptor())
-}
-
-func is64(fd protoreflect.FieldDescriptor) bool {
-	switch fd.Kind() {
-	case protoreflect.Int64Kind, protoreflect.Uint64Kind, protoreflect.Sint64Kind,
-		protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
-		return true
-	}
-	return false
-}
+func (partJSON) Marshal(m proto.Message) ([]byte, error) { return engine.MarshalPart(m) }
 
 type errorFrame struct {
 	Type    string `json:"type"`
