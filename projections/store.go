@@ -139,6 +139,12 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if n, err := migrateTimelines(db); err != nil {
+		db.Close()
+		return nil, err
+	} else if n > 0 {
+		slog.Info("projections: timeline entries rewritten in the current format", "entries", n, "format", entryFormat)
+	}
 	for p := int32(0); p < opts.Partitions; p++ {
 		pos, err := s.readRelayPosition(p)
 		if err != nil {

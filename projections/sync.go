@@ -2,6 +2,7 @@ package projections
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -186,7 +187,11 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 			return err
 		}
 	}
-	if err := t.put(timelineKey(app, user, e.Seq), e); err != nil {
+	v, err := encodeEntry(e)
+	if err != nil {
+		return err
+	}
+	if err := t.set(timelineKey(app, user, e.Seq), v); err != nil {
 		return err
 	}
 	t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
@@ -211,23 +216,28 @@ func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 		return nil
 	}
 	for n := 0; first < m.LastSeq; {
-		e := &pb.TimelineEntry{}
-		ok, err := t.get(timelineKey(app, user, first), e)
+		v, ok, err := t.raw(timelineKey(app, user, first))
 		if err != nil {
 			return err
 		}
-		if ok && first >= m.FirstSeq && (e.Source.GetTimeUnixMs() >= cutoff || n >= maxAgeTrimPerApply) {
-			m.FirstTimeUnixMs = e.Source.GetTimeUnixMs()
+		var e entryHead
+		if ok {
+			if e, err = parseEntry(v); err != nil {
+				return err
+			}
+		}
+		if ok && first >= m.FirstSeq && (e.time >= cutoff || n >= maxAgeTrimPerApply) {
+			m.FirstTimeUnixMs = e.time
 			break
 		}
 		if ok {
-			if err := t.del(timelineKey(app, user, first)); err != nil {
-				return err
-			}
-			if e.Source.GetKind() == pb.Kind_KIND_MESSAGE_SEND {
-				if err := t.deleteBlind(historyKey(app, user, int32(e.ChatType), e.ConversationId, first)); err != nil {
+			if e.kind == pb.Kind_KIND_MESSAGE_SEND {
+				if err := t.deleteBlind(historyKey(app, user, e.chatType, string(e.conv), first)); err != nil {
 					return err
 				}
+			}
+			if err := t.del(timelineKey(app, user, first)); err != nil {
+				return err
 			}
 			if first >= m.FirstSeq {
 				n++ // an age trim
@@ -277,17 +287,95 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	var out []*pb.TimelineEntry
 	next := after
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
-		e := &pb.TimelineEntry{}
-		if err := unmarshal(it.Value(), e); err != nil {
+		h, err := parseEntry(it.Value())
+		if err != nil {
 			return nil, 0, nil, err
 		}
-		next = e.Seq
-		if engine.Visible(e, loginID) {
+		next = seqOf(it.Key())
+		if h.visibleTo(loginID) {
+			e, err := decodeEntry(it.Value())
+			if err != nil {
+				return nil, 0, nil, err
+			}
 			out = append(out, e)
 		}
 	}
 	return out, next, meta, it.Error()
 }
+
+// EntryJSON is a timeline entry as catch-up sends it.
+type EntryJSON struct {
+	Seq  uint64
+	Kind pb.Kind // the source's kind: the event frame's name (engine.EventName)
+	// JSON is the TimelineEntry in engine.MarshalPart's form: the bytes
+	// of the frame's entry, as stored.
+	JSON []byte
+}
+
+// TimelineJSON is Timeline without decoding: up to limit entries visible
+// to loginID after (epoch, after), each as the bytes a device is sent, and
+// the position to continue from. A value's visibility is read from its
+// head and its JSON copied, never decoded (entries.go), so a catch-up costs
+// about a range scan. The entries' JSON shares one buffer per call.
+func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]EntryJSON, uint64, *pb.TimelineMeta, error) {
+	if s.isClosed() {
+		return nil, 0, nil, ErrClosed
+	}
+	meta := &pb.TimelineMeta{}
+	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
+		return nil, 0, nil, err
+	}
+	if after > 0 || epoch != "" {
+		if epoch != meta.Epoch || after > meta.LastSeq || after+1 < meta.FirstSeq {
+			return nil, 0, meta, ErrResync
+		}
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
+	})
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	defer it.Close()
+	var (
+		out  []EntryJSON
+		ends []int
+		buf  []byte
+	)
+	next := after
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		h, err := parseEntry(it.Value())
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		next = seqOf(it.Key())
+		if !h.visibleTo(loginID) {
+			continue
+		}
+		j, err := h.entryJSON()
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		if buf == nil {
+			buf = make([]byte, 0, min(limit, 512)*(len(j)+16))
+		}
+		buf = append(buf, j...)
+		out = append(out, EntryJSON{Seq: next, Kind: h.kind})
+		ends = append(ends, len(buf))
+	}
+	start := 0
+	for i := range out {
+		out[i].JSON = buf[start:ends[i]:ends[i]]
+		start = ends[i]
+	}
+	return out, next, meta, it.Error()
+}
+
+// seqOf is the sequence a timeline key ends with.
+func seqOf(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
 
 // Snapshot is what a new device receives before it follows the timeline.
 type Snapshot struct {
@@ -357,13 +445,22 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}
 	var out []*pb.TimelineEntry
 	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
-		seq := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
-		e := &pb.TimelineEntry{}
-		if ok, err := s.getProto(timelineKey(app, user, seq), e); err != nil {
-			return nil, err
-		} else if ok {
-			out = append(out, e)
+		seq := seqOf(it.Key())
+		v, closer, err := s.db.Get(timelineKey(app, user, seq))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
 		}
+		if err != nil {
+			return nil, fmt.Errorf("projections: get: %w", err)
+		}
+		e, err := decodeEntry(v)
+		if cerr := closer.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
 	}
 	return out, it.Error()
 }

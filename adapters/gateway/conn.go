@@ -594,7 +594,7 @@ func (c *conn) run() {
 			c.g.m.storeReads.Inc()
 		}
 		epoch, seq := c.fepoch, c.fseq
-		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
+		es, next, meta, err := c.g.o.Store.TimelineJSON(c.app, c.user, c.loginID, epoch, seq, timelinePage)
 		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
 			if resyncs++; resyncs > 2 {
 				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, "timeline cannot be continued after a snapshot"))
@@ -626,7 +626,7 @@ func (c *conn) run() {
 			if e.Seq <= seq {
 				continue // never again at or below what was sent
 			}
-			b, err := encodeEvent(epoch, e)
+			b, err := eventFrameJSON(epoch, e.Seq, engine.EventName(e.Kind), e.JSON)
 			if err != nil {
 				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
 				return

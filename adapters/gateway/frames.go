@@ -395,9 +395,14 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: encode entry: %w", err)
 	}
-	name := entryName(e)
+	return eventFrameJSON(epoch, e.Seq, entryName(e), b)
+}
+
+// eventFrameJSON is the event frame of an entry already in its wire JSON
+// (engine.MarshalPart): catch-up copies the stored bytes in as they are.
+func eventFrameJSON(epoch string, seq uint64, name string, b []byte) ([]byte, error) {
 	if !plainJSONString(epoch) || !plainJSONString(name) {
-		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: name, Entry: b})
+		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: seq, Name: name, Entry: b})
 	}
 	// The same frame without json.Marshal's second pass over the entry
 	// (it is compact JSON already: numbers64 wrote it).
@@ -405,7 +410,7 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 	out = append(out, `{"type":"event","epoch":"`...)
 	out = append(out, epoch...)
 	out = append(out, `","seq":`...)
-	out = strconv.AppendUint(out, e.Seq, 10)
+	out = strconv.AppendUint(out, seq, 10)
 	out = append(out, `,"name":"`...)
 	out = append(out, name...)
 	out = append(out, `","entry":`...)

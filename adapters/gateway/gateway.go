@@ -78,11 +78,13 @@ type SessionReader interface {
 // the store closes they return an error. Returned messages are the
 // caller's.
 type TimelineReader interface {
-	// Timeline returns up to limit entries visible to loginID after
-	// (epoch, after), and the sequence to continue from (the last entry
-	// examined, visible or not); projections.ErrResync (code 1015) when the
-	// position cannot be continued.
-	Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error)
+	// TimelineJSON returns up to limit entries visible to loginID after
+	// (epoch, after), each as its stored wire JSON (engine.MarshalPart of
+	// the entry, not decoded on the way), and the sequence to continue
+	// from (the last entry examined, visible or not);
+	// projections.ErrResync (code 1015) when the position cannot be
+	// continued.
+	TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]projections.EntryJSON, uint64, *pb.TimelineMeta, error)
 	// Snapshot returns the user's state and the position it is current at.
 	Snapshot(app, user string) (*projections.Snapshot, error)
 	// History pages a conversation's messages newest first, below before.

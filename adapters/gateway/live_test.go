@@ -11,6 +11,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/gateway"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"github.com/mdsync/mdsync/projections"
 )
 
 // timelineCounter counts the timeline reads made for each login ID.
@@ -20,11 +21,11 @@ type timelineCounter struct {
 	reads map[string]int
 }
 
-func (r *timelineCounter) Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error) {
+func (r *timelineCounter) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]projections.EntryJSON, uint64, *pb.TimelineMeta, error) {
 	r.mu.Lock()
 	r.reads[loginID]++
 	r.mu.Unlock()
-	return r.Store.Timeline(app, user, loginID, epoch, after, limit)
+	return r.Store.TimelineJSON(app, user, loginID, epoch, after, limit)
 }
 
 func (r *timelineCounter) reset() map[string]int {

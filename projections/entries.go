@@ -1,0 +1,247 @@
+package projections
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// Timeline entry values: what catch-up sends, stored ready to send.
+//
+// A catch-up reads a range of a user's timeline and sends each entry the
+// device may see. It needs, per entry, only the visibility fields and the
+// entry's wire form, so that is what a value holds (format 2):
+//
+//	0x00 0x02                             marker: a protobuf message never starts with 0x00 (field 0)
+//	uvarint kind                          the source's kind (the frame's name)
+//	varint  time_unix_ms                  the source's time (retention by age)
+//	uvarint chat_type, uvarint n, n bytes the conversation the entry belongs to (history index)
+//	uvarint n, n bytes                    only_login_id
+//	uvarint n, n bytes                    exclude_login_id
+//	rest                                  the TimelineEntry in engine.MarshalPart's JSON form
+//
+// Catch-up copies the JSON into the frame without decoding it
+// (Store.TimelineJSON); the few readers that need the message (history,
+// Store.Timeline) decode the JSON. Every field is a function of the entry,
+// and engine.MarshalPart is deterministic for a build, so a rebuild writes
+// the same bytes (invariant 2). Values written before this format (format
+// 1: the TimelineEntry protobuf) are rewritten in format 2 when a store
+// opens (migrateTimelines), and every reader still accepts them.
+
+const entryFormat = 2
+
+// entryHead is a stored entry's fields read without decoding its JSON.
+// The byte slices point into the value.
+type entryHead struct {
+	kind     pb.Kind
+	time     int64
+	chatType int32
+	conv     []byte
+	only     []byte
+	exclude  []byte
+	json     []byte
+	proto    []byte // set instead of json for a format-1 value
+}
+
+// visibleTo is engine.Visible on the stored fields.
+func (h *entryHead) visibleTo(loginID string) bool {
+	if len(h.only) > 0 {
+		return string(h.only) == loginID
+	}
+	return len(h.exclude) == 0 || string(h.exclude) != loginID
+}
+
+// encodeEntry returns e's stored value.
+func encodeEntry(e *pb.TimelineEntry) ([]byte, error) {
+	j, err := engine.MarshalPart(e)
+	if err != nil {
+		return nil, fmt.Errorf("projections: encode entry %d: %w", e.Seq, err)
+	}
+	src := e.GetSource()
+	b := make([]byte, 0, len(j)+32+len(e.ConversationId)+len(e.OnlyLoginId)+len(e.ExcludeLoginId))
+	b = append(b, 0, entryFormat)
+	b = binary.AppendUvarint(b, uint64(src.GetKind()))
+	b = binary.AppendVarint(b, src.GetTimeUnixMs())
+	b = binary.AppendUvarint(b, uint64(e.ChatType))
+	for _, s := range []string{e.ConversationId, e.OnlyLoginId, e.ExcludeLoginId} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return append(b, j...), nil
+}
+
+var errBadEntry = errors.New("projections: malformed timeline entry value")
+
+// parseEntry reads a stored value's fields; the JSON is not decoded.
+func parseEntry(v []byte) (entryHead, error) {
+	var h entryHead
+	if len(v) == 0 || v[0] != 0 {
+		// Format 1: the protobuf entry. Only a store not yet migrated
+		// holds one; read what the head needs from it.
+		e := &pb.TimelineEntry{}
+		if err := proto.Unmarshal(v, e); err != nil {
+			return h, fmt.Errorf("projections: decode entry: %w", err)
+		}
+		h = entryHead{kind: e.GetSource().GetKind(), time: e.GetSource().GetTimeUnixMs(), chatType: int32(e.ChatType),
+			conv: []byte(e.ConversationId), only: []byte(e.OnlyLoginId), exclude: []byte(e.ExcludeLoginId), proto: v}
+		return h, nil
+	}
+	if len(v) < 2 || v[1] != entryFormat {
+		return h, errBadEntry
+	}
+	i := 2
+	uv := func() uint64 {
+		x, n := binary.Uvarint(v[i:])
+		if n <= 0 {
+			i = -1
+			return 0
+		}
+		i += n
+		return x
+	}
+	str := func() []byte {
+		n := uv()
+		if i < 0 || n > uint64(len(v)-i) {
+			i = -1
+			return nil
+		}
+		s := v[i : i+int(n)]
+		i += int(n)
+		return s
+	}
+	h.kind = pb.Kind(uv())
+	if i < 0 {
+		return h, errBadEntry
+	}
+	t, n := binary.Varint(v[i:])
+	if n <= 0 {
+		return h, errBadEntry
+	}
+	i += n
+	h.time = t
+	h.chatType = int32(uv())
+	if i < 0 {
+		return h, errBadEntry
+	}
+	h.conv = str()
+	if i < 0 {
+		return h, errBadEntry
+	}
+	h.only = str()
+	if i < 0 {
+		return h, errBadEntry
+	}
+	h.exclude = str()
+	if i < 0 {
+		return h, errBadEntry
+	}
+	h.json = v[i:]
+	return h, nil
+}
+
+// entryJSON is the entry's wire form (engine.MarshalPart), without
+// decoding a format-2 value.
+func (h *entryHead) entryJSON() ([]byte, error) {
+	if h.proto == nil {
+		return h.json, nil
+	}
+	e := &pb.TimelineEntry{}
+	if err := proto.Unmarshal(h.proto, e); err != nil {
+		return nil, fmt.Errorf("projections: decode entry: %w", err)
+	}
+	return engine.MarshalPart(e)
+}
+
+// decodeEntry decodes a stored value into the entry.
+func decodeEntry(v []byte) (*pb.TimelineEntry, error) {
+	h, err := parseEntry(v)
+	if err != nil {
+		return nil, err
+	}
+	e := &pb.TimelineEntry{}
+	if h.proto != nil {
+		return e, proto.Unmarshal(h.proto, e)
+	}
+	if err := protojson.Unmarshal(h.json, e); err != nil {
+		return nil, fmt.Errorf("projections: decode entry: %w", err)
+	}
+	return e, nil
+}
+
+// timelineLayoutKey marks a store whose timeline values are all in format
+// 2. It is in the operational table: the layout of the bytes, not state.
+var timelineLayoutKey = key(tagOperational, "layout", "timeline")
+
+// migrateTimelines rewrites format-1 timeline values in format 2, once per
+// store (then it sets timelineLayoutKey), before anything applies or
+// reads. The rewrite is a function of each value, so the result is what a
+// rebuild from offset 0 writes, and the digest of a migrated store equals
+// the rebuild's. Interrupted, it starts over on the next open and skips
+// the values already rewritten.
+func migrateTimelines(db *pebble.DB) (int, error) {
+	if _, closer, err := db.Get(timelineLayoutKey); err == nil {
+		return 0, closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return 0, fmt.Errorf("projections: read timeline layout: %w", err)
+	}
+	prefix := []byte{tagTimeline, 0}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	n := 0
+	b := db.NewBatch()
+	for it.First(); it.Valid(); it.Next() {
+		v := it.Value()
+		if len(v) > 0 && v[0] == 0 {
+			continue // format 2 already
+		}
+		e := &pb.TimelineEntry{}
+		if err := proto.Unmarshal(v, e); err != nil {
+			b.Close()
+			return n, fmt.Errorf("projections: migrate %q: %w", it.Key(), err)
+		}
+		nv, err := encodeEntry(e)
+		if err != nil {
+			b.Close()
+			return n, err
+		}
+		if err := b.Set(it.Key(), nv, nil); err != nil {
+			b.Close()
+			return n, err
+		}
+		if n++; b.Len() > 4<<20 {
+			if err := commitClose(b); err != nil {
+				return n, err
+			}
+			b = db.NewBatch()
+		}
+	}
+	if err := it.Error(); err != nil {
+		b.Close()
+		return n, err
+	}
+	if err := b.Set(timelineLayoutKey, []byte{entryFormat}, nil); err != nil {
+		b.Close()
+		return n, err
+	}
+	return n, commitClose(b)
+}
+
+func commitClose(b *pebble.Batch) error {
+	err := b.Commit(pebble.Sync)
+	if cerr := b.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("projections: migrate timelines: %w", err)
+	}
+	return nil
+}
