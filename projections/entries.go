@@ -95,54 +95,45 @@ func parseEntry(v []byte) (entryHead, error) {
 	if len(v) < 2 || v[1] != entryFormat {
 		return h, errBadEntry
 	}
+	// Straight-line reads, no closures: this runs for every entry a
+	// catch-up scans.
 	i := 2
-	uv := func() uint64 {
-		x, n := binary.Uvarint(v[i:])
-		if n <= 0 {
-			i = -1
-			return 0
-		}
-		i += n
-		return x
-	}
-	str := func() []byte {
-		n := uv()
-		if i < 0 || n > uint64(len(v)-i) {
-			i = -1
-			return nil
-		}
-		s := v[i : i+int(n)]
-		i += int(n)
-		return s
-	}
-	h.kind = pb.Kind(uv())
-	if i < 0 {
+	x, n := binary.Uvarint(v[i:])
+	if n <= 0 {
 		return h, errBadEntry
 	}
+	h.kind, i = pb.Kind(x), i+n
 	t, n := binary.Varint(v[i:])
 	if n <= 0 {
 		return h, errBadEntry
 	}
-	i += n
-	h.time = t
-	h.chatType = int32(uv())
-	if i < 0 {
+	h.time, i = t, i+n
+	if x, n = binary.Uvarint(v[i:]); n <= 0 {
 		return h, errBadEntry
 	}
-	h.conv = str()
-	if i < 0 {
+	h.chatType, i = int32(x), i+n
+	var ok bool
+	if h.conv, i, ok = lenBytes(v, i); !ok {
 		return h, errBadEntry
 	}
-	h.only = str()
-	if i < 0 {
+	if h.only, i, ok = lenBytes(v, i); !ok {
 		return h, errBadEntry
 	}
-	h.exclude = str()
-	if i < 0 {
+	if h.exclude, i, ok = lenBytes(v, i); !ok {
 		return h, errBadEntry
 	}
 	h.json = v[i:]
 	return h, nil
+}
+
+// lenBytes reads a uvarint length and that many bytes at v[i:].
+func lenBytes(v []byte, i int) ([]byte, int, bool) {
+	x, n := binary.Uvarint(v[i:])
+	if n <= 0 || x > uint64(len(v)-i-n) {
+		return nil, i, false
+	}
+	i += n
+	return v[i : i+int(x) : i+int(x)], i + int(x), true
 }
 
 // entryJSON is the entry's wire form (engine.MarshalPart), without

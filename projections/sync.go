@@ -21,12 +21,25 @@ const maxAgeTrimPerApply = 64
 func (s *Store) decideSync(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
 	if ev.Kind == pb.Kind_KIND_DELIVER {
 		dl := ev.GetDeliver()
-		if dl.GetSource() == nil || dl.Recipient == "" {
+		if dl.GetSource() == nil || (dl.Recipient == "") == (len(dl.Recipients) == 0) {
 			return nil, nil // malformed derived record: skipped, counted
 		}
 		d := engine.NewDecision(ev, pos, pol)
-		if err := s.applyDelivery(t, pos.Partition, dl); err != nil {
-			return nil, err
+		if dl.Recipient != "" {
+			return d, s.applyDelivery(t, pos.Partition, dl)
+		}
+		// A partition copy: each recipient's entry, in the record's order,
+		// in this one batch (one decision dedups them all).
+		one := &pb.Deliver{From: dl.From, MultiDevice: dl.MultiDevice, ExcludeLoginId: dl.ExcludeLoginId, OnlyLoginId: dl.OnlyLoginId,
+			Source: dl.Source, SourcePartition: dl.SourcePartition, SourceOffset: dl.SourceOffset}
+		for _, r := range dl.Recipients {
+			if r == "" || engine.PartitionFor([]byte(engine.UserStream(dl.Source.App, r)), s.opts.Partitions) != pos.Partition {
+				continue // not this partition's: a malformed record, skipped alike on every rebuild
+			}
+			one.Recipient = r
+			if err := s.applyDelivery(t, pos.Partition, one); err != nil {
+				return nil, err
+			}
 		}
 		return d, nil
 	}
@@ -126,20 +139,43 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 
 // route applies each copy whose recipient lives on this partition inline,
 // in this batch, and records the others in the decision for the relay
-// (without the source event: the relay reads it from the log).
+// (without the source event: the relay reads it from the log). Copies
+// that differ only in their recipient (a group's single-device copies)
+// and go to one partition are recorded as one partition copy listing its
+// recipients in the order given, so a group message costs one record per
+// partition it reaches, not one per member (docs/design-notes.md, "Group
+// fan-out").
 func (s *Store) route(t *Txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
+	shared := map[int32]*pb.Deliver{} // the partition copy of each partition, once it has two recipients' worth
 	for _, dl := range dls {
-		if engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions) == p {
+		q := engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions)
+		if q == p {
 			if err := s.applyDelivery(t, p, dl); err != nil {
 				return err
 			}
 			continue
 		}
+		if x := shared[q]; x != nil && sameCopy(x, dl) {
+			if x.Recipient != "" {
+				x.Recipients, x.Recipient = []string{x.Recipient}, ""
+			}
+			x.Recipients = append(x.Recipients, dl.Recipient)
+			continue
+		}
 		out := proto.Clone(dl).(*pb.Deliver)
 		out.Source = nil
 		d.Fanout = append(d.Fanout, out)
+		if shared[q] == nil && !dl.MultiDevice && dl.ExcludeLoginId == "" && dl.OnlyLoginId == "" {
+			shared[q] = out // single-device copies: the ones a group has many of
+		}
 	}
 	return nil
+}
+
+// sameCopy reports whether b is a's copy for another recipient.
+func sameCopy(a, b *pb.Deliver) bool {
+	return a.From == b.From && a.MultiDevice == b.MultiDevice && a.ExcludeLoginId == b.ExcludeLoginId &&
+		a.OnlyLoginId == b.OnlyLoginId && a.SourcePartition == b.SourcePartition && a.SourceOffset == b.SourceOffset
 }
 
 // applyDelivery applies one copy to its recipient's state and timeline.

@@ -325,6 +325,36 @@ func TestLargeGroupEveryMemberOnceInOrder(t *testing.T) {
 		}
 		return check(d)
 	})
+	// Every member has it, so the relay is done: the fan-out traveled as
+	// one partition copy per other partition, not one record per member.
+	copies := map[int32]int{}
+	for p := range e.n.Log.Partitions() {
+		end, err := e.n.Log.End(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := int64(0); off < end; {
+			es, err := e.n.Log.Read(ctx, p, off, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, en := range es {
+				if ev, err := engine.Decode(en.Value); err == nil && ev.Kind == pb.Kind_KIND_DELIVER &&
+					ev.GetDeliver().GetSource().GetClientOpId() == "g0-0" {
+					copies[p]++
+				}
+			}
+			off += int64(len(es))
+		}
+	}
+	if len(copies) < int(e.n.Log.Partitions())-1 {
+		t.Fatalf("copies of g0-0 by partition %v: not on every other partition", copies)
+	}
+	for p, n := range copies {
+		if n > 2 { // the partition copy, and the sender's own copy when it lives there
+			t.Fatalf("copies of g0-0 by partition %v: %d records on partition %d", copies, n, p)
+		}
+	}
 	// Away: every device drops its socket, the group talks, the devices
 	// resume from their last event.
 	each("disconnect", func(d *rdev) error { return d.ws.CloseNow() })
