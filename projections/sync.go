@@ -348,22 +348,28 @@ type EntryJSON struct {
 	JSON []byte
 }
 
-// TimelineJSON is Timeline without decoding: up to limit entries visible
-// to loginID after (epoch, after), each as the bytes a device is sent, and
-// the position to continue from. A value's visibility is read from its
-// head and its JSON copied, never decoded (entries.go), so a catch-up costs
-// about a range scan. The entries' JSON shares one buffer per call.
-func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]EntryJSON, uint64, *pb.TimelineMeta, error) {
+// TimelineEach is Timeline without decoding, for catch-up: it calls fn,
+// in order, for up to limit entries visible to loginID after (epoch,
+// after), with the timeline's epoch and each entry's kind (the event
+// frame's name, engine.EventName) and stored wire JSON (engine.MarshalPart
+// of the entry). A value's visibility is read from its head and its JSON
+// handed over as stored (entries.go), so the store's cost is about a range
+// scan's. json is the store's memory, valid only during the call: copy
+// what you keep, and do not block in fn (the scan holds an iterator). An
+// error from fn stops the scan and is returned. It returns the position to
+// continue from (the last entry examined, visible or not) and the meta.
+func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+	fn func(epoch string, seq uint64, kind pb.Kind, json []byte) error) (uint64, *pb.TimelineMeta, error) {
 	if s.isClosed() {
-		return nil, 0, nil, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	meta := &pb.TimelineMeta{}
 	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
-		return nil, 0, nil, err
+		return 0, nil, err
 	}
 	if after > 0 || epoch != "" {
 		if epoch != meta.Epoch || after > meta.LastSeq || after+1 < meta.FirstSeq {
-			return nil, 0, meta, ErrResync
+			return 0, meta, ErrResync
 		}
 	}
 	if limit <= 0 {
@@ -373,19 +379,14 @@ func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, lim
 		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
 	})
 	if err != nil {
-		return nil, 0, nil, err
+		return 0, nil, err
 	}
 	defer it.Close()
-	var (
-		out  []EntryJSON
-		ends []int
-		buf  []byte
-	)
-	next := after
-	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+	next, n := after, 0
+	for it.First(); it.Valid() && n < limit; it.Next() {
 		h, err := parseEntry(it.Value())
 		if err != nil {
-			return nil, 0, nil, err
+			return 0, nil, err
 		}
 		next = seqOf(it.Key())
 		if !h.visibleTo(loginID) {
@@ -393,21 +394,42 @@ func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, lim
 		}
 		j, err := h.entryJSON()
 		if err != nil {
-			return nil, 0, nil, err
+			return 0, nil, err
 		}
+		if err := fn(meta.Epoch, next, h.kind, j); err != nil {
+			return 0, nil, err
+		}
+		n++
+	}
+	return next, meta, it.Error()
+}
+
+// TimelineJSON is TimelineEach collected: the entries with their JSON
+// copied (into one buffer per call).
+func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]EntryJSON, uint64, *pb.TimelineMeta, error) {
+	var (
+		out  []EntryJSON
+		ends []int
+		buf  []byte
+	)
+	next, meta, err := s.TimelineEach(app, user, loginID, epoch, after, limit, func(_ string, seq uint64, kind pb.Kind, j []byte) error {
 		if buf == nil {
-			buf = make([]byte, 0, min(limit, 512)*(len(j)+16))
+			buf = make([]byte, 0, min(max(limit, 1), 512)*(len(j)+16))
 		}
 		buf = append(buf, j...)
-		out = append(out, EntryJSON{Seq: next, Kind: h.kind})
+		out = append(out, EntryJSON{Seq: seq, Kind: kind})
 		ends = append(ends, len(buf))
+		return nil
+	})
+	if err != nil {
+		return nil, 0, meta, err
 	}
 	start := 0
 	for i := range out {
 		out[i].JSON = buf[start:ends[i]:ends[i]]
 		start = ends[i]
 	}
-	return out, next, meta, it.Error()
+	return out, next, meta, nil
 }
 
 // seqOf is the sequence a timeline key ends with.

@@ -78,13 +78,16 @@ type SessionReader interface {
 // the store closes they return an error. Returned messages are the
 // caller's.
 type TimelineReader interface {
-	// TimelineJSON returns up to limit entries visible to loginID after
-	// (epoch, after), each as its stored wire JSON (engine.MarshalPart of
-	// the entry, not decoded on the way), and the sequence to continue
-	// from (the last entry examined, visible or not);
+	// TimelineEach calls fn in order for up to limit entries visible to
+	// loginID after (epoch, after), with the timeline's epoch, the
+	// entry's sequence, kind and stored wire JSON (engine.MarshalPart of
+	// the entry, not decoded on the way; valid only during the call, and
+	// fn must not block), and returns the sequence to continue from (the
+	// last entry examined, visible or not) and the meta;
 	// projections.ErrResync (code 1015) when the position cannot be
-	// continued.
-	TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]projections.EntryJSON, uint64, *pb.TimelineMeta, error)
+	// continued; fn's error stops the scan and is returned.
+	TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+		fn func(epoch string, seq uint64, kind pb.Kind, json []byte) error) (uint64, *pb.TimelineMeta, error)
 	// Snapshot returns the user's state and the position it is current at.
 	Snapshot(app, user string) (*projections.Snapshot, error)
 	// History pages a conversation's messages newest first, below before.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/gateway"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
-	"github.com/mdsync/mdsync/projections"
 )
 
 // timelineCounter counts the timeline reads made for each login ID.
@@ -21,11 +20,12 @@ type timelineCounter struct {
 	reads map[string]int
 }
 
-func (r *timelineCounter) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]projections.EntryJSON, uint64, *pb.TimelineMeta, error) {
+func (r *timelineCounter) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+	fn func(string, uint64, pb.Kind, []byte) error) (uint64, *pb.TimelineMeta, error) {
 	r.mu.Lock()
 	r.reads[loginID]++
 	r.mu.Unlock()
-	return r.Store.TimelineJSON(app, user, loginID, epoch, after, limit)
+	return r.Store.TimelineEach(app, user, loginID, epoch, after, limit, fn)
 }
 
 func (r *timelineCounter) reset() map[string]int {
