@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
@@ -59,9 +60,19 @@ func (h *entryHead) visibleTo(loginID string) bool {
 
 // encodeEntry returns e's stored value.
 func encodeEntry(e *pb.TimelineEntry) ([]byte, error) {
-	j, err := engine.MarshalPart(e)
-	if err != nil {
-		return nil, fmt.Errorf("projections: encode entry %d: %w", e.Seq, err)
+	return encodeEntryWith(e, nil)
+}
+
+// encodeEntryWith is encodeEntry given the source's wire JSON
+// (engine.MarshalPart(e.Source)) when the caller has it: the copies of one
+// source (a group's members) then encode it once.
+func encodeEntryWith(e *pb.TimelineEntry, srcJSON []byte) ([]byte, error) {
+	j, ok := entryWireJSON(e, srcJSON)
+	if !ok {
+		var err error
+		if j, err = engine.MarshalPart(e); err != nil {
+			return nil, fmt.Errorf("projections: encode entry %d: %w", e.Seq, err)
+		}
 	}
 	src := e.GetSource()
 	b := make([]byte, 0, len(j)+32+len(e.ConversationId)+len(e.OnlyLoginId)+len(e.ExcludeLoginId))
@@ -74,6 +85,83 @@ func encodeEntry(e *pb.TimelineEntry) ([]byte, error) {
 		b = append(b, s...)
 	}
 	return append(b, j...), nil
+}
+
+// entryWireJSON is engine.MarshalPart(e), byte for byte, written around the
+// source's part srcJSON: the entry's own fields in declaration order, zero
+// values left out and 64-bit integers as numbers, as MarshalPart writes
+// them. ok is false (use MarshalPart) without srcJSON, or when a string
+// would need escaping or the chat type has no name.
+func entryWireJSON(e *pb.TimelineEntry, srcJSON []byte) ([]byte, bool) {
+	if srcJSON == nil || e.Source == nil {
+		return nil, false
+	}
+	for _, s := range []string{e.EntryId, e.From, e.ExcludeLoginId, e.OnlyLoginId, e.ConversationId} {
+		if !plainJSON(s) {
+			return nil, false
+		}
+	}
+	ct := ""
+	if e.ChatType != 0 {
+		if ct = pb.ChatType_name[int32(e.ChatType)]; ct == "" {
+			return nil, false
+		}
+	}
+	b := make([]byte, 0, len(srcJSON)+128+len(e.EntryId)+len(e.From)+len(e.ConversationId))
+	b = append(b, '{')
+	sep := func(name string) {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, '"', ':')
+	}
+	str := func(name, v string) {
+		if v != "" {
+			sep(name)
+			b = append(b, '"')
+			b = append(b, v...)
+			b = append(b, '"')
+		}
+	}
+	if e.Seq != 0 {
+		sep("seq")
+		b = strconv.AppendUint(b, e.Seq, 10)
+	}
+	str("entry_id", e.EntryId)
+	str("from", e.From)
+	if e.MultiDevice {
+		sep("multi_device")
+		b = append(b, "true"...)
+	}
+	str("exclude_login_id", e.ExcludeLoginId)
+	str("only_login_id", e.OnlyLoginId)
+	sep("source")
+	b = append(b, srcJSON...)
+	if e.SourcePartition != 0 {
+		sep("source_partition")
+		b = strconv.AppendInt(b, int64(e.SourcePartition), 10)
+	}
+	if e.SourceOffset != 0 {
+		sep("source_offset")
+		b = strconv.AppendInt(b, e.SourceOffset, 10)
+	}
+	str("conversation_id", e.ConversationId)
+	str("chat_type", ct)
+	return append(b, '}'), true
+}
+
+// plainJSON reports whether s is written in JSON as it is (ids: letters,
+// digits and _.-@, a thread's group/thread).
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-' || c == '@' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 var errBadEntry = errors.New("projections: malformed timeline entry value")

@@ -201,3 +201,59 @@ func TestEntryValueRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// entryWireJSON writes exactly engine.MarshalPart's bytes for every
+// combination of set and unset entry fields.
+func TestEntryWireJSONIsMarshalPart(t *testing.T) {
+	src := &pb.Event{Kind: pb.Kind_KIND_GROUP_CREATE, App: "a", TimeUnixMs: 1 << 41, EventId: "ev", Actor: &pb.Actor{User: "u", LoginId: "L"},
+		Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: "g", Users: []string{"x", "y"}, Name: "n<&>\"q"}}}
+	sj, err := engine.MarshalPart(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for mask := range 1 << 10 {
+		e := &pb.TimelineEntry{Source: src}
+		set := func(i int) bool { return mask&(1<<i) != 0 }
+		if set(0) {
+			e.Seq = 1<<53 - 1
+		}
+		if set(1) {
+			e.EntryId = "ev"
+		}
+		if set(2) {
+			e.From = "u@x.y-z_1"
+		}
+		if set(3) {
+			e.MultiDevice = true
+		}
+		if set(4) {
+			e.ExcludeLoginId = "L1"
+		}
+		if set(5) {
+			e.OnlyLoginId = "L2"
+		}
+		if set(6) {
+			e.SourcePartition = 7
+		}
+		if set(7) {
+			e.SourceOffset = 1 << 45
+		}
+		if set(8) {
+			e.ConversationId = "g/t1"
+		}
+		if set(9) {
+			e.ChatType = pb.ChatType_CHAT_TYPE_THREAD
+		}
+		want, err := engine.MarshalPart(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := entryWireJSON(e, sj)
+		if !ok || !bytes.Equal(got, want) {
+			t.Fatalf("mask %b: %v\n got %s\nwant %s", mask, ok, got, want)
+		}
+	}
+	if _, ok := entryWireJSON(&pb.TimelineEntry{Source: src, From: `a"b`}, sj); ok {
+		t.Fatal("a string that needs escaping was written as it is")
+	}
+}

@@ -186,11 +186,12 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 		return err
 	}
 	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: &pb.TimelineMeta{}}
-	for _, x := range []struct {
+	var found [3]bool
+	for i, x := range []struct {
 		k []byte
 		m proto.Message
 	}{{contactsKey(app, user), st.Contacts}, {userGroupsKey(app, user), st.Groups}, {metaKey(app, user), st.Meta}} {
-		if _, err := t.get(x.k, x.m); err != nil {
+		if found[i], err = t.get(x.k, x.m); err != nil {
 			return err
 		}
 	}
@@ -208,10 +209,30 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 	if e == nil {
 		return nil
 	}
-	puts := []struct {
+	// Contacts and groups a delivery did not change (a message, most
+	// often) are not written again: a stored value equal to the new one
+	// holds its exact bytes already (a deterministic encoding), so
+	// skipping the write changes no byte of state.
+	var puts []struct {
 		k []byte
 		m proto.Message
-	}{{contactsKey(app, user), next.Contacts}, {userGroupsKey(app, user), next.Groups}, {metaKey(app, user), next.Meta}}
+	}
+	if !found[0] || !proto.Equal(st.Contacts, next.Contacts) {
+		puts = append(puts, struct {
+			k []byte
+			m proto.Message
+		}{contactsKey(app, user), next.Contacts})
+	}
+	if !found[1] || !proto.Equal(st.Groups, next.Groups) {
+		puts = append(puts, struct {
+			k []byte
+			m proto.Message
+		}{userGroupsKey(app, user), next.Groups})
+	}
+	puts = append(puts, struct {
+		k []byte
+		m proto.Message
+	}{metaKey(app, user), next.Meta})
 	if ck != nil {
 		puts = append(puts, struct {
 			k []byte
@@ -223,7 +244,7 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 			return err
 		}
 	}
-	v, err := encodeEntry(e)
+	v, err := encodeEntryWith(e, s.sourceJSON(p, dl.Source))
 	if err != nil {
 		return err
 	}
@@ -237,6 +258,25 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 		}
 	}
 	return s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs)
+}
+
+// sourceJSON returns engine.MarshalPart(src), encoded once for the copies
+// of one source applied one after another on partition p (the members of
+// a group on p); nil when it cannot be encoded (the caller encodes the
+// whole entry and reports the error). The cache holds the event it was
+// computed for, so its address cannot be another event's.
+func (s *Store) sourceJSON(p int32, src *pb.Event) []byte {
+	c := &s.srcJSON[p]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.src != src {
+		j, err := engine.MarshalPart(src)
+		if err != nil {
+			return nil
+		}
+		c.src, c.json = src, j
+	}
+	return c.json
 }
 
 // trim deletes entries the retention policy dropped: those below the new
