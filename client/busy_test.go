@@ -53,3 +53,68 @@ func TestBusyOpIsResent(t *testing.T) {
 		t.Fatalf("ctx done while busy: %v", r.err)
 	}
 }
+
+// An op refused with 1009 or 1018 (no owner known yet) and a
+// retry_after_ms is sent again after it, at most maxRetryAttempts times in
+// all; without a retry_after_ms (or with 1018 naming an owner) it is not.
+func TestUnavailableOpIsResentBounded(t *testing.T) {
+	fs := newFakeServer(t)
+	c, fc, _ := mustDial(t, fs, baseConfig(fs.url()), "A1")
+	errc := make(chan error, 1)
+	send := func(id string) {
+		go func() {
+			_, err := c.Send(context.Background(), Message{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", ClientMsgID: id, Body: []byte("hi")})
+			errc <- err
+		}()
+	}
+	send("m1")
+	for i := 1; i <= maxRetryAttempts; i++ {
+		m := fc.read("op")
+		if m["event"].(map[string]any)["client_op_id"] != "m1" {
+			t.Fatalf("attempt %d: %v", i, m)
+		}
+		code := 1009
+		if i%2 == 0 {
+			code = CodeNotOwner
+		}
+		fc.send(map[string]any{"type": "result", "id": m["id"], "code": code, "message": "later", "retry_after_ms": 5})
+	}
+	if err := <-errc; CodeOf(err) != 1009 {
+		t.Fatalf("after %d attempts: %v, want the last 1009", maxRetryAttempts, err)
+	}
+
+	for _, refusal := range []map[string]any{
+		{"code": 1009, "message": "no hint"},
+		{"code": CodeNotOwner, "message": "elsewhere", "addr": "10.0.0.2:8080", "retry_after_ms": 5},
+	} {
+		send("m2")
+		m := fc.read("op")
+		refusal["type"], refusal["id"] = "result", m["id"]
+		fc.send(refusal)
+		if err := <-errc; CodeOf(err) != int32(refusal["code"].(int)) {
+			t.Fatalf("%v: %v", refusal, err)
+		}
+	}
+}
+
+// Dial logs in again after a refusal that carries a retry_after_ms (1009,
+// or 1018 while no owner is known).
+func TestDialRetriesUnavailableLogin(t *testing.T) {
+	fs := newFakeServer(t)
+	ch := dialAsync(baseConfig(fs.url()))
+	fc := fs.next(t)
+	m := fc.read("login")
+	fc.send(map[string]any{"type": "error", "id": m["id"], "code": CodeNotOwner, "message": "owner not known yet", "retry_after_ms": 10})
+	fc.close()
+	fc = fs.next(t)
+	m = fc.read("login")
+	fc.send(map[string]any{"type": "login_result", "id": m["id"], "code": 1009, "message": "log slow", "retry_after_ms": 10})
+	fc.close()
+	fc = fs.next(t)
+	fc.acceptLogin("A1")
+	r := <-ch
+	if r.err != nil {
+		t.Fatalf("dial after two retryable refusals: %v", r.err)
+	}
+	r.c.Close()
+}

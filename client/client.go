@@ -241,6 +241,22 @@ func (c *Client) connect(ctx context.Context, resume, autoLogin bool) (*conn, Lo
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoginTimeout)
 	defer cancel()
 	cn, lr, err := c.connectTo(ctx, c.target(), resume, autoLogin)
+	for attempt := 1; err != nil && CodeOf(err) != CodeBusy; attempt++ {
+		// Refused for now (1009, or 1018 while the user's owner is not
+		// known): log in again after the wait the gateway asked for.
+		wait, again := retryWait(err, attempt)
+		if !again {
+			break
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, LoginResult{}, err
+		}
+		cn, lr, err = c.connectTo(ctx, c.target(), resume, autoLogin)
+	}
 	var e *Error
 	if errors.As(err, &e) && e.Code == CodeNotOwner && e.Addr != "" {
 		// Another process serves this user: go there, once per connect, and
@@ -725,14 +741,40 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// maxBusyWait caps the wait before resending an op refused with 1019.
+// maxBusyWait caps the wait before resending an op refused with a
+// retry_after_ms.
 const maxBusyWait = 5 * time.Second
+
+// maxRetryAttempts bounds the sends of one op, or the logins of one
+// connect, refused with 1009 or 1018 and a retry_after_ms (1019 is sent
+// again until ctx is done: the op was not decided and the gateway asks
+// for the wait).
+const maxRetryAttempts = 5
+
+// retryWait tells whether err is a refusal a retry may cure, and after
+// how long: 1019 always, 1009 and 1018 (without an owner to go to) when
+// the server said so with a retry_after_ms. attempt counts the sends so
+// far.
+func retryWait(err error, attempt int) (time.Duration, bool) {
+	var e *Error
+	if !errors.As(err, &e) {
+		return 0, false
+	}
+	switch {
+	case e.Code == CodeBusy:
+	case (e.Code == 1009 || e.Code == CodeNotOwner && e.Addr == "") && e.RetryAfter > 0 && attempt < maxRetryAttempts:
+	default:
+		return 0, false
+	}
+	return min(max(e.RetryAfter, time.Millisecond), maxBusyWait), true
+}
 
 // Op performs any operation as this device (the gateway sets app and
 // actor). client_op_id is generated when empty; a retry with the same one
 // returns the first decision. A refusal is an *Error. An op the gateway
 // refuses as busy (1019, not decided) is sent again after the wait the
-// gateway asks for, until ctx is done.
+// gateway asks for, until ctx is done; one refused with 1009 or 1018 and a
+// retry_after_ms, at most maxRetryAttempts times in all.
 func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 	ev = proto.Clone(ev).(*pb.Event)
 	if ev.ClientOpId == "" {
@@ -748,15 +790,16 @@ func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 		c.mu.Unlock()
 	}
 	var f *inFrame
-	for {
+	for attempt := 1; ; attempt++ {
 		f, err = c.roundTrip(ctx, func(id string) any { return opFrame{Type: "op", ID: id, Event: raw} })
-		var e *Error
-		if !errors.As(err, &e) || e.Code != CodeBusy {
+		wait, again := retryWait(err, attempt)
+		if !again {
 			break
 		}
-		// Not decided: the gateway is busy. Send it again (same
-		// client_op_id) after the time it asked for, until ctx is done.
-		t := time.NewTimer(min(max(e.RetryAfter, time.Millisecond), maxBusyWait))
+		// Busy (not decided), or unavailable for now: send it again (same
+		// client_op_id, so an op that was appended after all is answered
+		// with its decision, not applied twice) after the time asked for.
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():

@@ -53,6 +53,9 @@ type Device struct {
 	LastSeenUnixMs  int64  `json:"last_seen_unix_ms"`
 	RemoteAddr      string `json:"remote_addr"`
 	Connected       bool   `json:"connected"`
+	// Process serves the connected device (its host:port); "" when not
+	// connected.
+	Process string `json:"process"`
 }
 
 // Token is an issued user token.

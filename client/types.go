@@ -16,7 +16,10 @@ type Error struct {
 	Message string
 	// HTTPStatus is the REST response status; 0 for WebSocket errors.
 	HTTPStatus int
-	// RetryAfter is when to send the request again (code 1019).
+	// RetryAfter is when to send the request again: set on a refusal a
+	// retry may cure (1019 busy; 1009 unavailable and 1018 without Addr,
+	// the user's partition moving). Op, Dial and the REST calls wait it and
+	// retry on their own, a bounded number of times.
 	RetryAfter time.Duration
 	// Addr is the host:port of the process that serves the user (code
 	// 1018); Dial and reconnects follow it.

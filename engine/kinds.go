@@ -19,6 +19,10 @@ const (
 	CatChatroom
 	// CatDerived kinds are appended by mdsync itself (fan-out copies).
 	CatDerived
+	// CatPresence kinds record a device's connections; the gateway appends
+	// them, a client never submits one (docs/design-notes.md, "Device
+	// presence").
+	CatPresence
 )
 
 // payloadCase names the oneof field a kind carries.
@@ -37,6 +41,7 @@ const (
 	plThread
 	plChatroom
 	plDeliver
+	plPresence
 )
 
 // KindInfo describes one kind: its names on the wire and what it carries.
@@ -68,6 +73,8 @@ var kindTable = []KindInfo{
 	{pb.Kind_KIND_PASSWORD_CHANGE, CatSession, "password_change", "password_change", plEmpty, false},
 	{pb.Kind_KIND_USER_REMOVE, CatSession, "user_remove", "user_remove", plEmpty, false},
 	{pb.Kind_KIND_POLICY_SET, CatSession, "policy_set", "policy_set", plPolicy, false},
+	{pb.Kind_KIND_DEVICE_CONNECTED, CatPresence, "device_connected", "device_connected", plPresence, false},
+	{pb.Kind_KIND_DEVICE_DISCONNECTED, CatPresence, "device_disconnected", "device_disconnected", plPresence, false},
 
 	{pb.Kind_KIND_MESSAGE_SEND, CatMessage, "message_send", "message_send", plMessage, false},
 	{pb.Kind_KIND_DELIVERY_RECEIPT, CatMessage, "delivery_receipt", "delivery_receipt", plReceipt, false},
@@ -190,6 +197,7 @@ var payloadFields = map[payloadCase]string{
 	plEmpty: "empty", plLogin: "login", plKick: "kick_device", plPolicy: "policy_set", plMessage: "message",
 	plReceipt: "receipt", plConversation: "conversation", plContact: "contact", plGroup: "group",
 	plThread: "thread", plChatroom: "chatroom", plDeliver: "deliver",
+	plPresence: "presence",
 }
 
 // Payload is the name of the Event payload field k carries ("login",

@@ -33,6 +33,8 @@ const (
 	MaxMuteMillis       = int64(365 * 24 * 3600 * 1000)
 	MaxTimelineEntries  = 10_000_000                         // retention by count, per user
 	MaxTimelineAgeMs    = int64(10 * 365 * 24 * 3600 * 1000) // retention by age
+	MaxRemoteAddrBytes  = 128                                // a device's address (IPv6 with zone and port fits)
+	MaxProcessBytes     = 256                                // a process's advertised host:port
 )
 
 // ReservedOpIDPrefix starts the client op ids of derived events (fan-out
@@ -342,6 +344,27 @@ func validatePayload(ki *KindInfo, ev *pb.Event) error {
 		// Fan-out copies are derived by mdsync from accepted events; a
 		// caller can never submit one (invariant 7).
 		return Errorf(CodeForbidden, "%s is derived by mdsync and cannot be submitted", ki.Name)
+	case plPresence:
+		p := ev.GetPresence()
+		if p == nil {
+			return missingPayload(ki, "presence")
+		}
+		if ev.Actor.LoginId == "" {
+			return Errorf(CodeMissingField, "%s needs actor.login_id", ki.Name)
+		}
+		if err := checkText("presence.remote_addr", p.RemoteAddr, MaxRemoteAddrBytes); err != nil {
+			return err
+		}
+		if err := checkText("presence.process", p.Process, MaxProcessBytes); err != nil {
+			return err
+		}
+		if err := checkID("presence.incarnation", p.Incarnation); err != nil {
+			return err
+		}
+		if p.LastSeenUnixMs < 0 {
+			return Errorf(CodeInvalidArgument, "presence.last_seen_unix_ms %d is negative", p.LastSeenUnixMs)
+		}
+		return nil
 	case plChatroom:
 		c := ev.GetChatroom()
 		if c == nil {

@@ -175,7 +175,7 @@ func Open(opts Options) (*Store, error) {
 // owns the checkpoints, the decisions (dedup), the policy read and the
 // actor rule.
 func (s *Store) topology() []Handler {
-	return append([]Handler{
+	hs := append([]Handler{
 		Sessions(s.opts.Partitions),
 		{
 			Name: "sync",
@@ -184,7 +184,8 @@ func (s *Store) topology() []Handler {
 			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom},
 			Decide: s.decideSync,
 		},
-	}, s.opts.Handlers...)
+	}, PresenceHandlers()...)
+	return append(hs, s.opts.Handlers...)
 }
 
 var metaPartitionsKey = []byte("m\x00partitions")

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	kt "github.com/mdsync/mdsync/adapters/internal/testutil"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,29 +16,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// brokersEnv names a real broker (host:port[,host:port]) to run the Kafka
-// tests against; unset, they run against kfake in-process.
-const brokersEnv = "MDSYNC_KAFKA_BROKERS"
+// kafkaBrokers are the brokers of MDSYNC_KAFKA_BROKERS, or an in-process
+// kfake cluster's.
+func kafkaBrokers(t *testing.T) []string { return kt.Brokers(t) }
 
-var topicSeq atomic.Int64
-
-func kafkaBrokers(t *testing.T) []string {
-	t.Helper()
-	if env := os.Getenv(brokersEnv); env != "" {
-		return strings.Split(env, ",")
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return c.ListenAddrs()
-}
-
-func uniqueTopic(t *testing.T) string {
-	name := strings.NewReplacer("/", ".", "=", "-", " ", "_").Replace(t.Name())
-	return fmt.Sprintf("mdsync-test.%s.%d.%d", name, time.Now().UnixNano(), topicSeq.Add(1))
-}
+func uniqueTopic(t *testing.T) string { return kt.UniqueTopic(t) }
 
 func kafkaOptions(t *testing.T, brokers []string, topic string) Options {
 	// ReadMaxWait 1 s: each Close waits for the fetches in flight.

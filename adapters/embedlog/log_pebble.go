@@ -51,9 +51,21 @@ type Options struct {
 
 	// Pebble are extra Pebble options; nil means Pebble's defaults. Open
 	// works on a shallow copy and never changes the caller's value. DisableWAL
-	// and ReadOnly are rejected: the log's durability rests on the WAL.
+	// and Pebble.ReadOnly are rejected: the log's durability rests on the
+	// WAL (for a reader, set ReadOnly here).
 	Pebble *pebble.Options
+
+	// ReadOnly opens an existing log for reading only, for tools that
+	// inspect a log (replay, explain, export): Pebble writes nothing in Dir,
+	// Append fails with ErrReadOnly, and the ends are those found at Open,
+	// so a Read at an end waits for ctx or Close. Pebble still locks Dir:
+	// a log a server holds is read through a snapshot of it
+	// (adapters/logsource).
+	ReadOnly bool
 }
+
+// ErrReadOnly is returned by Append on a log opened with Options.ReadOnly.
+var ErrReadOnly = errors.New("embedlog: log opened read-only")
 
 // EnsureDefaults fills unset fields with their documented defaults.
 // Partitions is left alone: its default depends on what the log stores.
@@ -103,6 +115,7 @@ type Log struct {
 	db         *pebble.DB
 	partitions int32
 	maxRecord  int
+	readOnly   bool // Options.ReadOnly: no writer runs
 
 	reqs     chan *appendReq // unbuffered: a request is either taken or not
 	closing  chan struct{}   // closed by Close; stops the writer, wakes waiters
@@ -188,11 +201,12 @@ func Open(opts Options) (*Log, error) {
 	if po.Logger == nil {
 		po.Logger = projections.PebbleLogger(nil)
 	}
+	po.ReadOnly = opts.ReadOnly
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("embedlog: open %s: %w", opts.Dir, err)
 	}
-	parts, err := loadPartitions(db, opts.Partitions)
+	parts, err := loadPartitions(db, opts.Partitions, opts.ReadOnly)
 	if err == nil {
 		var ends []int64
 		if ends, err = recoverEnds(db, parts); err == nil {
@@ -206,6 +220,11 @@ func Open(opts Options) (*Log, error) {
 				durable:    ends,
 				changed:    make(chan struct{}),
 			}
+			if opts.ReadOnly {
+				l.readOnly = true
+				close(l.stopped)
+				return l, nil
+			}
 			// The writer gets its own copy: durable is only touched under mu.
 			go l.writer(append([]int64(nil), ends...))
 			return l, nil
@@ -215,9 +234,12 @@ func Open(opts Options) (*Log, error) {
 }
 
 // loadPartitions returns the stored partition count, storing want (or the
-// default) when the log is new.
-func loadPartitions(db *pebble.DB, want int32) (int32, error) {
+// default) when the log is new; a read-only log must have one.
+func loadPartitions(db *pebble.DB, want int32, readOnly bool) (int32, error) {
 	v, closer, err := db.Get(metaPartitionsKey)
+	if errors.Is(err, pebble.ErrNotFound) && readOnly {
+		return 0, errors.New("embedlog: no log here (no partition count stored)")
+	}
 	if errors.Is(err, pebble.ErrNotFound) {
 		if want == 0 {
 			want = DefaultPartitions
@@ -292,6 +314,9 @@ func (l *Log) Append(ctx context.Context, recs []engine.Record) ([]engine.Positi
 	}
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("embedlog: append: %w", engine.ErrEmptyAppend)
+	}
+	if l.readOnly {
+		return nil, ErrReadOnly
 	}
 	req := &appendReq{
 		ctx:   ctx,

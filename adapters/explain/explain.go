@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -57,10 +58,44 @@ type Row struct {
 	LoginOffset  *int64 `json:"login_offset,omitempty"`
 }
 
-func Run(ctx context.Context, lg engine.Log, projDir string, cfg Config, out, warn io.Writer) error {
+// Run explains cfg.User's sessions from src: the data directory's
+// projections (DATA/proj, or DATA/proj-kafka for a Kafka log) and the log,
+// or with cfg.Rebuild the log alone. A running server is not disturbed:
+// what it holds is read from snapshots (logsource), the projections' taken
+// before the log's, so every login the projections name is in the log read;
+// the projections' snapshot, private, is then caught up to the log's (the
+// server's last unsynced projection writes may not be in its files yet).
+func Run(ctx context.Context, src logsource.Source, cfg Config, out, warn io.Writer) error {
 	if !engine.ValidID(cfg.App) || !engine.ValidID(cfg.User) || (cfg.Device != "" && !engine.ValidID(cfg.Device)) {
 		return engine.Errorf(engine.CodeInvalidArgument, "explain: --app, --user and --device must be ids (--user is required)")
 	}
+	if src.TempDir == "" {
+		src.TempDir = cfg.TempDir
+	}
+	projDir := filepath.Join(src.Data, "proj")
+	if src.Kafka != "" {
+		projDir = filepath.Join(src.Data, "proj-kafka")
+	}
+	snapshot := !cfg.Rebuild && logsource.PebbleExists(projDir) && logsource.Held(projDir)
+	if snapshot {
+		snap, cleanup, err := logsource.SnapshotDir(projDir, cfg.TempDir)
+		if err != nil {
+			return fmt.Errorf("explain: %w", err)
+		}
+		defer cleanup()
+		projDir = snap
+	}
+	lg, err := src.Open(ctx)
+	if err != nil {
+		return fmt.Errorf("explain: %w", err)
+	}
+	defer lg.Close()
+	return explain(ctx, lg, projDir, snapshot, cfg, out, warn)
+}
+
+// explain reads the store in projDir, caught up to lg first when it is a
+// private snapshot.
+func explain(ctx context.Context, lg engine.Log, projDir string, catchUp bool, cfg Config, out, warn io.Writer) error {
 	var st *projections.Store
 	var err error
 	if cfg.Rebuild {
@@ -79,7 +114,13 @@ func Run(ctx context.Context, lg engine.Log, projDir string, cfg Config, out, wa
 		// Read as is: catching up here would apply events without the
 		// server's hooks (push). A store behind the log is reported.
 		if st, err = projections.Open(projections.Options{Dir: projDir, Partitions: lg.Partitions()}); err != nil {
-			return fmt.Errorf("explain: %w (is a server running? use --rebuild)", err)
+			return fmt.Errorf("explain: %w (or use --rebuild)", err)
+		}
+		if catchUp {
+			if err := st.CatchUp(ctx, lg); err != nil {
+				st.Close()
+				return fmt.Errorf("explain: catch up the projections' snapshot: %w", err)
+			}
 		}
 		p := engine.PartitionFor([]byte(engine.UserStream(cfg.App, cfg.User)), lg.Partitions())
 		if end, err := lg.End(ctx, p); err == nil && st.Checkpoint(p).NextOffset < end {

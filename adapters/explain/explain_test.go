@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/mdsync/mdsync/adapters/embedlog"
+	"github.com/mdsync/mdsync/adapters/logsource"
 	"github.com/mdsync/mdsync/adapters/replay/replaytest"
+	"github.com/mdsync/mdsync/engine"
+	"github.com/mdsync/mdsync/projections"
 )
 
 // TestExplainFifthLogin: a device evicted by a fifth login is explained
@@ -28,11 +34,11 @@ func TestExplainFifthLogin(t *testing.T) {
 `
 	dir := t.TempDir()
 	replaytest.Into(t, dir, input)
-	lg := replaytest.OpenLog(t, dir)
+	src := logsource.Source{Data: dir}
 	for _, rebuild := range []bool{false, true} {
 		cfg := Config{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
 		var out, warn bytes.Buffer
-		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), src, cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
 		var rows []Row
@@ -67,7 +73,7 @@ func TestExplainFifthLogin(t *testing.T) {
 
 		cfg.JSON, cfg.Device = false, "a1"
 		out.Reset()
-		if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), cfg, &out, &warn); err != nil {
+		if err := Run(context.Background(), src, cfg, &out, &warn); err != nil {
 			t.Fatal(err)
 		}
 		text := out.String()
@@ -82,7 +88,78 @@ func TestExplainFifthLogin(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if err := Run(context.Background(), lg, filepath.Join(dir, "proj"), Config{App: "demo"}, &out, &out); err == nil {
+	if err := Run(context.Background(), src, Config{App: "demo"}, &out, &out); err == nil {
 		t.Fatal("explain without --user worked")
+	}
+}
+
+// TestExplainWhileServed: explain on a data directory whose log and
+// projections another holder has open (as a running server does) reads
+// them from snapshots, prints what it prints on a free directory, and adds
+// nothing to it nor stops the holder.
+func TestExplainWhileServed(t *testing.T) {
+	input := `{"op":"login","user":"alice","login_id":"a1","platform":1,"device_name":"phone1"}
+{"op":"policy_set","default_limit":1}
+{"op":"login","user":"alice","login_id":"a2","platform":1,"device_name":"phone2","extension":"x"}
+`
+	dir := t.TempDir()
+	replaytest.Into(t, dir, input)
+	ctx := context.Background()
+	explainOf := func(rebuild bool) string {
+		t.Helper()
+		var out, warn bytes.Buffer
+		cfg := Config{App: "demo", User: "alice", JSON: true, Rebuild: rebuild, TempDir: t.TempDir()}
+		if err := Run(ctx, logsource.Source{Data: dir}, cfg, &out, &warn); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	free := explainOf(false)
+	if !strings.Contains(free, `"event":"ended","app":"demo","user":"alice","login_id":"a1"`) {
+		t.Fatalf("free directory: %s", free)
+	}
+
+	// Hold the log and the projections as serve does.
+	lg, err := embedlog.Open(embedlog.Options{Dir: filepath.Join(dir, "log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lg.Close()
+	st, err := projections.Open(projections.Options{Dir: filepath.Join(dir, "proj"), Partitions: lg.Partitions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if !logsource.Held(filepath.Join(dir, "log")) || !logsource.Held(filepath.Join(dir, "proj")) {
+		t.Fatal("the directories are not seen as held")
+	}
+	files := func() string {
+		var names []string
+		for _, sub := range []string{"log", "proj"} {
+			ents, err := os.ReadDir(filepath.Join(dir, sub))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				names = append(names, sub+"/"+e.Name())
+			}
+		}
+		return strings.Join(names, " ")
+	}
+	before := files()
+	for _, rebuild := range []bool{false, true} {
+		if got := explainOf(rebuild); got != free {
+			t.Fatalf("held, rebuild %v:\n%s\nwant\n%s", rebuild, got, free)
+		}
+	}
+	// (The holder itself may remove its obsolete files meanwhile.)
+	for _, f := range strings.Fields(files()) {
+		if !slices.Contains(strings.Fields(before), f) {
+			t.Fatalf("explain added %s to the held directories (before: %s)", f, before)
+		}
+	}
+	// The holder is not disturbed: it still appends.
+	if _, err := lg.Append(ctx, []engine.Record{{Partition: 0, Key: []byte("k"), Value: []byte("v")}}); err != nil {
+		t.Fatalf("append after explain: %v", err)
 	}
 }

@@ -47,7 +47,7 @@ const (
 type Summary struct {
 	Rows       int64 // rows written
 	Read       int64 // log records read
-	Derived    int64 // DELIVER records skipped (copies of exported events)
+	Derived    int64 // copies of exported events skipped (DELIVER, POLICY_SET on partitions > 0)
 	Unreadable int64 // undecodable records or kinds unknown to this build
 	Done       bool  // every selected record up to the run's ends is exported
 }

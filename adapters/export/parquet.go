@@ -57,6 +57,11 @@ type parquetRow struct {
 	MuteMs         *int64 `parquet:"mute_ms,optional"`
 	ThreadID       string `parquet:"thread_id,optional"`
 	RoomID         string `parquet:"room_id,optional"`
+	RemoteAddr     string `parquet:"remote_addr,optional"`
+	Process        string `parquet:"process,optional"`
+	Incarnation    string `parquet:"incarnation,optional"`
+	Connection     *int64 `parquet:"connection,optional"`
+	LastSeenMs     *int64 `parquet:"last_seen_ms,optional"`
 }
 
 func parquetRowOf(r *opjson.Row) parquetRow {
@@ -69,6 +74,11 @@ func parquetRowOf(r *opjson.Row) parquetRow {
 		GroupID: r.GroupID, ConversationID: r.ConversationID, MessageID: r.MessageID,
 		Contact: r.Contact, Ext: r.Ext, Users: r.Users, Name: r.Name, Reason: r.Reason,
 		ThreadID: r.ThreadID, RoomID: r.RoomID,
+		RemoteAddr: r.RemoteAddr, Process: r.Process, Incarnation: r.Incarnation,
+	}
+	if r.Op == "device_connected" || r.Op == "device_disconnected" {
+		c, ls := int64(r.Connection), r.LastSeenMs
+		q.Connection, q.LastSeenMs = &c, &ls
 	}
 	if r.IsLogin {
 		p, a := r.Platform, r.LoginAutoLogin

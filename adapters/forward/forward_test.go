@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mdsync/mdsync/adapters/kafkagroup"
-	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mdsync/mdsync/adapters/internal/testutil"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -72,18 +74,7 @@ func startProc(t *testing.T, brokers []string, topic, group string, parts int32)
 // each at least one, and returns b's.
 func waitOwned(t *testing.T, parts int32, a, b *proc) []int32 {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		oa, ob := a.n.Owned(), b.n.Owned()
-		all := slices.Sorted(slices.Values(append(slices.Clone(oa), ob...)))
-		if len(oa) > 0 && len(ob) > 0 && slices.Equal(all, []int32{0, 1, 2, 3}[:parts]) {
-			return ob
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("partitions not split after 30s: a %v b %v", oa, ob)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return testutil.WaitSplit(t, parts, a.n.Owned, b.n.Owned)[1]
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

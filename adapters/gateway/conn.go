@@ -46,6 +46,7 @@ type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
 	remote string
+	number uint64 // within the gateway's incarnation, for presence ops
 
 	// Set by register, before any other goroutine sees the conn.
 	app, user, loginID string
@@ -107,7 +108,7 @@ type conn struct {
 func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		g: g, ws: ws, remote: remote,
+		g: g, ws: ws, remote: remote, number: g.connSeq.Add(1),
 		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
@@ -147,6 +148,11 @@ func (c *conn) serve() {
 	c.mu.Unlock()
 	if attached {
 		c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Dec()
+		if !c.sessionOver() {
+			// After wg.Wait: the connect of this connection was appended
+			// (or given up) first. Graceful shutdown waits for it too.
+			c.recordPresence(context.Background(), pb.Kind_KIND_DEVICE_DISCONNECTED)
+		}
 	}
 	if registered {
 		c.g.unregister(c, attached)
@@ -305,7 +311,8 @@ func (c *conn) start(f *frame) bool {
 				msg = "the user's partition is not served here and its owner is not known yet; retry"
 			}
 			c.g.m.logins.WithLabelValues(codeLabel(int32(engine.CodeNotOwner))).Inc()
-			b, _ := json.Marshal(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr})
+			b, _ := json.Marshal(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr,
+				RetryAfterMs: c.g.retryAfter(engine.CodeNotOwner, addr)})
 			c.terminate(engine.CodeNotOwner, statusEnded, b)
 			return false
 		}
@@ -432,6 +439,15 @@ func (c *conn) sessionGone(afterQueued bool) {
 	c.close(afterQueued, engine.CodeNotFound, statusEnded, errorJSON("", engine.CodeNotFound, "no active session with login ID "+c.loginID))
 }
 
+// moved closes an attached connection whose user's partition another
+// process (addr) now serves, with error 1018 naming it: the device logs in
+// there. Its disconnect is recorded (serve), through the owner.
+func (c *conn) moved(addr string) {
+	c.g.m.sessionChecks.Inc()
+	b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner), Message: "the user's partition is now served by " + addr, Addr: addr})
+	c.terminate(engine.CodeNotOwner, statusEnded, b)
+}
+
 // close is terminate, or (afterQueued) the same once the frames queued
 // before it are written.
 func (c *conn) close(afterQueued bool, code engine.Code, status websocket.StatusCode, final []byte) {
@@ -456,7 +472,7 @@ func (c *conn) register() bool {
 // refuse answers a login or resume with a non-zero code and closes.
 func (c *conn) refuse(id string, code engine.Code, msg string) {
 	c.g.m.logins.WithLabelValues(codeLabel(int32(code))).Inc()
-	c.reply(loginResultFrame{Type: "login_result", ID: id, Code: int32(code), Message: msg}, "login_result")
+	c.reply(loginResultFrame{Type: "login_result", ID: id, Code: int32(code), Message: msg, RetryAfterMs: c.g.retryAfter(code, "")}, "login_result")
 	c.closeAfterQueued(code, statusEnded)
 }
 
@@ -479,6 +495,13 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 	c.pendingEnds = nil
 	c.mu.Unlock()
 	c.g.m.connected.WithLabelValues(strconv.Itoa(int(c.platform))).Inc()
+	if c.g.o.Process != "" {
+		c.wg.Add(1) // the reader's own goroutine: before serve's Wait
+		go func() {
+			defer c.wg.Done()
+			c.recordPresence(c.ctx, pb.Kind_KIND_DEVICE_CONNECTED)
+		}()
+	}
 	for _, x := range c.g.others(c) {
 		x.terminate(0, statusEnded, nil) // replaced by this connection
 	}
@@ -496,6 +519,38 @@ func (c *conn) attach(sessionOffset int64, res loginResultFrame, pos position) b
 		go c.follow(pos)
 	}
 	return true
+}
+
+// recordPresence appends a presence op of this connection, with its last
+// frame's time, when the gateway has a Process.
+// Best effort: a failure is logged and costs only the freshness of the
+// device list (the owner's gateway says who is connected now).
+func (c *conn) recordPresence(ctx context.Context, kind pb.Kind) {
+	if c.g.o.Process == "" {
+		return
+	}
+	p := &pb.DevicePresence{RemoteAddr: c.remote, Process: c.g.o.Process, Incarnation: c.g.o.Incarnation, Connection: c.number,
+		LastSeenUnixMs: c.seen().UnixMilli()}
+	if len(p.RemoteAddr) > engine.MaxRemoteAddrBytes {
+		p.RemoteAddr = p.RemoteAddr[:engine.MaxRemoteAddrBytes]
+	}
+	suffix := ".c"
+	if kind == pb.Kind_KIND_DEVICE_DISCONNECTED {
+		suffix = ".d"
+	}
+	ev := &pb.Event{
+		App: c.app, ClientOpId: "pr." + c.g.o.Incarnation + "." + strconv.FormatUint(c.number, 36) + suffix, Kind: kind,
+		Actor: &pb.Actor{User: c.user, LoginId: c.loginID}, Payload: &pb.Event_Presence{Presence: p},
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.g.o.SubmitTimeout)
+	defer cancel()
+	d, err := c.g.o.Engine.Begin(ctx, []*pb.Event{ev})[0].Wait(ctx)
+	if err == nil && d.Code != 0 {
+		err = engine.Errorf(engine.Code(d.Code), "%s", d.Message)
+	}
+	if err != nil {
+		c.g.o.Logger.Debug("gateway: presence not recorded", "kind", engine.KindName(kind), "app", c.app, "user", c.user, "login_id", c.loginID, "err", err)
+	}
 }
 
 // ended is told that the session of this connection's login ID ended.

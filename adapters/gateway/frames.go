@@ -85,7 +85,8 @@ type wireFrame struct {
 // naming the actor itself — is made again on Submit).
 func validateOp(ev *pb.Event) error {
 	switch ev.Kind {
-	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_PASSWORD_CHANGE, pb.Kind_KIND_USER_REMOVE, pb.Kind_KIND_DELIVER:
+	case pb.Kind_KIND_LOGIN, pb.Kind_KIND_POLICY_SET, pb.Kind_KIND_PASSWORD_CHANGE, pb.Kind_KIND_USER_REMOVE, pb.Kind_KIND_DELIVER,
+		pb.Kind_KIND_DEVICE_CONNECTED, pb.Kind_KIND_DEVICE_DISCONNECTED:
 		// Not a device's to submit: refused with 1008 by the gateway.
 		return nil
 	}
@@ -311,6 +312,8 @@ type errorFrame struct {
 	Code    int32  `json:"code"`
 	Message string `json:"message,omitempty"`
 	Addr    string `json:"addr,omitempty"` // 1018: the owner's address
+	// RetryAfterMs: a retry after this long may succeed (retryAfter).
+	RetryAfterMs int64 `json:"retry_after_ms,omitempty"`
 }
 
 type loginResultFrame struct {
@@ -322,6 +325,7 @@ type loginResultFrame struct {
 	Reconnect     bool   `json:"reconnect,omitempty"`
 	Resumed       bool   `json:"resumed,omitempty"`
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	RetryAfterMs  int64  `json:"retry_after_ms,omitempty"`
 }
 
 type resultFrame struct {
@@ -333,6 +337,10 @@ type resultFrame struct {
 	MessageID string `json:"message_id,omitempty"`
 	Partition int32  `json:"partition"`
 	Offset    int64  `json:"offset"`
+	// RetryAfterMs comes with a refusal a retry may cure (1009, 1018
+	// without an owner, 1019): send the op again, same client_op_id, after
+	// it.
+	RetryAfterMs int64 `json:"retry_after_ms,omitempty"`
 }
 
 type eventFrame struct {

@@ -171,6 +171,12 @@ type Options struct {
 	// BusyRetryAfter is the retry_after_ms a 1019 refusal carries.
 	// Default 100ms.
 	BusyRetryAfter time.Duration
+	// UnavailableRetryAfter is the retry_after_ms of a refusal a retry may
+	// cure that is not 1019: 1009 (the log or the store did not answer in
+	// time) and 1018 without an owner's address (the user's partition is
+	// moving or being restored). Default 1s, like the REST API's
+	// Retry-After.
+	UnavailableRetryAfter time.Duration
 	// SessionCheckInterval is the period of the check that closes every
 	// connection whose session the log has ended, in case the effect that
 	// should have closed it was lost: one ticker per gateway, jittered by
@@ -184,6 +190,19 @@ type Options struct {
 	OriginPatterns []string
 	// Now is the clock of last-seen times and idle checks. Default time.Now.
 	Now func() time.Time
+	// Process names this process in the presence ops the gateway appends
+	// (its advertised host:port): a DEVICE_CONNECTED when a device attaches,
+	// a DEVICE_DISCONNECTED when that connection ends — never per heartbeat
+	// (docs/design-notes.md, "Device presence"). Default "": nothing is
+	// appended and DeviceInfo knows only what this gateway saw.
+	Process string
+	// Incarnation identifies this run of the process in presence ops: an
+	// id (engine.ValidID) of at most 32 bytes. Default: random.
+	Incarnation string
+	// ClientAddr is a request's client address: the device's remote
+	// address and the rate-limit key of its logins (adapters/clientaddr
+	// picks it behind trusted proxies). Default: r.RemoteAddr.
+	ClientAddr func(r *http.Request) string
 }
 
 func (o *Options) ensureDefaults() {
@@ -223,11 +242,20 @@ func (o *Options) ensureDefaults() {
 	if o.BusyRetryAfter == 0 {
 		o.BusyRetryAfter = 100 * time.Millisecond
 	}
+	if o.UnavailableRetryAfter == 0 {
+		o.UnavailableRetryAfter = time.Second
+	}
 	if o.SessionCheckInterval == 0 {
 		o.SessionCheckInterval = 5 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Incarnation == "" {
+		o.Incarnation = randomID()
+	}
+	if o.ClientAddr == nil {
+		o.ClientAddr = func(r *http.Request) string { return r.RemoteAddr }
 	}
 }
 
@@ -251,8 +279,10 @@ func (o *Options) validate() error {
 		return errors.New("gateway: timeouts must be positive")
 	case o.MaxConnections < 1 || o.MaxOpsInFlight < 1 || o.MaxGatewayOpsInFlight < 1:
 		return errors.New("gateway: MaxConnections, MaxOpsInFlight and MaxGatewayOpsInFlight must be >= 1")
-	case o.BusyRetryAfter < time.Millisecond:
-		return errors.New("gateway: Options.BusyRetryAfter must be >= 1ms")
+	case o.BusyRetryAfter < time.Millisecond || o.UnavailableRetryAfter < time.Millisecond:
+		return errors.New("gateway: Options.BusyRetryAfter and UnavailableRetryAfter must be >= 1ms")
+	case len(o.Process) > engine.MaxProcessBytes || !engine.ValidID(o.Incarnation) || len(o.Incarnation) > 32:
+		return errors.New("gateway: Options.Process must be at most 256 bytes and Incarnation a valid id of at most 32 bytes")
 	}
 	return nil
 }
@@ -279,7 +309,8 @@ type Gateway struct {
 	n        int                            // open connections, counted before the upgrade
 	closing  bool
 
-	inflight atomic.Int64 // ops admitted and not yet answered, all connections
+	inflight atomic.Int64  // ops admitted and not yet answered, all connections
+	connSeq  atomic.Uint64 // numbers connections within the incarnation (presence ops)
 
 	wg        sync.WaitGroup // one per ServeHTTP call
 	stop      chan struct{}  // closed by Shutdown: stops the session check
@@ -340,7 +371,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ws.Close(websocket.StatusPolicyViolation, "subprotocol "+Subprotocol+" required")
 		return
 	}
-	c := newConn(g, ws, r.RemoteAddr)
+	c := newConn(g, ws, g.o.ClientAddr(r))
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()
@@ -485,7 +516,8 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // sweepSessions checks every connected user once, sessionCheckBatch users
-// at a time.
+// at a time: connections of a user another process now serves are sent
+// there, ended sessions are closed, and followers are woken.
 func (g *Gateway) sweepSessions() {
 	g.mu.RLock()
 	keys := make([]userKey, 0, len(g.users))
@@ -518,6 +550,18 @@ func (g *Gateway) sweepSessions() {
 			}
 			if len(conns[i]) == 0 {
 				continue
+			}
+			if g.o.Owner != nil {
+				// The user's partition moved to another process: this
+				// store no longer follows it, so the device would see
+				// nothing new here. Send it to the owner (1018 with the
+				// address), as a new login would be.
+				if addr, local := g.o.Owner.Owner(k.app, k.user); !local && addr != "" {
+					for _, c := range conns[i] {
+						c.moved(addr)
+					}
+					continue
+				}
 			}
 			ss, err := g.o.Store.Devices(k.app, k.user)
 			if err != nil {
@@ -670,7 +714,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 	})
 	m.sessionChecks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mdsync_gateway_session_check_closes_total",
-		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them).",
+		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them, or their user's partition moved to another process).",
 	})
 	m.live = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mdsync_gateway_live_events_total",

@@ -42,6 +42,9 @@ var forbidden = map[pb.Kind]string{
 	pb.Kind_KIND_PASSWORD_CHANGE: "password changes are made through the REST API",
 	pb.Kind_KIND_USER_REMOVE:     "user removal is made through the REST API",
 	pb.Kind_KIND_DELIVER:         "deliveries are derived by mdsync",
+	// The gateway records a device's connections itself.
+	pb.Kind_KIND_DEVICE_CONNECTED:    "presence is recorded by the gateway",
+	pb.Kind_KIND_DEVICE_DISCONNECTED: "presence is recorded by the gateway",
 }
 
 // admitOp queues an op frame or answers it at once; false ends reading.
@@ -90,10 +93,10 @@ func (c *conn) admitOp(f *frame) bool {
 // busy refuses an op with CodeBusy; bound names the bound that was full.
 func (c *conn) busy(id, bound string) bool {
 	c.g.m.busy.WithLabelValues(bound).Inc()
-	return c.reply(busyResultFrame{
-		resultFrame: resultFrame{Type: "result", ID: id, Code: int32(CodeBusy),
-			Message: "too many operations in flight on this " + bound + "; retry after retry_after_ms"},
-		RetryAfterMs: c.g.o.BusyRetryAfter.Milliseconds(),
+	return c.reply(resultFrame{
+		Type: "result", ID: id, Code: int32(CodeBusy),
+		Message:      "too many operations in flight on this " + bound + "; retry after retry_after_ms",
+		RetryAfterMs: c.g.retryAfter(CodeBusy, ""),
 	}, "result")
 }
 
@@ -167,6 +170,7 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 		res.Code, res.Message = d.Code, d.Message
 		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
 	}
+	res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
 	c.reply(res, "result")
 	if r.logout {
 		c.mu.Lock()

@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
-
+	"github.com/mdsync/mdsync/adapters/internal/testutil"
 	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -24,22 +22,11 @@ import (
 // member, no node. The brokers are MDSYNC_KAFKA_BROKERS, or an in-process
 // kfake cluster. adapters/node's owned tests cover a whole node in a group.
 
-var seq atomic.Int64
-
 // cluster returns brokers and a fresh topic and group name.
 func cluster(t *testing.T) (brokers []string, topic, group string) {
 	t.Helper()
-	brokers = strings.Split(os.Getenv("MDSYNC_KAFKA_BROKERS"), ",")
-	if brokers[0] == "" {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.Close)
-		brokers = c.ListenAddrs()
-	}
-	id := fmt.Sprintf("%d.%d", time.Now().UnixNano(), seq.Add(1))
-	return brokers, "mdsync-group-test." + id, "mdsync-group-test." + id
+	name := testutil.Unique("mdsync-group-test")
+	return testutil.Brokers(t), name, name
 }
 
 // member is one process of the group.
@@ -119,31 +106,11 @@ func (m *member) serving() []int32 {
 // exactly once, each at least one, and returns what each serves.
 func waitServed(t *testing.T, parts int32, ms ...*member) [][]int32 {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var all []int32
-		var each [][]int32
-		for _, m := range ms {
-			o := m.serving()
-			each = append(each, o)
-			all = append(all, o...)
-		}
-		slices.Sort(all)
-		ok := len(all) == int(parts)
-		for _, o := range each {
-			ok = ok && len(o) > 0
-		}
-		for i := range all {
-			ok = ok && all[i] == int32(i)
-		}
-		if ok {
-			return each
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("partitions not served exactly once after 30s: %v", each)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var serving []func() []int32
+	for _, m := range ms {
+		serving = append(serving, m.serving)
 	}
+	return testutil.WaitSplit(t, parts, serving...)
 }
 
 // eventually polls cond: the condition here is another process's state
@@ -160,14 +127,7 @@ func eventually(t *testing.T, cond func() bool) {
 }
 
 // userOn returns a user whose stream lives on partition p.
-func userOn(p, parts int32) string {
-	for i := 0; ; i++ {
-		u := fmt.Sprintf("user%d", i)
-		if engine.PartitionFor([]byte(engine.UserStream("app", u)), parts) == p {
-			return u
-		}
-	}
-}
+func userOn(p, parts int32) string { return testutil.UserOn("app", p, parts) }
 
 func ends(t *testing.T, lg engine.Log) []int64 {
 	out := make([]int64, lg.Partitions())

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/internal/testutil"
+
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -18,36 +20,16 @@ import (
 	"github.com/mdsync/mdsync/engine"
 )
 
-// brokersEnv names a real broker (host:port[,host:port]) to run the same
-// tests and benchmarks against; unset, they run against kfake in-process.
-const brokersEnv = "MDSYNC_KAFKA_BROKERS"
-
 // testMaxRecordBytes is small so the size tests stay cheap.
 const testMaxRecordBytes = 64 << 10
 
-var topicSeq atomic.Int64
-
 // brokers returns the real broker list, or starts a kfake cluster that lives
 // until tb ends.
-func brokers(tb testing.TB) []string {
-	tb.Helper()
-	if env := os.Getenv(brokersEnv); env != "" {
-		return strings.Split(env, ",")
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		tb.Fatalf("kfake: %v", err)
-	}
-	tb.Cleanup(c.Close)
-	return c.ListenAddrs()
-}
+func brokers(tb testing.TB) []string { return testutil.Brokers(tb) }
 
 // uniqueTopic names a topic no earlier test (nor run, on a real broker)
 // used.
-func uniqueTopic(tb testing.TB) string {
-	name := strings.NewReplacer("/", ".", "=", "-", " ", "_").Replace(tb.Name())
-	return fmt.Sprintf("mdsync-test.%s.%d.%d", name, time.Now().UnixNano(), topicSeq.Add(1))
-}
+func uniqueTopic(tb testing.TB) string { return testutil.UniqueTopic(tb) }
 
 func open(tb testing.TB, o Options) *Log {
 	tb.Helper()
@@ -177,7 +159,7 @@ var (
 
 func sharedBrokers(b *testing.B) []string {
 	benchOnce.Do(func() {
-		if env := os.Getenv(brokersEnv); env != "" {
+		if env := os.Getenv(testutil.BrokersEnv); env != "" {
 			benchBrokers = strings.Split(env, ",")
 			return
 		}

@@ -4,15 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/internal/testutil"
+
 	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"github.com/mdsync/mdsync/projections"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -54,19 +54,11 @@ func openNode(t *testing.T, parts int32) *Node {
 }
 
 func openKafkaNode(t *testing.T, parts int32, now func() time.Time) (*Node, error) {
-	brokers := strings.Split(os.Getenv("MDSYNC_KAFKA_BROKERS"), ",")
-	if brokers[0] == "" {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return nil, err
-		}
-		t.Cleanup(c.Close)
-		brokers = c.ListenAddrs()
-	}
+	brokers := testutil.Brokers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lg, err := kafkalog.Open(ctx, kafkalog.Options{
-		Brokers: brokers, Topic: fmt.Sprintf("mdsync-node-test.%d.%d", time.Now().UnixNano(), topicSeq.Add(1)),
+		Brokers: brokers, Topic: testutil.Unique("mdsync-node-test"),
 		Partitions: parts, CreateTopic: true,
 	})
 	if err != nil {

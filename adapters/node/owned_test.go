@@ -3,15 +3,14 @@ package node
 import (
 	"context"
 	"fmt"
-	"github.com/mdsync/mdsync/adapters/kafkagroup"
-	"github.com/mdsync/mdsync/adapters/kafkalog"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/mdsync/mdsync/adapters/internal/testutil"
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -22,17 +21,8 @@ import (
 // and a fresh topic and group name.
 func ownedCluster(t *testing.T) (brokers []string, topic, group string) {
 	t.Helper()
-	brokers = strings.Split(os.Getenv("MDSYNC_KAFKA_BROKERS"), ",")
-	if brokers[0] == "" {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.Close)
-		brokers = c.ListenAddrs()
-	}
-	id := fmt.Sprintf("%d.%d", time.Now().UnixNano(), topicSeq.Add(1))
-	return brokers, "mdsync-owned-test." + id, "mdsync-owned-group." + id
+	id := testutil.Unique("")
+	return testutil.Brokers(t), "mdsync-owned-test" + id, "mdsync-owned-group" + id
 }
 
 func openOwned(t *testing.T, brokers []string, topic, group, addr string, parts int32, dir string) *Node {
@@ -57,42 +47,15 @@ func openOwned(t *testing.T, brokers []string, topic, group, addr string, parts 
 // once, each at least one, and returns what each serves.
 func waitOwned(t *testing.T, parts int32, nodes ...*Node) [][]int32 {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var all []int32
-		var each [][]int32
-		for _, n := range nodes {
-			o := n.Owned()
-			each = append(each, o)
-			all = append(all, o...)
-		}
-		slices.Sort(all)
-		ok := len(all) == int(parts)
-		for _, o := range each {
-			ok = ok && len(o) > 0
-		}
-		for i := range all {
-			ok = ok && all[i] == int32(i)
-		}
-		if ok {
-			return each
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("partitions not served exactly once after 30s: %v", each)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var serving []func() []int32
+	for _, n := range nodes {
+		serving = append(serving, n.Owned)
 	}
+	return testutil.WaitSplit(t, parts, serving...)
 }
 
 // userOn returns a user whose stream lives on partition p.
-func userOn(p, parts int32) string {
-	for i := 0; ; i++ {
-		u := fmt.Sprintf("user%d", i)
-		if engine.PartitionFor([]byte(engine.UserStream("app", u)), parts) == p {
-			return u
-		}
-	}
-}
+func userOn(p, parts int32) string { return testutil.UserOn("app", p, parts) }
 
 // The group protocol itself (waits that end on a rebalance, the relay
 // position handed over) is tested in adapters/kafkagroup.

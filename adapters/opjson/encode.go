@@ -62,6 +62,11 @@ type Row struct {
 	MuteMs         int64             `json:"mute_ms,omitempty"`
 	ThreadID       string            `json:"thread_id,omitempty"`
 	RoomID         string            `json:"room_id,omitempty"`
+	RemoteAddr     string            `json:"remote_addr,omitempty"`
+	Process        string            `json:"process,omitempty"`
+	Incarnation    string            `json:"incarnation,omitempty"`
+	Connection     uint64            `json:"connection,omitempty"`
+	LastSeenMs     int64             `json:"last_seen_ms,omitempty"`
 
 	// For columnar writers, which keep what JSON leaves out: whether the
 	// row is a login (its platform and auto_login are set, even when
@@ -76,12 +81,12 @@ type RowKind int
 
 const (
 	RowEvent      RowKind = iota // an operation: the row is set
-	RowDerived                   // a fan-out copy (DELIVER) of an event already in the log
+	RowDerived                   // a copy of an event already in the log: a fan-out (DELIVER), or a POLICY_SET on a partition > 0
 	RowUnreadable                // undecodable, or a kind unknown to this build
 )
 
-// RowOf maps one log record to a row. DELIVER records are fan-out copies of
-// events already in the log and make no row.
+// RowOf maps one log record to a row. Copies of events already in the log
+// (DELIVER fan-out copies, POLICY_SET copies on partitions > 0) make no row.
 func RowOf(en engine.Entry) (*Row, RowKind) {
 	ev, err := engine.Decode(en.Value)
 	if err != nil {
@@ -101,6 +106,12 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		return nil, RowUnreadable
 	}
 	if ki.Category == engine.CatDerived {
+		return nil, RowDerived
+	}
+	// A policy change is appended once to every partition (engine's
+	// setPolicy); partition 0's copy is the operation, the others would
+	// replay as further changes.
+	if ps := ev.GetPolicySet(); ps != nil && ps.Partition > 0 {
 		return nil, RowDerived
 	}
 	r := &Row{
@@ -172,6 +183,9 @@ func Encode(ev *pb.Event) (*Row, RowKind) {
 		r.ThreadID, r.GroupID, r.Name, r.Users, r.MessageID = t.ThreadId, t.GroupId, t.Name, t.Users, t.MessageId
 	case *pb.Event_Chatroom:
 		r.RoomID = pl.Chatroom.RoomId
+	case *pb.Event_Presence:
+		p := pl.Presence
+		r.RemoteAddr, r.Process, r.Incarnation, r.Connection, r.LastSeenMs = p.RemoteAddr, p.Process, p.Incarnation, p.Connection, p.LastSeenUnixMs
 	}
 	return r, RowEvent
 }

@@ -101,6 +101,11 @@ type opJSON struct {
 	MuteMs         int64             `json:"mute_ms"`
 	ThreadID       string            `json:"thread_id"`
 	RoomID         string            `json:"room_id"`
+	RemoteAddr     string            `json:"remote_addr"`
+	Process        string            `json:"process"`
+	Incarnation    string            `json:"incarnation"`
+	Connection     uint64            `json:"connection"`
+	LastSeenMs     int64             `json:"last_seen_ms"`
 
 	// Fields of `mdsync export` lines (docs/events.md): body_base64 is a
 	// body that is not UTF-8, timeline_* are policy retention settings.
@@ -137,6 +142,9 @@ var PayloadFields = map[string][]string{
 	"group":        {"login_id", "group_id", "users", "name", "reason", "attributes", "mute_ms"},
 	"thread":       {"login_id", "thread_id", "group_id", "name", "users", "message_id"},
 	"chatroom":     {"login_id", "room_id"},
+	// Presence ops are the gateway's (device_connected, ...): exported so a
+	// replay rebuilds the same device table; login_id is the device.
+	"presence": {"login_id", "remote_addr", "process", "incarnation", "connection", "last_seen_ms"},
 }
 
 func invalid(format string, args ...any) error {
@@ -314,6 +322,11 @@ func fillPayload(ev *pb.Event, payload string, j *opJSON) error {
 		}}
 	case "chatroom":
 		ev.Payload = &pb.Event_Chatroom{Chatroom: &pb.ChatroomOp{RoomId: j.RoomID}}
+	case "presence":
+		ev.Payload = &pb.Event_Presence{Presence: &pb.DevicePresence{
+			RemoteAddr: j.RemoteAddr, Process: j.Process, Incarnation: j.Incarnation,
+			Connection: j.Connection, LastSeenUnixMs: j.LastSeenMs,
+		}}
 	default:
 		return engine.Errorf(engine.CodeInternal, "op %s has no JSON mapping", engine.KindName(ev.Kind))
 	}

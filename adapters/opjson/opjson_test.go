@@ -96,6 +96,11 @@ func genEvent(t testing.TB, ki engine.KindInfo, rng *rand.Rand, s string) *pb.Ev
 		ev.Payload = &pb.Event_Thread{Thread: &pb.ThreadOp{ThreadId: id("t"), GroupId: id("g"), Name: text(), Users: users(), MessageId: text()}}
 	case "chatroom":
 		ev.Payload = &pb.Event_Chatroom{Chatroom: &pb.ChatroomOp{RoomId: id("r")}}
+	case "presence":
+		ev.Actor.LoginId = id("L")
+		ev.Payload = &pb.Event_Presence{Presence: &pb.DevicePresence{
+			RemoteAddr: text(), Process: text(), Incarnation: id("i"), Connection: rng.Uint64(), LastSeenUnixMs: rng.Int64N(1 << 50),
+		}}
 	default:
 		t.Fatalf("kind %s: payload %q has no generator (and maybe no JSON mapping): handle it in opjson", ki.Name, ki.Payload())
 	}

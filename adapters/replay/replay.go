@@ -45,9 +45,6 @@ var ErrDigestMismatch = errors.New("rebuilt projections differ from the live one
 // (docs/operations.md, "Output"). Refused input lines make it return
 // ErrInvalidLines (wrapped) after the whole output was written.
 func Run(ctx context.Context, cfg Config, in io.Reader, out io.Writer) error {
-	if cfg.Partitions < 1 {
-		cfg.Partitions = 1
-	}
 	if cfg.App == "" {
 		cfg.App = "demo"
 	}
@@ -55,9 +52,30 @@ func Run(ctx context.Context, cfg Config, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return run(ctx, cfg, lines, nil, nil, out)
+}
+
+// run replays lines; pos, when not nil, is each line's position in the log
+// it was read from (by line number), and head are rows emitted first.
+func run(ctx context.Context, cfg Config, lines []opjson.Line, pos []LogPos, head []any, out io.Writer) error {
+	if cfg.Partitions < 1 {
+		cfg.Partitions = 1
+	}
 	enc := json.NewEncoder(out)
 	enc.SetEscapeHTML(false) // device names and extensions are shown as given
 	emit := func(v any) error { return enc.Encode(v) }
+	for _, h := range head {
+		if err := emit(h); err != nil {
+			return err
+		}
+	}
+	from := func(n int) *LogPos {
+		if n < 1 || n > len(pos) {
+			return nil
+		}
+		return &pos[n-1]
+	}
+	var err error
 
 	var tmp []string
 	defer func() {
@@ -103,7 +121,9 @@ func Run(ctx context.Context, cfg Config, in io.Reader, out io.Writer) error {
 			if !RefusedByRule(res.err) {
 				invalid++
 			}
-			if err := emit(errorRowOf(l, res.err)); err != nil {
+			row := errorRowOf(l, res.err)
+			row.From = from(l.N)
+			if err := emit(row); err != nil {
 				return err
 			}
 			if !cfg.KeepGoing {
@@ -112,7 +132,9 @@ func Run(ctx context.Context, cfg Config, in io.Reader, out io.Writer) error {
 			}
 			continue
 		}
-		if err := emit(decisionRowOf(l, res.d)); err != nil {
+		row := decisionRowOf(l, res.d)
+		row.From = from(l.N)
+		if err := emit(row); err != nil {
 			return err
 		}
 	}
@@ -182,7 +204,7 @@ func Run(ctx context.Context, cfg Config, in io.Reader, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := whatIf(ctx, d, cfg, lines, results, emit); err != nil {
+		if err := whatIf(ctx, d, cfg, lines, results, from, emit); err != nil {
 			return err
 		}
 	}

@@ -133,6 +133,17 @@ func TestReplayExamples(t *testing.T) {
 			wantStrings(t, "ended by logout", ended(o.Line(t, 5).Ended), []string{"web:0:REASON_LOGOUT"})
 			wantStrings(t, "devices", o.Devices(), []string{"alice/phone", "alice/desktop"})
 		},
+		"presence.jsonl": func(t *testing.T, o replaytest.Output) {
+			for _, n := range []int{2, 3} {
+				if c := o.Line(t, n).Code; c != 0 {
+					t.Errorf("presence line %d = %d", n, c)
+				}
+			}
+			if c := o.Line(t, 4).Code; c != int32(engine.CodeNotFound) {
+				t.Errorf("presence of a login ID without a session = %d, want 1005", c)
+			}
+			wantStrings(t, "devices", o.Devices(), []string{"alice/d1"})
+		},
 		"sync_operations.jsonl": func(t *testing.T, o replaytest.Output) {
 			for _, r := range o.OfType("decision") {
 				if r.Code != 0 {

@@ -12,11 +12,12 @@ import (
 
 // ErrorRow is an input line refused by parsing, validation or a rule.
 type ErrorRow struct {
-	Type    string `json:"type"`
-	Line    int    `json:"line"`
-	Op      string `json:"op,omitempty"`
-	Code    int32  `json:"code"`
-	Message string `json:"message"`
+	Type    string  `json:"type"`
+	Line    int     `json:"line"`
+	From    *LogPos `json:"from,omitempty"` // replay of a log: where the operation is in it
+	Op      string  `json:"op,omitempty"`
+	Code    int32   `json:"code"`
+	Message string  `json:"message"`
 }
 
 // EndedRow is a session an operation ended.
@@ -40,6 +41,7 @@ type EndedRow struct {
 type DecisionRow struct {
 	Type          string     `json:"type"`
 	Line          int        `json:"line"`
+	From          *LogPos    `json:"from,omitempty"` // replay of a log: where the operation is in it
 	Op            string     `json:"op"`
 	App           string     `json:"app"`
 	User          string     `json:"user"`
@@ -89,6 +91,7 @@ type VerifyRow struct {
 type WhatIfRow struct {
 	Type        string     `json:"type"`
 	Line        int        `json:"line"`
+	From        *LogPos    `json:"from,omitempty"` // replay of a log: where the operation is in it
 	Op          string     `json:"op"`
 	App         string     `json:"app"`
 	User        string     `json:"user"`

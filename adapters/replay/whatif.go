@@ -55,7 +55,7 @@ func (w *Policy) covers(app string) bool { return !w.ownApp || app == w.app }
 // before the first line for every app it covers, with the input's own
 // policy_set lines for those apps dropped, and prints each line whose
 // outcome differs, then a summary.
-func whatIf(ctx context.Context, dir string, cfg Config, lines []opjson.Line, orig []opResult, emit func(any) error) error {
+func whatIf(ctx context.Context, dir string, cfg Config, lines []opjson.Line, orig []opResult, from func(int) *LogPos, emit func(any) error) error {
 	r, err := openReplayer(ctx, dir, cfg.Partitions)
 	if err != nil {
 		return err
@@ -92,7 +92,7 @@ func whatIf(ctx context.Context, dir string, cfg Config, lines []opjson.Line, or
 		if l.Err != nil {
 			continue // refused by parsing or validation in both runs
 		}
-		row := WhatIfRow{Type: "whatif", Line: l.N, Op: l.Op, App: l.Event.App, User: l.Event.Actor.User}
+		row := WhatIfRow{Type: "whatif", Line: l.N, From: from(l.N), Op: l.Op, App: l.Event.App, User: l.Event.Actor.User}
 		row.Code, row.Ended = outcome(o)
 		var alt opResult
 		if l.Event.Kind == pb.Kind_KIND_POLICY_SET && cfg.Policy.covers(l.Event.App) {

@@ -61,17 +61,13 @@ func emWrite(w http.ResponseWriter, r *http.Request, action string, start time.T
 
 func (a *api) emResources(w http.ResponseWriter, r *http.Request, _ principal) {
 	start := time.Now()
-	app, user, ss, ok := a.sessionsOf(w, r)
+	ds, ok := a.devicesOf(w, r)
 	if !ok {
 		return
 	}
-	out := make([]emResource, 0, len(ss))
-	for _, s := range ss {
-		d := emResource{Res: s.LoginId, DeviceUUID: s.LoginId, DeviceName: s.DeviceName, Platform: s.Platform}
-		if a.opts.Presence != nil {
-			_, _, d.Connected = a.opts.Presence.DeviceInfo(app, user, s.LoginId)
-		}
-		out = append(out, d)
+	out := make([]emResource, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, emResource{Res: d.LoginID, DeviceUUID: d.LoginID, DeviceName: d.DeviceName, Platform: d.Platform, Connected: d.Connected})
 	}
 	emWrite(w, r, "get", start, out)
 }

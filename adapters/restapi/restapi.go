@@ -85,6 +85,35 @@ type Options struct {
 	// in the body, and Retry-After in whole seconds, rounded up. Default
 	// 100ms.
 	BusyRetryAfter time.Duration
+	// Owner and Reads, set together (several processes on one log), make
+	// every process answer a read about a user (its devices, the Easemob
+	// alias, its audit) the same way: a process that does not own the
+	// user's partition sends the read, once, to the owner (Reads), and
+	// answers 503/1018 with Retry-After while no owner is known. Default
+	// nil: this process answers every read itself.
+	Owner Owner
+	Reads ReadForwarder
+	// Process is this process's name (its advertised host:port), given in
+	// the device list as where a device connected here is served. Default "".
+	Process string
+	// ClientAddr is a request's client address, the rate-limit key of
+	// password checks (adapters/clientaddr picks it behind trusted
+	// proxies). Default: r.RemoteAddr.
+	ClientAddr func(r *http.Request) string
+}
+
+// Owner tells where a user's partition is served (*node.Node implements
+// it): here (local true), or the owner's host:port ("" while nobody is
+// known). Cheap and safe for concurrent use.
+type Owner interface {
+	Owner(app, user string) (addr string, local bool)
+}
+
+// ReadForwarder sends an authenticated read to the process at addr and
+// writes its answer to w, or 503/1009 with Retry-After when addr does not
+// answer (*forward.Reads implements it). Safe for concurrent use.
+type ReadForwarder interface {
+	ForwardRead(w http.ResponseWriter, r *http.Request, addr string)
 }
 
 // UnavailableRetryAfter is the Retry-After of a 503/1009: the log, the
@@ -111,8 +140,10 @@ type Credentials interface {
 }
 
 // Presence is the port to live connection state (the WebSocket gateway
-// implements it). It must be cheap and must not block: it is called once
-// per listed device. Unknown devices return zero values.
+// implements it): connected is true when the device is attached to this
+// process now, and then lastSeen and remoteAddr are the live connection's.
+// It must be cheap and must not block: it is called once per listed
+// device. Unknown devices return zero values.
 type Presence interface {
 	DeviceInfo(app, user, loginID string) (lastSeen time.Time, remoteAddr string, connected bool)
 }
@@ -125,8 +156,11 @@ type Submitter interface {
 // DeviceReader is what the device routes read (GET .../devices and its
 // Easemob alias .../resources). Devices returns the user's active
 // sessions in login order, from committed state; safe for concurrent use.
+// Presence returns what the log says of the connections of the user's
+// devices, by login ID (devices without a record are absent).
 type DeviceReader interface {
 	Devices(app, user string) ([]*pb.Session, error)
+	Presence(app, user string) (map[string]*pb.Presence, error)
 }
 
 // AuditReader is what the audit route reads: the user's ended sessions in
@@ -191,30 +225,33 @@ type route struct {
 	handle       func(a *api, w http.ResponseWriter, r *http.Request, p principal)
 	// alias: an Easemob-shaped path (easemob.go), served beside /v1/.
 	alias bool
+	// userRead: a read about the path's user, answered by the owner of the
+	// user's partition (Options.Owner).
+	userRead bool
 }
 
 // routeTable is every route the API serves. The OpenAPI test checks each
 // one against docs/openapi.yaml.
 var routeTable = []route{
-	{"GET", "/healthz", public, (*api).healthz, false},
-	{"GET", "/readyz", public, (*api).readyz, false},
-	{"GET", "/metrics", adminOnly, (*api).serveMetrics, false},
-	{"POST", "/v1/operations", adminOnly, (*api).submitOperation, false},
-	{"POST", forward.Path, adminOnly, (*api).internalOperation, false},
-	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register, false},
-	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser, false},
-	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword, false},
-	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken, false},
-	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices, false},
-	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll, false},
-	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice, false},
-	{"GET", "/v1/apps/{app}/users/{user}/audit", adminOnly, (*api).audit, false},
-	{"GET", "/v1/apps/{app}/policy", adminOnly, (*api).getPolicy, false},
-	{"PUT", "/v1/apps/{app}/policy", adminOnly, (*api).putPolicy, false},
-	{"GET", "/v1/apps/{app}/feed", adminOnly, (*api).feed, false},
-	{"GET", "/{org}/{app}/users/{user}/resources", adminOrOwner, (*api).emResources, true},
-	{"GET", "/{org}/{app}/users/{user}/disconnect", adminOrOwner, (*api).emDisconnectAll, true},
-	{"DELETE", "/{org}/{app}/users/{user}/disconnect/{resource}", adminOrOwner, (*api).emDisconnect, true},
+	{"GET", "/healthz", public, (*api).healthz, false, false},
+	{"GET", "/readyz", public, (*api).readyz, false, false},
+	{"GET", "/metrics", adminOnly, (*api).serveMetrics, false, false},
+	{"POST", "/v1/operations", adminOnly, (*api).submitOperation, false, false},
+	{"POST", forward.Path, adminOnly, (*api).internalOperation, false, false},
+	{"POST", "/v1/apps/{app}/users", adminOnly, (*api).register, false, false},
+	{"DELETE", "/v1/apps/{app}/users/{user}", adminOnly, (*api).removeUser, false, false},
+	{"PUT", "/v1/apps/{app}/users/{user}/password", adminOrPass, (*api).setPassword, false, false},
+	{"POST", "/v1/apps/{app}/users/{user}/tokens", adminOrPass, (*api).issueToken, false, false},
+	{"GET", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).devices, false, true},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices", adminOrOwner, (*api).kickAll, false, false},
+	{"DELETE", "/v1/apps/{app}/users/{user}/devices/{login_id}", adminOrOwner, (*api).kickDevice, false, false},
+	{"GET", "/v1/apps/{app}/users/{user}/audit", adminOnly, (*api).audit, false, true},
+	{"GET", "/v1/apps/{app}/policy", adminOnly, (*api).getPolicy, false, false},
+	{"PUT", "/v1/apps/{app}/policy", adminOnly, (*api).putPolicy, false, false},
+	{"GET", "/v1/apps/{app}/feed", adminOnly, (*api).feed, false, false},
+	{"GET", "/{org}/{app}/users/{user}/resources", adminOrOwner, (*api).emResources, true, true},
+	{"GET", "/{org}/{app}/users/{user}/disconnect", adminOrOwner, (*api).emDisconnectAll, true, false},
+	{"DELETE", "/{org}/{app}/users/{user}/disconnect/{resource}", adminOrOwner, (*api).emDisconnect, true, false},
 }
 
 // New returns the API handler over eng (writes) and store (reads). It
@@ -240,6 +277,12 @@ func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
 	}
 	if opts.BusyRetryAfter == 0 {
 		opts.BusyRetryAfter = 100 * time.Millisecond
+	}
+	if (opts.Owner == nil) != (opts.Reads == nil) {
+		return nil, errors.New("restapi: Options.Owner and Reads are set together")
+	}
+	if opts.ClientAddr == nil {
+		opts.ClientAddr = func(r *http.Request) string { return r.RemoteAddr }
 	}
 	if opts.MaxSubmitsInFlight < 1 || opts.BusyRetryAfter < time.Millisecond {
 		return nil, errors.New("restapi: Options.MaxSubmitsInFlight must be >= 1 and BusyRetryAfter >= 1ms")
@@ -287,7 +330,7 @@ func New(eng Submitter, store Reader, opts Options) (http.Handler, error) {
 		if !ok {
 			return nil, fmt.Errorf("restapi: admin route %q is not \"METHOD /path\"", pattern)
 		}
-		mux.Handle(pattern, a.guard(route{method, path, adminOnly, func(_ *api, w http.ResponseWriter, r *http.Request, _ principal) { h.ServeHTTP(w, r) }, false}))
+		mux.Handle(pattern, a.guard(route{method, path, adminOnly, func(_ *api, w http.ResponseWriter, r *http.Request, _ principal) { h.ServeHTTP(w, r) }, false, false}))
 		a.access[pattern] = adminOnly
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -461,6 +504,10 @@ func (a *api) submitOperation(w http.ResponseWriter, r *http.Request, _ principa
 	op, err := decodeOperation(body)
 	if err != nil {
 		a.writeCoded(w, err)
+		return
+	}
+	if ki, _ := engine.LookupKind(op.Kind); ki.Category == engine.CatPresence {
+		writeError(w, http.StatusForbidden, engine.CodeForbidden, engine.KindName(op.Kind)+" is recorded by the gateway and cannot be submitted")
 		return
 	}
 	d, err := a.submit(r.Context(), op)

@@ -5,8 +5,8 @@ import (
 	"encoding/base64"
 	"net/http"
 	"strings"
-	"time"
 
+	"github.com/mdsync/mdsync/adapters/forward"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
@@ -31,6 +31,9 @@ func (a *api) guard(rt route) http.Handler {
 		h := r.Header.Get("Authorization")
 		// Constant-time, and first, so the admin token's bytes leak nothing.
 		if subtle.ConstantTimeCompare([]byte(h), wantAdmin) == 1 {
+			if rt.userRead && !a.servedHere(w, r) {
+				return
+			}
 			rt.handle(a, w, r, principal{admin: true})
 			return
 		}
@@ -50,8 +53,35 @@ func (a *api) guard(rt route) http.Handler {
 			a.writeCoded(w, err)
 			return
 		}
+		if rt.userRead && !a.servedHere(w, r) {
+			return
+		}
 		rt.handle(a, w, r, p)
 	})
+}
+
+// servedHere reports whether this process answers a read about the path's
+// user; when not, it has answered the request: with the owner's answer
+// (one hop: a read forwarded here is never forwarded again), or 503/1018
+// with Retry-After while the owner is not known. Ids that are not valid
+// are left to the route, which refuses them.
+func (a *api) servedHere(w http.ResponseWriter, r *http.Request) bool {
+	app, user := r.PathValue("app"), r.PathValue("user")
+	if a.opts.Owner == nil || !engine.ValidID(app) || !engine.ValidID(user) {
+		return true
+	}
+	addr, local := a.opts.Owner.Owner(app, user)
+	switch {
+	case local:
+		return true
+	case addr == "":
+		writeError(w, http.StatusServiceUnavailable, engine.CodeNotOwner, "the user's partition is not served here and its owner is not known yet; retry")
+	case forward.Forwarded(r):
+		writeError(w, http.StatusServiceUnavailable, engine.CodeNotOwner, "the user's partition moved from this process; retry")
+	default:
+		a.opts.Reads.ForwardRead(w, r, addr)
+	}
+	return false
 }
 
 var (
@@ -78,7 +108,7 @@ func (a *api) authenticateUser(acc access, h string, r *http.Request) (principal
 		if !ok || pw == "" {
 			return principal{}, errNoCredential
 		}
-		if err := a.opts.Auth.CheckPassword(app, name, pw, r.RemoteAddr); err != nil {
+		if err := a.opts.Auth.CheckPassword(app, name, pw, a.opts.ClientAddr(r)); err != nil {
 			return principal{}, err
 		}
 		if name != user {
@@ -225,7 +255,10 @@ func (a *api) issueToken(w http.ResponseWriter, r *http.Request, _ principal) {
 }
 
 // device is one entry of fetchLoggedInDevices: the session as the log
-// decided it, plus live facts from Presence.
+// decided it, what the log recorded of its connections (last seen, remote
+// address), and whether it is connected now, which only the gateway
+// serving it knows: the owner of the user's partition, which answers this
+// read on every process (servedHere).
 type device struct {
 	LoginID         string `json:"login_id"`
 	Platform        int32  `json:"platform"`
@@ -235,41 +268,56 @@ type device struct {
 	LastSeenUnixMs  int64  `json:"last_seen_unix_ms"`
 	RemoteAddr      string `json:"remote_addr"`
 	Connected       bool   `json:"connected"`
+	// Process serves the connected device ("" when not connected).
+	Process string `json:"process"`
 }
 
-// sessionsOf reads the path's app and user and their active sessions; it
-// answers the request itself (400 or 503) when it returns ok=false. Both
-// device lists (ours and the Easemob alias) start with it.
-func (a *api) sessionsOf(w http.ResponseWriter, r *http.Request) (app, user string, ss []*pb.Session, ok bool) {
+// devicesOf reads the path's app and user, their active sessions and
+// presence; it answers the request itself (400 or 503) when it returns
+// ok=false. Both device lists (ours and the Easemob alias) start with it.
+func (a *api) devicesOf(w http.ResponseWriter, r *http.Request) ([]device, bool) {
 	if !validPath(w, r, "app", "user") {
-		return "", "", nil, false
+		return nil, false
 	}
-	app, user = r.PathValue("app"), r.PathValue("user")
+	app, user := r.PathValue("app"), r.PathValue("user")
 	ss, err := a.sessions.Devices(app, user)
+	var pres map[string]*pb.Presence
+	if err == nil {
+		pres, err = a.sessions.Presence(app, user)
+	}
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, engine.CodeUnavailable, err.Error())
-		return "", "", nil, false
-	}
-	return app, user, ss, true
-}
-
-func (a *api) devices(w http.ResponseWriter, r *http.Request, _ principal) {
-	app, user, ss, ok := a.sessionsOf(w, r)
-	if !ok {
-		return
+		return nil, false
 	}
 	out := make([]device, 0, len(ss))
 	for _, s := range ss {
 		d := device{LoginID: s.LoginId, Platform: s.Platform, DeviceName: s.DeviceName, Extension: s.Extension,
 			LoginTimeUnixMs: s.LoginTimeUnixMs}
+		p, logged := pres[s.LoginId]
+		if logged {
+			d.LastSeenUnixMs, d.RemoteAddr = p.LastSeenUnixMs, p.RemoteAddr
+		}
 		if a.opts.Presence != nil {
-			var seen time.Time
-			seen, d.RemoteAddr, d.Connected = a.opts.Presence.DeviceInfo(app, user, s.LoginId)
-			if !seen.IsZero() {
-				d.LastSeenUnixMs = seen.UnixMilli()
+			// A connection the log records on another process, or on an
+			// earlier run of this one, is not live: only this gateway's
+			// connections are (the device's login went to this owner).
+			seen, remote, connected := a.opts.Presence.DeviceInfo(app, user, s.LoginId)
+			if connected || (!logged && !seen.IsZero()) {
+				d.LastSeenUnixMs, d.RemoteAddr, d.Connected = seen.UnixMilli(), remote, connected
+			}
+			if connected {
+				d.Process = a.opts.Process
 			}
 		}
 		out = append(out, d)
+	}
+	return out, true
+}
+
+func (a *api) devices(w http.ResponseWriter, r *http.Request, _ principal) {
+	out, ok := a.devicesOf(w, r)
+	if !ok {
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string][]device{"devices": out})
 }

@@ -4,11 +4,12 @@
 // and reports throughput, HDR latency percentiles, server RSS and
 // goroutines, and a same-run baseline ratio, as JSON, Markdown and PNG
 // plots. Scenarios are in benchmarks/scenarios; results in
-// benchmarks/RESULTS.md.
+// benchmarks/RESULTS.md. The load generator itself is the package
+// benchmarks/loadgen; this command parses flags and calls it.
 //
 //	mdsync-bench run --scenario benchmarks/scenarios/smoke.json --out /tmp/smoke
 //	mdsync-bench report --out DIR REPORT.json   # Markdown and plots again from a saved report
-//	mdsync-bench echo --addr 127.0.0.1:9000     # the baseline server alone
+//	mdsync-bench echo                           # the baseline server alone (prints its address)
 package main
 
 import (
@@ -17,12 +18,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"syscall"
+
+	"github.com/mdsync/mdsync/benchmarks/loadgen"
 )
 
 func main() {
@@ -48,6 +51,56 @@ func dispatch(args []string) error {
 	return fmt.Errorf("unknown command %q (run, report, echo)", cmd)
 }
 
+// runBench runs a scenario and writes its report.
+func runBench(args []string) error {
+	var f loadgen.Options
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	scenario := fs.String("scenario", "benchmarks/scenarios/smoke.json", "scenario file")
+	out := fs.String("out", "bench-out", "directory for NAME.json, NAME.md and the PNG plots")
+	fs.StringVar(&f.Addr, "addr", "", "host:port of a running mdsync serve; empty: build and start one on a temp data dir")
+	fs.StringVar(&f.AdminToken, "admin-token", "", "admin token of the server at --addr")
+	fs.StringVar(&f.AdminTokenFile, "admin-token-file", "", "file holding it (DATA/admin-token)")
+	fs.IntVar(&f.ServerPID, "server-pid", 0, "pid of the server at --addr, to sample its RSS (0: not sampled)")
+	fs.StringVar(&f.KafkaBrokers, "kafka-brokers", "", "start the server on these Kafka brokers instead of the embedded log")
+	fs.StringVar(&f.MdsyncBin, "mdsync-bin", "", "mdsync binary to start; empty: go build ./cmd/mdsync")
+	fs.IntVar(&f.Partitions, "partitions", 0, "partitions of the started server's log (0: serve's default)")
+	fs.BoolVar(&f.Quiet, "quiet", false, "no progress bars")
+	fs.Func("serve-arg", "an extra argument for the started mdsync serve (repeat the flag for several), e.g. --serve-arg=--ws-send-queue=64", func(v string) error {
+		f.ServeArgs = append(f.ServeArgs, v)
+		return nil
+	})
+	cpuProfile := fs.String("cpuprofile", "", "write the benchmark process's CPU profile here (is the load generator the bottleneck?)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	sc, err := loadgen.LoadScenario(*scenario)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	rep, err := loadgen.Run(ctx, sc, f, logger)
+	if rep != nil {
+		rep.Command = "mdsync-bench run " + strings.Join(args, " ")
+		if werr := loadgen.WriteOutputs(rep, *out, true, os.Stdout); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
+	return err
+}
+
 // runReport writes the Markdown and the plots of a saved JSON report.
 func runReport(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
@@ -62,37 +115,11 @@ func runReport(args []string) error {
 	if err != nil {
 		return err
 	}
-	var r Report
+	var r loadgen.Report
 	if err := json.Unmarshal(b, &r); err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
-	return writeOutputs(&r, *out, false, os.Stdout)
-}
-
-// writeOutputs writes NAME.md and the plots (and NAME.json when withJSON)
-// into dir, and the Markdown to term when it is not nil.
-func writeOutputs(r *Report, dir string, withJSON bool, term io.Writer) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	var errs []error
-	if withJSON {
-		errs = append(errs, r.WriteJSON(filepath.Join(dir, r.Scenario.Name+".json")))
-	}
-	f, err := os.Create(filepath.Join(dir, r.Scenario.Name+".md"))
-	if err != nil {
-		return err
-	}
-	errs = append(errs, r.WriteMarkdown(f), f.Close())
-	files, err := WritePlots(r, dir)
-	errs = append(errs, err)
-	if term != nil {
-		errs = append(errs, r.WriteMarkdown(term))
-		for _, f := range files {
-			fmt.Fprintln(term, "wrote", f)
-		}
-	}
-	return errors.Join(errs...)
+	return loadgen.WriteOutputs(&r, *out, false, os.Stdout)
 }
 
 // runEcho serves the baseline echo server until interrupted.
@@ -102,7 +129,7 @@ func runEcho(args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	e, err := StartEchoServer(logger)
+	e, err := loadgen.StartEchoServer(logger)
 	if err != nil {
 		return err
 	}

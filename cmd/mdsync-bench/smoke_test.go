@@ -3,43 +3,66 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mdsync/mdsync/benchmarks/loadgen"
 )
 
+// buildBinaries builds this command and cmd/mdsync into dir (or takes
+// mdsync from MDSYNC_BENCH_SERVE_BIN).
+func buildBinaries(ctx context.Context, t *testing.T, dir string) (bench, mdsync string) {
+	t.Helper()
+	bench = filepath.Join(dir, "mdsync-bench")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bench, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	mdsync = os.Getenv("MDSYNC_BENCH_SERVE_BIN")
+	if mdsync == "" {
+		var err error
+		if mdsync, err = loadgen.BuildMdsync(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bench, mdsync
+}
+
 // TestSmokeScenario runs benchmarks/scenarios/smoke.json end to end
-// against an `mdsync serve` it starts (built from this tree, or
+// through the built mdsync-bench binary, as a user would, against an
+// `mdsync serve` it starts (built from this tree, or
 // MDSYNC_BENCH_SERVE_BIN), and checks that every part of the report was
-// produced with non-zero counts. It asserts that the tool works, never how
-// fast: figures on a shared CI machine mean nothing.
+// produced with non-zero counts; then `mdsync-bench report` redraws the
+// Markdown and plots from the saved JSON. It asserts that the tool works,
+// never how fast: figures on a shared CI machine mean nothing.
 func TestSmokeScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts mdsync serve and runs the smoke scenario (~20 s)")
 	}
-	sc, err := LoadScenario("../../benchmarks/scenarios/smoke.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	benchBin, mdsyncBin := buildBinaries(ctx, t, t.TempDir())
+	scenario := "../../benchmarks/scenarios/smoke.json"
+	sc, err := loadgen.LoadScenario(scenario)
 	if err != nil {
 		t.Fatal(err)
-	}
-	bin := os.Getenv("MDSYNC_BENCH_SERVE_BIN")
-	if bin == "" {
-		if bin, err = mdsyncBin(); err != nil {
-			t.Fatal(err)
-		}
 	}
 	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	rep, err := Run(ctx, sc, runFlags{bin: bin, quiet: true}, logger)
+	cmd := exec.CommandContext(ctx, benchBin, "run", "--scenario", scenario, "--out", out, "--mdsync-bin", mdsyncBin, "--quiet")
+	stdout, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("run: %v (errors %v)", err, rep.ErrorFirst)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("mdsync-bench run: %v\n%s\n%s", err, stdout, stderr)
 	}
-	if err := writeOutputs(rep, out, true, nil); err != nil {
-		t.Fatal(err)
+	// The Markdown goes to the terminal too, with the files it wrote.
+	if !strings.Contains(string(stdout), "mdsync / baseline =") || !strings.Contains(string(stdout), "wrote ") {
+		t.Errorf("stdout lacks the report:\n%s", stdout)
 	}
 
 	// The files.
@@ -48,7 +71,7 @@ func TestSmokeScenario(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
-	var back Report
+	var back loadgen.Report
 	b, _ := os.ReadFile(filepath.Join(out, "smoke.json"))
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
@@ -72,16 +95,16 @@ func TestSmokeScenario(t *testing.T) {
 	}
 	// The step past saturation is offered twice what the ramp achieved at
 	// best, and the server's CPU was read over every phase.
-	var over *PhaseReport
+	var over *loadgen.PhaseReport
 	for i, p := range back.Phases {
-		if p.Name == OverloadPhase {
+		if p.Name == loadgen.OverloadPhase {
 			over = &back.Phases[i]
 		}
 		if p.ServerCPUSeconds <= 0 || p.ServerCPUPerOpUs <= 0 {
 			t.Errorf("phase %s: no server CPU time (%v s, %v µs/op)", p.Name, p.ServerCPUSeconds, p.ServerCPUPerOpUs)
 		}
 	}
-	if peak := SaturatingRate(back.Phases); over == nil || peak <= 0 || over.OfferedRate != 2*peak {
+	if peak := loadgen.SaturatingRate(back.Phases); over == nil || peak <= 0 || over.OfferedRate != 2*peak {
 		t.Errorf("overload step %+v, want offered 2 × %v", over, peak)
 	}
 	md, err := os.ReadFile(filepath.Join(out, sc.Name+".md"))
@@ -115,5 +138,24 @@ func TestSmokeScenario(t *testing.T) {
 	// The same-run baseline and its ratio.
 	if bl := back.Baseline; bl == nil || bl.Ops == 0 || bl.Ratio <= 0 {
 		t.Errorf("baseline %+v", bl)
+	}
+	if !strings.HasPrefix(back.Command, "mdsync-bench run --scenario ") {
+		t.Errorf("command %q", back.Command)
+	}
+
+	// report: the Markdown and plots again from the saved JSON.
+	again := t.TempDir()
+	if b, err := exec.CommandContext(ctx, benchBin, "report", "--out", again, filepath.Join(out, "smoke.json")).CombinedOutput(); err != nil {
+		t.Fatalf("mdsync-bench report: %v\n%s", err, b)
+	}
+	for _, f := range []string{"smoke.md", "smoke-latency.png", "smoke-connections.png"} {
+		if st, err := os.Stat(filepath.Join(again, f)); err != nil || st.Size() == 0 {
+			t.Errorf("report %s: %v", f, err)
+		}
+	}
+	// A wrong command says which there are, and exits 1.
+	b, err = exec.CommandContext(ctx, benchBin, "nonsense").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(b), "unknown command \"nonsense\" (run, report, echo)") {
+		t.Errorf("mdsync-bench nonsense: %v %s", err, b)
 	}
 }

@@ -137,17 +137,7 @@ func TestBinaryExplainFifthLogin(t *testing.T) {
 		}
 	}
 	// The admin CLI reads the token serve generated into its data directory.
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errOut, code := runBin(t, bin, append(args, "--server", base, "--data", data)...)
-		if code != 0 {
-			t.Fatalf("%v: exit %d: %s", args, code, errOut)
-		}
-		return out
-	}
-	cli("policy", "set", "--app", "shop", "--default-limit", "4")
-	cli("users", "add", "--app", "shop", "--user", "alice", "--password", "password-alice")
-	tok := strings.TrimSpace(strings.Split(cli("users", "token", "--app", "shop", "--user", "alice"), "\n")[0])
+	tok := shopWithAlice(t, bin, base, "--data", data)
 
 	s := e2eServer{base: base, ws: "ws://" + addr + "/v1/ws"}
 	var phones []*device

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/mdsync/mdsync/adapters/explain"
@@ -26,13 +25,13 @@ func runExplain(args []string) error {
 	fs.StringVar(&cfg.User, "user", "", "the user (required)")
 	fs.StringVar(&cfg.Device, "device", "", "only rows about this login ID (as the device or as the one that ended it)")
 	fs.BoolVar(&cfg.JSON, "json", false, "JSON lines instead of text")
-	fs.BoolVar(&cfg.Rebuild, "rebuild", false, "build the projections from the log in a temporary directory (needed while a server holds the data directory's projections)")
+	fs.BoolVar(&cfg.Rebuild, "rebuild", false, "build the projections from the log in a temporary directory instead of reading the data directory's")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: mdsync explain --user U [--app A] [--device LOGIN_ID] [--data DIR] [--json] [--rebuild]\n\n"+
 			"Prints every login, eviction and kick of a user's devices: who ended a session, why (code and reason),\n"+
 			"the evicting login's device name and extension, the policy version and the log offset (docs/operations.md).\n"+
-			"It reads a stopped server's data directory (the embedded log is one process's at a time), or the log\n"+
-			"through Kafka with --rebuild.\n\nflags:")
+			"It reads the data directory of a stopped or running server (a running one's from snapshots, without\n"+
+			"disturbing it), or the log through Kafka with --rebuild.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -43,17 +42,8 @@ func runExplain(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	lg, err := src.Open(ctx)
-	if err != nil {
-		return fmt.Errorf("explain: %w", err)
-	}
-	defer lg.Close()
-	projDir := filepath.Join(src.Data, "proj")
-	if src.Kafka != "" {
-		projDir = filepath.Join(src.Data, "proj-kafka")
-	}
 	out := bufio.NewWriter(os.Stdout)
-	err = explain.Run(ctx, lg, projDir, cfg, out, os.Stderr)
+	err := explain.Run(ctx, src, cfg, out, os.Stderr)
 	if ferr := out.Flush(); err == nil {
 		err = ferr
 	}

@@ -23,8 +23,8 @@ func logSourceFlags(fs *flag.FlagSet, s *logsource.Source) {
 	fs.StringVar(&s.Data, "data", envOr("MDSYNC_DATA", "data"), "data directory: the embedded log is DIR/log (env MDSYNC_DATA)")
 	fs.StringVar(&s.Kafka, "kafka-brokers", envOr("MDSYNC_KAFKA_BROKERS", ""), "comma-separated Kafka brokers; empty reads the embedded log (env MDSYNC_KAFKA_BROKERS)")
 	fs.StringVar(&s.Topic, "kafka-topic", envOr("MDSYNC_KAFKA_TOPIC", "mdsync.log"), "the log's Kafka topic (env MDSYNC_KAFKA_TOPIC)")
-	parts, _ := strconv.Atoi(envOr("MDSYNC_PARTITIONS", "8"))
-	fs.IntVar(&s.Partitions, "partitions", parts, "partition count of the Kafka topic (must match it; env MDSYNC_PARTITIONS)")
+	parts, _ := strconv.Atoi(envOr("MDSYNC_PARTITIONS", "0"))
+	fs.IntVar(&s.Partitions, "partitions", parts, "partition count of the Kafka topic (must match it; 0 reads it from the topic; env MDSYNC_PARTITIONS)")
 }
 
 func runExport(args []string) error {

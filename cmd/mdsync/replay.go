@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,13 +11,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/mdsync/mdsync/adapters/logsource"
 	"github.com/mdsync/mdsync/adapters/replay"
 )
 
 // runReplay is `mdsync replay [flags] [FILE]`: it reads operations as JSON
-// lines (docs/operations.md), submits them one at a time through the engine
-// on a fresh embedded log, and prints each decision, the final device table
-// and the state digest as JSON lines on stdout.
+// lines (docs/operations.md), or from a live log (a data directory's, a
+// Kafka topic's), submits them one at a time through the engine on a fresh
+// embedded log, and prints each decision, the final device table and the
+// state digest as JSON lines on stdout.
 func runReplay(args []string) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	cfg := replay.Config{}
@@ -27,8 +30,20 @@ func runReplay(args []string) error {
 	fs.Int64Var(&cfg.At, "at", -1, "print the device table as of `OFFSET` (inclusive; per partition) instead of the final one")
 	policyFile := fs.String("policy", "", "replay a second time under the policy in `FILE` and print how sessions ended differently")
 	fs.BoolVar(&cfg.KeepGoing, "keep-going", true, "report an invalid line and go on; false stops at the first one")
+	var src logsource.Source
+	fs.StringVar(&src.Data, "from-data", "", "replay the log of the data directory `DIR` (a stopped or running server's; a running one's is read from a snapshot, without disturbing it)")
+	fs.StringVar(&src.Kafka, "kafka-brokers", "", "replay the log in a Kafka topic: comma-separated brokers")
+	fs.StringVar(&src.Topic, "topic", "mdsync.log", "with --kafka-brokers: the log's topic")
+	fs.StringVar(&src.Topic, "kafka-topic", "mdsync.log", "the same as --topic (the spelling of export and explain)")
+	fs.IntVar(&src.Partitions, "topic-partitions", 0, "with --kafka-brokers: the topic's partition count (0: read from the topic)")
+	fromOffset := fs.Int64("from-offset", 0, "with --from-data or --kafka-brokers: the first offset replayed of every partition")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: mdsync replay [flags] [FILE|-]\n\nReads operations as JSON lines (docs/operations.md) from FILE or stdin.\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: mdsync replay [flags] [FILE|-]\n"+
+			"       mdsync replay --from-data DIR | --kafka-brokers HOST:PORT [--topic T] [--from-offset N] [flags]\n\n"+
+			"Reads operations as JSON lines (docs/operations.md) from FILE or stdin, or the operations of a live\n"+
+			"log from an offset on (merged across partitions by time), and replays them on a fresh log: with\n"+
+			"--policy FILE, what the history would have been under another policy (what-if); with --at, the\n"+
+			"device table as of an offset (time travel).\n\nflags:")
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after the file name.
@@ -59,6 +74,30 @@ func runReplay(args []string) error {
 			return fmt.Errorf("replay: --policy %s: %w", *policyFile, err)
 		}
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	if src.Data != "" || src.Kafka != "" {
+		if len(files) > 0 || (src.Data != "" && src.Kafka != "") {
+			return errors.New("replay: give one input: a FILE, --from-data or --kafka-brokers")
+		}
+		src.TempDir = os.TempDir()
+		lg, err := src.Open(ctx)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		defer lg.Close()
+		desc := "embedded log of " + src.Data
+		if src.Kafka != "" {
+			desc = "Kafka topic " + src.Topic + " at " + src.Kafka
+		}
+		err = replay.RunLog(ctx, cfg, lg, *fromOffset, desc, out)
+		if ferr := out.Flush(); err == nil {
+			err = ferr
+		}
+		return err
+	}
 	in := io.Reader(os.Stdin)
 	if len(files) == 1 && files[0] != "-" {
 		f, err := os.Open(files[0])
@@ -68,9 +107,6 @@ func runReplay(args []string) error {
 		defer f.Close()
 		in = f
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	out := bufio.NewWriter(os.Stdout)
 	err := replay.Run(ctx, cfg, in, out)
 	if ferr := out.Flush(); err == nil {
 		err = ferr

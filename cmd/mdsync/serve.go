@@ -7,8 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/mdsync/mdsync/adapters/kafkagroup"
-	"github.com/mdsync/mdsync/adapters/kafkalog"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,8 +17,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mdsync/mdsync/adapters/kafkagroup"
+	"github.com/mdsync/mdsync/adapters/kafkalog"
+	"github.com/mdsync/mdsync/adapters/nodemetrics"
+
 	"github.com/mdsync/mdsync/adapters/auth"
 	"github.com/mdsync/mdsync/adapters/bus"
+	"github.com/mdsync/mdsync/adapters/clientaddr"
 	"github.com/mdsync/mdsync/adapters/console"
 	"github.com/mdsync/mdsync/adapters/delivery"
 	"github.com/mdsync/mdsync/adapters/feed"
@@ -56,6 +59,7 @@ type serveConfig struct {
 	rf         int
 	origins    string
 	debugAddr  string
+	proxies    string
 	gw         gateway.Options
 }
 
@@ -83,7 +87,12 @@ func runServe(args []string) error {
 	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
 	fs.StringVar(&c.origins, "allowed-origins", "", "comma-separated browser origins (scheme://host:port, or *) allowed besides the server's own: the WebSocket handshake and CORS on the user routes; admin routes never (env MDSYNC_ALLOWED_ORIGINS)")
 	fs.StringVar(&c.debugAddr, "debug-addr", defaultDebugAddr, "internal listener for /debug/pprof/ and /metrics without the admin token (debug.go); keep it on loopback or a private network; empty disables (env MDSYNC_DEBUG_ADDR)")
+	fs.StringVar(&c.proxies, "trusted-proxies", "", "comma-separated CIDR ranges or addresses of reverse proxies whose X-Forwarded-For is believed (the rightmost address not in the list is the client's); empty: the TCP peer is the client (env MDSYNC_TRUSTED_PROXIES)")
 	if err := parseSettings(fs, args); err != nil {
+		return err
+	}
+	proxies, err := clientaddr.Parse(c.proxies)
+	if err != nil {
 		return err
 	}
 	var origins []string
@@ -114,7 +123,7 @@ func runServe(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	core, err := newCoreMetrics(reg)
+	core, err := nodemetrics.NewCore(reg)
 	if err != nil {
 		return err
 	}
@@ -145,13 +154,13 @@ func runServe(args []string) error {
 	}
 	defer effects.Close()
 	live := feed.New() // the console's live feed of logins, evictions and kicks
-	onApplied := delivery.Publisher(effects, core.observe, live.Publish)
-	n, err := openNode(ctx, c, brokers, onApplied, func(l engine.Log) engine.Log { return timedLog{l, core.appendSeconds} })
+	onApplied := delivery.Publisher(effects, core.Observe, live.Publish)
+	n, err := openNode(ctx, c, brokers, onApplied, core.TimeAppends)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	reg.MustRegister(newLagCollector(n))
+	reg.MustRegister(nodemetrics.NewLag(n))
 
 	// Operations whose stream another process owns go to that owner.
 	sub, err := forward.New(n.Engine, n, forward.Options{Token: token, Logger: logger})
@@ -161,6 +170,7 @@ func runServe(args []string) error {
 	gopts := c.gw
 	gopts.OriginPatterns = origins
 	gopts.Auth, gopts.Engine, gopts.Store, gopts.Owner, gopts.Registerer, gopts.Logger = creds, sub, n.Store, n, reg, logger
+	gopts.Process, gopts.ClientAddr = c.advertise, proxies.Addr
 	gw, err := gateway.New(gopts)
 	if err != nil {
 		return err
@@ -204,8 +214,14 @@ func runServe(args []string) error {
 	aggErr := make(chan error, 1)
 	go func() { aggErr <- agg.Run(ctx, n.Log) }()
 
+	// Reads about a user are answered by the owner of its partition.
+	reads, err := forward.NewReads(forward.Options{Token: token, Logger: logger})
+	if err != nil {
+		return err
+	}
 	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
+		Owner: n, Reads: reads, Process: c.advertise, ClientAddr: proxies.Addr,
 		Ready:          n.Ready,
 		AdminRoutes:    map[string]http.Handler{"GET /v1/apps/{app}/aggregates": agg.Handler()},
 		AllowedOrigins: origins,

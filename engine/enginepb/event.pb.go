@@ -43,6 +43,12 @@ const (
 	Kind_KIND_PASSWORD_CHANGE  Kind = 5
 	Kind_KIND_USER_REMOVE      Kind = 6
 	Kind_KIND_POLICY_SET       Kind = 7
+	// Device presence: appended by the gateway itself, never accepted from a
+	// client. CONNECTED when a device attaches to a connection, DISCONNECTED
+	// when that connection ends; never per heartbeat (docs/design-notes.md,
+	// "Device presence").
+	Kind_KIND_DEVICE_CONNECTED    Kind = 9
+	Kind_KIND_DEVICE_DISCONNECTED Kind = 11
 	// Messages: 20..39
 	Kind_KIND_MESSAGE_SEND      Kind = 20
 	Kind_KIND_DELIVERY_RECEIPT  Kind = 21
@@ -113,6 +119,8 @@ var (
 		5:   "KIND_PASSWORD_CHANGE",
 		6:   "KIND_USER_REMOVE",
 		7:   "KIND_POLICY_SET",
+		9:   "KIND_DEVICE_CONNECTED",
+		11:  "KIND_DEVICE_DISCONNECTED",
 		20:  "KIND_MESSAGE_SEND",
 		21:  "KIND_DELIVERY_RECEIPT",
 		22:  "KIND_READ_RECEIPT",
@@ -171,6 +179,8 @@ var (
 		"KIND_PASSWORD_CHANGE":                 5,
 		"KIND_USER_REMOVE":                     6,
 		"KIND_POLICY_SET":                      7,
+		"KIND_DEVICE_CONNECTED":                9,
+		"KIND_DEVICE_DISCONNECTED":             11,
 		"KIND_MESSAGE_SEND":                    20,
 		"KIND_DELIVERY_RECEIPT":                21,
 		"KIND_READ_RECEIPT":                    22,
@@ -506,6 +516,7 @@ type Event struct {
 	//	*Event_Chatroom
 	//	*Event_Empty
 	//	*Event_Deliver
+	//	*Event_Presence
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -712,6 +723,15 @@ func (x *Event) GetDeliver() *Deliver {
 	return nil
 }
 
+func (x *Event) GetPresence() *DevicePresence {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -764,6 +784,10 @@ type Event_Deliver struct {
 	Deliver *Deliver `protobuf:"bytes,31,opt,name=deliver,proto3,oneof"`
 }
 
+type Event_Presence struct {
+	Presence *DevicePresence `protobuf:"bytes,33,opt,name=presence,proto3,oneof"`
+}
+
 func (*Event_Login) isEvent_Payload() {}
 
 func (*Event_KickDevice) isEvent_Payload() {}
@@ -787,6 +811,8 @@ func (*Event_Chatroom) isEvent_Payload() {}
 func (*Event_Empty) isEvent_Payload() {}
 
 func (*Event_Deliver) isEvent_Payload() {}
+
+func (*Event_Presence) isEvent_Payload() {}
 
 // Deliver carries a source event to one recipient, or (recipients) to
 // several recipients whose user streams share one partition: a group's
@@ -947,6 +973,93 @@ func (*Empty) Descriptor() ([]byte, []int) {
 	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{3}
 }
 
+// DevicePresence is one connection of the acting device (actor.login_id),
+// as the gateway that served it saw it. The event's time is when the
+// gateway appended it.
+type DevicePresence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// remote_addr is the device's address: the TCP peer, or the client
+	// address a trusted proxy forwarded (X-Forwarded-For).
+	RemoteAddr string `protobuf:"bytes,1,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	// process is the serving process (its advertised host:port).
+	Process string `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	// incarnation identifies one run of that process (random at start).
+	Incarnation string `protobuf:"bytes,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// connection numbers the connection within the incarnation: a
+	// DISCONNECTED ends only the connection it names.
+	Connection uint64 `protobuf:"varint,4,opt,name=connection,proto3" json:"connection,omitempty"`
+	// last_seen_unix_ms: when the gateway last received a frame of the
+	// connection (the login, for CONNECTED), by the gateway's clock.
+	LastSeenUnixMs int64 `protobuf:"varint,5,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DevicePresence) Reset() {
+	*x = DevicePresence{}
+	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DevicePresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DevicePresence) ProtoMessage() {}
+
+func (x *DevicePresence) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
+func (*DevicePresence) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DevicePresence) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetConnection() uint64 {
+	if x != nil {
+		return x.Connection
+	}
+	return 0
+}
+
+func (x *DevicePresence) GetLastSeenUnixMs() int64 {
+	if x != nil {
+		return x.LastSeenUnixMs
+	}
+	return 0
+}
+
 type Login struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// platform is the client's osType, 1..100.
@@ -963,7 +1076,7 @@ type Login struct {
 
 func (x *Login) Reset() {
 	*x = Login{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	mi := &file_mdsync_v1_event_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1088,7 @@ func (x *Login) String() string {
 func (*Login) ProtoMessage() {}
 
 func (x *Login) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[4]
+	mi := &file_mdsync_v1_event_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1101,7 @@ func (x *Login) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Login.ProtoReflect.Descriptor instead.
 func (*Login) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{4}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Login) GetPlatform() int32 {
@@ -1035,7 +1148,7 @@ type KickDevice struct {
 
 func (x *KickDevice) Reset() {
 	*x = KickDevice{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[5]
+	mi := &file_mdsync_v1_event_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1160,7 @@ func (x *KickDevice) String() string {
 func (*KickDevice) ProtoMessage() {}
 
 func (x *KickDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[5]
+	mi := &file_mdsync_v1_event_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1173,7 @@ func (x *KickDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickDevice.ProtoReflect.Descriptor instead.
 func (*KickDevice) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{5}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KickDevice) GetLoginId() string {
@@ -1080,7 +1193,7 @@ type PlatformLimit struct {
 
 func (x *PlatformLimit) Reset() {
 	*x = PlatformLimit{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[6]
+	mi := &file_mdsync_v1_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1205,7 @@ func (x *PlatformLimit) String() string {
 func (*PlatformLimit) ProtoMessage() {}
 
 func (x *PlatformLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[6]
+	mi := &file_mdsync_v1_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1218,7 @@ func (x *PlatformLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformLimit.ProtoReflect.Descriptor instead.
 func (*PlatformLimit) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{6}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PlatformLimit) GetPlatform() int32 {
@@ -1149,7 +1262,7 @@ type PolicySet struct {
 
 func (x *PolicySet) Reset() {
 	*x = PolicySet{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[7]
+	mi := &file_mdsync_v1_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1274,7 @@ func (x *PolicySet) String() string {
 func (*PolicySet) ProtoMessage() {}
 
 func (x *PolicySet) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[7]
+	mi := &file_mdsync_v1_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1287,7 @@ func (x *PolicySet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySet.ProtoReflect.Descriptor instead.
 func (*PolicySet) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PolicySet) GetVersion() uint64 {
@@ -1258,7 +1371,7 @@ type MessageSend struct {
 
 func (x *MessageSend) Reset() {
 	*x = MessageSend{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[8]
+	mi := &file_mdsync_v1_event_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1383,7 @@ func (x *MessageSend) String() string {
 func (*MessageSend) ProtoMessage() {}
 
 func (x *MessageSend) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[8]
+	mi := &file_mdsync_v1_event_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1396,7 @@ func (x *MessageSend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageSend.ProtoReflect.Descriptor instead.
 func (*MessageSend) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MessageSend) GetChatType() ChatType {
@@ -1341,7 +1454,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[9]
+	mi := &file_mdsync_v1_event_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1466,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[9]
+	mi := &file_mdsync_v1_event_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1479,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Receipt) GetChatType() ChatType {
@@ -1402,7 +1515,7 @@ type ConversationRef struct {
 
 func (x *ConversationRef) Reset() {
 	*x = ConversationRef{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[10]
+	mi := &file_mdsync_v1_event_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1527,7 @@ func (x *ConversationRef) String() string {
 func (*ConversationRef) ProtoMessage() {}
 
 func (x *ConversationRef) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[10]
+	mi := &file_mdsync_v1_event_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1540,7 @@ func (x *ConversationRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationRef.ProtoReflect.Descriptor instead.
 func (*ConversationRef) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConversationRef) GetChatType() ChatType {
@@ -1461,7 +1574,7 @@ type ContactOp struct {
 
 func (x *ContactOp) Reset() {
 	*x = ContactOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[11]
+	mi := &file_mdsync_v1_event_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1586,7 @@ func (x *ContactOp) String() string {
 func (*ContactOp) ProtoMessage() {}
 
 func (x *ContactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[11]
+	mi := &file_mdsync_v1_event_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1599,7 @@ func (x *ContactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContactOp.ProtoReflect.Descriptor instead.
 func (*ContactOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContactOp) GetUser() string {
@@ -1520,7 +1633,7 @@ type GroupOp struct {
 
 func (x *GroupOp) Reset() {
 	*x = GroupOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[12]
+	mi := &file_mdsync_v1_event_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1645,7 @@ func (x *GroupOp) String() string {
 func (*GroupOp) ProtoMessage() {}
 
 func (x *GroupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[12]
+	mi := &file_mdsync_v1_event_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1658,7 @@ func (x *GroupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOp.ProtoReflect.Descriptor instead.
 func (*GroupOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GroupOp) GetGroupId() string {
@@ -1600,7 +1713,7 @@ type Attribute struct {
 
 func (x *Attribute) Reset() {
 	*x = Attribute{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[13]
+	mi := &file_mdsync_v1_event_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1725,7 @@ func (x *Attribute) String() string {
 func (*Attribute) ProtoMessage() {}
 
 func (x *Attribute) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[13]
+	mi := &file_mdsync_v1_event_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1738,7 @@ func (x *Attribute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attribute.ProtoReflect.Descriptor instead.
 func (*Attribute) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Attribute) GetKey() string {
@@ -1656,7 +1769,7 @@ type ThreadOp struct {
 
 func (x *ThreadOp) Reset() {
 	*x = ThreadOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[14]
+	mi := &file_mdsync_v1_event_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1781,7 @@ func (x *ThreadOp) String() string {
 func (*ThreadOp) ProtoMessage() {}
 
 func (x *ThreadOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[14]
+	mi := &file_mdsync_v1_event_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1794,7 @@ func (x *ThreadOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThreadOp.ProtoReflect.Descriptor instead.
 func (*ThreadOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{14}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ThreadOp) GetThreadId() string {
@@ -1728,7 +1841,7 @@ type ChatroomOp struct {
 
 func (x *ChatroomOp) Reset() {
 	*x = ChatroomOp{}
-	mi := &file_mdsync_v1_event_proto_msgTypes[15]
+	mi := &file_mdsync_v1_event_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1853,7 @@ func (x *ChatroomOp) String() string {
 func (*ChatroomOp) ProtoMessage() {}
 
 func (x *ChatroomOp) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_event_proto_msgTypes[15]
+	mi := &file_mdsync_v1_event_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1866,7 @@ func (x *ChatroomOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatroomOp.ProtoReflect.Descriptor instead.
 func (*ChatroomOp) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{15}
+	return file_mdsync_v1_event_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ChatroomOp) GetRoomId() string {
@@ -1771,7 +1884,7 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x05Actor\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x19\n" +
 	"\blogin_id\x18\x02 \x01(\tR\aloginId\x12\x14\n" +
-	"\x05admin\x18\x03 \x01(\bR\x05admin\"\xf3\x06\n" +
+	"\x05admin\x18\x03 \x01(\bR\x05admin\"\xac\a\n" +
 	"\x05Event\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x1d\n" +
@@ -1797,7 +1910,8 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x06thread\x18\x1c \x01(\v2\x13.mdsync.v1.ThreadOpH\x00R\x06thread\x123\n" +
 	"\bchatroom\x18\x1d \x01(\v2\x15.mdsync.v1.ChatroomOpH\x00R\bchatroom\x12(\n" +
 	"\x05empty\x18\x1e \x01(\v2\x10.mdsync.v1.EmptyH\x00R\x05empty\x12.\n" +
-	"\adeliver\x18\x1f \x01(\v2\x12.mdsync.v1.DeliverH\x00R\adeliverB\t\n" +
+	"\adeliver\x18\x1f \x01(\v2\x12.mdsync.v1.DeliverH\x00R\adeliver\x127\n" +
+	"\bpresence\x18! \x01(\v2\x19.mdsync.v1.DevicePresenceH\x00R\bpresenceB\t\n" +
 	"\apayload\"\xc6\x02\n" +
 	"\aDeliver\x12\x1c\n" +
 	"\trecipient\x18\x01 \x01(\tR\trecipient\x12\x1e\n" +
@@ -1811,7 +1925,16 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x06source\x18\x06 \x01(\v2\x10.mdsync.v1.EventR\x06source\x12)\n" +
 	"\x10source_partition\x18\a \x01(\x05R\x0fsourcePartition\x12#\n" +
 	"\rsource_offset\x18\b \x01(\x03R\fsourceOffset\"\a\n" +
-	"\x05Empty\"\x9c\x01\n" +
+	"\x05Empty\"\xb8\x01\n" +
+	"\x0eDevicePresence\x12\x1f\n" +
+	"\vremote_addr\x18\x01 \x01(\tR\n" +
+	"remoteAddr\x12\x18\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\tR\vincarnation\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x04 \x01(\x04R\n" +
+	"connection\x12)\n" +
+	"\x11last_seen_unix_ms\x18\x05 \x01(\x03R\x0elastSeenUnixMs\"\x9c\x01\n" +
 	"\x05Login\x12\x1a\n" +
 	"\bplatform\x18\x01 \x01(\x05R\bplatform\x12\x19\n" +
 	"\blogin_id\x18\x02 \x01(\tR\aloginId\x12\x1f\n" +
@@ -1879,7 +2002,7 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"message_id\x18\x05 \x01(\tR\tmessageId\"%\n" +
 	"\n" +
 	"ChatroomOp\x12\x17\n" +
-	"\aroom_id\x18\x01 \x01(\tR\x06roomId*\x99\v\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId*\xd2\v\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1889,7 +2012,9 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"\x15KIND_KICK_ALL_DEVICES\x10\x04\x12\x18\n" +
 	"\x14KIND_PASSWORD_CHANGE\x10\x05\x12\x14\n" +
 	"\x10KIND_USER_REMOVE\x10\x06\x12\x13\n" +
-	"\x0fKIND_POLICY_SET\x10\a\x12\x15\n" +
+	"\x0fKIND_POLICY_SET\x10\a\x12\x19\n" +
+	"\x15KIND_DEVICE_CONNECTED\x10\t\x12\x1c\n" +
+	"\x18KIND_DEVICE_DISCONNECTED\x10\v\x12\x15\n" +
 	"\x11KIND_MESSAGE_SEND\x10\x14\x12\x19\n" +
 	"\x15KIND_DELIVERY_RECEIPT\x10\x15\x12\x15\n" +
 	"\x11KIND_READ_RECEIPT\x10\x16\x12\x1a\n" +
@@ -1967,7 +2092,7 @@ func file_mdsync_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mdsync_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_mdsync_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_mdsync_v1_event_proto_goTypes = []any{
 	(Kind)(0),               // 0: mdsync.v1.Kind
 	(PlatformMode)(0),       // 1: mdsync.v1.PlatformMode
@@ -1977,47 +2102,49 @@ var file_mdsync_v1_event_proto_goTypes = []any{
 	(*Event)(nil),           // 5: mdsync.v1.Event
 	(*Deliver)(nil),         // 6: mdsync.v1.Deliver
 	(*Empty)(nil),           // 7: mdsync.v1.Empty
-	(*Login)(nil),           // 8: mdsync.v1.Login
-	(*KickDevice)(nil),      // 9: mdsync.v1.KickDevice
-	(*PlatformLimit)(nil),   // 10: mdsync.v1.PlatformLimit
-	(*PolicySet)(nil),       // 11: mdsync.v1.PolicySet
-	(*MessageSend)(nil),     // 12: mdsync.v1.MessageSend
-	(*Receipt)(nil),         // 13: mdsync.v1.Receipt
-	(*ConversationRef)(nil), // 14: mdsync.v1.ConversationRef
-	(*ContactOp)(nil),       // 15: mdsync.v1.ContactOp
-	(*GroupOp)(nil),         // 16: mdsync.v1.GroupOp
-	(*Attribute)(nil),       // 17: mdsync.v1.Attribute
-	(*ThreadOp)(nil),        // 18: mdsync.v1.ThreadOp
-	(*ChatroomOp)(nil),      // 19: mdsync.v1.ChatroomOp
+	(*DevicePresence)(nil),  // 8: mdsync.v1.DevicePresence
+	(*Login)(nil),           // 9: mdsync.v1.Login
+	(*KickDevice)(nil),      // 10: mdsync.v1.KickDevice
+	(*PlatformLimit)(nil),   // 11: mdsync.v1.PlatformLimit
+	(*PolicySet)(nil),       // 12: mdsync.v1.PolicySet
+	(*MessageSend)(nil),     // 13: mdsync.v1.MessageSend
+	(*Receipt)(nil),         // 14: mdsync.v1.Receipt
+	(*ConversationRef)(nil), // 15: mdsync.v1.ConversationRef
+	(*ContactOp)(nil),       // 16: mdsync.v1.ContactOp
+	(*GroupOp)(nil),         // 17: mdsync.v1.GroupOp
+	(*Attribute)(nil),       // 18: mdsync.v1.Attribute
+	(*ThreadOp)(nil),        // 19: mdsync.v1.ThreadOp
+	(*ChatroomOp)(nil),      // 20: mdsync.v1.ChatroomOp
 }
 var file_mdsync_v1_event_proto_depIdxs = []int32{
 	0,  // 0: mdsync.v1.Event.kind:type_name -> mdsync.v1.Kind
 	4,  // 1: mdsync.v1.Event.actor:type_name -> mdsync.v1.Actor
-	8,  // 2: mdsync.v1.Event.login:type_name -> mdsync.v1.Login
-	9,  // 3: mdsync.v1.Event.kick_device:type_name -> mdsync.v1.KickDevice
-	11, // 4: mdsync.v1.Event.policy_set:type_name -> mdsync.v1.PolicySet
-	12, // 5: mdsync.v1.Event.message:type_name -> mdsync.v1.MessageSend
-	13, // 6: mdsync.v1.Event.receipt:type_name -> mdsync.v1.Receipt
-	14, // 7: mdsync.v1.Event.conversation:type_name -> mdsync.v1.ConversationRef
-	15, // 8: mdsync.v1.Event.contact:type_name -> mdsync.v1.ContactOp
-	16, // 9: mdsync.v1.Event.group:type_name -> mdsync.v1.GroupOp
-	18, // 10: mdsync.v1.Event.thread:type_name -> mdsync.v1.ThreadOp
-	19, // 11: mdsync.v1.Event.chatroom:type_name -> mdsync.v1.ChatroomOp
+	9,  // 2: mdsync.v1.Event.login:type_name -> mdsync.v1.Login
+	10, // 3: mdsync.v1.Event.kick_device:type_name -> mdsync.v1.KickDevice
+	12, // 4: mdsync.v1.Event.policy_set:type_name -> mdsync.v1.PolicySet
+	13, // 5: mdsync.v1.Event.message:type_name -> mdsync.v1.MessageSend
+	14, // 6: mdsync.v1.Event.receipt:type_name -> mdsync.v1.Receipt
+	15, // 7: mdsync.v1.Event.conversation:type_name -> mdsync.v1.ConversationRef
+	16, // 8: mdsync.v1.Event.contact:type_name -> mdsync.v1.ContactOp
+	17, // 9: mdsync.v1.Event.group:type_name -> mdsync.v1.GroupOp
+	19, // 10: mdsync.v1.Event.thread:type_name -> mdsync.v1.ThreadOp
+	20, // 11: mdsync.v1.Event.chatroom:type_name -> mdsync.v1.ChatroomOp
 	7,  // 12: mdsync.v1.Event.empty:type_name -> mdsync.v1.Empty
 	6,  // 13: mdsync.v1.Event.deliver:type_name -> mdsync.v1.Deliver
-	5,  // 14: mdsync.v1.Deliver.source:type_name -> mdsync.v1.Event
-	1,  // 15: mdsync.v1.PolicySet.mode:type_name -> mdsync.v1.PlatformMode
-	10, // 16: mdsync.v1.PolicySet.limits:type_name -> mdsync.v1.PlatformLimit
-	2,  // 17: mdsync.v1.PolicySet.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
-	3,  // 18: mdsync.v1.MessageSend.chat_type:type_name -> mdsync.v1.ChatType
-	3,  // 19: mdsync.v1.Receipt.chat_type:type_name -> mdsync.v1.ChatType
-	3,  // 20: mdsync.v1.ConversationRef.chat_type:type_name -> mdsync.v1.ChatType
-	17, // 21: mdsync.v1.GroupOp.attributes:type_name -> mdsync.v1.Attribute
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	8,  // 14: mdsync.v1.Event.presence:type_name -> mdsync.v1.DevicePresence
+	5,  // 15: mdsync.v1.Deliver.source:type_name -> mdsync.v1.Event
+	1,  // 16: mdsync.v1.PolicySet.mode:type_name -> mdsync.v1.PlatformMode
+	11, // 17: mdsync.v1.PolicySet.limits:type_name -> mdsync.v1.PlatformLimit
+	2,  // 18: mdsync.v1.PolicySet.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	3,  // 19: mdsync.v1.MessageSend.chat_type:type_name -> mdsync.v1.ChatType
+	3,  // 20: mdsync.v1.Receipt.chat_type:type_name -> mdsync.v1.ChatType
+	3,  // 21: mdsync.v1.ConversationRef.chat_type:type_name -> mdsync.v1.ChatType
+	18, // 22: mdsync.v1.GroupOp.attributes:type_name -> mdsync.v1.Attribute
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_mdsync_v1_event_proto_init() }
@@ -2038,6 +2165,7 @@ func file_mdsync_v1_event_proto_init() {
 		(*Event_Chatroom)(nil),
 		(*Event_Empty)(nil),
 		(*Event_Deliver)(nil),
+		(*Event_Presence)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2045,7 +2173,7 @@ func file_mdsync_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_event_proto_rawDesc), len(file_mdsync_v1_event_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -203,6 +203,107 @@ func (x *Session) GetLastLoginTimeUnixMs() int64 {
 	return 0
 }
 
+// Presence is what the log says of a device's connections (key: app,
+// user, login ID), kept while its session is active: the last connection
+// recorded, and whether the log saw it end. Whether the device is
+// connected NOW is the serving gateway's to say (docs/design-notes.md,
+// "Device presence").
+type Presence struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RemoteAddr  string                 `protobuf:"bytes,1,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	Process     string                 `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	Incarnation string                 `protobuf:"bytes,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Connection  uint64                 `protobuf:"varint,4,opt,name=connection,proto3" json:"connection,omitempty"`
+	// connected: a CONNECTED was applied and no DISCONNECTED of the same
+	// connection since.
+	Connected       bool  `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	ConnectedUnixMs int64 `protobuf:"varint,6,opt,name=connected_unix_ms,json=connectedUnixMs,proto3" json:"connected_unix_ms,omitempty"`
+	// last_seen_unix_ms: the connection's last frame as its connect, then
+	// its disconnect, reported it.
+	LastSeenUnixMs int64 `protobuf:"varint,7,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Presence) Reset() {
+	*x = Presence{}
+	mi := &file_mdsync_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Presence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Presence) ProtoMessage() {}
+
+func (x *Presence) ProtoReflect() protoreflect.Message {
+	mi := &file_mdsync_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Presence.ProtoReflect.Descriptor instead.
+func (*Presence) Descriptor() ([]byte, []int) {
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Presence) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
+func (x *Presence) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+func (x *Presence) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *Presence) GetConnection() uint64 {
+	if x != nil {
+		return x.Connection
+	}
+	return 0
+}
+
+func (x *Presence) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *Presence) GetConnectedUnixMs() int64 {
+	if x != nil {
+		return x.ConnectedUnixMs
+	}
+	return 0
+}
+
+func (x *Presence) GetLastSeenUnixMs() int64 {
+	if x != nil {
+		return x.LastSeenUnixMs
+	}
+	return 0
+}
+
 // UserSessions is the sessions state of one user: active sessions in login
 // order (by login_offset; all of a user's events share one partition).
 type UserSessions struct {
@@ -217,7 +318,7 @@ type UserSessions struct {
 
 func (x *UserSessions) Reset() {
 	*x = UserSessions{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[1]
+	mi := &file_mdsync_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -229,7 +330,7 @@ func (x *UserSessions) String() string {
 func (*UserSessions) ProtoMessage() {}
 
 func (x *UserSessions) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[1]
+	mi := &file_mdsync_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -242,7 +343,7 @@ func (x *UserSessions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserSessions.ProtoReflect.Descriptor instead.
 func (*UserSessions) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UserSessions) GetSessions() []*Session {
@@ -277,7 +378,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	mi := &file_mdsync_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +390,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[2]
+	mi := &file_mdsync_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +403,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Policy) GetVersion() uint64 {
@@ -386,7 +487,7 @@ type Ended struct {
 
 func (x *Ended) Reset() {
 	*x = Ended{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[3]
+	mi := &file_mdsync_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +499,7 @@ func (x *Ended) String() string {
 func (*Ended) ProtoMessage() {}
 
 func (x *Ended) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[3]
+	mi := &file_mdsync_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +512,7 @@ func (x *Ended) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ended.ProtoReflect.Descriptor instead.
 func (*Ended) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Ended) GetSession() *Session {
@@ -530,7 +631,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[4]
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +643,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[4]
+	mi := &file_mdsync_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +656,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Decision) GetApp() string {
@@ -688,7 +789,7 @@ type TimelineEntry struct {
 
 func (x *TimelineEntry) Reset() {
 	*x = TimelineEntry{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +801,7 @@ func (x *TimelineEntry) String() string {
 func (*TimelineEntry) ProtoMessage() {}
 
 func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[5]
+	mi := &file_mdsync_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +814,7 @@ func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
 func (*TimelineEntry) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimelineEntry) GetSeq() uint64 {
@@ -811,7 +912,7 @@ type TimelineMeta struct {
 
 func (x *TimelineMeta) Reset() {
 	*x = TimelineMeta{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +924,7 @@ func (x *TimelineMeta) String() string {
 func (*TimelineMeta) ProtoMessage() {}
 
 func (x *TimelineMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[6]
+	mi := &file_mdsync_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +937,7 @@ func (x *TimelineMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineMeta.ProtoReflect.Descriptor instead.
 func (*TimelineMeta) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TimelineMeta) GetEpoch() string {
@@ -880,7 +981,7 @@ type Contacts struct {
 
 func (x *Contacts) Reset() {
 	*x = Contacts{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +993,7 @@ func (x *Contacts) String() string {
 func (*Contacts) ProtoMessage() {}
 
 func (x *Contacts) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[7]
+	mi := &file_mdsync_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1006,7 @@ func (x *Contacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Contacts.ProtoReflect.Descriptor instead.
 func (*Contacts) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Contacts) GetFriends() []string {
@@ -960,7 +1061,7 @@ type Conversation struct {
 
 func (x *Conversation) Reset() {
 	*x = Conversation{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1073,7 @@ func (x *Conversation) String() string {
 func (*Conversation) ProtoMessage() {}
 
 func (x *Conversation) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[8]
+	mi := &file_mdsync_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1086,7 @@ func (x *Conversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
 func (*Conversation) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Conversation) GetChatType() ChatType {
@@ -1076,7 +1177,7 @@ type Mute struct {
 
 func (x *Mute) Reset() {
 	*x = Mute{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1189,7 @@ func (x *Mute) String() string {
 func (*Mute) ProtoMessage() {}
 
 func (x *Mute) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[9]
+	mi := &file_mdsync_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1202,7 @@ func (x *Mute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mute.ProtoReflect.Descriptor instead.
 func (*Mute) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Mute) GetUser() string {
@@ -1128,7 +1229,7 @@ type MemberAttributes struct {
 
 func (x *MemberAttributes) Reset() {
 	*x = MemberAttributes{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1241,7 @@ func (x *MemberAttributes) String() string {
 func (*MemberAttributes) ProtoMessage() {}
 
 func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[10]
+	mi := &file_mdsync_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1254,7 @@ func (x *MemberAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberAttributes.ProtoReflect.Descriptor instead.
 func (*MemberAttributes) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MemberAttributes) GetUser() string {
@@ -1183,7 +1284,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1296,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[11]
+	mi := &file_mdsync_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1309,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Thread) GetThreadId() string {
@@ -1269,7 +1370,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1382,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[12]
+	mi := &file_mdsync_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1395,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Group) GetGroupId() string {
@@ -1399,7 +1500,7 @@ type Chatroom struct {
 
 func (x *Chatroom) Reset() {
 	*x = Chatroom{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1512,7 @@ func (x *Chatroom) String() string {
 func (*Chatroom) ProtoMessage() {}
 
 func (x *Chatroom) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[13]
+	mi := &file_mdsync_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1525,7 @@ func (x *Chatroom) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chatroom.ProtoReflect.Descriptor instead.
 func (*Chatroom) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Chatroom) GetRoomId() string {
@@ -1453,7 +1554,7 @@ type UserGroups struct {
 
 func (x *UserGroups) Reset() {
 	*x = UserGroups{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1566,7 @@ func (x *UserGroups) String() string {
 func (*UserGroups) ProtoMessage() {}
 
 func (x *UserGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[14]
+	mi := &file_mdsync_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1579,7 @@ func (x *UserGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGroups.ProtoReflect.Descriptor instead.
 func (*UserGroups) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UserGroups) GetGroups() []string {
@@ -1514,7 +1615,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_mdsync_v1_state_proto_msgTypes[15]
+	mi := &file_mdsync_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1627,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mdsync_v1_state_proto_msgTypes[15]
+	mi := &file_mdsync_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1640,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{15}
+	return file_mdsync_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Checkpoint) GetNextOffset() int64 {
@@ -1585,7 +1686,18 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\flogin_offset\x18\x06 \x01(\x03R\vloginOffset\x12+\n" +
 	"\x12login_time_unix_ms\x18\a \x01(\x03R\x0floginTimeUnixMs\x12*\n" +
 	"\x11last_login_offset\x18\b \x01(\x03R\x0flastLoginOffset\x124\n" +
-	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"i\n" +
+	"\x17last_login_time_unix_ms\x18\t \x01(\x03R\x13lastLoginTimeUnixMs\"\xfc\x01\n" +
+	"\bPresence\x12\x1f\n" +
+	"\vremote_addr\x18\x01 \x01(\tR\n" +
+	"remoteAddr\x12\x18\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\tR\vincarnation\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x04 \x01(\x04R\n" +
+	"connection\x12\x1c\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x12*\n" +
+	"\x11connected_unix_ms\x18\x06 \x01(\x03R\x0fconnectedUnixMs\x12)\n" +
+	"\x11last_seen_unix_ms\x18\a \x01(\x03R\x0elastSeenUnixMs\"i\n" +
 	"\fUserSessions\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.mdsync.v1.SessionR\bsessions\x12)\n" +
 	"\x10credential_epoch\x18\x02 \x01(\x04R\x0fcredentialEpoch\"\xe1\x02\n" +
@@ -1748,53 +1860,54 @@ func file_mdsync_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_mdsync_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_mdsync_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_mdsync_v1_state_proto_goTypes = []any{
 	(Reason)(0),              // 0: mdsync.v1.Reason
 	(*Session)(nil),          // 1: mdsync.v1.Session
-	(*UserSessions)(nil),     // 2: mdsync.v1.UserSessions
-	(*Policy)(nil),           // 3: mdsync.v1.Policy
-	(*Ended)(nil),            // 4: mdsync.v1.Ended
-	(*Decision)(nil),         // 5: mdsync.v1.Decision
-	(*TimelineEntry)(nil),    // 6: mdsync.v1.TimelineEntry
-	(*TimelineMeta)(nil),     // 7: mdsync.v1.TimelineMeta
-	(*Contacts)(nil),         // 8: mdsync.v1.Contacts
-	(*Conversation)(nil),     // 9: mdsync.v1.Conversation
-	(*Mute)(nil),             // 10: mdsync.v1.Mute
-	(*MemberAttributes)(nil), // 11: mdsync.v1.MemberAttributes
-	(*Thread)(nil),           // 12: mdsync.v1.Thread
-	(*Group)(nil),            // 13: mdsync.v1.Group
-	(*Chatroom)(nil),         // 14: mdsync.v1.Chatroom
-	(*UserGroups)(nil),       // 15: mdsync.v1.UserGroups
-	(*Checkpoint)(nil),       // 16: mdsync.v1.Checkpoint
-	(PlatformMode)(0),        // 17: mdsync.v1.PlatformMode
-	(*PlatformLimit)(nil),    // 18: mdsync.v1.PlatformLimit
-	(AutoLoginPolicy)(0),     // 19: mdsync.v1.AutoLoginPolicy
-	(*Actor)(nil),            // 20: mdsync.v1.Actor
-	(Kind)(0),                // 21: mdsync.v1.Kind
-	(*Deliver)(nil),          // 22: mdsync.v1.Deliver
-	(*Event)(nil),            // 23: mdsync.v1.Event
-	(ChatType)(0),            // 24: mdsync.v1.ChatType
-	(*Attribute)(nil),        // 25: mdsync.v1.Attribute
+	(*Presence)(nil),         // 2: mdsync.v1.Presence
+	(*UserSessions)(nil),     // 3: mdsync.v1.UserSessions
+	(*Policy)(nil),           // 4: mdsync.v1.Policy
+	(*Ended)(nil),            // 5: mdsync.v1.Ended
+	(*Decision)(nil),         // 6: mdsync.v1.Decision
+	(*TimelineEntry)(nil),    // 7: mdsync.v1.TimelineEntry
+	(*TimelineMeta)(nil),     // 8: mdsync.v1.TimelineMeta
+	(*Contacts)(nil),         // 9: mdsync.v1.Contacts
+	(*Conversation)(nil),     // 10: mdsync.v1.Conversation
+	(*Mute)(nil),             // 11: mdsync.v1.Mute
+	(*MemberAttributes)(nil), // 12: mdsync.v1.MemberAttributes
+	(*Thread)(nil),           // 13: mdsync.v1.Thread
+	(*Group)(nil),            // 14: mdsync.v1.Group
+	(*Chatroom)(nil),         // 15: mdsync.v1.Chatroom
+	(*UserGroups)(nil),       // 16: mdsync.v1.UserGroups
+	(*Checkpoint)(nil),       // 17: mdsync.v1.Checkpoint
+	(PlatformMode)(0),        // 18: mdsync.v1.PlatformMode
+	(*PlatformLimit)(nil),    // 19: mdsync.v1.PlatformLimit
+	(AutoLoginPolicy)(0),     // 20: mdsync.v1.AutoLoginPolicy
+	(*Actor)(nil),            // 21: mdsync.v1.Actor
+	(Kind)(0),                // 22: mdsync.v1.Kind
+	(*Deliver)(nil),          // 23: mdsync.v1.Deliver
+	(*Event)(nil),            // 24: mdsync.v1.Event
+	(ChatType)(0),            // 25: mdsync.v1.ChatType
+	(*Attribute)(nil),        // 26: mdsync.v1.Attribute
 }
 var file_mdsync_v1_state_proto_depIdxs = []int32{
 	1,  // 0: mdsync.v1.UserSessions.sessions:type_name -> mdsync.v1.Session
-	17, // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
-	18, // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
-	19, // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
+	18, // 1: mdsync.v1.Policy.mode:type_name -> mdsync.v1.PlatformMode
+	19, // 2: mdsync.v1.Policy.limits:type_name -> mdsync.v1.PlatformLimit
+	20, // 3: mdsync.v1.Policy.auto_login:type_name -> mdsync.v1.AutoLoginPolicy
 	1,  // 4: mdsync.v1.Ended.session:type_name -> mdsync.v1.Session
 	0,  // 5: mdsync.v1.Ended.reason:type_name -> mdsync.v1.Reason
-	20, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
-	21, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
-	4,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
-	22, // 9: mdsync.v1.Decision.fanout:type_name -> mdsync.v1.Deliver
-	23, // 10: mdsync.v1.TimelineEntry.source:type_name -> mdsync.v1.Event
-	24, // 11: mdsync.v1.TimelineEntry.chat_type:type_name -> mdsync.v1.ChatType
-	24, // 12: mdsync.v1.Conversation.chat_type:type_name -> mdsync.v1.ChatType
-	25, // 13: mdsync.v1.MemberAttributes.attributes:type_name -> mdsync.v1.Attribute
-	10, // 14: mdsync.v1.Group.mutes:type_name -> mdsync.v1.Mute
-	11, // 15: mdsync.v1.Group.attributes:type_name -> mdsync.v1.MemberAttributes
-	12, // 16: mdsync.v1.Group.threads:type_name -> mdsync.v1.Thread
+	21, // 6: mdsync.v1.Ended.by_actor:type_name -> mdsync.v1.Actor
+	22, // 7: mdsync.v1.Decision.kind:type_name -> mdsync.v1.Kind
+	5,  // 8: mdsync.v1.Decision.ended:type_name -> mdsync.v1.Ended
+	23, // 9: mdsync.v1.Decision.fanout:type_name -> mdsync.v1.Deliver
+	24, // 10: mdsync.v1.TimelineEntry.source:type_name -> mdsync.v1.Event
+	25, // 11: mdsync.v1.TimelineEntry.chat_type:type_name -> mdsync.v1.ChatType
+	25, // 12: mdsync.v1.Conversation.chat_type:type_name -> mdsync.v1.ChatType
+	26, // 13: mdsync.v1.MemberAttributes.attributes:type_name -> mdsync.v1.Attribute
+	11, // 14: mdsync.v1.Group.mutes:type_name -> mdsync.v1.Mute
+	12, // 15: mdsync.v1.Group.attributes:type_name -> mdsync.v1.MemberAttributes
+	13, // 16: mdsync.v1.Group.threads:type_name -> mdsync.v1.Thread
 	17, // [17:17] is the sub-list for method output_type
 	17, // [17:17] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
@@ -1814,7 +1927,7 @@ func file_mdsync_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mdsync_v1_state_proto_rawDesc), len(file_mdsync_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -24,6 +24,12 @@
 //     (a skip, a repeat, another partition) with ErrGap and changes nothing.
 //   - Garbage and retries: an undecodable entry and a retried append of an
 //     operation are consumed (the checkpoint moves on) without failing.
+//   - The engine's reads (a store that is its engine.Projector): every
+//     applied operation's decision is found by stream, user and client op
+//     id, at its first append; Policy is the newest version applied; a
+//     device that never logged in may not act (1005). A store that also
+//     serves the session reads (Devices, Audit) tells the same story: a
+//     listed device may act, an ended one may not.
 package storetest
 
 import (
@@ -88,6 +94,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("RebuildSameDigest", func(t *testing.T) { testRebuildSameDigest(t, h, log) })
 	t.Run("CrashBetweenBatches", func(t *testing.T) { testCrashBetweenBatches(t, h, log) })
 	t.Run("AfterClose", func(t *testing.T) { testAfterClose(t, h, log) })
+	t.Run("Projector", func(t *testing.T) { testProjector(t, h, log) })
+	t.Run("ReadsAgree", func(t *testing.T) { testReadsAgree(t, h, log) })
 }
 
 func open(t *testing.T, h Harness) Store {

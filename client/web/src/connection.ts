@@ -103,6 +103,24 @@ interface Pending {
   reject: (e: MdsyncError) => void;
   timer: Timer;
   retry?: Timer;
+  /** Sends refused with 1009 or 1018 and a retry_after_ms so far. */
+  retries?: number;
+}
+
+/** The most sends of one request refused with 1009, or 1018 without an owner, and a retry_after_ms. */
+export const MaxRetryAttempts = 5;
+
+/**
+ * retryDelay: how long to wait before sending again a request (or a login)
+ * refused with code, or -1 when a retry will not help: 1019 (busy: not
+ * decided) always; 1009 and 1018 without an owner's address when the
+ * server said when with retry_after_ms, at most MaxRetryAttempts sends.
+ * A 1018 naming the owner is a redirect, not a retry.
+ */
+export function retryDelay(code: number, retryAfterMs: number, addr: string, attempt: number): number {
+  if (code === Code.Busy) return Math.max(1, retryAfterMs || 100);
+  if ((code === Code.Unavailable || (code === Code.NotOwner && !addr)) && retryAfterMs > 0 && attempt < MaxRetryAttempts) return retryAfterMs;
+  return -1;
 }
 
 interface Live {
@@ -396,7 +414,7 @@ export class Connection {
     return f;
   }
 
-  /** connect dials and logs in (or resumes), following 1018 redirects and retrying 1019. */
+  /** connect dials and logs in (or resumes), following 1018 redirects and retrying what retry_after_ms says a retry cures. */
   private async connect(resume: boolean, autoLogin: boolean): Promise<{ live: Live; result: LoginResult }> {
     for (let attempt = 0; ; attempt++) {
       try {
@@ -409,8 +427,11 @@ export class Connection {
           this.wsUrl = u.toString();
           continue;
         }
-        if (err.code === Code.Busy) {
-          await sleep(err.retryAfterMs || 100);
+        const wait = retryDelay(err.code, err.retryAfterMs, err.addr, attempt + 1);
+        if (wait >= 0) {
+          // Busy, or unavailable for now (the log, or the user's owner not
+          // known yet): log in again after the wait the server asked for.
+          await sleep(wait);
           continue;
         }
         throw err;
@@ -643,10 +664,13 @@ export class Connection {
     if (id === undefined) return false;
     const p = this.pending.get(id);
     if (!p) return false;
-    if (f.code === Code.Busy) {
-      // Refused before it was decided: send the same frame (same client op
-      // id) again after the delay the server asked for.
-      const delay = Math.max(1, num(f.retry_after_ms) || 100);
+    const delay = f.code ? retryDelay(f.code, num(f.retry_after_ms), f.addr ?? "", (p.retries ?? 0) + 1) : -1;
+    if (delay >= 0) {
+      // Busy (not decided), or unavailable for now: send the same frame
+      // (same client op id: an op appended after all is answered with its
+      // decision, not applied twice) again after the delay the server
+      // asked for, within the request's timeout.
+      if (f.code !== Code.Busy) p.retries = (p.retries ?? 0) + 1;
       p.retry = unref(
         setTimeout(() => {
           p.retry = undefined;
@@ -657,7 +681,7 @@ export class Connection {
     }
     clearTimeout(p.timer);
     this.pending.delete(id);
-    if (f.code) p.reject(new MdsyncError(f.code, f.message ?? "", { addr: f.addr ?? "" }));
+    if (f.code) p.reject(new MdsyncError(f.code, f.message ?? "", { addr: f.addr ?? "", retryAfterMs: num(f.retry_after_ms) }));
     else p.resolve(f);
     return true;
   }

@@ -29,7 +29,7 @@ export const Code = {
   HeartbeatTimeout: 1017,
   /** 1018: another process owns the user's partition; `addr` names it. */
   NotOwner: 1018,
-  /** 1019: busy; retry after `retryAfterMs`. */
+  /** 1019: busy; retry after `retryAfterMs` (the SDK does). */
   Busy: 1019,
   /** Client-side: the connection was closed by close() or logout. */
   Closed: 1,
@@ -44,7 +44,7 @@ export class MdsyncError extends Error {
   readonly code: number;
   /** REST: the HTTP status; 0 for WebSocket errors. */
   readonly httpStatus: number;
-  /** 1019: how long to wait before retrying. */
+  /** A refusal a retry may cure (1019, 1009, 1018 without addr): how long to wait first (retry_after_ms, or REST's Retry-After). */
   readonly retryAfterMs: number;
   /** 1018: the address of the process that owns the user. */
   readonly addr: string;

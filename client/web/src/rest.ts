@@ -15,6 +15,28 @@ export interface Credential {
 export interface RestOptions {
   /** fetch implementation; default globalThis.fetch. */
   fetch?: typeof fetch;
+  /**
+   * The deadline of one call, retries included, in ms; default 30,000. A
+   * refusal a retry cures (429/1019 busy, 503/1018 no owner known yet,
+   * any 503 of a read) is sent again after its Retry-After, at most
+   * MaxRestAttempts times, while the wait ends before the deadline.
+   */
+  timeoutMs?: number;
+}
+
+/** The most attempts of one REST call refused with a code a retry cures. */
+export const MaxRestAttempts = 5;
+
+/**
+ * restRetryable: 429/1019 (busy: not decided) and 503/1018 (no owner known
+ * yet: nothing appended) on any route, and any 503 of a read. A write
+ * refused with 503/1009 is not: it may have been appended, and only the
+ * caller knows whether repeating it is harmless (as client/rest.go).
+ */
+export function restRetryable(method: string, e: MdsyncError): boolean {
+  if (e.code === Code.Busy) return true;
+  if (e.code === Code.NotOwner && e.httpStatus === 503) return true;
+  return method === "GET" && e.httpStatus === 503;
 }
 
 function b64(s: string): string {
@@ -57,14 +79,31 @@ function statusCode(status: number): number {
 export class RestClient {
   readonly baseUrl: string;
   private readonly f: typeof fetch;
+  private readonly timeoutMs: number;
 
   /** baseUrl: "http://127.0.0.1:8080", or "" for the page's own origin. */
   constructor(baseUrl: string, opts: RestOptions = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.f = opts.fetch ?? ((input, init) => globalThis.fetch(input, init));
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
   }
 
+  /** request is once, sent again after Retry-After while restRetryable says so (see RestOptions.timeoutMs). */
   private async request(method: string, path: string, auth: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
+    const deadline = Date.now() + this.timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.once(method, path, auth, body, headers);
+      } catch (err) {
+        if (!(err instanceof MdsyncError) || !restRetryable(method, err) || attempt >= MaxRestAttempts) throw err;
+        const wait = Math.min(err.retryAfterMs > 0 ? err.retryAfterMs : 200, 5_000);
+        if (Date.now() + wait >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  private async once(method: string, path: string, auth: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
     const h: Record<string, string> = { ...headers };
     if (auth) h["Authorization"] = auth;
     let payload: string | undefined;
@@ -82,10 +121,12 @@ export class RestClient {
       const text = await resp.text();
       let code = 0;
       let message = "";
+      let retryAfterMs = 0;
       try {
-        const e = JSON.parse(text) as { code?: number; message?: string };
+        const e = JSON.parse(text) as { code?: number; message?: string; retry_after_ms?: number };
         code = typeof e.code === "number" ? e.code : 0;
         message = e.message ?? "";
+        retryAfterMs = typeof e.retry_after_ms === "number" ? e.retry_after_ms : 0;
       } catch {
         // not the API's error body
       }
@@ -93,7 +134,9 @@ export class RestClient {
         code = statusCode(resp.status);
         message = text.trim() || resp.statusText;
       }
-      throw new MdsyncError(code, message, { httpStatus: resp.status });
+      const sec = Number(resp.headers.get("Retry-After"));
+      if (retryAfterMs === 0 && Number.isFinite(sec) && sec > 0) retryAfterMs = sec * 1000;
+      throw new MdsyncError(code, message, { httpStatus: resp.status, retryAfterMs });
     }
     return resp;
   }

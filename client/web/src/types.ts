@@ -256,6 +256,8 @@ export interface Device {
   last_seen_unix_ms: Int64;
   remote_addr: string;
   connected: boolean;
+  /** The process serving the connected device (host:port); "" when not connected. */
+  process: string;
 }
 
 /** An operation's decision (REST). */

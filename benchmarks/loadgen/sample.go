@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bufio"
@@ -12,6 +12,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // userHZ is the unit of /proc/<pid>/stat's CPU times (USER_HZ, 100 on
@@ -88,25 +92,34 @@ func parseVmRSS(r io.Reader) (int64, error) {
 	return 0, errors.New("no VmRSS line (kernel thread or exited process?)")
 }
 
-// parseGauge finds an unlabelled gauge (e.g. go_goroutines) in the
-// Prometheus text exposition format.
-func parseGauge(r io.Reader, name string) (float64, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '\t') {
-			continue // a longer name or a labelled series
-		}
-		fields := strings.Fields(rest)
-		return strconv.ParseFloat(fields[0], 64)
+// families parses the Prometheus text exposition format (prometheus/common's
+// parser, as Prometheus reads it).
+func families(r io.Reader) (map[string]*dto.MetricFamily, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(r)
+}
+
+// valueOf is a gauge's, a counter's or an untyped sample's value.
+func valueOf(m *dto.Metric) float64 {
+	switch {
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Counter != nil:
+		return m.Counter.GetValue()
 	}
-	if err := sc.Err(); err != nil {
+	return m.GetUntyped().GetValue()
+}
+
+// parseGauge finds an unlabelled gauge (e.g. go_goroutines).
+func parseGauge(r io.Reader, name string) (float64, error) {
+	fams, err := families(r)
+	if err != nil {
 		return 0, err
+	}
+	for _, m := range fams[name].GetMetric() {
+		if len(m.Label) == 0 {
+			return valueOf(m), nil
+		}
 	}
 	return 0, fmt.Errorf("metric %s not found", name)
 }
@@ -115,39 +128,14 @@ func parseGauge(r io.Reader, name string) (float64, error) {
 // mdsync_projection_lag_events{partition="3"}); found is false when there
 // is none.
 func sumSeries(r io.Reader, name string) (sum float64, found bool, err error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" {
-			continue
-		}
-		switch rest[0] {
-		case '{':
-			end := strings.LastIndexByte(rest, '}')
-			if end < 0 {
-				return 0, false, fmt.Errorf("bad series %q", line)
-			}
-			rest = rest[end+1:]
-		case ' ', '\t':
-		default:
-			continue // a longer name
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			return 0, false, fmt.Errorf("bad series %q", line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, false, fmt.Errorf("series %q: %w", line, err)
-		}
-		sum, found = sum+v, true
+	fams, err := families(r)
+	if err != nil {
+		return 0, false, err
 	}
-	return sum, found, sc.Err()
+	for _, m := range fams[name].GetMetric() {
+		sum, found = sum+valueOf(m), true
+	}
+	return sum, found, nil
 }
 
 // MetricsReader reads gauges from the server's /metrics with the admin

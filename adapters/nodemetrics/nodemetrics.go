@@ -1,4 +1,9 @@
-package main
+// Package nodemetrics holds the Prometheus metrics of a node's core: the
+// log's append time (a decorator of the engine.Log), the projector's batch
+// time, the operations it decided and the sessions they ended (its
+// OnApplied hook), and its lag per partition served (a collector). The
+// edges (the gateway, the bus, the REST API, push) register their own.
+package nodemetrics
 
 import (
 	"context"
@@ -11,17 +16,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// coreMetrics are the log's and the projector's metrics. The edges (the
-// gateway, the bus, the REST API, push) register their own.
-type coreMetrics struct {
+// Core are the log's and the projector's metrics.
+type Core struct {
 	appendSeconds prometheus.Histogram
 	applySeconds  prometheus.Histogram
 	applied       *prometheus.CounterVec
 	ended         *prometheus.CounterVec
 }
 
-func newCoreMetrics(reg prometheus.Registerer) (*coreMetrics, error) {
-	m := &coreMetrics{
+// NewCore registers the core metrics on reg.
+func NewCore(reg prometheus.Registerer) (*Core, error) {
+	m := &Core{
 		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "mdsync_log_append_duration_seconds",
 			Help:    "Time of one durable log append (a call may carry several records).",
@@ -49,8 +54,9 @@ func newCoreMetrics(reg prometheus.Registerer) (*coreMetrics, error) {
 	return m, nil
 }
 
-// observe counts one committed projection batch.
-func (m *coreMetrics) observe(a projections.Applied) {
+// Observe counts one committed projection batch (a projections OnApplied
+// hook).
+func (m *Core) Observe(a projections.Applied) {
 	m.applySeconds.Observe(a.Duration.Seconds())
 	for _, d := range a.Decisions {
 		m.applied.WithLabelValues(engine.KindName(d.Kind), strconv.Itoa(int(d.Code))).Inc()
@@ -59,6 +65,10 @@ func (m *coreMetrics) observe(a projections.Applied) {
 		}
 	}
 }
+
+// TimeAppends returns l with its successful appends timed into
+// mdsync_log_append_duration_seconds; reads pass through.
+func (m *Core) TimeAppends(l engine.Log) engine.Log { return timedLog{l, m.appendSeconds} }
 
 // timedLog times the engine's appends; reads pass through.
 type timedLog struct {
@@ -83,7 +93,8 @@ type lagCollector struct {
 	n    *node.Node
 }
 
-func newLagCollector(n *node.Node) *lagCollector {
+// NewLag is the collector of mdsync_projection_lag_events for n.
+func NewLag(n *node.Node) prometheus.Collector {
 	return &lagCollector{n: n, desc: prometheus.NewDesc("mdsync_projection_lag_events",
 		"Events appended to the log but not yet applied, per partition served here.", []string{"partition"}, nil)}
 }

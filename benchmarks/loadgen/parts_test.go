@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 )
 
 func TestScenarioFilesLoad(t *testing.T) {
-	files, err := filepath.Glob("../../benchmarks/scenarios/*.json")
+	files, err := filepath.Glob("../scenarios/*.json")
 	if err != nil || len(files) < 4 {
 		t.Fatalf("scenario files: %v %v", files, err)
 	}
@@ -134,7 +134,7 @@ func TestParseVmRSSAndGauge(t *testing.T) {
 	if n, err := ReadRSS(os.Getpid()); err != nil || n < 1<<20 {
 		t.Errorf("own RSS: %d %v", n, err)
 	}
-	metrics := "# HELP go_goroutines_total x\ngo_goroutines_total 5\ngo_goroutines{x=\"y\"} 9\n# TYPE go_goroutines gauge\ngo_goroutines 42\n"
+	metrics := "# HELP go_goroutines_total x\ngo_goroutines_total 5\n# TYPE go_goroutines gauge\ngo_goroutines{x=\"y\"} 9\ngo_goroutines 42\n"
 	if g, err := parseGauge(strings.NewReader(metrics), "go_goroutines"); err != nil || g != 42 {
 		t.Errorf("gauge: %v %v", g, err)
 	}
@@ -147,6 +147,9 @@ func TestParseVmRSSAndGauge(t *testing.T) {
 	}
 	if _, found, err := sumSeries(strings.NewReader("x 1\n"), "mdsync_projection_lag_events"); err != nil || found {
 		t.Errorf("absent metric: %v %v", found, err)
+	}
+	if _, err := parseGauge(strings.NewReader("go_goroutines{ 1\n"), "go_goroutines"); err == nil {
+		t.Error("a malformed exposition was read")
 	}
 }
 

@@ -1,9 +1,10 @@
-package main
+package loadgen
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -116,4 +117,55 @@ func (e *EchoServer) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// baseline runs the request/answer part of the mix (messages, receipts,
+// pins; no logins) as a closed loop of Concurrency workers against the
+// echo server, over the same SDK, source addresses and message sizes.
+func (b *bench) baseline(ctx context.Context) (*BaselineReport, error) {
+	e, err := StartEchoServer(b.log)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	nDev := b.sc.BaselineDevices
+	if nDev == 0 {
+		nDev = min(len(b.devs), 2*b.sc.Concurrency)
+	}
+	eb := newBench(b.sc, b.log, b.src, true)
+	eb.runID, eb.wsURL = b.runID, "ws://"+e.Addr+"/v1/ws"
+	eb.sc.Mix.EvictionLogin, eb.sc.Mix.Reconnect = 0, 0
+	if eb.sc.Mix.total() == 0 {
+		eb.sc.Mix.UserMessage = 1
+	}
+	eb.groups = b.groups
+	// The same users, fewer devices: one per user round robin.
+	for _, u := range b.users {
+		eu := &user{name: u.name, password: u.password, token: u.token}
+		eb.users = append(eb.users, eu)
+	}
+	for i := 0; i < nDev; i++ {
+		u := eb.users[i%len(eb.users)]
+		d := &device{b: eb, u: u, ui: i % len(eb.users), platform: 1, name: "echo"}
+		u.devs = append(u.devs, d)
+		eb.devs = append(eb.devs, d)
+	}
+	for _, d := range eb.devs {
+		if _, _, err := d.dial(ctx, ""); err != nil {
+			return nil, err
+		}
+	}
+	defer eb.closeAll()
+	// Users without a device (more users than devices) cannot send group
+	// messages; onlineDeviceOf skips them and the op counts as skipped.
+	total := newPhaseRec()
+	pr := eb.runPhase(ctx, Phase{Name: "baseline", Duration: secs(b.sc.BaselineSeconds)}, total, noProgress{})
+	if pr.Ops == 0 {
+		return nil, fmt.Errorf("baseline answered nothing: %v", eb.errFirst)
+	}
+	return &BaselineReport{
+		What: "bare protocol echo server in the benchmark process (login_result/result/pong, no decision, log or fan-out): " +
+			"the same SDK, connections and request mix minus logins, closed loop of the same concurrency",
+		Devices: nDev, Seconds: pr.Seconds, Ops: pr.Ops, OpsPerSec: pr.OpsPerSec, Op: pr.Op,
+	}, nil
 }
