@@ -122,9 +122,11 @@ type Client struct {
 	// event is acknowledged.
 	busy sync.Mutex
 	// dispatcher goroutine only
-	epoch   string
-	lastSeq uint64
-	dups    atomic.Uint64
+	epoch    string
+	lastSeq  uint64
+	snap     *Snapshot // the parts of a snapshot received so far
+	snapNext int       // the part expected next
+	dups     atomic.Uint64
 }
 
 type call struct {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
 )
 
 // item is one thing for the handlers, in arrival order.
@@ -119,6 +120,7 @@ func (c *Client) handle(it item) {
 			fn(k)
 		}
 	case it.disconnected:
+		c.snap = nil // the parts of a snapshot whose connection ended never complete
 		if h.OnDisconnected != nil {
 			h.OnDisconnected(it.err)
 		}
@@ -127,9 +129,8 @@ func (c *Client) handle(it item) {
 			h.OnReconnected()
 		}
 	case it.frame != nil && it.frame.Type == "snapshot":
-		s, err := it.frame.snapshot()
-		if err != nil {
-			c.log.Warn("bad snapshot", "err", err)
+		s, ok := c.snapshotPart(it.frame)
+		if !ok {
 			return
 		}
 		c.epoch, c.lastSeq = s.Epoch, s.Seq
@@ -142,6 +143,39 @@ func (c *Client) handle(it item) {
 	case it.frame != nil:
 		c.handleEvent(it.frame)
 	}
+}
+
+// snapshotPart takes one part of a snapshot (docs/protocol.md: parts
+// numbered from 0, more on every one but the last, each a slice of the
+// lists) and returns the whole snapshot at its last part. A part 0 starts a
+// new snapshot; a part out of order drops what was held (the server never
+// sends one: the next connection gets a new snapshot).
+func (c *Client) snapshotPart(f *inFrame) (Snapshot, bool) {
+	s, err := f.snapshot()
+	if err != nil {
+		c.log.Warn("bad snapshot", "part", f.Part, "err", err)
+		c.snap = nil
+		return s, false
+	}
+	switch {
+	case f.Part == 0:
+		c.snap = &s
+	case c.snap == nil || f.Part != c.snapNext || s.Epoch != c.snap.Epoch || s.Seq != c.snap.Seq:
+		c.log.Warn("snapshot part out of order", "part", f.Part, "want", c.snapNext)
+		c.snap = nil
+		return s, false
+	default:
+		proto.Merge(c.snap.Contacts, s.Contacts) // repeated fields concatenate
+		proto.Merge(c.snap.Groups, s.Groups)
+		c.snap.Conversations = append(c.snap.Conversations, s.Conversations...)
+	}
+	c.snapNext = f.Part + 1
+	if f.More {
+		return s, false
+	}
+	out := *c.snap
+	c.snap = nil
+	return out, true
 }
 
 // handleEvent drops an event already seen in this epoch (a resend after a

@@ -105,7 +105,9 @@ type MultiDeviceEvent struct {
 }
 
 // Snapshot is the device's state at timeline position (Epoch, Seq), sent on
-// a first login or when the device's position cannot be continued.
+// a first login or when the device's position cannot be continued. The
+// server sends a large snapshot in parts; OnSnapshot gets it once, whole,
+// after its last part.
 type Snapshot struct {
 	// Resync: the device had a position that can no longer be continued;
 	// drop local state and take this one (code 1015).

@@ -104,6 +104,8 @@ type inFrame struct {
 	Name          string            `json:"name"`
 	Entry         json.RawMessage   `json:"entry"`
 	Resync        bool              `json:"resync"`
+	Part          int               `json:"part"` // snapshot: its index, from 0
+	More          bool              `json:"more"` // snapshot: more parts follow
 	Contacts      json.RawMessage   `json:"contacts"`
 	Groups        json.RawMessage   `json:"groups"`
 	Conversations []json.RawMessage `json:"conversations"`

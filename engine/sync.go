@@ -22,14 +22,21 @@ import (
 // on every re-derivation, so recipients drop duplicates (invariant 6).
 func DeliverOpID(sourceEventID string) string { return ReservedOpIDPrefix + sourceEventID }
 
-// DeliverEvent builds the DELIVER event that carries d to its recipient.
+// DeliverEvent builds the DELIVER event that carries d to its recipient,
+// or to its recipients: its stream is then the first one's, on the
+// partition every recipient of d shares. A source has one copy per
+// recipient, so no other copy of it has that stream and op id.
 func DeliverEvent(d *pb.Deliver) *pb.Event {
 	src := d.Source
+	first := d.Recipient
+	if len(d.Recipients) > 0 {
+		first = d.Recipients[0]
+	}
 	return &pb.Event{
 		SchemaVersion: SchemaVersion,
 		App:           src.App,
-		StreamKey:     UserStream(src.App, d.Recipient),
-		EventId:       EventID(UserStream(src.App, d.Recipient), src.GetActor().GetUser(), DeliverOpID(src.EventId)),
+		StreamKey:     UserStream(src.App, first),
+		EventId:       EventID(UserStream(src.App, first), src.GetActor().GetUser(), DeliverOpID(src.EventId)),
 		ClientOpId:    DeliverOpID(src.EventId),
 		Kind:          pb.Kind_KIND_DELIVER,
 		Actor:         src.Actor,

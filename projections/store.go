@@ -103,6 +103,15 @@ type Store struct {
 	opts  Options
 	db    *pebble.DB
 	relay []*relayState
+	// srcJSON is, per partition, the last source event a delivery was
+	// applied from and its wire JSON (Store.sourceJSON).
+	srcJSON []sourceJSONCache
+}
+
+type sourceJSONCache struct {
+	mu   sync.Mutex
+	src  *pb.Event
+	json []byte
 }
 
 // relayState is the relay's progress on one partition: its next offset as
@@ -134,10 +143,16 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", opts.Dir, err)
 	}
-	s := &Store{opts: opts, db: db}
+	s := &Store{opts: opts, db: db, srcJSON: make([]sourceJSONCache, opts.Partitions)}
 	if err := s.checkPartitions(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if n, err := migrateTimelines(db); err != nil {
+		db.Close()
+		return nil, err
+	} else if n > 0 {
+		slog.Info("projections: timeline entries rewritten in the current format", "entries", n, "format", entryFormat)
 	}
 	for p := int32(0); p < opts.Partitions; p++ {
 		pos, err := s.readRelayPosition(p)

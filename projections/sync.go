@@ -2,6 +2,7 @@ package projections
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -20,12 +21,25 @@ const maxAgeTrimPerApply = 64
 func (s *Store) decideSync(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Policy) (*pb.Decision, error) {
 	if ev.Kind == pb.Kind_KIND_DELIVER {
 		dl := ev.GetDeliver()
-		if dl.GetSource() == nil || dl.Recipient == "" {
+		if dl.GetSource() == nil || (dl.Recipient == "") == (len(dl.Recipients) == 0) {
 			return nil, nil // malformed derived record: skipped, counted
 		}
 		d := engine.NewDecision(ev, pos, pol)
-		if err := s.applyDelivery(t, pos.Partition, dl); err != nil {
-			return nil, err
+		if dl.Recipient != "" {
+			return d, s.applyDelivery(t, pos.Partition, dl)
+		}
+		// A partition copy: each recipient's entry, in the record's order,
+		// in this one batch (one decision dedups them all).
+		one := &pb.Deliver{From: dl.From, MultiDevice: dl.MultiDevice, ExcludeLoginId: dl.ExcludeLoginId, OnlyLoginId: dl.OnlyLoginId,
+			Source: dl.Source, SourcePartition: dl.SourcePartition, SourceOffset: dl.SourceOffset}
+		for _, r := range dl.Recipients {
+			if r == "" || engine.PartitionFor([]byte(engine.UserStream(dl.Source.App, r)), s.opts.Partitions) != pos.Partition {
+				continue // not this partition's: a malformed record, skipped alike on every rebuild
+			}
+			one.Recipient = r
+			if err := s.applyDelivery(t, pos.Partition, one); err != nil {
+				return nil, err
+			}
 		}
 		return d, nil
 	}
@@ -125,20 +139,43 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 
 // route applies each copy whose recipient lives on this partition inline,
 // in this batch, and records the others in the decision for the relay
-// (without the source event: the relay reads it from the log).
+// (without the source event: the relay reads it from the log). Copies
+// that differ only in their recipient (a group's single-device copies)
+// and go to one partition are recorded as one partition copy listing its
+// recipients in the order given, so a group message costs one record per
+// partition it reaches, not one per member (docs/design-notes.md, "Group
+// fan-out").
 func (s *Store) route(t *Txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
+	shared := map[int32]*pb.Deliver{} // the partition copy of each partition, once it has two recipients' worth
 	for _, dl := range dls {
-		if engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions) == p {
+		q := engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions)
+		if q == p {
 			if err := s.applyDelivery(t, p, dl); err != nil {
 				return err
 			}
 			continue
 		}
+		if x := shared[q]; x != nil && sameCopy(x, dl) {
+			if x.Recipient != "" {
+				x.Recipients, x.Recipient = []string{x.Recipient}, ""
+			}
+			x.Recipients = append(x.Recipients, dl.Recipient)
+			continue
+		}
 		out := proto.Clone(dl).(*pb.Deliver)
 		out.Source = nil
 		d.Fanout = append(d.Fanout, out)
+		if shared[q] == nil && !dl.MultiDevice && dl.ExcludeLoginId == "" && dl.OnlyLoginId == "" {
+			shared[q] = out // single-device copies: the ones a group has many of
+		}
 	}
 	return nil
+}
+
+// sameCopy reports whether b is a's copy for another recipient.
+func sameCopy(a, b *pb.Deliver) bool {
+	return a.From == b.From && a.MultiDevice == b.MultiDevice && a.ExcludeLoginId == b.ExcludeLoginId &&
+		a.OnlyLoginId == b.OnlyLoginId && a.SourcePartition == b.SourcePartition && a.SourceOffset == b.SourceOffset
 }
 
 // applyDelivery applies one copy to its recipient's state and timeline.
@@ -149,11 +186,12 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 		return err
 	}
 	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: &pb.TimelineMeta{}}
-	for _, x := range []struct {
+	var found [3]bool
+	for i, x := range []struct {
 		k []byte
 		m proto.Message
 	}{{contactsKey(app, user), st.Contacts}, {userGroupsKey(app, user), st.Groups}, {metaKey(app, user), st.Meta}} {
-		if _, err := t.get(x.k, x.m); err != nil {
+		if found[i], err = t.get(x.k, x.m); err != nil {
 			return err
 		}
 	}
@@ -171,10 +209,30 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 	if e == nil {
 		return nil
 	}
-	puts := []struct {
+	// Contacts and groups a delivery did not change (a message, most
+	// often) are not written again: a stored value equal to the new one
+	// holds its exact bytes already (a deterministic encoding), so
+	// skipping the write changes no byte of state.
+	var puts []struct {
 		k []byte
 		m proto.Message
-	}{{contactsKey(app, user), next.Contacts}, {userGroupsKey(app, user), next.Groups}, {metaKey(app, user), next.Meta}}
+	}
+	if !found[0] || !proto.Equal(st.Contacts, next.Contacts) {
+		puts = append(puts, struct {
+			k []byte
+			m proto.Message
+		}{contactsKey(app, user), next.Contacts})
+	}
+	if !found[1] || !proto.Equal(st.Groups, next.Groups) {
+		puts = append(puts, struct {
+			k []byte
+			m proto.Message
+		}{userGroupsKey(app, user), next.Groups})
+	}
+	puts = append(puts, struct {
+		k []byte
+		m proto.Message
+	}{metaKey(app, user), next.Meta})
 	if ck != nil {
 		puts = append(puts, struct {
 			k []byte
@@ -186,7 +244,11 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 			return err
 		}
 	}
-	if err := t.put(timelineKey(app, user, e.Seq), e); err != nil {
+	v, err := encodeEntryWith(e, s.sourceJSON(p, dl.Source))
+	if err != nil {
+		return err
+	}
+	if err := t.set(timelineKey(app, user, e.Seq), v); err != nil {
 		return err
 	}
 	t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
@@ -196,6 +258,25 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 		}
 	}
 	return s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs)
+}
+
+// sourceJSON returns engine.MarshalPart(src), encoded once for the copies
+// of one source applied one after another on partition p (the members of
+// a group on p); nil when it cannot be encoded (the caller encodes the
+// whole entry and reports the error). The cache holds the event it was
+// computed for, so its address cannot be another event's.
+func (s *Store) sourceJSON(p int32, src *pb.Event) []byte {
+	c := &s.srcJSON[p]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.src != src {
+		j, err := engine.MarshalPart(src)
+		if err != nil {
+			return nil
+		}
+		c.src, c.json = src, j
+	}
+	return c.json
 }
 
 // trim deletes entries the retention policy dropped: those below the new
@@ -211,23 +292,28 @@ func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 		return nil
 	}
 	for n := 0; first < m.LastSeq; {
-		e := &pb.TimelineEntry{}
-		ok, err := t.get(timelineKey(app, user, first), e)
+		v, ok, err := t.raw(timelineKey(app, user, first))
 		if err != nil {
 			return err
 		}
-		if ok && first >= m.FirstSeq && (e.Source.GetTimeUnixMs() >= cutoff || n >= maxAgeTrimPerApply) {
-			m.FirstTimeUnixMs = e.Source.GetTimeUnixMs()
+		var e entryHead
+		if ok {
+			if e, err = parseEntry(v); err != nil {
+				return err
+			}
+		}
+		if ok && first >= m.FirstSeq && (e.time >= cutoff || n >= maxAgeTrimPerApply) {
+			m.FirstTimeUnixMs = e.time
 			break
 		}
 		if ok {
-			if err := t.del(timelineKey(app, user, first)); err != nil {
-				return err
-			}
-			if e.Source.GetKind() == pb.Kind_KIND_MESSAGE_SEND {
-				if err := t.deleteBlind(historyKey(app, user, int32(e.ChatType), e.ConversationId, first)); err != nil {
+			if e.kind == pb.Kind_KIND_MESSAGE_SEND {
+				if err := t.deleteBlind(historyKey(app, user, e.chatType, string(e.conv), first)); err != nil {
 					return err
 				}
+			}
+			if err := t.del(timelineKey(app, user, first)); err != nil {
+				return err
 			}
 			if first >= m.FirstSeq {
 				n++ // an age trim
@@ -277,17 +363,117 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	var out []*pb.TimelineEntry
 	next := after
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
-		e := &pb.TimelineEntry{}
-		if err := unmarshal(it.Value(), e); err != nil {
+		h, err := parseEntry(it.Value())
+		if err != nil {
 			return nil, 0, nil, err
 		}
-		next = e.Seq
-		if engine.Visible(e, loginID) {
+		next = seqOf(it.Key())
+		if h.visibleTo(loginID) {
+			e, err := decodeEntry(it.Value())
+			if err != nil {
+				return nil, 0, nil, err
+			}
 			out = append(out, e)
 		}
 	}
 	return out, next, meta, it.Error()
 }
+
+// EntryJSON is a timeline entry as catch-up sends it.
+type EntryJSON struct {
+	Seq  uint64
+	Kind pb.Kind // the source's kind: the event frame's name (engine.EventName)
+	// JSON is the TimelineEntry in engine.MarshalPart's form: the bytes
+	// of the frame's entry, as stored.
+	JSON []byte
+}
+
+// TimelineEach is Timeline without decoding, for catch-up: it calls fn,
+// in order, for up to limit entries visible to loginID after (epoch,
+// after), with the timeline's epoch and each entry's kind (the event
+// frame's name, engine.EventName) and stored wire JSON (engine.MarshalPart
+// of the entry). A value's visibility is read from its head and its JSON
+// handed over as stored (entries.go), so the store's cost is about a range
+// scan's. json is the store's memory, valid only during the call: copy
+// what you keep, and do not block in fn (the scan holds an iterator). An
+// error from fn stops the scan and is returned. It returns the position to
+// continue from (the last entry examined, visible or not) and the meta.
+func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+	fn func(epoch string, seq uint64, kind pb.Kind, json []byte) error) (uint64, *pb.TimelineMeta, error) {
+	if s.isClosed() {
+		return 0, nil, ErrClosed
+	}
+	meta := &pb.TimelineMeta{}
+	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
+		return 0, nil, err
+	}
+	if after > 0 || epoch != "" {
+		if epoch != meta.Epoch || after > meta.LastSeq || after+1 < meta.FirstSeq {
+			return 0, meta, ErrResync
+		}
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer it.Close()
+	next, n := after, 0
+	for it.First(); it.Valid() && n < limit; it.Next() {
+		h, err := parseEntry(it.Value())
+		if err != nil {
+			return 0, nil, err
+		}
+		next = seqOf(it.Key())
+		if !h.visibleTo(loginID) {
+			continue
+		}
+		j, err := h.entryJSON()
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := fn(meta.Epoch, next, h.kind, j); err != nil {
+			return 0, nil, err
+		}
+		n++
+	}
+	return next, meta, it.Error()
+}
+
+// TimelineJSON is TimelineEach collected: the entries with their JSON
+// copied (into one buffer per call).
+func (s *Store) TimelineJSON(app, user, loginID, epoch string, after uint64, limit int) ([]EntryJSON, uint64, *pb.TimelineMeta, error) {
+	var (
+		out  []EntryJSON
+		ends []int
+		buf  []byte
+	)
+	next, meta, err := s.TimelineEach(app, user, loginID, epoch, after, limit, func(_ string, seq uint64, kind pb.Kind, j []byte) error {
+		if buf == nil {
+			buf = make([]byte, 0, min(max(limit, 1), 512)*(len(j)+16))
+		}
+		buf = append(buf, j...)
+		out = append(out, EntryJSON{Seq: seq, Kind: kind})
+		ends = append(ends, len(buf))
+		return nil
+	})
+	if err != nil {
+		return nil, 0, meta, err
+	}
+	start := 0
+	for i := range out {
+		out[i].JSON = buf[start:ends[i]:ends[i]]
+		start = ends[i]
+	}
+	return out, next, meta, nil
+}
+
+// seqOf is the sequence a timeline key ends with.
+func seqOf(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
 
 // Snapshot is what a new device receives before it follows the timeline.
 type Snapshot struct {
@@ -357,13 +543,22 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}
 	var out []*pb.TimelineEntry
 	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
-		seq := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
-		e := &pb.TimelineEntry{}
-		if ok, err := s.getProto(timelineKey(app, user, seq), e); err != nil {
-			return nil, err
-		} else if ok {
-			out = append(out, e)
+		seq := seqOf(it.Key())
+		v, closer, err := s.db.Get(timelineKey(app, user, seq))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
 		}
+		if err != nil {
+			return nil, fmt.Errorf("projections: get: %w", err)
+		}
+		e, err := decodeEntry(v)
+		if cerr := closer.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
 	}
 	return out, it.Error()
 }

@@ -633,6 +633,7 @@ func (c *conn) resumeFollow() {
 // goroutine: deliver and notify start one.
 func (c *conn) run() {
 	resyncs := 0
+	var page []pageFrame
 	for {
 		if !c.freadStore {
 			live, reread, idle := c.takeLive()
@@ -649,7 +650,28 @@ func (c *conn) run() {
 			c.g.m.storeReads.Inc()
 		}
 		epoch, seq := c.fepoch, c.fseq
-		es, next, meta, err := c.g.o.Store.Timeline(c.app, c.user, c.loginID, epoch, seq, timelinePage)
+		// The page's frames are built from the store's bytes during the
+		// scan (one copy, into the frame) and queued after it: a push may
+		// wait for the device, and the scan must not.
+		page = page[:0]
+		next, meta, err := c.g.o.Store.TimelineEach(c.app, c.user, c.loginID, epoch, seq, timelinePage,
+			func(tlEpoch string, eseq uint64, kind pb.Kind, j []byte) error {
+				if tlEpoch == "" {
+					return errNotOpen
+				}
+				if eseq <= seq {
+					return nil // never again at or below what was sent
+				}
+				b, err := eventFrameJSON(tlEpoch, eseq, engine.EventName(kind), j)
+				if err != nil {
+					return err
+				}
+				page = append(page, pageFrame{eseq, b})
+				return nil
+			})
+		if errors.Is(err, errNotOpen) {
+			continue // the timeline opened between reading its meta and its entries
+		}
 		if errors.Is(err, projections.ErrResync) || engine.CodeOf(err) == engine.CodeResync {
 			if resyncs++; resyncs > 2 {
 				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, "timeline cannot be continued after a snapshot"))
@@ -670,29 +692,18 @@ func (c *conn) run() {
 		}
 		resyncs = 0
 		if epoch == "" {
-			if meta.GetEpoch() == "" && len(es) > 0 {
-				continue // the timeline opened between reading its meta and its entries
-			}
 			epoch = meta.GetEpoch()
 			c.fepoch = epoch
 		}
 		progressed := next > seq
-		for _, e := range es {
-			if e.Seq <= seq {
-				continue // never again at or below what was sent
-			}
-			b, err := encodeEvent(epoch, e)
-			if err != nil {
-				c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
-				return
-			}
+		for _, f := range page {
 			// Recorded before queueing: the device may ack it as soon as
 			// it is written.
-			c.setSent(epoch, e.Seq)
-			if !c.push(outFrame{b: b, typ: "event"}) {
+			c.setSent(epoch, f.seq)
+			if !c.push(outFrame{b: f.b, typ: "event"}) {
 				return
 			}
-			seq = e.Seq
+			seq = f.seq
 			c.fseq = seq
 			c.fsent++
 		}
@@ -713,12 +724,23 @@ func (c *conn) run() {
 	}
 }
 
-// snapshot queues a snapshot frame; it returns the position it is current at.
+// pageFrame is one event frame of a catch-up page.
+type pageFrame struct {
+	seq uint64
+	b   []byte
+}
+
+// errNotOpen: the timeline had no epoch when its meta was read, yet has
+// entries (it opened in between): read again.
+var errNotOpen = errors.New("gateway: timeline opened during the read")
+
+// snapshot queues a snapshot's frames (snapshot.go); it returns the
+// position it is current at.
 func (c *conn) snapshot(resync bool) (string, uint64, bool) {
 	s, err := c.g.o.Store.Snapshot(c.app, c.user)
-	var b []byte
+	var parts [][]byte
 	if err == nil {
-		b, err = encodeSnapshot(s, resync)
+		parts, err = snapshotParts(s, resync, c.g.o.SnapshotPartBytes)
 	}
 	if err != nil {
 		if c.ctx.Err() == nil {
@@ -727,29 +749,12 @@ func (c *conn) snapshot(resync bool) (string, uint64, bool) {
 		return "", 0, false
 	}
 	c.setSent(s.Meta.Epoch, s.Meta.LastSeq)
-	if !c.push(outFrame{b: b, typ: "snapshot"}) {
-		return "", 0, false
+	for _, b := range parts {
+		if !c.push(outFrame{b: b, typ: "snapshot"}) {
+			return "", 0, false
+		}
 	}
 	return s.Meta.Epoch, s.Meta.LastSeq, true
-}
-
-func encodeSnapshot(s *projections.Snapshot, resync bool) ([]byte, error) {
-	f := snapshotFrame{Type: "snapshot", Resync: resync, Epoch: s.Meta.GetEpoch(), Seq: s.Meta.GetLastSeq(), Conversations: []json.RawMessage{}}
-	var err error
-	if f.Contacts, err = pjson.Marshal(s.Contacts); err != nil {
-		return nil, err
-	}
-	if f.Groups, err = pjson.Marshal(s.Groups); err != nil {
-		return nil, err
-	}
-	for _, cv := range s.Conversations {
-		b, err := pjson.Marshal(cv)
-		if err != nil {
-			return nil, err
-		}
-		f.Conversations = append(f.Conversations, b)
-	}
-	return json.Marshal(f)
 }
 
 func (c *conn) setSent(epoch string, seq uint64) {

@@ -192,7 +192,9 @@ func answerTo(id string, types ...string) func(map[string]any) bool {
 // really sent: each field the example shows exists there, with the same
 // JSON type (recursively), so the doc cannot drift from the server.
 func TestProtocolDocExamples(t *testing.T) {
-	e := newEnv(t, func(o *gateway.Options) { o.Auth = anyAuth{} })
+	// The smallest snapshot part, so a user with a few dozen conversations
+	// gets a snapshot in parts.
+	e := newEnv(t, func(o *gateway.Options) { o.Auth = anyAuth{}; o.SnapshotPartBytes = 4 << 10 })
 	ctx := context.Background()
 	// A policy, so login_result carries policy_version as the example does.
 	if _, err := e.n.Engine.Submit(ctx, &pb.Event{App: "demo", ClientOpId: "pol", Kind: pb.Kind_KIND_POLICY_SET,
@@ -267,6 +269,40 @@ func TestProtocolDocExamples(t *testing.T) {
 			t.Errorf("the resume example: %v", m)
 		}
 	}
+
+	// A snapshot in parts: a user with a friend, a group and 40
+	// conversations with unread messages.
+	sam := []*pb.Event{
+		{App: "demo", ClientOpId: "rq", Kind: pb.Kind_KIND_CONTACT_REQUEST, Actor: &pb.Actor{User: "u1"}, Payload: &pb.Event_Contact{Contact: &pb.ContactOp{User: "sam"}}},
+		{App: "demo", ClientOpId: "ac", Kind: pb.Kind_KIND_CONTACT_ACCEPT, Actor: &pb.Actor{User: "sam"}, Payload: &pb.Event_Contact{Contact: &pb.ContactOp{User: "u1"}}},
+		{App: "demo", ClientOpId: "gc", Kind: pb.Kind_KIND_GROUP_CREATE, Actor: &pb.Actor{User: "sam"}, Payload: &pb.Event_Group{Group: &pb.GroupOp{GroupId: "g1", Name: "g1"}}},
+	}
+	for i := range 40 {
+		sam = append(sam, &pb.Event{App: "demo", ClientOpId: "m", Kind: pb.Kind_KIND_MESSAGE_SEND, Actor: &pb.Actor{User: fmt.Sprintf("v%02d", i)},
+			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "sam", ClientMsgId: "m", Body: []byte("hi")}}})
+	}
+	for i, ev := range sam {
+		if d, err := e.n.Engine.Submit(ctx, ev); err != nil || d.Code != 0 {
+			t.Fatalf("%s: %v %v", ev.ClientOpId, err, d)
+		}
+		if i == 0 { // the request reaches sam's partition through the relay
+			eventually(t, "the contact request", func() bool {
+				s, err := e.n.Store.Snapshot("demo", "sam")
+				return err == nil && len(s.Contacts.RequestsIn) == 1
+			})
+		}
+	}
+	eventually(t, "sam's conversations", func() bool {
+		s, err := e.n.Store.Snapshot("demo", "sam")
+		return err == nil && len(s.Conversations) == 40
+	})
+	sc := dialRaw(t, e, seen)
+	sc.send(map[string]any{"type": "login", "id": "s", "app": "demo", "user": "sam", "password": "x", "login_id": "S1", "platform": 1})
+	sc.until("login_result", answerTo("s", "login_result"))
+	if m := sc.until("the snapshot's part 0", answerTo("", "snapshot")); m["more"] != true {
+		t.Fatalf("sam's snapshot is one part: %v", m)
+	}
+	sc.until("the snapshot's last part", func(m map[string]any) bool { return m["type"] == "snapshot" && m["more"] == nil })
 
 	// Frames the examples above do not provoke: a refused login, a first
 	// frame that is not a login, and a fifth login's eviction (kicked 206).

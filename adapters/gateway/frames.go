@@ -9,9 +9,7 @@ import (
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Limits of client frames' fields (docs/protocol.md).
@@ -302,31 +300,12 @@ func chatType(raw json.RawMessage) (pb.ChatType, error) {
 // except that 64-bit integers are JSON numbers, as they are in the frames
 // around them (`seq` of an event frame and of its entry have one type).
 
-var pjson = partJSON{protojson.MarshalOptions{UseProtoNames: true}}
+var pjson partJSON
 
-// partJSON marshals a protobuf part of a server frame (docs/protocol.md,
-// "JSON types"): protojson, with every int64/uint64 field (which protojson
-// writes as a string) written as a number. Every 64-bit value mdsync sends
-// (sequences, offsets, versions, times in ms) is below 2^53, so a
-// JavaScript client reads it exactly.
-type partJSON struct{ o protojson.MarshalOptions }
+// partJSON marshals a protobuf part of a server frame: engine.MarshalPart.
+type partJSON struct{}
 
-func (p partJSON) Marshal(m proto.Message) ([]byte, error) {
-	b, err := p.o.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	return numbers64(b, m.ProtoReflect().Descriptor())
-}
-
-func is64(fd protoreflect.FieldDescriptor) bool {
-	switch fd.Kind() {
-	case protoreflect.Int64Kind, protoreflect.Uint64Kind, protoreflect.Sint64Kind,
-		protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
-		return true
-	}
-	return false
-}
+func (partJSON) Marshal(m proto.Message) ([]byte, error) { return engine.MarshalPart(m) }
 
 type errorFrame struct {
 	Type    string `json:"type"`
@@ -378,6 +357,8 @@ type snapshotFrame struct {
 	Resync        bool              `json:"resync"`
 	Epoch         string            `json:"epoch"`
 	Seq           uint64            `json:"seq"`
+	Part          int               `json:"part"`
+	More          bool              `json:"more,omitempty"` // more parts of this snapshot follow (snapshot.go)
 	Contacts      json.RawMessage   `json:"contacts"`
 	Groups        json.RawMessage   `json:"groups"`
 	Conversations []json.RawMessage `json:"conversations"`
@@ -423,9 +404,14 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: encode entry: %w", err)
 	}
-	name := entryName(e)
+	return eventFrameJSON(epoch, e.Seq, entryName(e), b)
+}
+
+// eventFrameJSON is the event frame of an entry already in its wire JSON
+// (engine.MarshalPart): catch-up copies the stored bytes in as they are.
+func eventFrameJSON(epoch string, seq uint64, name string, b []byte) ([]byte, error) {
 	if !plainJSONString(epoch) || !plainJSONString(name) {
-		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: name, Entry: b})
+		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: seq, Name: name, Entry: b})
 	}
 	// The same frame without json.Marshal's second pass over the entry
 	// (it is compact JSON already: numbers64 wrote it).
@@ -433,7 +419,7 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 	out = append(out, `{"type":"event","epoch":"`...)
 	out = append(out, epoch...)
 	out = append(out, `","seq":`...)
-	out = strconv.AppendUint(out, e.Seq, 10)
+	out = strconv.AppendUint(out, seq, 10)
 	out = append(out, `,"name":"`...)
 	out = append(out, name...)
 	out = append(out, `","entry":`...)

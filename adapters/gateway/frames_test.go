@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 
 	"github.com/mdsync/mdsync/engine"
@@ -133,4 +134,35 @@ func BenchmarkEncodeEvent(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestEncodeEventMatchesJSONMarshal: the hand-built event frame reads
+// back as the frame json.Marshal writes, for plain and escaped epochs.
+func TestEncodeEventMatchesJSONMarshal(t *testing.T) {
+	e := &pb.TimelineEntry{Seq: 1 << 40, EntryId: "e<1>", From: "b&ob", MultiDevice: true, SourceOffset: 17_000_000_001, ChatType: pb.ChatType_CHAT_TYPE_GROUP,
+		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, Payload: &pb.Event_Message{Message: &pb.MessageSend{To: "g\u2028", Body: []byte{0, 250}}}}}
+	for _, epoch := range []string{"0123abcdef", "", "a<b>\"c"} {
+		got, err := encodeEvent(epoch, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		part, _ := pjson.Marshal(e)
+		want, _ := json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: entryName(e), Entry: part})
+		// The same JSON value (encoding/json also escapes <, >, & and
+		// U+2028 inside the entry's strings; both read back the same).
+		if g, w := decodeNumbers(t, got), decodeNumbers(t, want); !reflect.DeepEqual(g, w) {
+			t.Fatalf("epoch %q:\n got %s\nwant %s", epoch, got, want)
+		}
+	}
+}
+
+func decodeNumbers(t *testing.T, b []byte) any {
+	t.Helper()
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil || d.More() {
+		t.Fatalf("not one JSON value (%v): %s", err, b)
+	}
+	return v
 }

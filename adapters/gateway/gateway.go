@@ -78,11 +78,16 @@ type SessionReader interface {
 // the store closes they return an error. Returned messages are the
 // caller's.
 type TimelineReader interface {
-	// Timeline returns up to limit entries visible to loginID after
-	// (epoch, after), and the sequence to continue from (the last entry
-	// examined, visible or not); projections.ErrResync (code 1015) when the
-	// position cannot be continued.
-	Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error)
+	// TimelineEach calls fn in order for up to limit entries visible to
+	// loginID after (epoch, after), with the timeline's epoch, the
+	// entry's sequence, kind and stored wire JSON (engine.MarshalPart of
+	// the entry, not decoded on the way; valid only during the call, and
+	// fn must not block), and returns the sequence to continue from (the
+	// last entry examined, visible or not) and the meta;
+	// projections.ErrResync (code 1015) when the position cannot be
+	// continued; fn's error stops the scan and is returned.
+	TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+		fn func(epoch string, seq uint64, kind pb.Kind, json []byte) error) (uint64, *pb.TimelineMeta, error)
 	// Snapshot returns the user's state and the position it is current at.
 	Snapshot(app, user string) (*projections.Snapshot, error)
 	// History pages a conversation's messages newest first, below before.
@@ -137,6 +142,9 @@ type Options struct {
 	// written); the queue grows as frames come and holds nothing while
 	// empty. Default 1024.
 	SendQueue int
+	// SnapshotPartBytes bounds one snapshot frame: a larger snapshot is
+	// sent in parts (docs/protocol.md). Default 256 KiB; at least 4 KiB.
+	SnapshotPartBytes int
 	// HeartbeatTimeout closes a connection that sent nothing for this long
 	// (error 1017). Default 60s.
 	HeartbeatTimeout time.Duration
@@ -207,6 +215,9 @@ func (o *Options) ensureDefaults() {
 	if o.SendQueue == 0 {
 		o.SendQueue = 1024
 	}
+	if o.SnapshotPartBytes == 0 {
+		o.SnapshotPartBytes = 256 << 10
+	}
 	if o.HeartbeatTimeout == 0 {
 		o.HeartbeatTimeout = 60 * time.Second
 	}
@@ -260,6 +271,8 @@ func (o *Options) validate() error {
 		return errors.New("gateway: Options.Registerer is required")
 	case o.MaxFrameBytes < 1024 || o.MaxFrameBytes > 16<<20:
 		return errors.New("gateway: Options.MaxFrameBytes must be in [1 KiB, 16 MiB]")
+	case o.SnapshotPartBytes < 4<<10 || o.SnapshotPartBytes > 16<<20:
+		return errors.New("gateway: Options.SnapshotPartBytes must be in [4 KiB, 16 MiB]")
 	case o.SendQueue < 1 || o.SendQueue > 1<<20:
 		return errors.New("gateway: Options.SendQueue must be in [1, 1Mi]")
 	case o.HeartbeatTimeout < 0 || o.LoginTimeout < 0 || o.WriteTimeout < 0 || o.SubmitTimeout < 0:

@@ -20,11 +20,12 @@ type timelineCounter struct {
 	reads map[string]int
 }
 
-func (r *timelineCounter) Timeline(app, user, loginID, epoch string, after uint64, limit int) ([]*pb.TimelineEntry, uint64, *pb.TimelineMeta, error) {
+func (r *timelineCounter) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
+	fn func(string, uint64, pb.Kind, []byte) error) (uint64, *pb.TimelineMeta, error) {
 	r.mu.Lock()
 	r.reads[loginID]++
 	r.mu.Unlock()
-	return r.Store.Timeline(app, user, loginID, epoch, after, limit)
+	return r.Store.TimelineEach(app, user, loginID, epoch, after, limit, fn)
 }
 
 func (r *timelineCounter) reset() map[string]int {

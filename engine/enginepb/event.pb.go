@@ -841,13 +841,20 @@ func (*Event_Credential) isEvent_Payload() {}
 
 func (*Event_Presence) isEvent_Payload() {}
 
-// Deliver carries a source event to one recipient. Its client_op_id is
-// "dlv." + the source event id, and its stream is the recipient's user
-// stream, so a re-derived copy has the same identity and is dropped as a
+// Deliver carries a source event to one recipient, or (recipients) to
+// several recipients whose user streams share one partition: a group's
+// single-device copies for one partition travel as one record
+// (docs/design-notes.md, "Group fan-out"). Its client_op_id is "dlv." + the
+// source event id, and its stream is the (first) recipient's user stream,
+// so a re-derived copy has the same identity and is dropped as a
 // duplicate.
 type Deliver struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Recipient string                 `protobuf:"bytes,1,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// recipient is the one recipient; empty when recipients is set.
+	Recipient string `protobuf:"bytes,1,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// recipients, in the order their entries are appended (the group's
+	// member order), all on the record's partition.
+	Recipients []string `protobuf:"bytes,9,rep,name=recipients,proto3" json:"recipients,omitempty"`
 	// from is what the recipient's devices see as the event's `from`: the
 	// acting user (for a multi-device event, that is the recipient itself).
 	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
@@ -899,6 +906,13 @@ func (x *Deliver) GetRecipient() string {
 		return x.Recipient
 	}
 	return ""
+}
+
+func (x *Deliver) GetRecipients() []string {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
 }
 
 func (x *Deliver) GetFrom() string {
@@ -1977,9 +1991,12 @@ const file_mdsync_v1_event_proto_rawDesc = "" +
 	"credential\x18  \x01(\v2\x15.mdsync.v1.CredentialH\x00R\n" +
 	"credential\x127\n" +
 	"\bpresence\x18! \x01(\v2\x19.mdsync.v1.DevicePresenceH\x00R\bpresenceB\t\n" +
-	"\apayload\"\xa6\x02\n" +
+	"\apayload\"\xc6\x02\n" +
 	"\aDeliver\x12\x1c\n" +
-	"\trecipient\x18\x01 \x01(\tR\trecipient\x12\x12\n" +
+	"\trecipient\x18\x01 \x01(\tR\trecipient\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\t \x03(\tR\n" +
+	"recipients\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12!\n" +
 	"\fmulti_device\x18\x03 \x01(\bR\vmultiDevice\x12(\n" +
 	"\x10exclude_login_id\x18\x04 \x01(\tR\x0eexcludeLoginId\x12\"\n" +

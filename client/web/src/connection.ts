@@ -203,6 +203,8 @@ export class Connection {
   // Dedup: the newest event handled.
   private epoch = "";
   private lastSeq = 0;
+  // The parts of a snapshot received so far on this connection.
+  private snap: SnapshotParts | null = null;
   // The server's JSON type of seq, echoed in acks and resume.
   private seqAsString = false;
   private _duplicates = 0;
@@ -546,6 +548,7 @@ export class Connection {
   private onDrop(live: Live, closeCode: number, closeReason: string): void {
     if (this.live !== live) return;
     this.live = null;
+    this.snap = null; // the parts of a snapshot whose connection ended never complete
     this.clearTimers();
     if (this.stopped) return;
     const kicked = this.kicked;
@@ -720,19 +723,33 @@ export class Connection {
     }
   }
 
+  /**
+   * onSnapshot takes one part of a snapshot (docs/protocol.md: parts numbered from 0, more on every one but the last,
+   * each a slice of the lists) and emits the whole snapshot at its last part. A part 0 starts a new snapshot; a part
+   * out of order drops what was held (the server never sends one: the next connection gets a new snapshot).
+   */
   private onSnapshot(f: InFrame): void {
-    this.seqAsString = typeof f.seq === "string";
+    const part = num(f.part ?? 0);
     const seq = num(f.seq);
-    this.epoch = f.epoch ?? "";
+    const epoch = f.epoch ?? "";
+    let s = this.snap;
+    if (part === 0) {
+      s = this.snap = { resync: !!f.resync, epoch, seq, contacts: {}, groups: {}, conversations: [], next: 0 };
+    } else if (!s || part !== s.next || epoch !== s.epoch || seq !== s.seq) {
+      this.snap = null;
+      this.emit("onError", new MdsyncError(Code.Internal, `snapshot part ${part} out of order`));
+      return;
+    }
+    concatLists(s.contacts, f.contacts);
+    concatLists(s.groups, f.groups);
+    for (const c of f.conversations ?? []) s.conversations.push(c);
+    s.next = part + 1;
+    if (f.more) return;
+    this.snap = null;
+    this.seqAsString = typeof f.seq === "string";
+    this.epoch = epoch;
     this.lastSeq = seq;
-    this.emit("onSnapshot", {
-      resync: !!f.resync,
-      epoch: this.epoch,
-      seq,
-      contacts: f.contacts ?? null,
-      groups: f.groups ?? null,
-      conversations: f.conversations ?? [],
-    });
+    this.emit("onSnapshot", { resync: s.resync, epoch, seq, contacts: s.contacts, groups: s.groups, conversations: s.conversations });
     if (this.o.ackIntervalMs >= 0) this.ack(this.epoch, seq);
   }
 
@@ -868,5 +885,27 @@ function parseFrame(data: unknown): InFrame | null {
     return typeof f === "object" && f !== null && typeof f.type === "string" ? f : null;
   } catch {
     return null;
+  }
+}
+
+/** A snapshot being assembled from its parts. */
+interface SnapshotParts {
+  resync: boolean;
+  epoch: string;
+  seq: number;
+  contacts: Record<string, unknown>;
+  groups: Record<string, unknown>;
+  conversations: unknown[];
+  next: number;
+}
+
+/** concatLists appends each list of a snapshot part's object (contacts, groups) to the lists held so far. */
+function concatLists(into: Record<string, unknown>, part: unknown): void {
+  if (typeof part !== "object" || part === null) return;
+  for (const [k, v] of Object.entries(part as Record<string, unknown>)) {
+    const held = into[k];
+    if (Array.isArray(v) && Array.isArray(held)) held.push(...(v as unknown[]));
+    else if (Array.isArray(v)) into[k] = [...(v as unknown[])];
+    else into[k] = v;
   }
 }

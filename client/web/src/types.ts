@@ -88,6 +88,9 @@ export interface InFrame {
   name?: string;
   entry?: TimelineEntry;
   resync?: boolean;
+  /** snapshot: the part's index, from 0; more parts follow while more is true. */
+  part?: Int64;
+  more?: boolean;
   contacts?: unknown;
   groups?: unknown;
   conversations?: unknown[];
@@ -203,7 +206,7 @@ export interface MultiDeviceEvent extends BaseEvent {
   name: string;
 }
 
-/** A snapshot of the device's state (first login, or a resync). */
+/** A snapshot of the device's state (first login, or a resync). The server sends a large one in parts; onSnapshot gets it once, whole, after its last part. */
 export interface SnapshotEvent {
   resync: boolean;
   epoch: string;

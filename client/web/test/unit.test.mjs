@@ -306,3 +306,34 @@ test("REST calls need pwd or accessToken and send Basic or Bearer", async () => 
   assert.equal(calls[1].init.headers.Authorization, "Bearer mdt1.x");
   await assert.rejects(c.kickAllDevices({ user: "alice" }), (e) => e.code === 1001);
 });
+
+test("a snapshot in parts reaches onSnapshot once, whole, after its last part; a part 0 starts over", async () => {
+  const c = newConn();
+  const snaps = [];
+  const errs = [];
+  c.addEventHandler("h", { onSnapshot: (s) => snaps.push(s), onError: (e) => errs.push(e.code) });
+  await c.open({ user: "alice", pwd: "pw" });
+  const ws = FakeWS.all[0];
+  ws.push({ type: "snapshot", epoch: "E", seq: 3, part: 0, more: true, contacts: { friends: ["zed"] }, groups: {}, conversations: [] });
+  // A part 0 starts over: what was held is dropped.
+  ws.push({ type: "snapshot", resync: true, epoch: "E", seq: 7, part: 0, more: true, contacts: { friends: ["a", "b"] }, groups: {}, conversations: [] });
+  ws.push({ type: "snapshot", resync: true, epoch: "E", seq: 7, part: 1, more: true, contacts: { friends: ["c"], requests_in: ["d"] }, groups: { groups: ["g1"] }, conversations: [{ conversation_id: "a" }] });
+  assert.equal(snaps.length, 0, "nothing before the last part");
+  ws.push({ type: "snapshot", resync: true, epoch: "E", seq: 7, part: 2, contacts: {}, groups: { groups: ["g2"], threads: ["g2/t1"] }, conversations: [{ conversation_id: "g2" }] });
+  assert.equal(snaps.length, 1);
+  assert.deepEqual(snaps[0], {
+    resync: true,
+    epoch: "E",
+    seq: 7,
+    contacts: { friends: ["a", "b", "c"], requests_in: ["d"] },
+    groups: { groups: ["g1", "g2"], threads: ["g2/t1"] },
+    conversations: [{ conversation_id: "a" }, { conversation_id: "g2" }],
+  });
+  await tick(40);
+  assert.deepEqual(ws.frames("ack").at(-1), { type: "ack", epoch: "E", seq: 7 });
+  // A part out of order is an error and no snapshot.
+  ws.push({ type: "snapshot", epoch: "E", seq: 9, part: 1, contacts: {}, groups: {}, conversations: [] });
+  assert.equal(snaps.length, 1);
+  assert.deepEqual(errs, [1010]);
+  await c.close();
+});

@@ -1,10 +1,40 @@
-package gateway
+package engine
 
 import (
 	"errors"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
+
+// MarshalPart is the one JSON form of a protobuf part: what the gateway
+// sends inside its frames (docs/protocol.md, "JSON types") and what a
+// stored timeline entry keeps, ready to send. It is protojson with the
+// .proto field names, with every int64/uint64 field (which protojson
+// writes as a string) written as a number, and without the whitespace
+// protojson may insert: for one build it is a pure function of the
+// message, so a projection may store it and a rebuild writes the same
+// bytes. Every 64-bit value mdsync sends (sequences, offsets, versions,
+// times in ms) is below 2^53, so a JavaScript client reads it exactly.
+func MarshalPart(m proto.Message) ([]byte, error) {
+	b, err := partOptions.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return numbers64(b, m.ProtoReflect().Descriptor())
+}
+
+var partOptions = protojson.MarshalOptions{UseProtoNames: true}
+
+func is64(fd protoreflect.FieldDescriptor) bool {
+	switch fd.Kind() {
+	case protoreflect.Int64Kind, protoreflect.Uint64Kind, protoreflect.Sint64Kind,
+		protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
+		return true
+	}
+	return false
+}
 
 // numbers64 rewrites protojson output b of a message of descriptor md in
 // one pass: every value of a 64-bit integer field (scalar, list element or
@@ -26,7 +56,7 @@ func numbers64(b []byte, md protoreflect.MessageDescriptor) ([]byte, error) {
 	return r.out, nil
 }
 
-var errJSONSyntax = errors.New("gateway: unexpected protojson output")
+var errJSONSyntax = errors.New("engine: unexpected protojson output")
 
 // How a value is treated.
 const (

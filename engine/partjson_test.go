@@ -1,4 +1,4 @@
-package gateway
+package engine
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 // strings into numbers, marshal again (what partJSON did before
 // numbers64).
 func referencePartJSON(m proto.Message) ([]byte, error) {
-	b, err := pjson.o.Marshal(m)
+	b, err := partOptions.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func scalar(fd protoreflect.FieldDescriptor, v int) protoreflect.Value {
 	panic(fd.Kind())
 }
 
-// TestNumbers64MatchesTheReference: for every message the gateway sends
+// TestNumbers64MatchesTheReference: for every message the gateway sends (and the timeline stores)
 // as a part, with every field set, the one-pass rewrite reads back as the
 // same JSON value as the decode-and-re-marshal it replaced.
 func TestNumbers64MatchesTheReference(t *testing.T) {
@@ -151,7 +151,7 @@ func TestNumbers64MatchesTheReference(t *testing.T) {
 		for variant := 0; variant < 12; variant++ {
 			x := m.ProtoReflect().New()
 			fill(x, variant, 3)
-			got, err := pjson.Marshal(x.Interface())
+			got, err := MarshalPart(x.Interface())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,7 +199,7 @@ func BenchmarkPartJSON(b *testing.B) {
 		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, App: "a", EventId: "0123456789abcdef",
 			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", Body: make([]byte, 200)}}}}
 	for i := 0; i < b.N; i++ {
-		if _, err := pjson.Marshal(e); err != nil {
+		if _, err := MarshalPart(e); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -211,40 +211,8 @@ func BenchmarkProtojsonOnly(b *testing.B) {
 		Source: &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, TimeUnixMs: 1_700_000_000_123, App: "a", EventId: "0123456789abcdef",
 			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", Body: make([]byte, 200)}}}}
 	for i := 0; i < b.N; i++ {
-		if _, err := pjson.o.Marshal(e); err != nil {
+		if _, err := partOptions.Marshal(e); err != nil {
 			b.Fatal(err)
 		}
 	}
-}
-
-// TestEncodeEventMatchesJSONMarshal: the hand-built event frame reads
-// back as the frame json.Marshal writes, for plain and escaped epochs.
-func TestEncodeEventMatchesJSONMarshal(t *testing.T) {
-	x := (&pb.TimelineEntry{}).ProtoReflect().New()
-	fill(x, 0, 3)
-	e := x.Interface().(*pb.TimelineEntry)
-	for _, epoch := range []string{"0123abcdef", "", "a<b>\"c"} {
-		got, err := encodeEvent(epoch, e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		part, _ := pjson.Marshal(e)
-		want, _ := json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: e.Seq, Name: entryName(e), Entry: part})
-		// The same JSON value (encoding/json also escapes <, >, & and
-		// U+2028 inside the entry's strings; both read back the same).
-		if g, w := decodeNumbers(t, got), decodeNumbers(t, want); !reflect.DeepEqual(g, w) {
-			t.Fatalf("epoch %q:\n got %s\nwant %s", epoch, got, want)
-		}
-	}
-}
-
-func decodeNumbers(t *testing.T, b []byte) any {
-	t.Helper()
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.UseNumber()
-	var v any
-	if err := d.Decode(&v); err != nil || d.More() {
-		t.Fatalf("not one JSON value (%v): %s", err, b)
-	}
-	return v
 }
