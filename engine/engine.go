@@ -84,7 +84,7 @@ type Options struct {
 const DefaultMaxPending = 256
 
 // ErrBusy is the refusal of an op past Options.MaxPending.
-var ErrBusy = Errorf(CodeBusy, "too many operations awaiting decisions on this node; retry later")
+var ErrBusy = Errorf(CodeBusy, "too many operations awaiting decisions on this node")
 
 // Engine is the write side: it validates an operation, appends it to the
 // log (the single commit point), waits until the projection has applied it,
