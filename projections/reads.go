@@ -92,6 +92,9 @@ func (s *Store) Decision(app, stream, user, op string) (*pb.Decision, bool, erro
 	if err != nil || !ok {
 		return nil, false, err
 	}
+	if err := expandDecision(func(k []byte, e *pb.Ended) (bool, error) { return s.getProto(k, e) }, stream, user, op, d); err != nil {
+		return nil, false, err
+	}
 	return d, true, nil
 }
 

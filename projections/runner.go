@@ -590,7 +590,7 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	if r.marks {
 		err = t.set(dk, dedupMark)
 	} else {
-		err = t.put(dk, d)
+		err = t.put(dk, compactDecision(ev, d))
 	}
 	if err != nil {
 		return nil, false, err
@@ -638,13 +638,9 @@ func actorRefusal(get func([]byte, proto.Message) (bool, error), app, user, logi
 	if engine.CheckActor(st, loginID, nil) == nil {
 		return nil, nil
 	}
-	last := &pb.Ended{}
-	ok, err := get(endedKey(app, user, loginID), last)
+	last, _, err := lastEnded(func(k []byte, e *pb.Ended) (bool, error) { return get(k, e) }, app, user, loginID)
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		last = nil
 	}
 	return engine.CheckActor(st, loginID, last), nil
 }

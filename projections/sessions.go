@@ -80,7 +80,7 @@ func audit(t *Txn, app, user string, ended []*pb.Ended) error {
 		if err := t.put(auditKey(app, user, e.Partition, e.Offset, i), e); err != nil {
 			return err
 		}
-		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), e); err != nil {
+		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), endedRef(e)); err != nil {
 			return err
 		}
 	}
