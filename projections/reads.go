@@ -72,7 +72,11 @@ func (s *Store) ActorSession(app, user, loginID string) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	refused, err := actorRefusal(s.getProto, app, user, loginID)
+	refused, err := actorRefusal(s.getProto, func(app, user string) (*pb.UserSessions, error) {
+		st := &pb.UserSessions{}
+		_, err := s.getProto(sessionsKey(app, user), st)
+		return st, err
+	}, app, user, loginID)
 	if err != nil {
 		return err
 	}

@@ -37,9 +37,8 @@ func (h sessionsHandler) decide(t *Txn, ev *pb.Event, pos engine.Position, pol *
 }
 
 func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Position) (*pb.Decision, error) {
-	sk := sessionsKey(ev.App, ev.Actor.User)
-	st := &pb.UserSessions{}
-	if _, err := t.get(sk, st); err != nil {
+	st, err := t.sessionsOf(ev.App, ev.Actor.User)
+	if err != nil {
 		return nil, err
 	}
 	next, d := engine.ApplySession(st, pol, ev, pos)
@@ -70,9 +69,19 @@ func putSessions(t *Txn, app, user string, before, st *pb.UserSessions) error {
 	sk := sessionsKey(app, user)
 	if len(st.Sessions) == 0 && st.CredentialEpoch == 0 {
 		// No state left: delete, so a user who logged out is not kept.
-		return t.del(sk)
+		if err := t.del(sk); err != nil {
+			return err
+		}
+		t.decoded[string(sk)] = &pb.UserSessions{} // what a read of the deleted key gives
+		return nil
 	}
-	return t.put(sk, st)
+	if err := t.put(sk, st); err != nil {
+		return err
+	}
+	// st is new (ApplySession and EnforcePolicy clone what they change) and
+	// nobody modifies it from here on: later reads share it.
+	t.decoded[string(sk)] = st
+	return nil
 }
 
 func audit(t *Txn, app, user string, ended []*pb.Ended) error {
@@ -111,9 +120,8 @@ func (h sessionsHandler) applyPolicy(t *Txn, cur *pb.Policy, ev *pb.Event, pos e
 		if engine.PartitionFor([]byte(engine.UserStream(ev.App, user)), n) != pos.Partition {
 			continue
 		}
-		sk := sessionsKey(ev.App, user)
-		st := &pb.UserSessions{}
-		if _, err := t.get(sk, st); err != nil {
+		st, err := t.sessionsOf(ev.App, user)
+		if err != nil {
 			return nil, err
 		}
 		next, ended := engine.EnforcePolicy(user, st, pol, ev, pos)
