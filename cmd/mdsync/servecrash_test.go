@@ -47,8 +47,9 @@ import (
 //     client stopped with the kick's code);
 //   - the recovered projection's digest equals a rebuild from offset 0.
 //
-// MDSYNC_SERVE_CRASH_KILLS sets the number of kills (default 50; the long
-// mode is 1000, run by hand).
+// MDSYNC_SERVE_CRASH_KILLS sets the number of kills (default 50, ~1 min;
+// the long mode is 1000, run by hand with -timeout 60m: ~30 min on a
+// loaded 2-core VM, figures in benchmarks/RESULTS.md).
 func TestServeCrashSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test builds and kills the server")
