@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -60,7 +61,30 @@ type Options struct {
 	// an op whose stream is on another partition is refused before the
 	// append. Default nil: this process serves every partition.
 	Membership Membership
+	// MaxPending bounds the operations this engine has taken for appending
+	// and not yet decided (appending, or appended and waiting for the
+	// projection). It is the node-wide bound of invariant 10: every
+	// gateway connection, REST call and forwarded op of a process goes
+	// through its one Engine, and what waits here waits behind the log and
+	// the projector, so a bound here caps the decision latency (about
+	// MaxPending ÷ the decision rate) instead of letting a backlog grow.
+	// An op that would pass it is refused before the append with CodeBusy
+	// (ErrBusy: nothing decided, send it again later), and so is every
+	// later op of the same Begin call, so a caller's later op is never
+	// decided ahead of its refused earlier one. Logins are counted but
+	// never refused: a device that cannot log in can do nothing, and
+	// logins are bounded by the gateway's connections and rate limits.
+	// 0: DefaultMaxPending; negative: no bound.
+	MaxPending int
 }
+
+// DefaultMaxPending is Options.MaxPending's default: about 250 ms of
+// decisions at the ~1,000 decided ops/s a saturated 2-core node manages
+// (benchmarks/RESULTS.md, issue 12), the op p99 goal past saturation.
+const DefaultMaxPending = 256
+
+// ErrBusy is the refusal of an op past Options.MaxPending.
+var ErrBusy = Errorf(CodeBusy, "too many operations awaiting decisions on this node")
 
 // Engine is the write side: it validates an operation, appends it to the
 // log (the single commit point), waits until the projection has applied it,
@@ -75,6 +99,9 @@ type Engine struct {
 
 	mu       sync.Mutex
 	inflight map[string]*call
+
+	maxPending int64        // Options.MaxPending; <= 0: no bound
+	pending    atomic.Int64 // ops taken for appending and not yet decided
 }
 
 type call struct {
@@ -88,7 +115,25 @@ func New(log Log, proj Projector, opts Options) *Engine {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Engine{log: log, proj: proj, member: opts.Membership, now: opts.Now, inflight: map[string]*call{}}
+	if opts.MaxPending == 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	return &Engine{log: log, proj: proj, member: opts.Membership, now: opts.Now, inflight: map[string]*call{},
+		maxPending: int64(opts.MaxPending)}
+}
+
+// Pending is the number of operations taken for appending and not yet
+// decided (see Options.MaxPending).
+func (e *Engine) Pending() int { return int(e.pending.Load()) }
+
+// admit takes a pending slot for op, or reports false when the bound is
+// reached (logins always get one).
+func (e *Engine) admit(op *pb.Event) bool {
+	if n := e.pending.Add(1); e.maxPending > 0 && n > e.maxPending && op.Kind != pb.Kind_KIND_LOGIN {
+		e.pending.Add(-1)
+		return false
+	}
+	return true
 }
 
 // Submit performs one operation and returns its decision: Code 0 when it was
@@ -149,6 +194,7 @@ const decideTimeout = 2 * time.Minute
 func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 	out := make([]*Pending, len(ops))
 	var batch []queued
+	busy := false // an op of this call was refused as busy: so are the later ones
 	for i, op := range ops {
 		if err := Validate(op); err != nil {
 			out[i] = Resolved(nil, err)
@@ -203,6 +249,14 @@ func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 			d, err := sameOp(d, op)
 			e.finish(key, c, d, err)
 			continue
+		}
+		if busy || !e.admit(op) {
+			if op.Kind != pb.Kind_KIND_LOGIN {
+				busy = true
+				e.finish(key, c, nil, ErrBusy)
+				continue
+			}
+			e.pending.Add(1) // a login after a refusal: counted, never refused
 		}
 		batch = append(batch, queued{op: op, stream: stream, key: key, c: c})
 	}
@@ -260,6 +314,7 @@ func (e *Engine) flush(ctx context.Context, batch []queued) {
 	}
 	pos, err := e.append(ctx, evs, nil)
 	if err != nil {
+		e.pending.Add(-int64(len(batch)))
 		for _, q := range batch {
 			e.finish(q.key, q.c, nil, err)
 		}
@@ -272,6 +327,7 @@ func (e *Engine) flush(ctx context.Context, batch []queued) {
 		defer cancel()
 		for i, q := range batch {
 			d, err := e.await(wctx, q.op, q.stream, pos[i])
+			e.pending.Add(-1)
 			e.finish(q.key, q.c, d, err)
 		}
 	}()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
 // The hot state of the runner (issue 12, "state in memory, Pebble behind
@@ -111,35 +112,43 @@ const DefaultHotKeys = 1 << 15
 
 // hotCache is one partition's committed sessions, meta and policy values, used
 // only by the partition's applier (under its apply lock). A nil value is a
-// key known to be absent.
+// key known to be absent. A sessions value may come with its decoded form
+// (Txn.sessionsOf), so a user's next operation does not decode it again;
+// decoded values are shared and never modified (engine.ApplySession and
+// EnforcePolicy clone what they change).
 type hotCache struct {
-	young, old map[string][]byte
+	young, old map[string]hotVal
 	max        int
 }
 
-func newHotCache(max int) *hotCache {
-	return &hotCache{young: map[string][]byte{}, old: map[string][]byte{}, max: max}
+type hotVal struct {
+	b []byte
+	s *pb.UserSessions // b decoded, or nil
 }
 
-func (h *hotCache) get(k string) ([]byte, bool) {
+func newHotCache(max int) *hotCache {
+	return &hotCache{young: map[string]hotVal{}, old: map[string]hotVal{}, max: max}
+}
+
+func (h *hotCache) get(k string) (hotVal, bool) {
 	if v, ok := h.young[k]; ok {
 		return v, true
 	}
 	if v, ok := h.old[k]; ok {
-		h.put(k, v)
+		h.put(k, v.b, v.s)
 		return v, true
 	}
-	return nil, false
+	return hotVal{}, false
 }
 
-func (h *hotCache) put(k string, v []byte) {
+func (h *hotCache) put(k string, v []byte, s *pb.UserSessions) {
 	if len(v) == 0 {
-		v = nil // as a later batch reads it from Pebble (Txn.raw)
+		v, s = nil, nil // as a later batch reads it from Pebble (Txn.raw)
 	}
 	if len(h.young) >= h.max {
-		h.old, h.young = h.young, make(map[string][]byte, h.max)
+		h.old, h.young = h.young, make(map[string]hotVal, h.max)
 	}
-	h.young[k] = v
+	h.young[k] = hotVal{b: v, s: s}
 }
 
 // hotTable reports the tables whose keys the hot cache may hold.

@@ -72,7 +72,11 @@ func (s *Store) ActorSession(app, user, loginID string) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	refused, err := actorRefusal(s.getProto, app, user, loginID)
+	refused, err := actorRefusal(s.getProto, func(app, user string) (*pb.UserSessions, error) {
+		st := &pb.UserSessions{}
+		_, err := s.getProto(sessionsKey(app, user), st)
+		return st, err
+	}, app, user, loginID)
 	if err != nil {
 		return err
 	}
@@ -90,6 +94,9 @@ func (s *Store) Decision(app, stream, user, op string) (*pb.Decision, bool, erro
 	d := &pb.Decision{}
 	ok, err := s.getProto(decisionKey(stream, user, op), d)
 	if err != nil || !ok {
+		return nil, false, err
+	}
+	if err := expandDecision(func(k []byte, e *pb.Ended) (bool, error) { return s.getProto(k, e) }, stream, user, op, d); err != nil {
 		return nil, false, err
 	}
 	return d, true, nil

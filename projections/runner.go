@@ -111,6 +111,34 @@ type Txn struct {
 	hot     *hotCache  // the partition's committed hot keys (hot.go); nil: none
 	filter  *keyFilter // every key written to the filtered tables; nil: none
 	written [][]byte   // keys of the filtered tables written in this batch
+
+	// decoded holds the decoded form of sessions values of the overlay
+	// (sessionsOf): shared, never modified; dropped when the key is
+	// written other than by putSessions.
+	decoded map[string]*pb.UserSessions
+}
+
+// sessionsOf returns a user's sessions as of this batch, decoding the
+// stored value at most once per batch (and, with the hot cache, once per
+// change). The result is shared: callers must not modify it.
+func (t *Txn) sessionsOf(app, user string) (*pb.UserSessions, error) {
+	k := sessionsKey(app, user)
+	if st, ok := t.decoded[string(k)]; ok {
+		return st, nil
+	}
+	v, _, err := t.raw(k) // may bring the decoded form from the hot cache
+	if err != nil {
+		return nil, err
+	}
+	if st, ok := t.decoded[string(k)]; ok {
+		return st, nil
+	}
+	st := &pb.UserSessions{}
+	if err := proto.Unmarshal(v, st); err != nil {
+		return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+	}
+	t.decoded[string(k)] = st
+	return st, nil
 }
 
 // get reads k as of this batch. Reads from Pebble are remembered in the
@@ -133,8 +161,13 @@ func (t *Txn) get(k []byte, m proto.Message) (bool, error) {
 func (t *Txn) raw(k []byte) ([]byte, bool, error) {
 	v, ok := t.overlay[string(k)]
 	if !ok && t.hot != nil && hotTable(k[0]) {
-		if v, ok = t.hot.get(string(k)); ok {
+		var hv hotVal
+		if hv, ok = t.hot.get(string(k)); ok {
+			v = hv.b
 			t.overlay[string(k)] = v
+			if hv.s != nil {
+				t.decoded[string(k)] = hv.s
+			}
 		}
 	}
 	if !ok && t.filter != nil && filtered(k[0]) && !t.filter.mayContain(k) {
@@ -182,6 +215,9 @@ func (t *Txn) set(k, v []byte) error {
 		return err
 	}
 	t.overlay[string(k)] = v
+	if k[0] == tagSessions {
+		delete(t.decoded, string(k))
+	}
 	if t.filter != nil && filtered(k[0]) {
 		t.written = append(t.written, k)
 	}
@@ -209,6 +245,9 @@ func (t *Txn) del(k []byte) error {
 		return err
 	}
 	t.overlay[string(k)] = nil
+	if k[0] == tagSessions {
+		delete(t.decoded, string(k))
+	}
 	return t.b.Delete(k, nil)
 }
 
@@ -507,7 +546,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	ps.mu.Unlock()
 
 	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn,
-		hot: ps.hot, filter: r.filter}
+		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}}
 	defer t.b.Close()
 	var decisions []*pb.Decision
 	for _, en := range entries {
@@ -549,7 +588,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if ps.hot != nil {
 		for k, v := range t.overlay {
 			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
-				ps.hot.put(k, v)
+				ps.hot.put(k, v, t.decoded[k])
 			}
 		}
 	}
@@ -620,7 +659,7 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 	if r.marks {
 		err = t.set(dk, dedupMark)
 	} else {
-		err = t.put(dk, d)
+		err = t.put(dk, compactDecision(ev, d))
 	}
 	if err != nil {
 		return nil, false, err
@@ -659,27 +698,24 @@ func checkActor(t *Txn, ev *pb.Event) (*engine.Error, error) {
 	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
 		return nil, nil
 	}
-	return actorRefusal(t.get, ev.App, ev.Actor.User, ev.Actor.LoginId)
+	return actorRefusal(t.get, t.sessionsOf, ev.App, ev.Actor.User, ev.Actor.LoginId)
 }
 
-// actorRefusal is engine.CheckActor on the state get reads (a batch's
-// overlay, or committed state): the user's sessions, and only when loginID
-// is not among them, how its last session ended.
-func actorRefusal(get func([]byte, proto.Message) (bool, error), app, user, loginID string) (*engine.Error, error) {
-	st := &pb.UserSessions{}
-	if _, err := get(sessionsKey(app, user), st); err != nil {
+// actorRefusal is engine.CheckActor on the state get and sessions read (a
+// batch's overlay, or committed state): the user's sessions, and only when
+// loginID is not among them, how its last session ended.
+func actorRefusal(get func([]byte, proto.Message) (bool, error), sessions func(app, user string) (*pb.UserSessions, error),
+	app, user, loginID string) (*engine.Error, error) {
+	st, err := sessions(app, user)
+	if err != nil {
 		return nil, err
 	}
 	if engine.CheckActor(st, loginID, nil) == nil {
 		return nil, nil
 	}
-	last := &pb.Ended{}
-	ok, err := get(endedKey(app, user, loginID), last)
+	last, _, err := lastEnded(func(k []byte, e *pb.Ended) (bool, error) { return get(k, e) }, app, user, loginID)
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		last = nil
 	}
 	return engine.CheckActor(st, loginID, last), nil
 }

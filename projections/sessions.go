@@ -49,9 +49,8 @@ func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos 
 			return d, nil // no session ends: a revoked token ends no session
 		}
 	}
-	sk := sessionsKey(ev.App, ev.Actor.User)
-	st := &pb.UserSessions{}
-	if _, err := t.get(sk, st); err != nil {
+	st, err := t.sessionsOf(ev.App, ev.Actor.User)
+	if err != nil {
 		return nil, err
 	}
 	next, d := engine.ApplySession(st, pol, ev, pos)
@@ -82,9 +81,19 @@ func putSessions(t *Txn, app, user string, before, st *pb.UserSessions) error {
 	sk := sessionsKey(app, user)
 	if len(st.Sessions) == 0 && st.CredentialEpoch == 0 {
 		// No state left: delete, so a user who logged out is not kept.
-		return t.del(sk)
+		if err := t.del(sk); err != nil {
+			return err
+		}
+		t.decoded[string(sk)] = &pb.UserSessions{} // what a read of the deleted key gives
+		return nil
 	}
-	return t.put(sk, st)
+	if err := t.put(sk, st); err != nil {
+		return err
+	}
+	// st is new (ApplySession and EnforcePolicy clone what they change) and
+	// nobody modifies it from here on: later reads share it.
+	t.decoded[string(sk)] = st
+	return nil
 }
 
 func audit(t *Txn, app, user string, ended []*pb.Ended) error {
@@ -92,7 +101,7 @@ func audit(t *Txn, app, user string, ended []*pb.Ended) error {
 		if err := t.put(auditKey(app, user, e.Partition, e.Offset, i), e); err != nil {
 			return err
 		}
-		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), e); err != nil {
+		if err := t.put(endedKey(app, user, e.GetSession().GetLoginId()), endedRef(e)); err != nil {
 			return err
 		}
 	}
@@ -123,9 +132,8 @@ func (h sessionsHandler) applyPolicy(t *Txn, cur *pb.Policy, ev *pb.Event, pos e
 		if engine.PartitionFor([]byte(engine.UserStream(ev.App, user)), n) != pos.Partition {
 			continue
 		}
-		sk := sessionsKey(ev.App, user)
-		st := &pb.UserSessions{}
-		if _, err := t.get(sk, st); err != nil {
+		st, err := t.sessionsOf(ev.App, user)
+		if err != nil {
 			return nil, err
 		}
 		next, ended := engine.EnforcePolicy(user, st, pol, ev, pos)

@@ -24,6 +24,8 @@ type envHooks struct {
 	dropDeliver bool
 	// engine wraps the gateway's engine.
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
+	// maxPending is the node's node.Options.MaxPending.
+	maxPending int
 	// listener wraps the server's listener.
 	listener func(net.Listener) net.Listener
 	// store wraps the gateway's store.
@@ -110,7 +112,7 @@ func keep(ids []string, kinds map[string]string, want ...string) []string {
 // see them in that order.
 func TestPipelinedOrder(t *testing.T) {
 	const n = 1000
-	e := newEnvHooks(t, func(o *gateway.Options) { o.MaxOpsInFlight = 2 * n }, envHooks{})
+	e := newEnvHooks(t, func(o *gateway.Options) { o.MaxOpsInFlight = 2 * n }, envHooks{maxPending: 2 * n})
 	a1, _ := login(t, e, "alice", "A1", 1)
 	a1.expect("snapshot")
 	a2, _ := login(t, e, "alice", "A2", 2)
@@ -491,5 +493,89 @@ func TestAdmission(t *testing.T) {
 	case f := <-b1.frames:
 		t.Fatalf("extra frame %+v", f)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// nodeBusy refuses, as the engine does past its MaxPending, every op of
+// the Begin calls (of ops other than logins) refuse picks: before anything
+// is appended, with 1019.
+type nodeBusy struct {
+	inner  gateway.Submitter
+	mu     sync.Mutex
+	calls  int
+	refuse func(call int) bool
+}
+
+func (b *nodeBusy) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending {
+	if ops[0].Kind == pb.Kind_KIND_LOGIN {
+		return b.inner.Begin(ctx, ops) // the engine never refuses a login as busy
+	}
+	b.mu.Lock()
+	b.calls++
+	no := b.refuse(b.calls)
+	b.mu.Unlock()
+	if !no {
+		return b.inner.Begin(ctx, ops)
+	}
+	out := make([]*engine.Pending, len(ops))
+	for i := range ops {
+		out[i] = engine.Resolved(nil, engine.ErrBusy)
+	}
+	return out
+}
+
+// Invariant 10, the node's bound: an op the engine refuses as busy
+// (engine.Options.MaxPending) is answered like the gateway's own bounds,
+// 1019 with retry_after_ms, counted as bound "node"; sent again until
+// accepted, as the SDK does, every op is applied exactly once, and the
+// ops of one connection sent one at a time keep their order.
+func TestAdmissionNodeBound(t *testing.T) {
+	busy := &nodeBusy{refuse: func(call int) bool { return call%3 != 1 }} // two of every three Begin calls
+	e := newEnvHooks(t, func(o *gateway.Options) { o.BusyRetryAfter = 20 * time.Millisecond },
+		envHooks{engine: func(_ *node.Node, s gateway.Submitter) gateway.Submitter { busy.inner = s; return busy }})
+	a1, _ := login(t, e, "alice", "A1", 1)
+	a1.expect("snapshot")
+	b1, _ := login(t, e, "bob", "B1", 1)
+	b1.expect("snapshot")
+
+	const n = 20
+	refusals := 0
+	var want []string
+	for i := range n {
+		id := fmt.Sprintf("a-%02d", i)
+		want = append(want, id)
+		for {
+			r := a1.op(id, msgJSON("bob", id, id))
+			if r.Code == int32(gateway.CodeBusy) {
+				if r.RetryAfterMs != 20 || !strings.Contains(r.Message, "awaiting decisions on this node") {
+					t.Fatalf("%s: %+v, want 1019 from the node with retry_after_ms 20", id, r)
+				}
+				refusals++
+				time.Sleep(time.Duration(r.RetryAfterMs) * time.Millisecond)
+				continue
+			}
+			if r.Code != 0 {
+				t.Fatalf("%s: %+v", id, r)
+			}
+			break
+		}
+	}
+	if refusals < n {
+		t.Fatalf("%d refusals for %d ops: the node bound was not exercised", refusals, n)
+	}
+	if got := metric(t, e, "mdsync_gateway_ops_busy_total", "bound", "node"); got != float64(refusals) {
+		t.Fatalf("busy{node} = %v, want %d", got, refusals)
+	}
+	var logged []string
+	for _, id := range streamOps(t, e.n, engine.UserStream("app", "alice")) {
+		if strings.HasPrefix(id, "a-") {
+			logged = append(logged, id)
+		}
+	}
+	if fmt.Sprint(logged) != fmt.Sprint(want) {
+		t.Fatalf("alice's stream %v\nwant %v", logged, want)
+	}
+	if seen := b1.sourceIDs(n); fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("bob saw %v", seen)
 	}
 }

@@ -14,7 +14,9 @@ import (
 //   - The reader admits an op frame, or refuses it at once: 1008 for what
 //     a device may never do, 1019 (CodeBusy) when the connection or the
 //     gateway is at its bound of ops in flight. An admitted op joins the
-//     connection's queue in receive order.
+//     connection's queue in receive order. The engine may still refuse it
+//     with 1019 when the node's ops awaiting decisions are at their bound
+//     (engine.Options.MaxPending), before appending anything.
 //   - One drainer goroutine per connection, started when the queue gets
 //     its first op and gone when it is empty, hands everything queued to
 //     Engine.Begin as one batch, and the next batch only after Begin
@@ -94,10 +96,14 @@ func (c *conn) admitOp(f *frame) bool {
 
 // busy refuses an op with CodeBusy; bound names the bound that was full.
 func (c *conn) busy(id, bound string) bool {
+	return c.busyReply(id, bound, "too many operations in flight on this "+bound+"; retry after retry_after_ms")
+}
+
+// busyReply answers an op with CodeBusy and retry_after_ms.
+func (c *conn) busyReply(id, bound, msg string) bool {
 	c.g.m.busy.WithLabelValues(bound).Inc()
 	return c.reply(resultFrame{
-		Type: "result", ID: id, Code: int32(CodeBusy),
-		Message:      "too many operations in flight on this " + bound + "; retry after retry_after_ms",
+		Type: "result", ID: id, Code: int32(CodeBusy), Message: msg,
 		RetryAfterMs: c.g.retryAfter(CodeBusy, ""),
 	}, "result")
 }
@@ -172,8 +178,14 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 		res.Code, res.Message = d.Code, d.Message
 		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
 	}
-	res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
-	c.reply(res, "result")
+	if res.Code == int32(CodeBusy) {
+		// The node's bound (engine.Options.MaxPending): not decided, like
+		// the gateway's own bounds, and answered the same way.
+		c.busyReply(r.id, "node", res.Message+"; retry after retry_after_ms")
+	} else {
+		res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
+		c.reply(res, "result")
+	}
 	if r.logout {
 		c.mu.Lock()
 		c.logoutPending--

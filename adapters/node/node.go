@@ -50,6 +50,10 @@ type Options struct {
 	ProjectionSync bool
 	// WrapLog, when set, wraps the log (e.g. to time appends).
 	WrapLog func(engine.Log) engine.Log
+	// MaxPending bounds the node's operations awaiting decisions
+	// (engine.Options.MaxPending): 0 is engine.DefaultMaxPending, negative
+	// no bound.
+	MaxPending int
 
 	// Kafka, when set, puts the log on a Kafka topic (kafkalog.Open with
 	// these options). Default nil: the embedded log.
@@ -162,7 +166,7 @@ func start(ctx context.Context, lg engine.Log, st *projections.Store, opts Optio
 		n.group = group
 		// The engine waits through the group, so that a wait ends when its
 		// partition moves, and asks it which partitions are served here.
-		n.Engine = engine.New(lg, groupProjector{st, group}, engine.Options{Now: opts.Now, Membership: group})
+		n.Engine = engine.New(lg, groupProjector{st, group}, engine.Options{Now: opts.Now, Membership: group, MaxPending: opts.MaxPending})
 		run = group.Run
 	} else {
 		// Catch up before serving: a retried operation must find the decision
@@ -170,7 +174,7 @@ func start(ctx context.Context, lg engine.Log, st *projections.Store, opts Optio
 		if err := st.CatchUp(ctx, lg); err != nil {
 			return nil, fmt.Errorf("node: catch up: %w", err)
 		}
-		n.Engine = engine.New(lg, st, engine.Options{Now: opts.Now})
+		n.Engine = engine.New(lg, st, engine.Options{Now: opts.Now, MaxPending: opts.MaxPending})
 		run = func(ctx context.Context) error {
 			// If either stops with an error, the other stops too.
 			g, gctx := errgroup.WithContext(ctx)

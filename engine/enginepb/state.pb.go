@@ -691,9 +691,16 @@ type Decision struct {
 	// is committed, and again after a crash (recipients drop duplicates).
 	Fanout []*Deliver `protobuf:"bytes,14,rep,name=fanout,proto3" json:"fanout,omitempty"`
 	// message_id assigned to an accepted MESSAGE_SEND (the event id).
-	MessageId     string `protobuf:"bytes,15,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MessageId string `protobuf:"bytes,15,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Stored form only (the projection's decision table, which keeps what
+	// its key and the audit table do not already hold): audit_ended ended
+	// sessions are the audit rows of (app, user, partition, offset, 0..n-1)
+	// instead of copies in `ended`, and message_id_is_event_id stands for a
+	// message_id equal to event_id. Both are zero on every decision read.
+	AuditEnded         uint32 `protobuf:"varint,16,opt,name=audit_ended,json=auditEnded,proto3" json:"audit_ended,omitempty"`
+	MessageIdIsEventId bool   `protobuf:"varint,17,opt,name=message_id_is_event_id,json=messageIdIsEventId,proto3" json:"message_id_is_event_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Decision) Reset() {
@@ -829,6 +836,20 @@ func (x *Decision) GetMessageId() string {
 		return x.MessageId
 	}
 	return ""
+}
+
+func (x *Decision) GetAuditEnded() uint32 {
+	if x != nil {
+		return x.AuditEnded
+	}
+	return 0
+}
+
+func (x *Decision) GetMessageIdIsEventId() bool {
+	if x != nil {
+		return x.MessageIdIsEventId
+	}
+	return false
 }
 
 // TimelineEntry is one item of a user's timeline: what the user's devices
@@ -1797,7 +1818,7 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	" \x01(\x03R\x06offset\x12 \n" +
 	"\ftime_unix_ms\x18\v \x01(\x03R\n" +
 	"timeUnixMs\x12\x12\n" +
-	"\x04user\x18\f \x01(\tR\x04user\"\xc9\x03\n" +
+	"\x04user\x18\f \x01(\tR\x04user\"\x9e\x04\n" +
 	"\bDecision\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12 \n" +
@@ -1816,7 +1837,10 @@ const file_mdsync_v1_state_proto_rawDesc = "" +
 	"\treconnect\x18\r \x01(\bR\treconnect\x12*\n" +
 	"\x06fanout\x18\x0e \x03(\v2\x12.mdsync.v1.DeliverR\x06fanout\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x0f \x01(\tR\tmessageId\"\x96\x03\n" +
+	"message_id\x18\x0f \x01(\tR\tmessageId\x12\x1f\n" +
+	"\vaudit_ended\x18\x10 \x01(\rR\n" +
+	"auditEnded\x122\n" +
+	"\x16message_id_is_event_id\x18\x11 \x01(\bR\x12messageIdIsEventId\"\x96\x03\n" +
 	"\rTimelineEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x19\n" +
 	"\bentry_id\x18\x02 \x01(\tR\aentryId\x12\x12\n" +
