@@ -468,9 +468,19 @@ func (w *crashWorld) verify() {
 		}
 		return true
 	}
+	told := func(d *crashDevice) bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.kicks) > 0
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for i, d := range devices {
 		for active[i] && !complete(d) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		// A stopped client runs its kick handler after the events queued
+		// before the kick (client.dispatch): wait for it, not for the ping.
+		for !active[i] && !told(d) && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
