@@ -202,7 +202,7 @@ func runServe(args []string) error {
 	defer agg.Close()
 	reg.MustRegister(agg.Collector())
 	aggErr := make(chan error, 1)
-	go func() { aggErr <- agg.Run(ctx, n.Log) }()
+	go func() { aggErr <- agg.Run(ctx, patientLog{n.Log, logger}) }()
 
 	api, err := restapi.New(sub, n.Store, restapi.Options{
 		AdminToken: token, Registry: reg, Logger: logger, Auth: creds, Presence: gw,
