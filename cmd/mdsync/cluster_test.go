@@ -515,6 +515,11 @@ func (c *serveCluster) waitStable(limit time.Duration) {
 			if !c.running(i) {
 				continue
 			}
+			select {
+			case <-c.procs[i].done:
+				c.t.Fatalf("process %d exited on its own", i)
+			default:
+			}
 			g := c.lastGeneration(i)
 			ok = ok && g > 0 && (gen == -1 || g == gen) && c.ready(i)
 			gen = g
