@@ -18,6 +18,21 @@ MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_KAFKA_SCRIPTS=$PWD/.ci/kafka go test -count
 	grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic)|kafka_fault_test' | tee -a "$log"
 fstatus=${PIPESTATUS[0]}
 ((status == 0)) && status=$fstatus
+# The cluster suite: the scenario suite on three nodes of one group, and
+# three serve binaries (readiness after SIGKILL, the seed scenarios end to
+# end, the nemesis with broker restarts).
+# The binaries first: the nemesis restarts the broker, which reloads every
+# topic the suites created; fewer topics, a shorter restart.
+clog=$(mktemp)
+MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_KAFKA_SCRIPTS=$PWD/.ci/kafka go test -count=1 -v -timeout 20m -run '^(TestCluster|TestNemesis)' ./cmd/mdsync/ 2>&1 |
+	grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic)|(cluster|nemesis)_test' | tee "$clog"
+cstatus=${PIPESTATUS[0]}
+MDSYNC_KAFKA_BROKERS=$brokers MDSYNC_NODE_LOG=cluster go test -count=1 ./adapters/node/ 2>&1 | tee -a "$clog"
+nstatus=${PIPESTATUS[0]}
+((cstatus == 0)) && cstatus=$nstatus
+echo "cluster suite (real broker): $(grep -c '^ok ' "$clog" || true) passed, $(grep -c -E '^FAIL[[:space:]]+[^[:space:]]' "$clog" || true) failed"
+cat "$clog" >>"$log"
+((status == 0)) && status=$cstatus
 passed=$(grep -c '^ok ' "$log" || true)
 failed=$(grep -c -E '^FAIL[[:space:]]+[^[:space:]]' "$log" || true)
 echo

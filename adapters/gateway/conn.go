@@ -649,6 +649,19 @@ func (c *conn) run() {
 			}
 			c.g.m.storeReads.Inc()
 		}
+		if c.g.o.Owner != nil {
+			// The user's partition moved to another process (a rebalance)
+			// since this device connected: this store no longer follows it,
+			// and reading it would send the device back to a stale position
+			// (a false resync, then entries again). Send the device to the
+			// owner, as at connect.
+			if addr, local := c.g.o.Owner.Owner(c.app, c.user); !local {
+				b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner),
+					Message: "the user's partition moved; reconnect to its owner", Addr: addr})
+				c.terminate(engine.CodeNotOwner, statusEnded, b)
+				return
+			}
+		}
 		epoch, seq := c.fepoch, c.fseq
 		// The page's frames are built from the store's bytes during the
 		// scan (one copy, into the frame) and queued after it: a push may

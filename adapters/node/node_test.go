@@ -21,8 +21,9 @@ import (
 
 // The scenario tests of this package run unchanged on either log:
 // MDSYNC_NODE_LOG=kafka runs them on Kafka — the brokers in
-// MDSYNC_KAFKA_BROKERS, or an in-process kfake cluster — and anything else
-// on the embedded log.
+// MDSYNC_KAFKA_BROKERS, or an in-process kfake cluster —,
+// MDSYNC_NODE_LOG=cluster on three nodes of one consumer group on Kafka
+// (cluster_test.go), and anything else on the embedded log.
 const nodeLogEnv = "MDSYNC_NODE_LOG"
 
 var topicSeq atomic.Int64
@@ -37,19 +38,33 @@ func openNode(t *testing.T, parts int32) *Node {
 		clock = clock.Add(time.Millisecond)
 		return clock
 	}
+	return openNodeNow(t, parts, now)
+}
+
+// openNodeNow opens the node the scenarios run on (see nodeLogEnv), with
+// the clock now.
+func openNodeNow(t *testing.T, parts int32, now func() time.Time) *Node {
+	t.Helper()
 	var (
-		n   *Node
-		err error
+		n     *Node
+		check func()
+		err   error
 	)
-	if os.Getenv(nodeLogEnv) == "kafka" {
+	switch os.Getenv(nodeLogEnv) {
+	case "kafka":
 		n, err = openKafkaNode(t, parts, now)
-	} else {
+	case "cluster":
+		n, check, err = openClusterNode(t, parts, now)
+	default:
 		n, err = New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: now})
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	if check != nil {
+		t.Cleanup(check) // before Close
+	}
 	return n
 }
 

@@ -41,6 +41,9 @@ func (c *testClock) Advance(d time.Duration) {
 func openNodeClock(t *testing.T, parts int32) (*Node, *testClock) {
 	t.Helper()
 	clk := &testClock{t: time.UnixMilli(1_700_000_000_000)}
+	if os.Getenv(nodeLogEnv) == "cluster" {
+		return openNodeNow(t, parts, clk.Now), clk
+	}
 	n, err := New(context.Background(), Options{Dir: t.TempDir(), Partitions: parts, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

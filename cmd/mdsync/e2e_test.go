@@ -31,6 +31,9 @@ import (
 // admin token.
 type e2eServer struct {
 	base, ws, admin string
+	// cluster, when set, are the other processes of a cluster (cluster_test.go):
+	// devices dial them and ws in turn, users are registered on each.
+	cluster *e2eCluster
 }
 
 // TestEndToEndSDK is the acceptance test of the serve issue: the real
@@ -198,7 +201,7 @@ func (s e2eServer) dial(t *testing.T, app, user, token string, platform int32, n
 	t.Helper()
 	d := &device{msgs: make(chan client.Event, 256), kicked: make(chan client.Kicked, 4)}
 	kick := func(k client.Kicked) { d.kicked <- k }
-	cfg := client.Config{URL: s.ws, App: app, User: user, Token: token, Platform: platform, DeviceName: name, Extension: ext, LoginID: loginID,
+	cfg := client.Config{URL: s.wsURL(), App: app, User: user, Token: token, Platform: platform, DeviceName: name, Extension: ext, LoginID: loginID,
 		AckInterval: 20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		Handlers: client.Handlers{
 			OnMessage:                     func(e client.Event) { d.msgs <- e },
@@ -207,6 +210,11 @@ func (s e2eServer) dial(t *testing.T, app, user, token string, platform int32, n
 		}}
 	if mod != nil {
 		mod(&cfg)
+	}
+	if s.cluster != nil && cfg.Dialer != nil {
+		// A scenario that cuts its device's first TCP connection means the
+		// live one: dial the owner, whose connection is not a redirect.
+		cfg.URL = s.cluster.ownerWS(app, user)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -237,6 +245,7 @@ func (s e2eServer) register(t *testing.T, r *client.REST, app, user string) stri
 	if err := r.RegisterUser(ctx, app, user, "password-"+user, admin); err != nil {
 		t.Fatalf("register %s/%s: %v", app, user, err)
 	}
+	s.registerOnOthers(t, app, user)
 	tok, err := r.IssueToken(ctx, app, user, time.Hour, admin)
 	if err != nil {
 		t.Fatalf("token %s/%s: %v", app, user, err)

@@ -228,7 +228,7 @@ func runServe(args []string) error {
 	defer agg.Close()
 	reg.MustRegister(agg.Collector())
 	aggErr := make(chan error, 1)
-	go func() { aggErr <- agg.Run(ctx, n.Log) }()
+	go func() { aggErr <- agg.Run(ctx, patientLog{n.Log, logger}) }()
 
 	// Reads about a user are answered by the owner of its partition.
 	reads, err := forward.NewReads(forward.Options{Token: token, Logger: logger})
