@@ -134,6 +134,10 @@ type Options struct {
 	// MaxConcurrentHashes bounds argon2 computations in flight (each holds
 	// Argon2.Memory KiB). Default 2*GOMAXPROCS.
 	MaxConcurrentHashes int
+	// CatchUpWait bounds how long a check that would fail first waits for
+	// this store to reach the end of the user's partition (see fresh).
+	// Default 2s; negative: never wait.
+	CatchUpWait time.Duration
 }
 
 // Store is the credential checker over the account projection. It is safe
@@ -200,6 +204,12 @@ func Open(o Options) (*Store, error) {
 	}
 	if o.MaxConcurrentHashes < 1 {
 		return nil, errors.New("auth: Options.MaxConcurrentHashes must be positive")
+	}
+	if o.CatchUpWait == 0 {
+		o.CatchUpWait = 2 * time.Second
+	}
+	if o.CatchUpWait > time.Minute {
+		return nil, fmt.Errorf("auth: Options.CatchUpWait %v is over a minute", o.CatchUpWait)
 	}
 	o.TokenKey = append([]byte(nil), o.TokenKey...)
 
@@ -274,6 +284,28 @@ func (s *Store) WaitApplied(ctx context.Context, pos engine.Position) error {
 	return nil
 }
 
+// fresh brings this store to the end of the user's partition, as far as
+// it gets within CatchUpWait, and tells whether it got there. A check that
+// would fail calls it before failing: the store follows the log, so an
+// account registered, or a token issued, through another process a moment
+// ago may not be applied here yet. Only failing checks pay for it (one end
+// offset read), and those are rate limited. A revocation made elsewhere is
+// the other way round (a check that would pass): it reaches this process
+// within the follower's lag (docs/design-notes.md, "Accounts in the log").
+func (s *Store) fresh(app, user string) bool {
+	if s.opts.CatchUpWait < 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.CatchUpWait)
+	defer cancel()
+	p := engine.PartitionFor([]byte(engine.UserStream(app, user)), s.opts.Log.Partitions())
+	end, err := s.opts.Log.End(ctx, p)
+	if err != nil || end == 0 {
+		return false
+	}
+	return s.accounts.WaitApplied(ctx, engine.Position{Partition: p, Offset: end - 1}) == nil
+}
+
 // account returns the user's live account; ok is false for a user that was
 // never registered or was removed.
 func (s *Store) account(app, user string) (*pb.Account, bool, error) {
@@ -340,26 +372,14 @@ func (s *Store) CheckPassword(app, user, password, remote string) error {
 		s.checks.WithLabelValues("rate_limited").Inc()
 		return engine.Errorf(engine.CodeRateLimited, "too many password attempts; retry later")
 	}
-	stored := s.dummy
-	known := false
-	if checkIDs(app, user) == nil && len(password) <= MaxPasswordBytes {
-		a, ok, err := s.account(app, user)
-		if err != nil {
-			return err
-		}
-		if ok {
-			if _, _, _, perr := parsePHC(a.PasswordHash); perr == nil {
-				stored, known = a.PasswordHash, true
-			}
-			// else a hash no password matches (an account replayed from an
-			// export, whose hash is RedactedHash): the dummy is checked, for
-			// the same timing, and the check is denied.
-		}
-	}
 	if len(password) > MaxPasswordBytes {
-		password = "" // never hash an unbounded input; the dummy is compared
+		password = "" // never hash an unbounded input; it matches nothing
 	}
-	match, err := s.verify(stored, password)
+	match, known, err := s.checkStored(app, user, password)
+	if err == nil && (!match || !known) && checkIDs(app, user) == nil && s.fresh(app, user) {
+		// Registered or changed through another process a moment ago?
+		match, known, err = s.checkStored(app, user, password)
+	}
 	if err != nil {
 		return err
 	}
@@ -371,6 +391,27 @@ func (s *Store) CheckPassword(app, user, password, remote string) error {
 	}
 	s.checks.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// checkStored compares password with the user's stored hash (the dummy for
+// an unknown user, so both take the same time). known is false for an
+// unknown user and for an account whose hash no password matches (one
+// replayed from an export, whose hash is RedactedHash).
+func (s *Store) checkStored(app, user, password string) (match, known bool, err error) {
+	stored := s.dummy
+	if checkIDs(app, user) == nil {
+		a, ok, err := s.account(app, user)
+		if err != nil {
+			return false, false, err
+		}
+		if ok {
+			if _, _, _, perr := parsePHC(a.PasswordHash); perr == nil {
+				stored, known = a.PasswordHash, true
+			}
+		}
+	}
+	match, err = s.verify(stored, password)
+	return match, known, err
 }
 
 // Authenticate checks the password when it is non-empty, else the token,
@@ -536,6 +577,11 @@ func (s *Store) verifyToken(token string) (claims, error) {
 		return bad("has expired")
 	}
 	a, ok, err := s.account(c.App, c.User)
+	if err == nil && (!ok || a.Epoch < c.Epoch) && s.fresh(c.App, c.User) {
+		// Issued by a process that has applied more of the log than this
+		// one (a registration or an epoch this store has not reached).
+		a, ok, err = s.account(c.App, c.User)
+	}
 	if err != nil {
 		return claims{}, err
 	}

@@ -444,3 +444,51 @@ func TestRedactedHashRefusesEveryPassword(t *testing.T) {
 	}
 	wantCode(t, s.CheckPassword("demo", "alice", "password2", "r"), engine.CodeOK, "password set after the replay")
 }
+
+// slowLog delays every read, so a store following it lags behind the log.
+type slowLog struct{ engine.Log }
+
+func (l slowLog) Read(ctx context.Context, p int32, from int64, max int) ([]engine.Entry, error) {
+	select {
+	case <-time.After(300 * time.Millisecond):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return l.Log.Read(ctx, p, from, max)
+}
+
+// A check that would fail first brings the store to the end of the user's
+// partition: an account registered, and a token issued, through another
+// process a moment ago are accepted by a process whose follower lags.
+func TestLaggingStoreCatchesUpBeforeRefusing(t *testing.T) {
+	f, c := open(t, t.TempDir(), nil)
+	lag, err := Open(Options{Dir: filepath.Join(t.TempDir(), "lagging"), Log: slowLog{f.n.Log}, TokenKey: testKey, Argon2: tinyArgon, Now: c.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lag.Close()
+	for i := range 3 {
+		user := fmt.Sprintf("late%d", i)
+		if err := f.Register("app", user, "password-1"); err != nil {
+			t.Fatal(err)
+		}
+		// f applied the registration; lag has not (each of its reads takes
+		// 300 ms), and must not answer "bad credentials" for it.
+		if err := lag.CheckPassword("app", user, "password-1", "192.0.2.1:1"); err != nil {
+			t.Fatalf("%s: password refused by a lagging store: %v", user, err)
+		}
+		if err := lag.CheckPassword("app", user, "wrong-password", "192.0.2.1:1"); engine.CodeOf(err) != engine.CodeUnauthenticated {
+			t.Fatalf("%s: wrong password: %v", user, err)
+		}
+		if err := f.SetPassword("app", user, "password-2"); err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := f.IssueToken("app", user, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := lag.VerifyToken(tok); err != nil {
+			t.Fatalf("%s: a token of a newer epoch refused by a lagging store: %v", user, err)
+		}
+	}
+}
