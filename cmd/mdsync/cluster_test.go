@@ -8,9 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -422,9 +419,8 @@ func TestClusterReadyAfterSIGKILL(t *testing.T) {
 
 // e2eCluster spreads an e2eServer's devices over a cluster's processes.
 type e2eCluster struct {
-	ws    []string // every process's WebSocket URL
-	bases []string // the REST bases of the processes other than e2eServer.base
-	next  atomic.Int64
+	ws   []string // every process's WebSocket URL
+	next atomic.Int64
 	// ownerWS is the WebSocket URL of the process that owns user.
 	ownerWS func(app, user string) string
 }
@@ -436,22 +432,6 @@ func (s e2eServer) wsURL() string {
 		return s.ws
 	}
 	return s.cluster.ws[int(s.cluster.next.Add(1))%len(s.cluster.ws)]
-}
-
-// registerOnOthers registers user on the cluster's other processes too:
-// a process's accounts are its own until they are in the log (issue 14);
-// a process that already knows the user answers 1006, which is fine.
-func (s e2eServer) registerOnOthers(t *testing.T, app, user string) {
-	t.Helper()
-	if s.cluster == nil {
-		return
-	}
-	for _, b := range s.cluster.bases {
-		err := client.NewREST(b, nil).RegisterUser(context.Background(), app, user, "password-"+user, client.Credential{Admin: s.admin})
-		if err != nil && client.CodeOf(err) != 1006 {
-			t.Fatalf("register %s/%s on %s: %v", app, user, b, err)
-		}
-	}
 }
 
 // lastGeneration returns the generation of the last "partitions assigned"
@@ -549,32 +529,18 @@ func TestClusterSeedScenarios(t *testing.T) {
 		c.start(i)
 	}
 	c.waitStable(90 * time.Second)
-	// REST calls about a user go to the user's owner, as a router in
-	// front of the cluster would send them: a process answers a user's
-	// device list from its own store (REST reads proxied to the owner are
-	// issue 14's "device presence" work; with it this router can go).
+	// REST calls all go to process 0: it forwards operations and reads
+	// about a user to the user's owner (adapters/forward), and accounts are
+	// events every process follows.
 	owners := c.owners()
 	if len(owners) != clusterParts {
 		t.Fatalf("owners from the logs: %v", owners)
 	}
-	router := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		target := c.procs[0].base()
-		if f := strings.Split(r.URL.Path, "/"); len(f) >= 6 && f[1] == "v1" && f[2] == "apps" && f[4] == "users" {
-			p := engine.PartitionFor([]byte(engine.UserStream(f[3], f[5])), clusterParts)
-			target = c.procs[owners[p]].base()
-		}
-		u, _ := url.Parse(target)
-		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
-	}))
-	t.Cleanup(router.Close)
 	cl := &e2eCluster{ownerWS: func(app, user string) string {
 		return c.procs[owners[engine.PartitionFor([]byte(engine.UserStream(app, user)), clusterParts)]].ws()
 	}}
-	for i, p := range c.procs {
+	for _, p := range c.procs {
 		cl.ws = append(cl.ws, p.ws())
-		if i > 0 {
-			cl.bases = append(cl.bases, p.base())
-		}
 	}
-	playSeedScenarios(t, e2eServer{base: router.URL, ws: c.procs[0].ws(), admin: clusterAdmin, cluster: cl})
+	playSeedScenarios(t, e2eServer{base: c.procs[0].base(), ws: c.procs[0].ws(), admin: clusterAdmin, cluster: cl})
 }

@@ -245,7 +245,6 @@ func (s e2eServer) register(t *testing.T, r *client.REST, app, user string) stri
 	if err := r.RegisterUser(ctx, app, user, "password-"+user, admin); err != nil {
 		t.Fatalf("register %s/%s: %v", app, user, err)
 	}
-	s.registerOnOthers(t, app, user)
 	tok, err := r.IssueToken(ctx, app, user, time.Hour, admin)
 	if err != nil {
 		t.Fatalf("token %s/%s: %v", app, user, err)

@@ -221,14 +221,15 @@ func runServe(args []string) error {
 	}
 
 	// The aggregates projection follows the whole log on its own.
-	agg, err := aggregates.Open(aggregates.Options{Dir: filepath.Join(c.data, "aggregates"), Partitions: n.Log.Partitions(), Logger: logger})
+	// Nothing restarts it, so it reads through a broker restart.
+	agg, err := aggregates.Open(aggregates.Options{Dir: filepath.Join(c.data, "aggregates"), Partitions: n.Log.Partitions(), Logger: logger, ReadRetry: time.Second})
 	if err != nil {
 		return err
 	}
 	defer agg.Close()
 	reg.MustRegister(agg.Collector())
 	aggErr := make(chan error, 1)
-	go func() { aggErr <- agg.Run(ctx, patientLog{n.Log, logger}) }()
+	go func() { aggErr <- agg.Run(ctx, n.Log) }()
 
 	// Reads about a user are answered by the owner of its partition.
 	reads, err := forward.NewReads(forward.Options{Token: token, Logger: logger})

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -48,6 +49,11 @@ type Options struct {
 	// Logger receives Pebble's messages (info at debug level). Default
 	// slog.Default().
 	Logger *slog.Logger
+	// ReadRetry, when > 0, makes Run read again after a failed log read
+	// (a broker restarting) instead of returning, each failure logged
+	// (projections.RunnerOptions.ReadRetry): for a server, where nothing
+	// restarts this projection. Default 0: Run returns the read's error.
+	ReadRetry time.Duration
 }
 
 // HourMs is the width of a message bucket.
@@ -115,8 +121,16 @@ func Open(opts Options) (*Aggregates, error) {
 		db.Close()
 		return nil, err
 	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
 	a.Runner, err = projections.NewRunner(db, projections.RunnerOptions{
-		Partitions: opts.Partitions, Sync: opts.Sync, Handlers: Topology(opts.Partitions), DedupMarks: true})
+		Partitions: opts.Partitions, Sync: opts.Sync, Handlers: Topology(opts.Partitions), DedupMarks: true,
+		ReadRetry: opts.ReadRetry,
+		OnReadRetry: func(p int32, err error) {
+			logger.Warn("aggregates: log read failed; retrying", "partition", p, "err", err)
+		}})
 	if err != nil {
 		db.Close()
 		return nil, err
