@@ -441,10 +441,16 @@ func (c *conn) sessionGone(afterQueued bool) {
 
 // moved closes an attached connection whose user's partition another
 // process (addr) now serves, with error 1018 naming it: the device logs in
-// there. Its disconnect is recorded (serve), through the owner.
+// there. Without addr (the partition is still moving) the error carries
+// retry_after_ms instead. Its disconnect is recorded (serve), through the
+// owner.
 func (c *conn) moved(addr string) {
-	c.g.m.sessionChecks.Inc()
-	b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner), Message: "the user's partition is now served by " + addr, Addr: addr})
+	msg := "the user's partition is now served by " + addr
+	if addr == "" {
+		msg = "the user's partition is moving to another process; retry after retry_after_ms"
+	}
+	b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner), Message: msg, Addr: addr,
+		RetryAfterMs: c.g.retryAfter(engine.CodeNotOwner, addr)})
 	c.terminate(engine.CodeNotOwner, statusEnded, b)
 }
 
@@ -656,9 +662,7 @@ func (c *conn) run() {
 			// (a false resync, then entries again). Send the device to the
 			// owner, as at connect.
 			if addr, local := c.g.o.Owner.Owner(c.app, c.user); !local {
-				b, _ := json.Marshal(errorFrame{Type: "error", Code: int32(engine.CodeNotOwner),
-					Message: "the user's partition moved; reconnect to its owner", Addr: addr})
-				c.terminate(engine.CodeNotOwner, statusEnded, b)
+				c.moved(addr)
 				return
 			}
 		}

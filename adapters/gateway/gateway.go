@@ -558,6 +558,7 @@ func (g *Gateway) sweepSessions() {
 				// address), as a new login would be.
 				if addr, local := g.o.Owner.Owner(k.app, k.user); !local && addr != "" {
 					for _, c := range conns[i] {
+						g.m.sessionChecks.Inc()
 						c.moved(addr)
 					}
 					continue
