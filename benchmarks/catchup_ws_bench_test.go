@@ -19,6 +19,7 @@ import (
 
 	"github.com/mdsync/mdsync/adapters/gateway"
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 )
@@ -101,7 +102,9 @@ func benchCatchUpWS(b *testing.B, missed int) {
 			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "alice", ClientMsgId: id, Body: body}}})
 	}
 	for len(ops) > 0 {
-		k := min(len(ops), 512)
+		// At most the node's bound on ops awaiting decisions per batch
+		// (engine.Options.MaxPending): more would be refused as busy.
+		k := min(len(ops), engine.DefaultMaxPending)
 		for _, p := range nd.Engine.Begin(ctx, ops[:k]) {
 			if d, err := p.Wait(ctx); err != nil || d.Code != 0 {
 				b.Fatal(err, d)
