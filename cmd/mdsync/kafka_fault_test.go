@@ -262,33 +262,16 @@ func (r *faultRun) verify(dir string) {
 	opAt := make([][]*pb.Event, faultParts)
 	copies := map[string]bool{}
 	for p := int32(0); p < faultParts; p++ {
-		end, err := lg.End(ctx, p)
-		if err != nil {
-			t.Fatal(err)
-		}
+		end, evs := readPartition(ctx, t, lg, p)
 		total += end
-		ops := map[string]bool{}
-		for off := int64(0); off < end; {
-			ents, err := lg.Read(ctx, p, off, 1024)
-			if err != nil {
-				t.Fatal(err)
+		opAt[p] = evs
+		for _, ev := range evs {
+			if dl := ev.GetDeliver(); dl != nil {
+				copies[dl.GetSource().GetActor().GetUser()+"\x00"+dl.GetSource().GetClientOpId()+"\x00"+dl.Recipient] = true
 			}
-			for _, en := range ents {
-				ev, err := engine.Decode(en.Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ops[ev.StreamKey+"\x00"+ev.Actor.User+"\x00"+ev.ClientOpId] = true
-				opAt[p] = append(opAt[p], ev)
-				if dl := ev.GetDeliver(); dl != nil {
-					copies[dl.GetSource().GetActor().GetUser()+"\x00"+dl.GetSource().GetClientOpId()+"\x00"+dl.Recipient] = true
-				}
-			}
-			off += int64(len(ents))
 		}
-		cp := n.Store.Checkpoint(p)
-		if cp.NextOffset != end || cp.Applied != uint64(len(ops)) || cp.Applied+cp.Duplicates+cp.Skipped != uint64(end) {
-			t.Fatalf("partition %d: end %d, %d distinct ops, checkpoint %v", p, end, len(ops), cp)
+		if why := appliedOnce(n.Store.Checkpoint(p), end, evs); why != "" {
+			t.Fatalf("partition %d: %s", p, why)
 		}
 	}
 	seen := map[string]bool{}

@@ -506,28 +506,10 @@ func (w *nemesisWorld) checkLog(ctx context.Context, brokers string) int {
 	anomalies := 0
 	var records int64
 	for p := int32(0); p < clusterParts; p++ {
-		end, err := lg.End(ctx, p)
-		if err != nil {
-			t.Fatal(err)
-		}
+		end, evs := readPartition(ctx, t, lg, p)
 		records += end
-		ops := map[string]bool{}
-		for off := int64(0); off < end; {
-			ents, err := lg.Read(ctx, p, off, 1024)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, en := range ents {
-				ev, err := engine.Decode(en.Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ops[ev.StreamKey+"\x00"+ev.GetActor().GetUser()+"\x00"+ev.ClientOpId] = true
-			}
-			off += int64(len(ents))
-		}
-		if cp := rb.Checkpoint(p); cp.NextOffset != end || cp.Applied != uint64(len(ops)) || cp.Applied+cp.Duplicates+cp.Skipped != uint64(end) {
-			t.Errorf("anomaly: partition %d: end %d, %d distinct operations, checkpoint %v", p, end, len(ops), cp)
+		if why := appliedOnce(rb.Checkpoint(p), end, evs); why != "" {
+			t.Errorf("anomaly: partition %d: %s", p, why)
 			anomalies++
 		}
 	}
