@@ -84,19 +84,28 @@ func New(local Local, owner Owner, opts Options) (*Submitter, error) {
 	if local == nil || owner == nil {
 		return nil, errors.New("forward: local and owner are required")
 	}
-	if opts.Token == "" {
-		return nil, errors.New("forward: Options.Token is required")
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{Timeout: opts.Timeout}
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	return &Submitter{local: local, owner: owner, opts: opts}, nil
+}
+
+// withDefaults checks o and fills in its defaults (for New and NewReads).
+func (o Options) withDefaults() (Options, error) {
+	if o.Token == "" {
+		return o, errors.New("forward: Options.Token is required")
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Client == nil {
+		o.Client = &http.Client{Timeout: o.Timeout}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o, nil
 }
 
 type markKey struct{}

@@ -3,7 +3,6 @@ package forward
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 
@@ -25,14 +24,9 @@ type Reads struct{ opts Options }
 
 // NewReads returns a Reads; opts as for New (Token is required).
 func NewReads(opts Options) (*Reads, error) {
-	if opts.Token == "" {
-		return nil, errors.New("forward: Options.Token is required")
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{Timeout: opts.Timeout}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	return &Reads{opts: opts}, nil
 }
