@@ -434,9 +434,8 @@ func (s e2eServer) wsURL() string {
 	return s.cluster.ws[int(s.cluster.next.Add(1))%len(s.cluster.ws)]
 }
 
-// lastGeneration returns the generation of the last "partitions assigned"
-// line in process i's current log, 0 when none.
-func (c *serveCluster) lastGeneration(i int) int {
+// currentLog returns what process i's current run has logged so far.
+func (c *serveCluster) currentLog(i int) []byte {
 	c.mu.Lock()
 	var path string
 	for _, l := range c.logs {
@@ -446,6 +445,13 @@ func (c *serveCluster) lastGeneration(i int) int {
 	}
 	c.mu.Unlock()
 	b, _ := os.ReadFile(path)
+	return b
+}
+
+// lastGeneration returns the generation of the last "partitions assigned"
+// line in process i's current log, 0 when none.
+func (c *serveCluster) lastGeneration(i int) int {
+	b := c.currentLog(i)
 	gen := 0
 	for _, m := range generationRE.FindAllSubmatch(b, -1) {
 		gen, _ = strconv.Atoi(string(m[1]))
@@ -464,15 +470,7 @@ func (c *serveCluster) owners() map[int32]int {
 	out := map[int32]int{}
 	for i := range c.procs {
 		gen := c.lastGeneration(i)
-		c.mu.Lock()
-		var path string
-		for _, l := range c.logs {
-			if strings.HasPrefix(filepath.Base(l), fmt.Sprintf("serve-%d-", i)) {
-				path = l
-			}
-		}
-		c.mu.Unlock()
-		b, _ := os.ReadFile(path)
+		b := c.currentLog(i)
 		for _, m := range servingRE.FindAllSubmatch(b, -1) {
 			p, _ := strconv.Atoi(string(m[1]))
 			if g, _ := strconv.Atoi(string(m[2])); g == gen {
