@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,7 +169,46 @@ func StartServer(ctx context.Context, o ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	s.Token = strings.TrimSpace(string(tok))
+	// "serving" is not "ready": on Kafka the consumer group must first
+	// assign the partitions, and until then every write is 503/1018. Wait
+	// for /readyz, as a load balancer would, before the scenario starts.
+	if err := s.waitReady(ctx, 2*time.Minute); err != nil {
+		s.Stop()
+		return nil, err
+	}
 	return s, nil
+}
+
+// waitReady polls GET /readyz until it answers 200, the server exits, or
+// the limit passes.
+func (s *Server) waitReady(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	cl := &http.Client{Timeout: 2 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Addr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := cl.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("mdsync serve at %s not ready within %s; log: %s", s.Addr, limit, tail(s.LogPath))
+		}
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return fmt.Errorf("mdsync serve exited before it was ready (%v); log: %s", err, tail(s.LogPath))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Stop sends SIGTERM, waits up to 30 s for the graceful shutdown, then
