@@ -164,24 +164,40 @@ func ReadTrace(in io.Reader) (*Trace, error) {
 			byPart[best] = byPart[best][1:]
 		}
 	}
-	for _, r := range rows {
+	raw := make([]int64, len(rows))
+	for i, r := range rows {
 		tr.Ops = append(tr.Ops, r.op)
-	}
-	if len(tr.Ops) > 0 {
-		t0 := tr.Ops[0].AtMs
-		for i := range tr.Ops {
-			// Pacing never goes back in time: an op is due no earlier than
-			// the one before it.
-			at := max(tr.Ops[i].AtMs-t0, 0)
-			if i > 0 {
-				at = max(at, tr.Ops[i-1].AtMs)
-			}
-			tr.Ops[i].AtMs = at
-		}
-		tr.SpanMs = tr.Ops[len(tr.Ops)-1].AtMs
+		raw[i] = r.op.AtMs
 	}
 	tr.plan()
+	tr.schedule(raw)
 	return tr, nil
+}
+
+// schedule sets each operation's time from the trace's start: the recorded
+// gaps between operations, never negative (a partition's clock may have
+// stepped back), except that a stretch holding setup registrations takes
+// no time: registering users is done before the clock starts, so the
+// recorded run's registration phase is not waited out again.
+func (tr *Trace) schedule(raw []int64) {
+	if len(raw) == 0 {
+		return
+	}
+	at, prev, setup := int64(0), raw[0], false
+	for i := range tr.Ops {
+		if tr.Ops[i].mode == playSetup {
+			setup = true
+			tr.Ops[i].AtMs = at
+			continue
+		}
+		if !setup {
+			at += max(raw[i]-prev, 0)
+		}
+		setup = false
+		prev = max(prev, raw[i])
+		tr.Ops[i].AtMs = at
+	}
+	tr.SpanMs = at
 }
 
 // sessionKinds change a user's device set or credentials: ordered against
