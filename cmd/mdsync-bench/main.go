@@ -40,13 +40,29 @@ import (
 )
 
 func main() {
-	if err := dispatch(os.Args[1:]); err != nil {
+	if err := dispatch(os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "mdsync-bench:", err)
 		os.Exit(1)
 	}
 }
 
+// usage lists the commands; each has its own --help.
+const usage = `usage: mdsync-bench [command] [flags]
+
+commands:
+  run     run a scenario (the default): benchmarks/scenarios/*.json
+  trace   play a recorded history (mdsync export JSON lines, or replay's) as the devices that made it, at --speed 1, 10, N or max
+  report  write the Markdown and plots again from a saved JSON report
+  echo    serve the baseline echo server alone
+
+` + "`mdsync-bench <command> --help`" + ` prints a command's flags.
+`
+
 func dispatch(args []string) error {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Print(usage)
+		return nil
+	}
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
@@ -124,7 +140,7 @@ func runTrace(args []string) error {
 	var f loadgen.Options
 	var to loadgen.TraceOptions
 	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
-	history := fs.String("history", "", "recorded history: `mdsync export` JSON lines, or operations JSON lines as `mdsync replay` reads")
+	history := fs.String("history", "", "recorded history `FILE`: mdsync export JSON lines, or the operations JSON lines mdsync replay reads")
 	speed := fs.String("speed", "1", "speed-up over the recorded times: 1, 10, any factor, or max (as fast as the window allows)")
 	fs.IntVar(&to.Window, "window", 256, "operations in flight at most")
 	fs.StringVar(&to.Name, "name", "trace", "names the report files: NAME.json, NAME.md, NAME-*.png")

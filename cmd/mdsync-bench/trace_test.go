@@ -144,6 +144,10 @@ func TestTraceReplaysAnExportedRun(t *testing.T) {
 		t.Errorf("the played server's log holds %v, the recorded one %v", got, want)
 	}
 
+	// The command is in the tool's usage.
+	if b := run(benchBin, "help"); !strings.Contains(string(b), "\n  trace ") {
+		t.Errorf("mdsync-bench help does not list trace:\n%s", b)
+	}
 	// A bad speed is refused before anything starts.
 	cmd := exec.CommandContext(ctx, benchBin, "trace", "--history", history, "--speed", "fast")
 	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), `speed "fast"`) {
