@@ -69,6 +69,7 @@ type tdev struct {
 	// before it reached this device by catch-up, not live delivery.
 	since  time.Time
 	closed *atomic.Bool // the current connection's end, counted once
+	ever   bool         // logged in at least once
 }
 
 type tuser struct {
@@ -93,7 +94,7 @@ type tracePlayer struct {
 	// the delivery latency on the devices that receive it.
 	sent sync.Map
 	lag  *Recorder
-	// connected counts successful logins.
+	// connected counts the devices (login IDs) that logged in at least once.
 	connected atomic.Int64
 
 	mu                              sync.Mutex
@@ -588,9 +589,12 @@ func (d *tdev) dial(ctx context.Context, r *phaseRec, lg *pb.Login) error {
 	}
 	r.login.Record(time.Since(start))
 	b.open.Add(1)
-	d.p.connected.Add(1)
 	d.mu.Lock()
 	d.c, d.closed, d.since = c, closed, since
+	if !d.ever {
+		d.ever = true
+		d.p.connected.Add(1)
+	}
 	d.mu.Unlock()
 	return nil
 }

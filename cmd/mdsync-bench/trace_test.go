@@ -126,6 +126,9 @@ func TestTraceReplaysAnExportedRun(t *testing.T) {
 		p.ServerCPUSeconds <= 0 || rep.ServerSamples.PeakRSSBytes <= 0 {
 		t.Errorf("figures %+v, server %+v", p, rep.ServerSamples)
 	}
+	if c := rep.Connect; c.Devices != tr.Devices || c.Connected != tr.Devices || c.RSSAfter <= 0 {
+		t.Errorf("connect %+v, want all %d devices", c, tr.Devices)
+	}
 	if p.ByKind["message_send"] != want["message_send"] {
 		t.Errorf("message_send booked %d, want %d", p.ByKind["message_send"], want["message_send"])
 	}
