@@ -61,7 +61,8 @@ func TestTraceReplaysAnExportedRun(t *testing.T) {
 		if err := os.Mkdir(data, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		srv, err := loadgen.StartServer(ctx, loadgen.ServerOptions{Bin: mdsyncBin, Data: data, Logger: slog.New(slog.DiscardHandler)})
+		// No debug listener: its default port is fixed, and shared.
+		srv, err := loadgen.StartServer(ctx, loadgen.ServerOptions{Bin: mdsyncBin, Data: data, ExtraArgs: []string{"--debug-addr="}, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}
