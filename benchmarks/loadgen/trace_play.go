@@ -576,11 +576,8 @@ func (d *tdev) dial(ctx context.Context, r *phaseRec, lg *pb.Login) error {
 		OnUserKickedByOtherDevice: func(client.Kicked) { end() },
 		OnUserRemoved:             func(client.Kicked) { end() },
 		OnPasswordChanged:         func(client.Kicked) { end() },
-		OnDisconnected: func(error) {
-			if !lg.GetAutoLogin() {
-				end()
-			}
-		},
+		// A dropped connection is not an end: the SDK resumes the session
+		// and a request waits for it; only a kick or a logout ends a device.
 	}
 	start := time.Now()
 	c, err := client.Dial(ctx, cfg)
