@@ -24,7 +24,8 @@ import (
 type playMode int
 
 const (
-	playSkip     playMode = iota // not played: the gateway records it (presence)
+	playSkip     playMode = iota // not played
+	playPresence                 // a connection's record, appended by the gateway: not sent; a disconnect closes the device's connection
 	playSetup                    // a user's first registration: done before the clock starts
 	playDial                     // a login: an SDK device connects with the recorded login ID
 	playDevice                   // sent on the acting device's connection
@@ -228,8 +229,7 @@ func (tr *Trace) plan() {
 		admin := ev.GetActor().GetAdmin()
 		switch {
 		case isPresence(ev.Kind):
-			op.mode = playSkip
-			continue
+			op.mode = playPresence
 		case ev.Kind == pb.Kind_KIND_USER_REGISTER && !registered[u]:
 			registered[u] = true
 			op.mode = playSetup
@@ -260,8 +260,12 @@ func (tr *Trace) plan() {
 		}
 		app := ev.GetApp() + "/"
 		userKey := "user:" + app + u.user
-		if op.mode == playDevice || op.mode == playDial {
+		if op.mode == playDevice || op.mode == playDial || op.mode == playPresence {
 			w("dev:" + app + u.user + "/" + ev.GetActor().GetLoginId())
+		}
+		if op.mode == playPresence {
+			slices32(&op.deps)
+			continue
 		}
 		switch {
 		case ev.Kind == pb.Kind_KIND_POLICY_SET:
@@ -382,7 +386,7 @@ func (tr *Trace) population() (users []traceUser, devices int) {
 	for _, op := range tr.Ops {
 		ev := op.Event
 		app := ev.GetApp()
-		if op.mode == playSkip {
+		if op.mode == playSkip || op.mode == playPresence {
 			continue
 		}
 		if !ev.GetActor().GetAdmin() || op.mode != playAdmin {

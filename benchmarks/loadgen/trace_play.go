@@ -70,6 +70,9 @@ type tdev struct {
 	since  time.Time
 	closed *atomic.Bool // the current connection's end, counted once
 	ever   bool         // logged in at least once
+	// recConn is the recorded connection (incarnation/number) the current
+	// client stands for, from the device_connected after its login.
+	recConn string
 }
 
 type tuser struct {
@@ -189,7 +192,7 @@ func RunTrace(ctx context.Context, tr *Trace, to TraceOptions, f Options, logger
 		InTrace: map[string]int64{}, Skipped: map[string]int64{}}
 	for _, op := range tr.Ops {
 		trep.InTrace[op.Kind]++
-		if op.mode == playSkip {
+		if op.mode == playSkip || op.mode == playPresence {
 			trep.Skipped[op.Kind]++
 		}
 	}
@@ -400,6 +403,10 @@ func (p *tracePlayer) play(ctx context.Context, total *phaseRec) PhaseReport {
 					return
 				}
 			}
+			if op.mode == playPresence {
+				p.presence(op.Event)
+				return
+			}
 			p.lag.Record(time.Since(due))
 			err := p.one(ctx, r, op)
 			p.b.count(r, op.Kind, err)
@@ -511,6 +518,44 @@ func (p *tracePlayer) one(ctx context.Context, r *phaseRec, op *TraceOp) error {
 	return nil
 }
 
+// presence follows the recorded connections: a device_connected names the
+// connection a login got, and that connection's device_disconnected
+// closes the device's client (without a logout, as the recorded device
+// went away), so connections live as long as they did in the recorded
+// run. A disconnect of an earlier connection (a device that came back
+// with its login ID, the old socket's end recorded late) closes nothing.
+func (p *tracePlayer) presence(ev *pb.Event) {
+	d := p.dev(traceDevice{traceUser{ev.GetApp(), ev.GetActor().GetUser()}, ev.GetActor().GetLoginId()})
+	pr := ev.GetPresence()
+	id := pr.GetIncarnation() + "/" + strconv.FormatUint(pr.GetConnection(), 10)
+	d.mu.Lock()
+	var end *client.Client
+	switch ev.Kind {
+	case pb.Kind_KIND_DEVICE_CONNECTED:
+		if d.c != nil {
+			d.recConn = id
+		}
+	case pb.Kind_KIND_DEVICE_DISCONNECTED:
+		if d.c != nil && d.recConn == id {
+			d.recConn, end = "", d.c
+		}
+	}
+	d.mu.Unlock()
+	if end != nil {
+		d.closeIf(end)
+	}
+}
+
+// closeIf drops the device's connection if it is still c.
+func (d *tdev) closeIf(c *client.Client) {
+	d.mu.Lock()
+	same := d.c == c
+	d.mu.Unlock()
+	if same {
+		d.drop()
+	}
+}
+
 func sentKey(u traceUser, clientOpID string) string {
 	return u.app + "\x00" + u.user + "\x00" + clientOpID
 }
@@ -587,7 +632,7 @@ func (d *tdev) dial(ctx context.Context, r *phaseRec, lg *pb.Login) error {
 	r.login.Record(time.Since(start))
 	b.open.Add(1)
 	d.mu.Lock()
-	d.c, d.closed, d.since = c, closed, since
+	d.c, d.closed, d.since, d.recConn = c, closed, since, ""
 	if !d.ever {
 		d.ever = true
 		d.p.connected.Add(1)

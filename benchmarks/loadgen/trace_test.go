@@ -56,7 +56,7 @@ func TestReadTraceOrdersAndPlans(t *testing.T) {
 		return out
 	}
 	for id, m := range map[string]playMode{"e00": playAdmin, "e01": playSetup, "e10": playSetup, "e15": playRegister,
-		"e02": playDial, "e03": playDevice, "e13": playSkip} {
+		"e02": playDial, "e03": playDevice, "e13": playPresence} {
 		if mode(id) != m {
 			t.Errorf("%s: mode %d, want %d", id, mode(id), m)
 		}
@@ -67,7 +67,8 @@ func TestReadTraceOrdersAndPlans(t *testing.T) {
 		"e04": {"e00", "e02", "e03"}, // a session op after every earlier op of the user
 		"e12": {"e11", "e03"},        // the receipt after the message it names
 		"e05": {"e04"},
-		"e14": {"e11", "e12", "e05"}, // the group message after the group's creation
+		"e13": {"e12"},               // presence follows its device's order
+		"e14": {"e11", "e13", "e05"}, // the group message after the group's creation
 	} {
 		if got := deps(id); !slices.Equal(got, w) {
 			t.Errorf("%s waits for %v, want %v", id, got, w)

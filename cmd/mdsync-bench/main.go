@@ -16,8 +16,9 @@
 // operations JSON lines `mdsync replay` reads) against a server as the
 // devices that made it: users registered first, each login a connect of
 // an SDK device with its recorded login ID and platform, every other
-// operation sent on its device's connection (admin ones over REST), in
-// log order per device and wherever the recorded order decided an outcome,
+// operation sent on its device's connection (admin ones over REST), each
+// recorded disconnect a close of that connection, in log order per device
+// and wherever the recorded order decided an outcome,
 // paced by the recorded times ÷ --speed (max: as fast as a bounded window
 // allows). It reports what a scenario run does, plus the operations played
 // and refused per kind.
