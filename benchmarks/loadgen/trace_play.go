@@ -240,6 +240,7 @@ func RunTrace(ctx context.Context, tr *Trace, to TraceOptions, f Options, logger
 	trep.Lag = p.lag.Snapshot(false)
 	rep.Phases = []PhaseReport{pr}
 	rep.Total = sumPhases(rep.Phases, total)
+	rep.Total.OfferedRate = pr.OfferedRate
 	logger.Info("trace played", "ops_per_s", int(pr.OpsPerSec), "op_p99_ms", pr.Op.P99Ms, "delivery_p99_ms", pr.Delivery.P99Ms,
 		"refused", pr.Refused, "failed", pr.Failed, "server_cpu_us_per_delivered", int(pr.ServerCPUPerDeliveredUs))
 
@@ -420,7 +421,15 @@ func (p *tracePlayer) play(ctx context.Context, total *phaseRec) PhaseReport {
 		Ops: r.ok.Load(), Refused: r.refused.Load(), Failed: r.failed.Load(), Missed: r.missed.Load(),
 		Delivered: r.delivered.Load(), Evictions: r.evictions.Load(), ByKind: map[string]int64{}}
 	if p.opt.Speed > 0 && p.tr.SpanMs > 0 {
-		pr.OfferedRate = float64(len(p.tr.Ops)) / (float64(p.tr.SpanMs) / 1000 / p.opt.Speed)
+		// What the schedule offers: the operations sent, not the setup
+		// registrations or the presence records.
+		n := 0
+		for _, op := range p.tr.Ops {
+			if op.mode != playSkip && op.mode != playPresence && op.mode != playSetup {
+				n++
+			}
+		}
+		pr.OfferedRate = float64(n) / (float64(p.tr.SpanMs) / 1000 / p.opt.Speed)
 	}
 	pr.OpsPerSec = float64(pr.Ops+pr.Refused) / elapsed.Seconds()
 	pr.DeliveredPerSec = float64(pr.Delivered) / elapsed.Seconds()
