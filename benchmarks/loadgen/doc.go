@@ -15,5 +15,7 @@
 // catchup.go (offline devices catching up), echo.go (the baseline server),
 // sample.go (the server's RSS, CPU and metrics), report.go and plot.go
 // (the outputs), server.go (building and starting mdsync serve), addrs.go
-// (loopback source addresses).
+// (loopback source addresses), trace.go (a recorded history read and
+// planned: log order, play modes, what waits for what) and trace_play.go
+// (RunTrace: the history played against a server as its devices).
 package loadgen

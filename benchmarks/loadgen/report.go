@@ -102,6 +102,7 @@ type Report struct {
 	Total         PhaseReport       `json:"total"`
 	CatchUp       *CatchUpReport    `json:"catchup,omitempty"`
 	Baseline      *BaselineReport   `json:"baseline,omitempty"`
+	Trace         *TraceReport      `json:"trace,omitempty"` // a trace run (trace_play.go)
 	ServerSamples ServerReport      `json:"server_samples"`
 	Errors        map[string]int    `json:"errors"`
 	ErrorFirst    map[string]string `json:"error_first,omitempty"`
@@ -253,6 +254,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	f("| %d users × %d | %d | %d | %.0f | %.2f / %.2f | %s → %s | %.1f KiB | %.1f KiB | %d |\n\n",
 		r.Scenario.Users, r.Scenario.DevicesPerUser, c.Devices, c.Connected, c.PerSecond, c.Login.P50Ms, c.Login.P99Ms,
 		mib(c.RSSBefore), mib(c.RSSAfter), c.BytesPerDev/1024, c.SlopeBytesPerDev/1024, c.Goroutines)
+	if r.Trace != nil {
+		r.Trace.writeMarkdown(f)
+	}
 	if len(r.Phases) > 0 {
 		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions | server CPU cores | server CPU µs / delivered |\n")
 		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")

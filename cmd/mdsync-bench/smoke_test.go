@@ -155,7 +155,7 @@ func TestSmokeScenario(t *testing.T) {
 	}
 	// A wrong command says which there are, and exits 1.
 	b, err = exec.CommandContext(ctx, benchBin, "nonsense").CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(b), "unknown command \"nonsense\" (run, report, echo)") {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(b), "unknown command \"nonsense\" (run, report, echo, trace)") {
 		t.Errorf("mdsync-bench nonsense: %v %s", err, b)
 	}
 }
