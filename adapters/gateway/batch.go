@@ -67,8 +67,24 @@ func (p *page) add(epoch string, seq uint64, name string, entry []byte) error {
 		p.frames = append(p.frames, pageFrame{seq, 1, b, "event"})
 		return nil
 	}
+	// At most the event frame's bytes and a comma (its strings escaped at
+	// worst; json.Marshal's fallback may escape the entry too: see below).
+	size := 1 + len(entry) + 6*(len(epoch)+len(name)) + eventFrameSlack
+	if size > maxBatchBytes {
+		// Larger than a batch: it travels as its event frame.
+		p.flush()
+		b, err := eventFrameJSON(epoch, seq, name, entry)
+		if err != nil {
+			return err
+		}
+		p.frames = append(p.frames, pageFrame{seq, 1, b, "event"})
+		return nil
+	}
+	if p.openN > 0 && (p.openN == maxBatchEvents || len(p.open)-len(batchHead)+size > maxBatchBytes) {
+		p.flush() // it cannot fit: it starts the next batch
+	}
 	if p.open == nil {
-		p.open = newBatch(len(entry) + 128)
+		p.open = newBatch()
 	}
 	at := len(p.open)
 	if p.openN > 0 {
@@ -78,13 +94,13 @@ func (p *page) add(epoch string, seq uint64, name string, entry []byte) error {
 	if p.open, err = appendEventFrame(p.open, epoch, seq, name, entry); err != nil {
 		return err
 	}
-	if p.openN > 0 && (len(p.open)-len(batchHead) > maxBatchBytes || p.openN == maxBatchEvents) {
-		// It does not fit: close the batch without it and start the next
-		// one with it (a copy; once per batch).
+	if p.openN > 0 && len(p.open)-len(batchHead) > maxBatchBytes {
+		// Only when json.Marshal escaped the entry beyond the bound: close
+		// the batch without it and start the next one with it.
 		ev := append([]byte(nil), p.open[at+1:]...)
 		p.open = p.open[:at]
 		p.flush()
-		p.open = append(newBatch(len(ev)), ev...)
+		p.open = append(newBatch(), ev...)
 		at = len(batchHead)
 	}
 	p.openAt = at
@@ -96,10 +112,13 @@ func (p *page) add(epoch string, seq uint64, name string, entry []byte) error {
 	return nil
 }
 
-// newBatch starts an events frame with room for a few events of about
-// size bytes; append grows it up to maxBatchBytes.
-func newBatch(size int) []byte {
-	return append(make([]byte, 0, len(batchHead)+8*size), batchHead...)
+// eventFrameSlack is an event frame's bytes besides its strings and entry.
+const eventFrameSlack = len(`{"type":"event","epoch":"","seq":18446744073709551615,"name":"","entry":}`)
+
+// newBatch starts an events frame with room for maxBatchBytes of events
+// and its end: filling it never copies it.
+func newBatch() []byte {
+	return append(make([]byte, 0, len(batchHead)+maxBatchBytes+len("]}")), batchHead...)
 }
 
 // flush closes the open batch: an events frame, or the event frame itself
@@ -109,7 +128,9 @@ func (p *page) flush() {
 	switch p.openN {
 	case 0:
 	case 1:
-		p.frames = append(p.frames, pageFrame{p.last, 1, p.open[p.openAt:], "event"})
+		// A copy: the event frame alone must not hold the batch's buffer
+		// while it is queued.
+		p.frames = append(p.frames, pageFrame{p.last, 1, append([]byte(nil), p.open[p.openAt:]...), "event"})
 	default:
 		p.frames = append(p.frames, pageFrame{p.last, p.openN, append(p.open, "]}"...), "events"})
 	}

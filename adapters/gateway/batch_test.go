@@ -108,6 +108,13 @@ func TestPageBatches(t *testing.T) {
 		{"a large entry last", "e1", entries(seqs(3), func(i int) int { return []int{64, 64, maxBatchBytes}[i] }), []string{"events", "event"}},
 		{"a large entry first", "e1", entries(seqs(3), func(i int) int { return []int{maxBatchBytes, 64, 64}[i] }), []string{"event", "events"}},
 		{"an epoch JSON must escape", `e"1`, entries(seqs(3), small), []string{"events"}},
+		// json.Marshal (an epoch it must escape) escapes each < of the
+		// entries too, 6 bytes for 1: the second does not fit after all.
+		{"entries that grow when escaped", `e"1`, []pageEntry{
+			{1, "n", []byte(`{"b":"` + strings.Repeat("<", 8000) + `"}`)},
+			{2, "n", []byte(`{"b":"` + strings.Repeat("<", 8000) + `"}`)},
+			{3, "n", []byte(`{"b":"x"}`)},
+		}, []string{"event", "events"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
