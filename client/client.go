@@ -1,6 +1,7 @@
 // Package client is the Go SDK of mdsync's device protocol
 // (docs/protocol.md): one WebSocket per device, pipelined requests,
-// deduplicated events, batched acks, and reconnection that resumes the
+// deduplicated events, catch-up in batches (events frames, dispatched as
+// single events), batched acks, and reconnection that resumes the
 // session or, with auto-login, logs in again, never after a kick.
 //
 // Handlers run on one goroutine per client, in timeline order; they may
