@@ -112,8 +112,8 @@ type inFrame struct {
 	Groups        json.RawMessage   `json:"groups"`
 	Conversations []json.RawMessage `json:"conversations"`
 
-	// events: event frames, in order
-	Events []json.RawMessage `json:"events"`
+	// events: event frames, in order (decoded in the same pass)
+	Events []*inFrame `json:"events"`
 
 	// kicked, error
 	Reason       string `json:"reason"`

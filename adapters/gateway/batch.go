@@ -21,10 +21,10 @@ const (
 	maxBatchBytes = 64 << 10
 	// maxBatchEvents bounds the events of one events frame.
 	maxBatchEvents = timelinePage
-	// maxQueuedBatches bounds the events frames queued for one connection
-	// (the send queue bounds frames, and a batch weighs up to
-	// maxBatchBytes): the follower reads the store this far ahead of the
-	// socket, as it does with single frames.
+	// maxQueuedBatches: an events frame is queued only while fewer frames
+	// than this are queued or being written (the send queue bounds frames,
+	// and a batch weighs up to maxBatchBytes), so the follower reads the
+	// store about as far ahead of the socket as it does with single frames.
 	maxQueuedBatches = 8
 )
 
