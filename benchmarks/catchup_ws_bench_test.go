@@ -31,11 +31,14 @@ func (allowAll) Authenticate(app, user, password, token, remote string) error { 
 // BenchmarkCatchUpWebSocket: a device that missed N messages (64-byte
 // bodies) resumes over a WebSocket on 127.0.0.1 (node.New with the embedded
 // log, the gateway, a bare coder/websocket client that reads frames and
-// decodes nothing), timed from its resume frame to its N-th event frame.
-// raw, same run: a bare WebSocket server writes the same N frames (captured
-// from the gateway) after one request frame, to the same client: what the
-// sockets and the client cost, with no store and no gateway. The sides
-// alternate; ratio = raw / mdsync.
+// decodes nothing), asking for batches as the SDKs do, timed from its
+// resume frame to its N-th event (the last events frame). Two bare
+// WebSocket servers, same run, write frames captured from the gateway after
+// one request frame to the same client: raw, one event frame per entry
+// (what a device that does not ask for batches gets), and rawbatch, the
+// same events frames: what the sockets and the client cost, with no store
+// and no gateway. The sides rotate; ratio = raw / mdsync, ratio_batch =
+// rawbatch / mdsync; frames_batched: the events frames of one catch-up.
 func BenchmarkCatchUpWebSocket(b *testing.B) {
 	for _, n := range []int{100, 1000, 10_000} {
 		b.Run(fmt.Sprint("N=", n), func(b *testing.B) { benchCatchUpWS(b, n) })
@@ -120,38 +123,60 @@ func benchCatchUpWS(b *testing.B, missed int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 
-	resume, _ := json.Marshal(map[string]any{"type": "resume", "id": "r", "app": benchApp, "user": "alice", "password": "pw", "login_id": "A1", "epoch": epoch, "seq": seq})
-	var captured [][]byte
-	md := func() (time.Duration, error) {
+	// mdsync: a device that asks for batches (the SDKs do). The event frames
+	// are counted in the frames read, without decoding them.
+	eventMark := []byte(`{"type":"event",`)
+	resumeFrame := func(batch bool) []byte {
+		b, _ := json.Marshal(map[string]any{"type": "resume", "id": "r", "app": benchApp, "user": "alice", "password": "pw", "login_id": "A1",
+			"epoch": epoch, "seq": seq, "batch": batch})
+		return b
+	}
+	// captured[batch]: the frames the gateway sent, for the raw servers.
+	captured := map[bool][][]byte{}
+	mdRun := func(batch bool) (time.Duration, error) {
 		ws, err := wsDial(ctx, url)
 		if err != nil {
 			return 0, err
 		}
 		defer ws.CloseNow()
+		resume := resumeFrame(batch)
 		start := time.Now()
 		if err := ws.Write(ctx, websocket.MessageText, resume); err != nil {
 			return 0, err
 		}
-		keep := captured == nil
+		keep := captured[batch] == nil
+		var frames [][]byte
 		for got := 0; got < missed; {
 			_, m, err := ws.Read(ctx)
 			if err != nil {
 				return 0, err
 			}
-			if bytes.HasPrefix(m, []byte(`{"type":"event"`)) {
-				got++
+			if n := bytes.Count(m, eventMark); n > 0 {
+				got += n
 				if keep {
-					captured = append(captured, m)
+					frames = append(frames, m)
 				}
 			}
 		}
-		return time.Since(start), nil
+		d := time.Since(start)
+		if keep {
+			captured[batch] = frames
+		}
+		return d, nil
 	}
-	if _, err := md(); err != nil { // warm, and the frames the raw server sends
-		b.Fatal(err)
+	// Warm, and the frames the raw servers send: one per entry (a device
+	// that does not ask for batches), and the batches.
+	for _, batch := range []bool{false, true} {
+		if _, err := mdRun(batch); err != nil {
+			b.Fatal(err)
+		}
+		last := captured[batch][len(captured[batch])-1]
+		if !bytes.Contains(last, []byte(fmt.Sprintf(`"seq":%d,`, seq+uint64(missed)))) {
+			b.Fatalf("last frame (batch %v) %.80s", batch, last)
+		}
 	}
-	if !bytes.Contains(captured[missed-1], []byte(fmt.Sprintf(`"seq":%d,`, seq+uint64(missed)))) {
-		b.Fatalf("last frame %s", captured[missed-1][:80])
+	if len(captured[false]) != missed {
+		b.Fatalf("%d frames without batches, want %d", len(captured[false]), missed)
 	}
 	rawSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
@@ -162,7 +187,7 @@ func benchCatchUpWS(b *testing.B, missed int) {
 		if _, _, err := c.Read(r.Context()); err != nil {
 			return
 		}
-		for _, f := range captured {
+		for _, f := range captured[r.URL.Query().Get("batch") == "1"] {
 			if err := c.Write(r.Context(), websocket.MessageText, f); err != nil {
 				return
 			}
@@ -171,50 +196,61 @@ func benchCatchUpWS(b *testing.B, missed int) {
 	}))
 	defer rawSrv.Close()
 	rawURL := "ws" + strings.TrimPrefix(rawSrv.URL, "http")
-	raw := func() (time.Duration, error) {
-		ws, _, err := websocket.Dial(ctx, rawURL, nil)
+	rawRun := func(batch bool) (time.Duration, error) {
+		u := rawURL
+		if batch {
+			u += "?batch=1"
+		}
+		ws, _, err := websocket.Dial(ctx, u, nil)
 		if err != nil {
 			return 0, err
 		}
 		ws.SetReadLimit(16 << 20)
 		defer ws.CloseNow()
+		resume := resumeFrame(batch)
 		start := time.Now()
 		if err := ws.Write(ctx, websocket.MessageText, resume); err != nil {
 			return 0, err
 		}
-		for got := 0; got < missed; got++ {
-			if _, _, err := ws.Read(ctx); err != nil {
+		for got := 0; got < missed; {
+			_, m, err := ws.Read(ctx)
+			if err != nil {
 				return 0, err
 			}
+			got += bytes.Count(m, eventMark)
 		}
 		return time.Since(start), nil
 	}
-	if _, err := raw(); err != nil {
-		b.Fatal(err)
+	sides := []func() (time.Duration, error){
+		func() (time.Duration, error) { return mdRun(true) },
+		func() (time.Duration, error) { return rawRun(false) },
+		func() (time.Duration, error) { return rawRun(true) },
 	}
-	var mdT, rawT time.Duration
+	for _, f := range sides[1:] {
+		if _, err := f(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var total [3]time.Duration // mdsync, raw, raw batches
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		order := []func() (time.Duration, error){md, raw}
-		if i%2 == 1 {
-			order[0], order[1] = raw, md
-		}
-		for j, f := range order {
-			d, err := f()
+		// The sides rotate, so none always runs first (or last).
+		for j := range sides {
+			k := (i + j) % len(sides)
+			d, err := sides[k]()
 			if err != nil {
 				b.Fatal(err)
 			}
-			if (j == 0) == (i%2 == 0) {
-				mdT += d
-			} else {
-				rawT += d
-			}
+			total[k] += d
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(ms(mdT)/float64(b.N), "mdsync_ms/catchup")
-	b.ReportMetric(ms(rawT)/float64(b.N), "raw_ms/catchup")
-	b.ReportMetric(float64(rawT)/float64(mdT), "ratio")
+	b.ReportMetric(ms(total[0])/float64(b.N), "mdsync_ms/catchup")
+	b.ReportMetric(ms(total[1])/float64(b.N), "raw_ms/catchup")
+	b.ReportMetric(ms(total[2])/float64(b.N), "rawbatch_ms/catchup")
+	b.ReportMetric(float64(total[1])/float64(total[0]), "ratio")
+	b.ReportMetric(float64(total[2])/float64(total[0]), "ratio_batch")
+	b.ReportMetric(float64(len(captured[true])), "frames_batched")
 }
 
 func wsDial(ctx context.Context, url string) (*websocket.Conn, error) {

@@ -1,6 +1,7 @@
 // Package client is the Go SDK of mdsync's device protocol
 // (docs/protocol.md): one WebSocket per device, pipelined requests,
-// deduplicated events, batched acks, and reconnection that resumes the
+// deduplicated events, catch-up in batches (events frames, dispatched as
+// single events), batched acks, and reconnection that resumes the
 // session or, with auto-login, logs in again, never after a kick.
 //
 // Handlers run on one goroutine per client, in timeline order; they may
@@ -302,10 +303,10 @@ func (c *Client) connectTo(ctx context.Context, target string, resume, autoLogin
 	ws.SetReadLimit(maxReadBytes)
 	c.mu.Lock()
 	lf := loginFrame{Type: "login", ID: "login", App: c.cfg.App, User: c.cfg.User, Password: c.cfg.Password, Token: c.cfg.Token,
-		LoginID: c.loginID, Platform: c.cfg.Platform, DeviceName: c.cfg.DeviceName, Extension: c.cfg.Extension, AutoLogin: autoLogin}
+		LoginID: c.loginID, Platform: c.cfg.Platform, DeviceName: c.cfg.DeviceName, Extension: c.cfg.Extension, AutoLogin: autoLogin, Batch: true}
 	if resume {
 		lf = loginFrame{Type: "resume", ID: "resume", App: c.cfg.App, User: c.cfg.User, Password: c.cfg.Password, Token: c.cfg.Token,
-			LoginID: c.loginID, Epoch: c.ackEpoch, Seq: c.ackSeq}
+			LoginID: c.loginID, Epoch: c.ackEpoch, Seq: c.ackSeq, Batch: true}
 	}
 	c.mu.Unlock()
 	b, _ := json.Marshal(lf)
@@ -390,6 +391,17 @@ func (c *Client) read(cn *conn) {
 		switch f.Type {
 		case "event", "snapshot":
 			c.q.push(item{frame: f}, c.stopped)
+		case "events":
+			// A batch is its event frames, in order: each is queued as if it
+			// had come alone (the handlers, the dedup and acks see no
+			// difference).
+			for _, ev := range f.Events {
+				if ev == nil || ev.Type != "event" {
+					c.log.Warn("not an event frame in an events frame")
+					continue
+				}
+				c.q.push(item{frame: ev}, c.stopped)
+			}
 		case "kicked":
 			k := &Kicked{Code: f.Code, Reason: f.Reason, ByLoginID: f.ByLoginID, ByDeviceName: f.ByDeviceName, ByExtension: f.ByExtension}
 			c.mu.Lock()

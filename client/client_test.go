@@ -594,3 +594,56 @@ func TestCloseSendsFinalAck(t *testing.T) {
 	fc.close()
 	<-done
 }
+
+// An events frame is its event frames, dispatched in order exactly as if
+// each had come alone: the same handlers, the same dedup, acks up to its
+// last event, and the resume after a drop continues from there. Login and
+// resume ask for batches.
+func TestEventsFrameDispatchedAsSingleFrames(t *testing.T) {
+	fs := newFakeServer(t)
+	log := newEventLog()
+	cfg := baseConfig(fs.url())
+	cfg.AutoLogin = true
+	h := &cfg.Handlers
+	h.OnEvent = func(e Event) { log.add(fmt.Sprintf("%s/%d", e.Epoch, e.Seq)) }
+	h.OnMessage = func(e Event) { log.add("message " + string(e.Entry.GetSource().GetMessage().GetBody())) }
+	h.OnConversationEvent = func(e MultiDeviceEvent) { log.add("conversation " + e.Target) }
+	h.OnDisconnected = func(error) { log.add("disconnected") }
+	c, fc, login := mustDial(t, fs, cfg, "A1")
+	if login["batch"] != true {
+		t.Fatalf("login without batch: %v", login)
+	}
+	batch := func(frames ...string) string {
+		return `{"type":"events","events":[` + strings.Join(frames, ",") + `]}`
+	}
+	pin := `{"from":"alice","multi_device":true,"source":{"kind":"KIND_CONVERSATION_PIN","conversation":{"chat_type":"CHAT_TYPE_USER","conversation_id":"bob"}}}`
+	fc.send(batch(
+		event("e1", 1, "message_send", msgEntry(1, "bob", "b25l")),
+		event("e1", 2, "message_send", msgEntry(2, "bob", "dHdv")),
+		event("e1", 2, "message_send", msgEntry(2, "bob", "dHdv")), // a duplicate inside a batch
+		event("e1", 3, "pinnedConversation", pin)))
+	fc.send(event("e1", 4, "message_send", msgEntry(4, "bob", "Zm91cg==")))
+	fc.send(batch(
+		event("e1", 3, "pinnedConversation", pin), // already seen
+		event("e1", 5, "message_send", msgEntry(5, "bob", "Zml2ZQ=="))))
+	log.wait(t, "message five")
+	want := "e1/1|message one|e1/2|message two|e1/3|conversation bob|e1/4|message four|e1/5|message five"
+	if got := strings.Join(log.all(), "|"); got != want {
+		t.Fatalf("dispatched\n %s\nwant\n %s", got, want)
+	}
+	if c.Duplicates() != 2 {
+		t.Fatalf("duplicates %d, want 2", c.Duplicates())
+	}
+	for {
+		if m := fc.read("ack"); m["epoch"] == "e1" && m["seq"] == float64(5) {
+			break
+		}
+	}
+	fc.close()
+	log.wait(t, "disconnected")
+	fc2 := fs.next(t)
+	m := fc2.read("resume", "login")
+	if m["type"] != "resume" || m["epoch"] != "e1" || m["seq"] != float64(5) || m["batch"] != true {
+		t.Fatalf("resume frame %v", m)
+	}
+}

@@ -44,6 +44,8 @@ type loginFrame struct {
 	// resume only
 	Epoch string `json:"epoch,omitempty"`
 	Seq   uint64 `json:"seq,omitempty"`
+	// Batch: the client takes catch-up as events frames (docs/protocol.md).
+	Batch bool `json:"batch,omitempty"`
 }
 
 type opFrame struct {
@@ -109,6 +111,9 @@ type inFrame struct {
 	Contacts      json.RawMessage   `json:"contacts"`
 	Groups        json.RawMessage   `json:"groups"`
 	Conversations []json.RawMessage `json:"conversations"`
+
+	// events: event frames, in order (decoded in the same pass)
+	Events []*inFrame `json:"events"`
 
 	// kicked, error
 	Reason       string `json:"reason"`

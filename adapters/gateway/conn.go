@@ -51,6 +51,7 @@ type conn struct {
 	// Set by register, before any other goroutine sees the conn.
 	app, user, loginID string
 	platform           int32
+	batch              bool // the device takes events frames (batch.go)
 
 	ctx    context.Context // done when the connection is being torn down
 	cancel context.CancelFunc
@@ -317,7 +318,7 @@ func (c *conn) start(f *frame) bool {
 			return false
 		}
 	}
-	c.app, c.user = f.App, f.User
+	c.app, c.user, c.batch = f.App, f.User, f.Batch
 	if f.Type == typeResume {
 		return c.resume(f)
 	}
@@ -639,7 +640,7 @@ func (c *conn) resumeFollow() {
 // goroutine: deliver and notify start one.
 func (c *conn) run() {
 	resyncs := 0
-	var page []pageFrame
+	pg := page{batch: c.batch}
 	for {
 		if !c.freadStore {
 			live, reread, idle := c.takeLive()
@@ -670,7 +671,7 @@ func (c *conn) run() {
 		// The page's frames are built from the store's bytes during the
 		// scan (one copy, into the frame) and queued after it: a push may
 		// wait for the device, and the scan must not.
-		page = page[:0]
+		pg.reset()
 		next, meta, err := c.g.o.Store.TimelineEach(c.app, c.user, c.loginID, epoch, seq, timelinePage,
 			func(tlEpoch string, eseq uint64, kind pb.Kind, j []byte) error {
 				if tlEpoch == "" {
@@ -679,13 +680,9 @@ func (c *conn) run() {
 				if eseq <= seq {
 					return nil // never again at or below what was sent
 				}
-				b, err := eventFrameJSON(tlEpoch, eseq, engine.EventName(kind), j)
-				if err != nil {
-					return err
-				}
-				page = append(page, pageFrame{eseq, b})
-				return nil
+				return pg.add(tlEpoch, eseq, engine.EventName(kind), j)
 			})
+		pg.flush()
 		if errors.Is(err, errNotOpen) {
 			continue // the timeline opened between reading its meta and its entries
 		}
@@ -713,16 +710,16 @@ func (c *conn) run() {
 			c.fepoch = epoch
 		}
 		progressed := next > seq
-		for _, f := range page {
+		for _, f := range pg.frames {
 			// Recorded before queueing: the device may ack it as soon as
 			// it is written.
 			c.setSent(epoch, f.seq)
-			if !c.push(outFrame{b: f.b, typ: "event"}) {
+			if !c.pushPage(f) {
 				return
 			}
 			seq = f.seq
 			c.fseq = seq
-			c.fsent++
+			c.fsent += f.n
 		}
 		if next > seq {
 			seq = next // entries hidden from this device
@@ -739,12 +736,6 @@ func (c *conn) run() {
 		}
 		c.freadStore = false
 	}
-}
-
-// pageFrame is one event frame of a catch-up page.
-type pageFrame struct {
-	seq uint64
-	b   []byte
 }
 
 // errNotOpen: the timeline had no epoch when its meta was read, yet has

@@ -302,7 +302,14 @@ func TestProtocolDocExamples(t *testing.T) {
 	if m := sc.until("the snapshot's part 0", answerTo("", "snapshot")); m["more"] != true {
 		t.Fatalf("sam's snapshot is one part: %v", m)
 	}
-	sc.until("the snapshot's last part", func(m map[string]any) bool { return m["type"] == "snapshot" && m["more"] == nil })
+	last := sc.until("the snapshot's last part", func(m map[string]any) bool { return m["type"] == "snapshot" && m["more"] == nil })
+	// Catch-up in batches: sam resumes from the start of his timeline,
+	// asking for them.
+	sb := dialRaw(t, e, seen)
+	sb.send(map[string]any{"type": "resume", "id": "sb", "app": "demo", "user": "sam", "password": "x", "login_id": "S1",
+		"epoch": last["epoch"], "seq": 0, "batch": true})
+	sb.until("login_result", answerTo("sb", "login_result"))
+	sb.until("an events frame", answerTo("", "events"))
 
 	// Frames the examples above do not provoke: a refused login, a first
 	// frame that is not a login, and a fifth login's eviction (kicked 206).

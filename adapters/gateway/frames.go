@@ -41,6 +41,7 @@ type frame struct {
 	Platform                            int32
 	DeviceName, Extension               string
 	AutoLogin                           bool
+	Batch                               bool // the client takes events frames
 
 	// resume, ack: a timeline position
 	Epoch string
@@ -69,6 +70,7 @@ type wireFrame struct {
 	DeviceName     string          `json:"device_name"`
 	Extension      string          `json:"extension"`
 	AutoLogin      bool            `json:"auto_login"`
+	Batch          bool            `json:"batch"`
 	Epoch          string          `json:"epoch"`
 	Seq            json.Number     `json:"seq"`
 	Event          json.RawMessage `json:"event"`
@@ -163,6 +165,7 @@ func decodeFrameFields(b []byte) (*frame, string, error) {
 	switch w.Type {
 	case typeLogin, typeResume:
 		f.App, f.User, f.Password, f.Token, f.LoginID = w.App, w.User, w.Password, w.Token, w.LoginID
+		f.Batch = w.Batch
 		if w.Type == typeResume && (!engine.ValidID(f.App) || !engine.ValidID(f.User)) {
 			return bad("app and user must be ids (1-%d bytes of letters, digits, _-.@)", engine.MaxIDBytes)
 		}
@@ -410,21 +413,27 @@ func encodeEvent(epoch string, e *pb.TimelineEntry) ([]byte, error) {
 // eventFrameJSON is the event frame of an entry already in its wire JSON
 // (engine.MarshalPart): catch-up copies the stored bytes in as they are.
 func eventFrameJSON(epoch string, seq uint64, name string, b []byte) ([]byte, error) {
+	return appendEventFrame(make([]byte, 0, len(b)+len(epoch)+len(name)+64), epoch, seq, name, b)
+}
+
+// appendEventFrame appends eventFrameJSON's frame to dst: an events frame
+// is built by appending its event frames in place (batch.go).
+func appendEventFrame(dst []byte, epoch string, seq uint64, name string, b []byte) ([]byte, error) {
 	if !plainJSONString(epoch) || !plainJSONString(name) {
-		return json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: seq, Name: name, Entry: b})
+		j, err := json.Marshal(eventFrame{Type: "event", Epoch: epoch, Seq: seq, Name: name, Entry: b})
+		return append(dst, j...), err
 	}
 	// The same frame without json.Marshal's second pass over the entry
 	// (it is compact JSON already: numbers64 wrote it).
-	out := make([]byte, 0, len(b)+len(epoch)+len(name)+64)
-	out = append(out, `{"type":"event","epoch":"`...)
-	out = append(out, epoch...)
-	out = append(out, `","seq":`...)
-	out = strconv.AppendUint(out, seq, 10)
-	out = append(out, `,"name":"`...)
-	out = append(out, name...)
-	out = append(out, `","entry":`...)
-	out = append(out, b...)
-	return append(out, '}'), nil
+	dst = append(dst, `{"type":"event","epoch":"`...)
+	dst = append(dst, epoch...)
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, `,"name":"`...)
+	dst = append(dst, name...)
+	dst = append(dst, `","entry":`...)
+	dst = append(dst, b...)
+	return append(dst, '}'), nil
 }
 
 // plainJSONString reports whether s needs no escaping in JSON (and in

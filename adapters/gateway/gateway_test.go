@@ -149,8 +149,10 @@ type sframe struct {
 	Partition     int32             `json:"partition"`
 	Offset        int64             `json:"offset"`
 	RetryAfterMs  int64             `json:"retry_after_ms"`
+	Events        []json.RawMessage `json:"events"`
 
-	at time.Time // when the client read it
+	at    time.Time // when the client read it
+	batch int       // an event of an events frame: the frame's number (from 1) on this connection
 }
 
 func (f sframe) entry(t *testing.T) *pb.TimelineEntry {
@@ -171,6 +173,9 @@ type client struct {
 	done   chan struct{}
 	err    error // the read error that ended the client, after done
 	gate   sync.Mutex
+	// batches counts the events frames read; each is unpacked into its
+	// event frames, in order, as a device that asked for batches does.
+	batches atomic.Int64
 }
 
 func dial(t *testing.T, e *env) *client {
@@ -204,7 +209,19 @@ func dialWith(t *testing.T, e *env, hc *http.Client) *client {
 				return
 			}
 			f.at = time.Now()
-			c.frames <- f
+			if f.Type != "events" {
+				c.frames <- f
+				continue
+			}
+			n := int(c.batches.Add(1))
+			for _, raw := range f.Events {
+				ev := sframe{at: f.at, batch: n}
+				if err := json.Unmarshal(raw, &ev); err != nil || ev.Type != "event" {
+					c.err = fmt.Errorf("bad element %s of an events frame: %v", raw, err)
+					return
+				}
+				c.frames <- ev
+			}
 		}
 	}()
 	t.Cleanup(func() { ws.CloseNow() })
@@ -283,6 +300,7 @@ type loginFrame struct {
 	AutoLogin  bool   `json:"auto_login,omitempty"`
 	Epoch      string `json:"epoch,omitempty"`
 	Seq        uint64 `json:"seq,omitempty"`
+	Batch      bool   `json:"batch,omitempty"`
 }
 
 // login connects a device and returns it after its login_result (code 0).
@@ -523,8 +541,10 @@ func (f *follower) take(fr sframe) {
 // reconnects (by login with its login ID, or by resume) while messages keep
 // arriving, and receives every missed and new message once, in order.
 func TestCatchUpThenLiveWithoutGapOrDuplicate(t *testing.T) {
-	for _, how := range []string{"login", "resume"} {
-		t.Run(how, func(t *testing.T) {
+	for _, how := range []string{"login", "resume", "login+batch", "resume+batch"} {
+		batch := strings.HasSuffix(how, "+batch")
+		how := strings.TrimSuffix(how, "+batch")
+		t.Run(fmt.Sprint(how, "/batch=", batch), func(t *testing.T) {
 			e := newEnv(t, nil)
 			a, _ := login(t, e, "alice", "A1", 1)
 			snap := a.expect("snapshot")
@@ -587,12 +607,12 @@ func TestCatchUpThenLiveWithoutGapOrDuplicate(t *testing.T) {
 			}()
 			a2 := dial(t, e)
 			if how == "login" {
-				a2.send(loginFrame{Type: "login", ID: "l2", App: "app", User: "alice", Password: "pw", LoginID: "A1", Platform: 1})
+				a2.send(loginFrame{Type: "login", ID: "l2", App: "app", User: "alice", Password: "pw", LoginID: "A1", Platform: 1, Batch: batch})
 				if r := a2.expect("login_result"); r.Code != 0 || !r.Reconnect {
 					t.Fatalf("reconnect: %+v", r)
 				}
 			} else {
-				a2.send(loginFrame{Type: "resume", ID: "r", App: "app", User: "alice", Password: "pw", LoginID: "A1", Epoch: fa.epoch, Seq: fa.seq})
+				a2.send(loginFrame{Type: "resume", ID: "r", App: "app", User: "alice", Password: "pw", LoginID: "A1", Epoch: fa.epoch, Seq: fa.seq, Batch: batch})
 				if r := a2.expect("login_result"); r.Code != 0 || !r.Resumed {
 					t.Fatalf("resume: %+v", r)
 				}
@@ -619,6 +639,9 @@ func TestCatchUpThenLiveWithoutGapOrDuplicate(t *testing.T) {
 			}
 			if metric(t, e, "mdsync_catchup_events") < 3 {
 				t.Fatal("catch-up not observed")
+			}
+			if !batch && a2.batches.Load() != 0 {
+				t.Fatalf("%d events frames to a device that did not ask for them", a2.batches.Load())
 			}
 		})
 	}

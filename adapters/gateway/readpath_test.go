@@ -24,22 +24,25 @@ import (
 // duplicates.
 type rdev struct {
 	user, login string
+	batch       bool // asks for events frames at login and resume
 	ws          *websocket.Conn
 	epoch       string
 	seq         uint64
 	bodies      []string // bodies of message_send entries, in receive order
 	events      int
+	batches     int // events frames received
 }
 
 // rframe is the part of a server frame the read-path tests look at; the
 // entry is decoded only as far as the message body.
 type rframe struct {
-	Type  string `json:"type"`
-	Code  int32  `json:"code"`
-	Epoch string `json:"epoch"`
-	Seq   uint64 `json:"seq"`
-	Name  string `json:"name"`
-	Entry struct {
+	Type   string            `json:"type"`
+	Code   int32             `json:"code"`
+	Epoch  string            `json:"epoch"`
+	Seq    uint64            `json:"seq"`
+	Name   string            `json:"name"`
+	Events []json.RawMessage `json:"events"`
+	Entry  struct {
 		Seq    uint64 `json:"seq"`
 		Source struct {
 			Message *struct {
@@ -58,9 +61,9 @@ func (d *rdev) connect(ctx context.Context, e *env) error {
 	}
 	ws.SetReadLimit(16 << 20)
 	d.ws = ws
-	f := loginFrame{Type: "login", ID: "l", App: "app", User: d.user, Password: "pw", LoginID: d.login, Platform: 1}
+	f := loginFrame{Type: "login", ID: "l", App: "app", User: d.user, Password: "pw", LoginID: d.login, Platform: 1, Batch: d.batch}
 	if d.epoch != "" {
-		f = loginFrame{Type: "resume", ID: "r", App: "app", User: d.user, Password: "pw", LoginID: d.login, Epoch: d.epoch, Seq: d.seq}
+		f = loginFrame{Type: "resume", ID: "r", App: "app", User: d.user, Password: "pw", LoginID: d.login, Epoch: d.epoch, Seq: d.seq, Batch: d.batch}
 	}
 	b, _ := json.Marshal(f)
 	if err := ws.Write(ctx, websocket.MessageText, b); err != nil {
@@ -77,7 +80,9 @@ func (d *rdev) connect(ctx context.Context, e *env) error {
 }
 
 // read reads and checks the next frame: a snapshot only before any
-// position, an event only at a higher sequence of the same epoch.
+// position, an event only at a higher sequence of the same epoch, an
+// events frame (a batch of at least two event frames, each checked as one)
+// only when the device asked for batches.
 func (d *rdev) read(ctx context.Context) (rframe, error) {
 	_, b, err := d.ws.Read(ctx)
 	if err != nil {
@@ -94,17 +99,37 @@ func (d *rdev) read(ctx context.Context) (rframe, error) {
 		}
 		d.epoch, d.seq = f.Epoch, f.Seq
 	case "event":
-		if f.Epoch != d.epoch || f.Seq <= d.seq || f.Entry.Seq != f.Seq {
-			return f, fmt.Errorf("%s: event %s/%d (entry %d) after %s/%d: duplicate, out of order or another epoch",
-				d.user, f.Epoch, f.Seq, f.Entry.Seq, d.epoch, d.seq)
+		return f, d.event(f)
+	case "events":
+		if !d.batch || len(f.Events) < 2 {
+			return f, fmt.Errorf("%s: an events frame of %d (batch asked: %v)", d.user, len(f.Events), d.batch)
 		}
-		d.seq = f.Seq
-		d.events++
-		if m := f.Entry.Source.Message; m != nil && f.Name == "message_send" {
-			d.bodies = append(d.bodies, string(m.Body))
+		d.batches++
+		for _, raw := range f.Events {
+			var ev rframe
+			if err := json.Unmarshal(raw, &ev); err != nil || ev.Type != "event" {
+				return f, fmt.Errorf("%s: bad element %s of an events frame: %v", d.user, raw, err)
+			}
+			if err := d.event(ev); err != nil {
+				return f, err
+			}
 		}
 	}
 	return f, nil
+}
+
+// event checks and takes one event frame.
+func (d *rdev) event(f rframe) error {
+	if f.Epoch != d.epoch || f.Seq <= d.seq || f.Entry.Seq != f.Seq {
+		return fmt.Errorf("%s: event %s/%d (entry %d) after %s/%d: duplicate, out of order or another epoch",
+			d.user, f.Epoch, f.Seq, f.Entry.Seq, d.epoch, d.seq)
+	}
+	d.seq = f.Seq
+	d.events++
+	if m := f.Entry.Source.Message; m != nil && f.Name == "message_send" {
+		d.bodies = append(d.bodies, string(m.Body))
+	}
+	return nil
 }
 
 // readUntil reads until cond holds.
@@ -154,13 +179,19 @@ func userMsg(from, to, id string) *pb.Event {
 // entry exactly once and in order; messages sent while it catches up follow
 // without a gap.
 func TestCatchUpDroppedMidwayResumes(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("batch=", batch), func(t *testing.T) { catchUpDroppedMidway(t, batch) })
+	}
+}
+
+func catchUpDroppedMidway(t *testing.T, batch bool) {
 	const missed = 10_000 // the default retention: every entry is still there
 	// Devices here send no pings: the heartbeat timeout must outlast the
 	// test on a slow machine.
 	e := newEnv(t, func(o *gateway.Options) { o.SessionCheckInterval = -1; o.HeartbeatTimeout = 10 * time.Minute })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	a := &rdev{user: "alice", login: "A1"}
+	a := &rdev{user: "alice", login: "A1", batch: batch}
 	if err := a.connect(ctx, e); err != nil {
 		t.Fatal(err)
 	}
@@ -227,13 +258,18 @@ func TestCatchUpDroppedMidwayResumes(t *testing.T) {
 	if a.seq != uint64(len(want)) {
 		t.Fatalf("last seq %d, want %d: a gap", a.seq, len(want))
 	}
+	// A catch-up of thousands comes in far fewer frames when asked for.
+	if batch && a.batches > missed/10 || !batch && a.batches != 0 {
+		t.Fatalf("%d events frames for %d events (batch asked: %v)", a.batches, a.events, batch)
+	}
 	a.ws.CloseNow()
 }
 
 // A group of 1,000 members whose users hash to every partition: each
 // member's device receives each group message exactly once, in the group's
 // order, while connected and, for messages sent while it was away, after
-// it reconnects (resuming from its last event).
+// it reconnects (resuming from its last event). Every other device asks
+// for batches.
 func TestLargeGroupEveryMemberOnceInOrder(t *testing.T) {
 	const members, perRound = 1000, 5
 	e := newEnv(t, func(o *gateway.Options) { o.SessionCheckInterval = -1; o.HeartbeatTimeout = 10 * time.Minute })
@@ -242,7 +278,7 @@ func TestLargeGroupEveryMemberOnceInOrder(t *testing.T) {
 	devs := make([]*rdev, members)
 	parts := map[int32]int{}
 	for i := range devs {
-		devs[i] = &rdev{user: fmt.Sprintf("m%04d", i), login: fmt.Sprintf("L%04d", i)}
+		devs[i] = &rdev{user: fmt.Sprintf("m%04d", i), login: fmt.Sprintf("L%04d", i), batch: i%2 == 0}
 		parts[engine.PartitionFor([]byte(engine.UserStream("app", devs[i].user)), e.n.Log.Partitions())]++
 	}
 	if len(parts) != int(e.n.Log.Partitions()) {

@@ -17,14 +17,18 @@ import (
 // push queues a frame, waiting while SendQueue frames are queued or being
 // written (events are read from the store only as the queue drains);
 // false when the connection is closing.
-func (c *conn) push(f outFrame) bool {
+func (c *conn) push(f outFrame) bool { return c.pushWithin(f, c.g.o.SendQueue) }
+
+// pushWithin is push, waiting while limit (at most SendQueue) frames are
+// queued or being written.
+func (c *conn) pushWithin(f outFrame, limit int) bool {
 	for {
 		c.qmu.Lock()
 		if c.qclosed || c.ctx.Err() != nil {
 			c.qmu.Unlock()
 			return false
 		}
-		if c.qn < c.g.o.SendQueue {
+		if c.qn < limit {
 			c.enqueueLocked(f)
 			c.qmu.Unlock()
 			return true

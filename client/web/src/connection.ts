@@ -400,6 +400,7 @@ export class Connection {
     if (c.pwd) f["password"] = c.pwd;
     if (c.accessToken) f["token"] = c.accessToken;
     if (this._loginId) f["login_id"] = this._loginId;
+    f["batch"] = true; // catch-up may come as events frames (onFrame)
     if (resume) {
       if (this.ackEpoch) {
         f["epoch"] = this.ackEpoch;
@@ -694,6 +695,12 @@ export class Connection {
     switch (f.type) {
       case "event":
         this.onEvent(f);
+        return;
+      case "events":
+        // A batch is its event frames, in order: each is taken as if it had come alone.
+        for (const e of f.events ?? []) {
+          if (e && e.type === "event") this.onEvent(e);
+        }
         return;
       case "snapshot":
         this.onSnapshot(f);

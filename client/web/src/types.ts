@@ -94,6 +94,8 @@ export interface InFrame {
   contacts?: unknown;
   groups?: unknown;
   conversations?: unknown[];
+  /** events: event frames, in order (a catch-up batch). */
+  events?: InFrame[];
   // kicked, error
   reason?: string;
   by_login_id?: string;

@@ -59,7 +59,7 @@ test("open sends the login frame with the options and resolves the login ID", as
   assert.equal(ws.url, "ws://gw.test/v1/ws");
   assert.deepEqual(ws.protocols, ["mdsync.v1"]);
   const login = ws.frames("login")[0];
-  assert.deepEqual(login, { type: "login", id: "login", app: "demo", user: "alice", password: "pw", platform: 7, device_name: "laptop", extension: '{"os":"linux"}' });
+  assert.deepEqual(login, { type: "login", id: "login", app: "demo", user: "alice", password: "pw", batch: true, platform: 7, device_name: "laptop", extension: '{"os":"linux"}' });
   assert.equal(c.loginId, "L9");
   await c.close();
 });
@@ -103,6 +103,37 @@ test("events: dedup by (epoch, seq), seq as number or string, acks batched in th
   await tick(40);
   assert.deepEqual(seen, [3, 4, 5, 6]);
   assert.deepEqual(ws.frames("ack").at(-1), { type: "ack", epoch: "E", seq: "6" });
+  await c.close();
+});
+
+test("an events frame is its event frames, taken in order as if each came alone", async () => {
+  const c = newConn();
+  const got = [];
+  c.addEventHandler("h", {
+    onEvent: (e) => got.push(["event", e.seq]),
+    onTextMessage: (m) => got.push(["txt", m.msg]),
+    onMultiDeviceEvent: (e) => got.push(["md", e.operation, e.target]),
+  });
+  await c.open({ user: "alice", pwd: "pw" });
+  const ws = FakeWS.all[0];
+  assert.equal(ws.frames("login")[0].batch, true, "the login asks for batches");
+  const msg = (seq, text) => ({ type: "event", epoch: "E", seq, name: "message_send",
+    entry: { ...entry("KIND_MESSAGE_SEND", { message: { chat_type: "CHAT_TYPE_USER", to: "alice", body: Buffer.from(text).toString("base64") } }, false), from: "bob" } });
+  const pin = { type: "event", epoch: "E", seq: 3, name: "pinnedConversation", entry: entry("KIND_CONVERSATION_PIN", { conversation: { chat_type: "CHAT_TYPE_USER", conversation_id: "bob" } }) };
+  ws.push({ type: "snapshot", epoch: "E", seq: 0 });
+  ws.push({ type: "events", events: [msg(1, "one"), msg(2, "two"), msg(2, "two"), pin] });
+  ws.push(msg(4, "four"));
+  ws.push({ type: "events", events: [pin, msg(5, "five")] });
+  assert.deepEqual(got, [
+    ["event", 1], ["txt", "one"],
+    ["event", 2], ["txt", "two"],
+    ["event", 3], ["md", "pinnedConversation", "bob"],
+    ["event", 4], ["txt", "four"],
+    ["event", 5], ["txt", "five"],
+  ]);
+  assert.equal(c.duplicates, 2);
+  await tick(40);
+  assert.deepEqual(ws.frames("ack").at(-1), { type: "ack", epoch: "E", seq: 5 });
   await c.close();
 });
 
@@ -187,7 +218,7 @@ test("a dropped connection resumes from the last ack and resends pending request
   await tick(5);
   assert.deepEqual(await ids, { data: ["L2"] });
   const ws2 = FakeWS.all[1];
-  assert.deepEqual(ws2.frames("resume")[0], { type: "resume", id: "resume", app: "demo", user: "alice", password: "pw", login_id: "L1", epoch: "E", seq: 1 });
+  assert.deepEqual(ws2.frames("resume")[0], { type: "resume", id: "resume", app: "demo", user: "alice", password: "pw", login_id: "L1", batch: true, epoch: "E", seq: 1 });
   // The server resends seq 1 (not a duplicate for the app) then seq 2.
   ws2.push({ type: "event", epoch: "E", seq: 1, name: "message_send", entry: entry("KIND_MESSAGE_SEND", {}, false) });
   ws2.push({ type: "event", epoch: "E", seq: 2, name: "message_send", entry: entry("KIND_MESSAGE_SEND", {}, false) });
