@@ -68,7 +68,7 @@ func (r *recorder) wait(t *testing.T, n int) []Effect {
 	}
 }
 
-// startBus builds an in-process bus with reg, lets add register handlers,
+// startBus builds a bus with reg, lets add register handlers,
 // runs it and waits until it runs; the bus is closed when the test ends.
 func startBus(t *testing.T, o Options, add func(b *Bus)) *Bus {
 	t.Helper()
@@ -89,7 +89,7 @@ func onEachTransport(t *testing.T, test func(t *testing.T, tr transport)) {
 	t.Run("encoded", func(t *testing.T) { test(t, encodedInMemory) })
 }
 
-// startBusOn is startBus on tr (nil: in-process).
+// startBusOn is startBus on tr (nil: the transport o selects).
 func startBusOn(t *testing.T, tr transport, o Options, add func(b *Bus)) *Bus {
 	t.Helper()
 	if o.Registerer == nil {
@@ -97,7 +97,11 @@ func startBusOn(t *testing.T, tr transport, o Options, add func(b *Bus)) *Bus {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := newBus(ctx, o, tr)
+	newB := New // in-process or Kafka, as o says
+	if tr != nil {
+		newB = func(ctx context.Context, o Options) (*Bus, error) { return newBus(ctx, o, tr) }
+	}
+	b, err := newB(ctx, o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
