@@ -1,7 +1,9 @@
 // Package bus carries the projector's effects (deliver, ended) to the
-// edges (WebSocket gateways, push outbox) over a Watermill Publisher and
-// Subscriber: in-process (gochannel) by default, a Kafka topic (kafka-go)
-// across processes when brokers are given.
+// edges (WebSocket gateways, push outbox): in-process by default, a Kafka
+// topic (kafka-go, behind a Watermill Publisher, Subscriber and Router)
+// across processes when brokers are given. In-process, effects go from
+// the queue to the handlers as values: nothing crosses a process, so
+// nothing is encoded, and handlers run on the pump's goroutine.
 //
 // Delivery is at-least-once per handler, with these bounds:
 //   - Publish never waits longer than Options.QueueWait; effects that find
@@ -23,15 +25,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
+	"math/rand/v2"
+	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -57,11 +57,11 @@ const (
 // Options configure New. Registerer is required; every other field has a
 // stated default.
 type Options struct {
-	// Brokers selects the transport: empty, in-process (gochannel); else
-	// the Kafka topic Topic on these brokers (host:port).
+	// Brokers selects the transport: empty, in-process (effects handed to
+	// the handlers as values); else the Kafka topic Topic on these brokers
+	// (host:port).
 	Brokers []string
-	// Topic is the Kafka topic, also the gochannel topic. Default
-	// DefaultTopic.
+	// Topic is the Kafka topic. Default DefaultTopic.
 	Topic string
 	// Partitions is the partition count of a topic New creates. Default
 	// DefaultPartitions. An existing topic is used with its own count.
@@ -85,8 +85,8 @@ type Options struct {
 	// queue; the effects still without room are then dropped. Default
 	// DefaultQueueWait.
 	QueueWait time.Duration
-	// MaxBatch is the most effects handed to the transport in one call.
-	// Default DefaultMaxBatch.
+	// MaxBatch is the most effects handed to the Kafka transport in one
+	// call. Default DefaultMaxBatch.
 	MaxBatch int
 
 	// Retries is how often a failed (or panicking, or timed-out) handler
@@ -197,6 +197,7 @@ type Bus struct {
 	log *slog.Logger
 	m   *metrics
 
+	// The Kafka transport; all nil in-process.
 	pub    message.Publisher
 	sub    message.Subscriber
 	closeT func() error // closes the transport (publisher and subscriber)
@@ -205,7 +206,7 @@ type Bus struct {
 	queue chan Effect
 
 	mu       sync.Mutex
-	handlers map[string]bool
+	handlers []*handler // in Handle order
 	started  bool
 
 	runDone   chan struct{} // closed when Run returned (or never ran and Close)
@@ -213,49 +214,70 @@ type Bus struct {
 	closeOnce sync.Once
 	closeErr  error
 	running   chan struct{}
-	ranOnce   atomic.Bool
 }
+
+// handler is one Handle call with its metric series, looked up once
+// rather than per effect.
+type handler struct {
+	name string
+	fn   func(ctx context.Context, e Effect) error
+	took prometheus.Observer
+	ok   prometheus.Counter
+	lag  prometheus.Observer
+}
+
+// transport connects a bus to a Watermill publisher and subscriber (the
+// encoded path); New uses Kafka's, tests an in-memory one.
+type transport func(ctx context.Context, b *Bus) (message.Publisher, message.Subscriber, func() error, error)
 
 // New builds a bus on the transport Options select. ctx bounds only the
 // setup (Kafka: connecting, creating the topic).
 func New(ctx context.Context, o Options) (*Bus, error) {
+	var t transport
+	if len(o.Brokers) > 0 {
+		t = func(ctx context.Context, b *Bus) (message.Publisher, message.Subscriber, func() error, error) {
+			k, err := newKafka(ctx, &b.o, b.log)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			return k.pub, k.sub, k.Close, nil
+		}
+	}
+	return newBus(ctx, o, t)
+}
+
+// newBus builds a bus on t, or in-process when t is nil.
+func newBus(ctx context.Context, o Options, t transport) (*Bus, error) {
 	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	o.Brokers = append([]string(nil), o.Brokers...)
 	b := &Bus{
-		o:        o,
-		log:      o.Logger.With("component", "bus"),
-		queue:    make(chan Effect, o.QueueSize),
-		handlers: map[string]bool{},
-		runDone:  make(chan struct{}),
-		closed:   make(chan struct{}),
-		running:  make(chan struct{}),
+		o:       o,
+		log:     o.Logger.With("component", "bus"),
+		queue:   make(chan Effect, o.QueueSize),
+		runDone: make(chan struct{}),
+		closed:  make(chan struct{}),
+		running: make(chan struct{}),
+		closeT:  func() error { return nil },
 	}
-	// Watermill logs every start and stop at info; keep those at debug.
-	wlog := watermill.NewSlogLoggerWithLevelMapping(b.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
-	if len(o.Brokers) == 0 {
-		gc := gochannel.NewGoChannel(gochannel.Config{
-			// Unbuffered: a subscriber takes the next message only after
-			// acking the one before, so each handler sees effects in
-			// publish order.
-			OutputChannelBuffer: 0,
-			// Effects published while no handler runs are not kept:
-			// nobody would be connected to receive them.
-			Persistent: false,
-			// Publish returns once every handler acked: the pump is the
-			// only publisher, so this keeps the global order and makes the
-			// bounded queue the one place effects wait.
-			BlockPublishUntilSubscriberAck: true,
-		}, wlog)
-		b.pub, b.sub, b.closeT = gc, gc, gc.Close
-	} else {
-		k, err := newKafka(ctx, &b.o, b.log)
+	if t != nil {
+		pub, sub, closeT, err := t(ctx, b)
 		if err != nil {
 			return nil, err
 		}
-		b.pub, b.sub, b.closeT = k.pub, k.sub, k.Close
+		b.pub, b.sub, b.closeT = pub, sub, closeT
+		// Watermill logs every start and stop at info; keep those at debug.
+		wlog := watermill.NewSlogLoggerWithLevelMapping(b.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+		// No middleware: retries, timeouts, panics and metrics are the
+		// bus's own (call), the same on both transports.
+		r, err := message.NewRouter(message.RouterConfig{CloseTimeout: o.CloseTimeout}, wlog)
+		if err != nil {
+			_ = b.closeT()
+			return nil, fmt.Errorf("bus: router: %w", err)
+		}
+		b.router = r
 	}
 	m, err := newMetrics(o.Registerer, func() float64 { return float64(len(b.queue)) })
 	if err != nil {
@@ -263,26 +285,6 @@ func New(ctx context.Context, o Options) (*Bus, error) {
 		return nil, err
 	}
 	b.m = m
-	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: o.CloseTimeout}, wlog)
-	if err != nil {
-		_ = b.closeT()
-		return nil, fmt.Errorf("bus: router: %w", err)
-	}
-	// First added runs outermost: observe sees the final outcome of all
-	// attempts; each attempt gets its own timeout; a panic becomes an
-	// error the retry sees.
-	r.AddMiddleware(b.observe, middleware.Retry{
-		MaxRetries:          max(o.Retries, 0),
-		InitialInterval:     o.RetryBackoff,
-		MaxInterval:         o.MaxBackoff,
-		Multiplier:          2,
-		MaxElapsedTime:      0, // bounded by MaxRetries alone
-		RandomizationFactor: 0.2,
-		ResetContextOnRetry: true, // drop the previous attempt's expired deadline
-		// A malformed message fails the same way every time.
-		ShouldRetry: func(p middleware.RetryParams) bool { return !errors.Is(p.Err, ErrMalformed) },
-	}.Middleware, b.attempt, middleware.Timeout(o.HandlerTimeout), middleware.Recoverer)
-	b.router = r
 	return b, nil
 }
 
@@ -343,32 +345,51 @@ func ageSeconds(e Effect) float64 {
 // Handle adds a handler under a unique name. Every handler receives every
 // effect (of every process on the transport) published after Running is
 // closed; per handler, effects of one app+user arrive in publish order.
-// In-process, a handler gets one effect at a time, all in publish order,
-// and the next effect waits until every handler finished the current one:
-// handlers must be quick (hand slow work to a queue of their own). On
+// In-process, handlers are called one after the other, in Handle order,
+// one effect at a time, all in publish order, and the next effect waits
+// until every handler finished the current one: handlers must be quick
+// (hand slow work to a queue of their own). They share the effect's
+// values, as the publisher made them: a handler must not change them. On
 // Kafka, a handler is called concurrently for effects on different
-// partitions (different users), one at a time per partition.
+// partitions (different users), one at a time per partition, with an
+// effect of its own.
 //
 // A call that returns an error, panics or outlives Options.HandlerTimeout
 // is retried; ctx is cancelled at the timeout and when the bus stops.
 // Handle panics after Run, or on a duplicate name: both are wiring
 // mistakes.
-func (b *Bus) Handle(name string, h func(ctx context.Context, e Effect) error) {
+func (b *Bus) Handle(name string, fn func(ctx context.Context, e Effect) error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.started {
 		panic("bus: Handle(" + name + ") after Run")
 	}
-	if b.handlers[name] {
-		panic("bus: duplicate handler " + name)
+	for _, h := range b.handlers {
+		if h.name == name {
+			panic("bus: duplicate handler " + name)
+		}
 	}
-	b.handlers[name] = true
+	h := &handler{
+		name: name,
+		fn:   fn,
+		took: b.m.handle.WithLabelValues(name),
+		ok:   b.m.deliveries.WithLabelValues(name, "ok"),
+		lag:  b.m.deliveryLag.WithLabelValues(name),
+	}
+	b.handlers = append(b.handlers, h)
+	if b.router == nil {
+		return
+	}
 	b.router.AddConsumerHandler(name, b.o.Topic, b.sub, func(msg *message.Message) error {
 		e, err := decode(msg)
 		if err != nil {
-			return err
+			// Fails the same way every time: not retried, acked.
+			b.m.attemptErrors.WithLabelValues(name, "malformed").Inc()
+			b.m.deliveries.WithLabelValues(name, "malformed").Inc()
+			b.log.Error("bus: malformed effect dropped", "handler", name, "err", err)
+			return nil
 		}
-		return h(msg.Context(), e)
+		return b.call(msg.Context(), h, e)
 	})
 }
 
@@ -392,8 +413,6 @@ func (b *Bus) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { _ = b.router.Close() })
-	defer stop()
 	go func() {
 		select {
 		case <-b.closed:
@@ -402,6 +421,26 @@ func (b *Bus) Run(ctx context.Context) error {
 		}
 	}()
 
+	if b.router == nil {
+		close(b.running)
+		pumped := make(chan struct{})
+		go func() {
+			defer close(pumped)
+			b.dispatch(ctx)
+		}()
+		<-ctx.Done()
+		t := time.NewTimer(b.o.CloseTimeout)
+		defer t.Stop()
+		select {
+		case <-pumped:
+		case <-t.C:
+			b.log.Warn("bus: a handler outlived the close timeout", "timeout", b.o.CloseTimeout)
+		}
+		return nil
+	}
+
+	stop := context.AfterFunc(ctx, func() { _ = b.router.Close() })
+	defer stop()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -427,7 +466,27 @@ func (b *Bus) Run(ctx context.Context) error {
 // from then on reach all of them.
 func (b *Bus) Running() <-chan struct{} { return b.running }
 
-// pump moves queued effects to the transport in batches, in queue order.
+// dispatch is the in-process pump: it hands queued effects to every
+// handler, in queue order, until ctx is done.
+func (b *Bus) dispatch(ctx context.Context) {
+	for {
+		var e Effect
+		select {
+		case <-ctx.Done():
+			return
+		case e = <-b.queue:
+		}
+		b.m.published.Inc()
+		for _, h := range b.handlers {
+			if b.call(ctx, h, e) != nil {
+				return // stopping
+			}
+		}
+	}
+}
+
+// pump moves queued effects to the Kafka transport in batches, in queue
+// order.
 func (b *Bus) pump(ctx context.Context) {
 	batch := make([]*message.Message, 0, b.o.MaxBatch)
 	for {
@@ -482,7 +541,7 @@ func (b *Bus) Close() error {
 		b.mu.Unlock()
 		if started {
 			<-b.runDone
-		} else {
+		} else if b.router != nil {
 			_ = b.router.Close()
 		}
 		b.closeErr = b.closeT()
@@ -490,56 +549,66 @@ func (b *Bus) Close() error {
 	return b.closeErr
 }
 
-// observe is the outermost middleware: it records each handler's outcome
-// and time for an effect, and gives the effect up after the last retry
-// (acks it), so that one failing handler cannot hold back the others.
-func (b *Bus) observe(h message.HandlerFunc) message.HandlerFunc {
-	return func(msg *message.Message) ([]*message.Message, error) {
-		ctx := msg.Context() // attempts replace msg's context with ones they cancel
-		name := message.HandlerNameFromCtx(ctx)
-		start := time.Now()
-		out, err := h(msg)
-		b.m.handle.WithLabelValues(name).Observe(time.Since(start).Seconds())
-		switch {
-		case err == nil:
-			b.m.deliveries.WithLabelValues(name, "ok").Inc()
-			if ms, perr := strconv.ParseInt(msg.Metadata.Get(metaTime), 10, 64); perr == nil && ms > 0 {
-				b.m.deliveryLag.WithLabelValues(name).Observe(max(0, float64(time.Now().UnixMilli()-ms)/1e3))
-			}
-		case errors.Is(err, ErrMalformed):
-			b.m.deliveries.WithLabelValues(name, "malformed").Inc()
-			b.log.Error("bus: malformed effect dropped", "handler", name, "err", err)
-		case ctx.Err() != nil:
-			// Stopping: the transport redelivers or, stopping too, drops.
-			b.m.deliveries.WithLabelValues(name, "cancelled").Inc()
-			return nil, err
-		default:
-			b.m.deliveries.WithLabelValues(name, "failed").Inc()
-			b.log.Error("bus: handler gave up on an effect", "handler", name, "message", msg.UUID,
-				"kind", msg.Metadata.Get(metaKind), "app", msg.Metadata.Get(metaApp), "user", msg.Metadata.Get(metaUser),
-				"attempts", max(b.o.Retries, 0)+1, "err", err)
+// call gives e to h on either transport: retried Options.Retries times
+// with backoff, and given up after the last attempt (counted, logged, nil)
+// so that one failing handler cannot hold back the others. It returns an
+// error only when ctx is done (the bus stops): the Kafka transport then
+// leaves the effect unacked, to redeliver or, stopping too, drop.
+func (b *Bus) call(ctx context.Context, h *handler, e Effect) error {
+	start := time.Now()
+	err := b.attempt(ctx, h, e)
+	for n, wait := 0, b.o.RetryBackoff; err != nil && n < b.o.Retries && ctx.Err() == nil; n++ {
+		// ±20% so that handlers failing together do not retry together.
+		t := time.NewTimer(time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64())))
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			err = b.attempt(ctx, h, e)
 		}
-		return out, nil
+		t.Stop()
+		wait = min(2*wait, b.o.MaxBackoff)
 	}
+	h.took.Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		h.ok.Inc()
+		if ms := e.eventTimeMs(); ms > 0 {
+			h.lag.Observe(max(0, float64(time.Now().UnixMilli()-ms)/1e3))
+		}
+		return nil
+	case ctx.Err() != nil:
+		b.m.deliveries.WithLabelValues(h.name, "cancelled").Inc()
+		return err
+	}
+	b.m.deliveries.WithLabelValues(h.name, "failed").Inc()
+	b.log.Error("bus: handler gave up on an effect", "handler", h.name, "kind", e.Kind,
+		"app", e.App, "user", e.User, "attempts", max(b.o.Retries, 0)+1, "err", err)
+	return nil
 }
 
-// attempt counts every failed handler call, by cause.
-func (b *Bus) attempt(h message.HandlerFunc) message.HandlerFunc {
-	return func(msg *message.Message) ([]*message.Message, error) {
-		out, err := h(msg)
-		if err != nil {
-			cause := "error"
-			var p middleware.RecoveredPanicError
-			switch {
-			case errors.As(err, &p):
-				cause = "panic"
-			case errors.Is(err, context.DeadlineExceeded):
-				cause = "timeout"
-			case errors.Is(err, ErrMalformed):
-				cause = "malformed"
-			}
-			b.m.attemptErrors.WithLabelValues(message.HandlerNameFromCtx(msg.Context()), cause).Inc()
+// errPanic marks a handler call that panicked.
+var errPanic = errors.New("bus: handler panicked")
+
+// attempt is one handler call under Options.HandlerTimeout, a panic turned
+// into an error; every failure is counted by cause.
+func (b *Bus) attempt(ctx context.Context, h *handler, e Effect) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, b.o.HandlerTimeout)
+	defer func() {
+		cancel()
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v\n%s", errPanic, p, debug.Stack())
 		}
-		return out, err
-	}
+		if err == nil {
+			return
+		}
+		cause := "error"
+		switch {
+		case errors.Is(err, errPanic):
+			cause = "panic"
+		case errors.Is(err, context.DeadlineExceeded):
+			cause = "timeout"
+		}
+		b.m.attemptErrors.WithLabelValues(h.name, cause).Inc()
+	}()
+	return h.fn(ctx, e)
 }

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -65,16 +68,40 @@ func (r *recorder) wait(t *testing.T, n int) []Effect {
 	}
 }
 
-// startBus builds a bus with reg, lets add register handlers, runs it and
-// waits until it runs; the bus is closed when the test ends.
+// startBus builds a bus with reg, lets add register handlers,
+// runs it and waits until it runs; the bus is closed when the test ends.
 func startBus(t *testing.T, o Options, add func(b *Bus)) *Bus {
+	t.Helper()
+	return startBusOn(t, nil, o, add)
+}
+
+// encodedInMemory is the encoded path (the one Kafka takes: encode, a
+// Watermill router, decode) over Watermill's in-memory pub/sub, so that
+// it is tested without a broker.
+func encodedInMemory(context.Context, *Bus) (message.Publisher, message.Subscriber, func() error, error) {
+	gc := gochannel.NewGoChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true}, watermill.NopLogger{})
+	return gc, gc, gc.Close, nil
+}
+
+// onEachTransport runs test in-process and on the encoded path.
+func onEachTransport(t *testing.T, test func(t *testing.T, tr transport)) {
+	t.Run("in-process", func(t *testing.T) { test(t, nil) })
+	t.Run("encoded", func(t *testing.T) { test(t, encodedInMemory) })
+}
+
+// startBusOn is startBus on tr (nil: the transport o selects).
+func startBusOn(t *testing.T, tr transport, o Options, add func(b *Bus)) *Bus {
 	t.Helper()
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := New(ctx, o)
+	newB := New // in-process or Kafka, as o says
+	if tr != nil {
+		newB = func(ctx context.Context, o Options) (*Bus, error) { return newBus(ctx, o, tr) }
+	}
+	b, err := newB(ctx, o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -297,10 +324,14 @@ func TestOptionsValidate(t *testing.T) {
 
 // Two handlers in one process each receive every effect, in publish
 // order; the metrics count them.
-func TestInProcessEveryHandlerEveryEffectInOrder(t *testing.T) {
+func TestEveryHandlerEveryEffectInOrder(t *testing.T) {
+	onEachTransport(t, testEveryHandlerEveryEffectInOrder)
+}
+
+func testEveryHandlerEveryEffectInOrder(t *testing.T, tr transport) {
 	reg := prometheus.NewRegistry()
 	gw, outbox := newRecorder(), newRecorder()
-	b := startBus(t, Options{Registerer: reg}, func(b *Bus) {
+	b := startBusOn(t, tr, Options{Registerer: reg}, func(b *Bus) {
 		b.Handle("gateway", gw.handle)
 		b.Handle("outbox", outbox.handle)
 	})
@@ -359,11 +390,13 @@ func TestInProcessEveryHandlerEveryEffectInOrder(t *testing.T) {
 
 // A handler that fails twice is retried and gets the effect the third
 // time; the other handler is not held back for long and gets it once.
-func TestInProcessRetryThenSuccess(t *testing.T) {
+func TestRetryThenSuccess(t *testing.T) { onEachTransport(t, testRetryThenSuccess) }
+
+func testRetryThenSuccess(t *testing.T, tr transport) {
 	var mu sync.Mutex
 	calls := map[uint64]int{}
 	flaky, steady := newRecorder(), newRecorder()
-	b := startBus(t, Options{Registerer: prometheus.NewRegistry(), RetryBackoff: time.Millisecond}, func(b *Bus) {
+	b := startBusOn(t, tr, Options{Registerer: prometheus.NewRegistry(), RetryBackoff: time.Millisecond}, func(b *Bus) {
 		b.Handle("flaky", func(ctx context.Context, e Effect) error {
 			mu.Lock()
 			calls[e.Entry.Seq]++
@@ -404,10 +437,12 @@ func TestInProcessRetryThenSuccess(t *testing.T) {
 // A handler that always panics on one effect is recovered, retried, then
 // gives that effect up; the router keeps running and later effects reach
 // it. A handler that outlives its timeout is cut off the same way.
-func TestInProcessPanicAndTimeoutRecovered(t *testing.T) {
+func TestPanicAndTimeoutRecovered(t *testing.T) { onEachTransport(t, testPanicAndTimeoutRecovered) }
+
+func testPanicAndTimeoutRecovered(t *testing.T, tr transport) {
 	reg := prometheus.NewRegistry()
 	r := newRecorder()
-	b := startBus(t, Options{Registerer: reg, Retries: 2, RetryBackoff: time.Millisecond, HandlerTimeout: 30 * time.Millisecond},
+	b := startBusOn(t, tr, Options{Registerer: reg, Retries: 2, RetryBackoff: time.Millisecond, HandlerTimeout: 30 * time.Millisecond},
 		func(b *Bus) {
 			b.Handle("fragile", func(ctx context.Context, e Effect) error {
 				switch e.Entry.Seq {
@@ -555,5 +590,59 @@ func TestRunReturnsOnCancel(t *testing.T) {
 		if err := b.Run(context.Background()); err == nil {
 			t.Error("second Run accepted")
 		}
+	}
+}
+
+// On the encoded path a message that is not an effect is counted and
+// acked once, not retried, and the next effect still arrives.
+func TestEncodedMalformedDropped(t *testing.T) {
+	r := newRecorder()
+	calls := 0
+	b := startBusOn(t, encodedInMemory, Options{Registerer: prometheus.NewRegistry(), RetryBackoff: time.Millisecond}, func(b *Bus) {
+		b.Handle("h", func(ctx context.Context, e Effect) error { calls++; return r.handle(ctx, e) })
+	})
+	bad := message.NewMessage("bad", []byte{0xff})
+	bad.Metadata.Set(metaKind, "launch")
+	if err := b.pub.Publish(b.o.Topic, bad); err != nil {
+		t.Fatal(err)
+	}
+	b.Publish(deliver("u", 1))
+	if got := r.wait(t, 1); got[0].Entry.Seq != 1 || calls != 1 {
+		t.Fatalf("got seq %d after %d calls", got[0].Entry.Seq, calls)
+	}
+	if v := counterIs(b.m.deliveries.WithLabelValues("h", "malformed"), 1); v != 1 {
+		t.Errorf("deliveries{malformed} = %v", v)
+	}
+	if v := testutil.ToFloat64(b.m.attemptErrors.WithLabelValues("h", "malformed")); v != 1 {
+		t.Errorf("handler_errors{malformed} = %v, want 1 (no retry)", v)
+	}
+}
+
+// In-process, Run returns within CloseTimeout of Close even when a
+// handler ignores its ctx, and every handler gets the publisher's values.
+func TestInProcessCloseBoundedAndSharedValues(t *testing.T) {
+	b, err := New(context.Background(), Options{Registerer: prometheus.NewRegistry(), CloseTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan *pb.TimelineEntry, 1), make(chan struct{})
+	defer close(release)
+	b.Handle("stuck", func(_ context.Context, e Effect) error { entered <- e.Entry; <-release; return nil })
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(context.Background()) }()
+	e := deliver("u", 1)
+	b.Publish(e)
+	if got := <-entered; got != e.Entry {
+		t.Errorf("handler got a copy of the entry, want the publisher's")
+	}
+	start := time.Now()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v with CloseTimeout 50ms", d)
 	}
 }

@@ -89,7 +89,7 @@ const (
 	metaApp   = "app"
 	metaUser  = "user"
 	metaEpoch = "epoch"
-	metaTime  = "time_ms" // eventTimeMs, for the delivery lag without decoding
+	metaTime  = "time_ms" // eventTimeMs, for readers of the topic that do not decode
 )
 
 // ErrMalformed is returned for a message that is not an encoded Effect.

@@ -146,6 +146,14 @@ func decodeFrame(b []byte) (*frame, string, error) {
 const placeholderID = "x"
 
 func decodeFrameFields(b []byte) (*frame, string, error) {
+	if f, ok := fastFrame(b); ok {
+		return f, f.ID, nil
+	}
+	return decodeFrameFull(b)
+}
+
+// decodeFrameFull decodes any client frame with encoding/json.
+func decodeFrameFull(b []byte) (*frame, string, error) {
 	var w wireFrame
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
@@ -242,6 +250,182 @@ func decodeFrameFields(b []byte) (*frame, string, error) {
 		return bad("unknown type %.64q", w.Type)
 	}
 	return f, f.ID, nil
+}
+
+// fastFrame decodes the frames every message brings, op and ack, in their
+// plain shape (keys type and id, then event, or epoch and seq; strings of
+// printable ASCII without escapes; no other key) without encoding/json:
+// that decoder's reflection and its scan of the whole event, which
+// protojson then parses again, were half of an op frame's cost. It
+// reports false for anything else, and for any frame it would refuse, so
+// that decodeFrameFields' full decoder gives every bad input its one code
+// and message (FuzzFastFrame checks that both agree).
+func fastFrame(b []byte) (*frame, bool) {
+	s := frameScanner{b: b}
+	var typ, id, epoch, seq, event []byte
+	if !s.byte('{') {
+		return nil, false
+	}
+	for first := true; ; first = false {
+		if s.byte('}') {
+			if first {
+				return nil, false
+			}
+			break
+		}
+		if !first && !s.byte(',') {
+			return nil, false
+		}
+		key, ok := s.plainString()
+		if !ok || !s.byte(':') {
+			return nil, false
+		}
+		var dst *[]byte
+		switch string(key) {
+		case "type":
+			dst = &typ
+		case "id":
+			dst = &id
+		case "epoch":
+			dst = &epoch
+		case "seq":
+			dst = &seq
+		case "event":
+			dst = &event
+		default:
+			return nil, false
+		}
+		if *dst != nil {
+			return nil, false // a repeated key: the full decoder keeps the last
+		}
+		switch string(key) {
+		case "seq":
+			*dst, ok = s.digits()
+		case "event":
+			*dst, ok = s.object()
+		default:
+			*dst, ok = s.plainString()
+		}
+		if !ok {
+			return nil, false
+		}
+	}
+	if s.skipSpace(); s.i != len(b) || len(id) > maxRequestIDBytes {
+		return nil, false
+	}
+	f := &frame{Type: string(typ), ID: string(id)}
+	switch f.Type {
+	case typeOp:
+		if epoch != nil || seq != nil || event == nil {
+			return nil, false
+		}
+		ev, err := engine.DecodeEventJSON(event, false)
+		if err != nil || validateOp(ev) != nil {
+			return nil, false
+		}
+		f.Event = ev
+	case typeAck:
+		if event != nil || len(epoch) == 0 || len(epoch) > maxEpochBytes {
+			return nil, false
+		}
+		var err error
+		if f.Seq, err = strconv.ParseUint(string(seq), 10, 64); err != nil && seq != nil {
+			return nil, false
+		}
+		f.Epoch = string(epoch)
+	default:
+		return nil, false
+	}
+	return f, true
+}
+
+// frameScanner reads the few JSON shapes fastFrame accepts; each method
+// skips the whitespace before its token and reports false when the input
+// is not that shape.
+type frameScanner struct {
+	b []byte
+	i int
+}
+
+func (s *frameScanner) skipSpace() {
+	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
+		s.i++
+	}
+}
+
+func (s *frameScanner) byte(c byte) bool {
+	if s.skipSpace(); s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// plainString is a string of printable ASCII without escapes: the bytes
+// the full decoder would give, as they are.
+func (s *frameScanner) plainString() ([]byte, bool) {
+	if !s.byte('"') {
+		return nil, false
+	}
+	start := s.i
+	for ; s.i < len(s.b); s.i++ {
+		switch c := s.b[s.i]; {
+		case c == '"':
+			s.i++
+			return s.b[start : s.i-1 : s.i-1], true
+		case c < 0x20 || c > 0x7e || c == '\\':
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// digits is an unsigned JSON integer: "0" or no leading zero.
+func (s *frameScanner) digits() ([]byte, bool) {
+	s.skipSpace()
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	n := s.b[start:s.i]
+	if len(n) == 0 || (n[0] == '0' && len(n) > 1) || (s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E')) {
+		return nil, false
+	}
+	return n, true
+}
+
+// object returns the bytes of an object value, found by matching braces
+// outside strings. It does not check what is between them: protojson,
+// which reads them next, refuses anything that is not one JSON object.
+func (s *frameScanner) object() ([]byte, bool) {
+	if s.skipSpace(); s.i >= len(s.b) || s.b[s.i] != '{' {
+		return nil, false
+	}
+	start, depth, inString := s.i, 0, false
+	for ; s.i < len(s.b); s.i++ {
+		c := s.b[s.i]
+		if inString {
+			switch c {
+			case '\\':
+				s.i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth--; depth == 0 {
+				s.i++
+				return s.b[start:s.i:s.i], true
+			}
+		}
+	}
+	return nil, false
 }
 
 func readPosition(f *frame, w wireFrame) error {

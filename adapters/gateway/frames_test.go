@@ -166,3 +166,97 @@ func decodeNumbers(t *testing.T, b []byte) any {
 	}
 	return v
 }
+
+// FuzzFastFrame: fastFrame accepts only frames the full decoder accepts,
+// with the same result, so decodeFrame gives every input what the full
+// decoder gives (a refusal included: same code, message and id).
+func FuzzFastFrame(f *testing.F) {
+	for _, s := range fastFrameSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		full, fullID, fullErr := decodeFrameFull(b)
+		if fast, ok := fastFrame(b); ok {
+			if fullErr != nil {
+				t.Fatalf("fast path accepted what the full decoder refuses (%v)", fullErr)
+			}
+			if !sameFrame(fast, full) {
+				t.Fatalf("fast %+v\nfull %+v", fast, full)
+			}
+		}
+		got, id, err := decodeFrameFields(b)
+		if id != fullID || (err == nil) != (fullErr == nil) || (err != nil && (err.Error() != fullErr.Error() || engine.CodeOf(err) != engine.CodeOf(fullErr))) {
+			t.Fatalf("decodeFrameFields (%q, %v), full decoder (%q, %v)", id, err, fullID, fullErr)
+		}
+		if err == nil && !sameFrame(got, full) {
+			t.Fatalf("got %+v\nfull %+v", got, full)
+		}
+	})
+}
+
+// fastFrameSeeds: the plain shapes, and near misses the full decoder must
+// answer (escapes, repeated or differently cased keys, bad numbers, bad
+// events, trailing data, long ids).
+var fastFrameSeeds = []string{
+	opFrameJSON,
+	`{"type":"op","id":"3","event":{"kind":"KIND_MESSAGE_SEND","client_op_id":"m-1","message":{"chat_type":"CHAT_TYPE_USER","to":"bob","client_msg_id":"m-1","body":"aGk="}}}`,
+	` {"type" : "op" , "event" : {"kind":"KIND_CONVERSATION_PIN","client_op_id":"p","conversation":{"chat_type":1,"conversation_id":"bob"}} } `,
+	`{"type":"ack","epoch":"e","seq":18446744073709551615}`, `{"type":"ack","epoch":"e","seq":18446744073709551616}`,
+	`{"type":"ack","epoch":"e"}`, `{"type":"ack","seq":3}`, `{"type":"ack","epoch":"","seq":3}`, `{"type":"ack","epoch":"e","seq":-1}`,
+	`{"type":"ack","epoch":"e","seq":01}`, `{"type":"ack","epoch":"e","seq":1.0}`, `{"type":"ack","epoch":"e","seq":1e3}`, `{"type":"ack","epoch":"e","seq":"7"}`,
+	`{"type":"ack","id":"a","epoch":"e","seq":0}`, `{"Type":"ack","epoch":"e","seq":1}`, `{"type":"ack","type":"op","epoch":"e","seq":1}`,
+	`{"type":"op","id":"x\u0041","event":{"kind":"KIND_MESSAGE_SEND"}}`, `{"type":"op","id":"é","event":{}}`,
+	`{"type":"op","id":"1","event":null}`, `{"type":"op","id":"1"}`, `{"type":"op","id":"1","event":{"kind":"KIND_NOPE"}}`,
+	`{"type":"op","id":"1","event":{"kind":"KIND_MESSAGE_SEND","client_op_id":"m"}}`, `{"type":"op","id":"1","event":{"kind":"KIND_LOGIN"}}`,
+	`{"type":"op","id":"1","event":{"kind":"KIND_MESSAGE_SEND","x":"}"}}`, `{"type":"op","id":"1","event":{"kind":"KIND_MESSAGE_SEND",}}`,
+	`{"type":"op","id":"1","event":{"a":"\"}"}}`, `{"type":"op","id":"1","event":{}}x`, `{"type":"op","id":"1","event":{}}{}`,
+	`{"type":"op","id":"12345678901234567890123456789012345678901234567890123456789012345","event":{}}`, `{"type":"op","seq":1,"event":{}}`,
+	`{"type":"ping"}`, `{}`, `{ }`, `[]`, `{"type":"op",}`, `{"type":"op" "id":"1"}`,
+}
+
+const opFrameJSON = `{"type":"op","id":"r-1042","event":{"kind":"KIND_MESSAGE_SEND","client_op_id":"c-7-1042","message":{"chat_type":"CHAT_TYPE_USER","to":"u00042","client_msg_id":"c-7-1042","body":"aGVsbG8gZnJvbSB0aGUgbG9hZCBnZW5lcmF0b3I="}}}`
+
+func sameFrame(a, b *frame) bool {
+	ae, be := a.Event, b.Event
+	x, y := *a, *b
+	x.Event, y.Event = nil, nil
+	return reflect.DeepEqual(x, y) && proto.Equal(ae, be)
+}
+
+// TestFastFrameSeeds runs FuzzFastFrame's checks on its seeds in every
+// test run, and shows that the plain shapes take the fast path.
+func TestFastFrameSeeds(t *testing.T) {
+	for _, s := range []string{opFrameJSON, fastFrameSeeds[2], fastFrameSeeds[3], `{"type":"ack","epoch":"e"}`} {
+		if _, ok := fastFrame([]byte(s)); !ok {
+			t.Errorf("fast path refused %s", s)
+		}
+	}
+}
+
+// BenchmarkDecodeOpFrame: an op frame of a 1:1 message through
+// decodeFrame and through the full decoder alone, against raw: only
+// json.Valid's scan of the same bytes. Compare each with raw in one run.
+func BenchmarkDecodeOpFrame(b *testing.B) {
+	frameB := []byte(opFrameJSON)
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if !json.Valid(frameB) {
+				b.Fatal("invalid")
+			}
+		}
+	})
+	for _, c := range []struct {
+		name string
+		fn   func([]byte) (*frame, string, error)
+	}{{"full", decodeFrameFull}, {"decodeFrame", decodeFrame}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := c.fn(frameB); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
