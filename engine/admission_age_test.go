@@ -105,7 +105,8 @@ func resolvedNow(p *Pending) bool {
 }
 
 // Invariant 10 by age: once the oldest op awaiting its decision is older
-// than MaxPendingAge, Begin refuses new ops before appending, with 1019
+// than MaxPendingAge (plus what an op with nothing ahead of it took to be
+// decided), Begin refuses new ops before appending, with 1019
 // and a RetryAfter derived from the drain (ops pending ÷ decisions per
 // second, scaled into [0.5, 1)), the rest of the call with it; logins are
 // never refused. A batch decided out of order does not hide an older
@@ -181,15 +182,24 @@ func TestMaxPendingAgeRefusesBeforeAppending(t *testing.T) {
 	if got := strings.Join(log.ops(), ","); got != want {
 		t.Fatalf("log %s, want %s", got, want)
 	}
+	// x, admitted with nothing ahead, took 250 ms to be decided: the
+	// pipeline's own latency, which the age bound now allows on top.
 	// Idle: nothing awaits a decision, so no age refuses, however late.
 	clk.advance(time.Hour)
-	d := e.Begin(ctx, []*pb.Event{pinOp("dan", "d1")})
-	if resolvedNow(d[0]) {
-		t.Fatalf("d1 after an idle hour: %v", d[0].c.err)
+	d := e.Begin(ctx, []*pb.Event{pinOp("dan", "d1")})  // offset 14
+	clk.advance(300 * time.Millisecond)                 // d1 300 ms old: under 200 + 250
+	e1 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e1")}) // offset 15
+	clk.advance(200 * time.Millisecond)                 // d1 500 ms old: over
+	e2 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e2")})
+	if resolvedNow(d[0]) || resolvedNow(e1[0]) {
+		t.Fatalf("d1, e1: refused (%v, %v)", d[0].c.err, e1[0].c.err)
 	}
-	proj.release(14)
-	waitAll(t, d...)
-	if got := strings.Join(log.ops(), ","); got != want+",d1" {
-		t.Fatalf("log %s, want %s,d1", got, want)
+	if _, err := e2[0].Wait(ctx); CodeOf(err) != CodeBusy {
+		t.Fatalf("e2 with the oldest 500 ms old: %v, want 1019", err)
+	}
+	proj.release(14, 15)
+	waitAll(t, d[0], e1[0])
+	if got := strings.Join(log.ops(), ","); got != want+",d1,e1" {
+		t.Fatalf("log %s, want %s,d1,e1", got, want)
 	}
 }

@@ -79,11 +79,13 @@ type Options struct {
 	// 0: DefaultMaxPending; negative: no cap.
 	MaxPending int
 	// MaxPendingAge bounds the age of the oldest operation this engine has
-	// taken for appending and not yet decided: while it is older, Begin
-	// refuses new operations (not logins) with CodeBusy as above. An age,
-	// unlike a count, needs no sizing against the machine's decision rate
-	// (docs/design-notes.md, "Overload"). 0: DefaultMaxPendingAge;
-	// negative: no age bound.
+	// taken for appending and not yet decided, beyond the time an op
+	// admitted with nothing ahead of it takes to be decided (a moving
+	// average: the pipeline's own latency, which refusing cannot shorten):
+	// while it is older, Begin refuses new operations (not logins) with
+	// CodeBusy as above. An age, unlike a count, needs no sizing against
+	// the machine's decision rate (docs/design-notes.md, "Overload").
+	// 0: DefaultMaxPendingAge; negative: no age bound.
 	MaxPendingAge time.Duration
 	// AdmissionClock reads the time for MaxPendingAge and the drain rate
 	// a refusal's RetryAfter is derived from. It is separate from Now,
