@@ -46,17 +46,20 @@ type admission struct {
 	rate      float64
 	lastT     time.Time
 	sinceLast int64
-	// alone is the time a batch admitted with nothing ahead of it takes to
-	// be decided (a moving average): the pipeline's own latency, which no
-	// refusal shortens. The age bound applies to the wait beyond it.
-	alone time.Duration
+	// alone is the time the first op of a batch admitted with nothing
+	// ahead of it takes to be decided (a moving average): the pipeline's
+	// own latency, which no refusal shortens. The age bound applies to the
+	// wait beyond it. The first op, not the whole batch: a large batch's
+	// last decision includes its own queue.
+	alone    time.Duration
+	aloneSet bool
 }
 
 // ageBatch is one append's ops awaiting decisions.
 type ageBatch struct {
 	t     time.Time // when its Begin admitted them
 	left  int
-	alone bool // nothing was awaiting decisions when it was admitted
+	alone bool // nothing was awaiting decisions when it was admitted: sample alone at its first decision
 }
 
 const rateSample = 20 * time.Millisecond
@@ -169,9 +172,10 @@ func (a *admission) decided(b *ageBatch, n int, counted bool) {
 	}
 	a.sinceLast += int64(n)
 	now := a.now()
-	if b.left == 0 && b.alone {
-		if d := now.Sub(b.t); a.alone == 0 {
-			a.alone = d
+	if b.alone {
+		b.alone = false
+		if d := now.Sub(b.t); !a.aloneSet {
+			a.alone, a.aloneSet = d, true
 		} else {
 			a.alone = (4*a.alone + d) / 5
 		}

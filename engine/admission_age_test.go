@@ -182,24 +182,32 @@ func TestMaxPendingAgeRefusesBeforeAppending(t *testing.T) {
 	if got := strings.Join(log.ops(), ","); got != want {
 		t.Fatalf("log %s, want %s", got, want)
 	}
-	// x, admitted with nothing ahead, took 250 ms to be decided: the
-	// pipeline's own latency, which the age bound now allows on top.
 	// Idle: nothing awaits a decision, so no age refuses, however late.
+	// x0 and then d1, each the first op of a batch admitted with nothing
+	// ahead, were decided 0 ms and 250 ms after: the pipeline's own
+	// latency, averaged to 50 ms, is allowed on top of the bound.
 	clk.advance(time.Hour)
-	d := e.Begin(ctx, []*pb.Event{pinOp("dan", "d1")})  // offset 14
-	clk.advance(300 * time.Millisecond)                 // d1 300 ms old: under 200 + 250
+	d := e.Begin(ctx, []*pb.Event{pinOp("dan", "d1")}) // offset 14
+	if resolvedNow(d[0]) {
+		t.Fatalf("d1 after an idle hour: %v", d[0].c.err)
+	}
+	clk.advance(250 * time.Millisecond)
+	proj.release(14)
+	waitAll(t, d...)
 	e1 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e1")}) // offset 15
-	clk.advance(200 * time.Millisecond)                 // d1 500 ms old: over
-	e2 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e2")})
-	if resolvedNow(d[0]) || resolvedNow(e1[0]) {
-		t.Fatalf("d1, e1: refused (%v, %v)", d[0].c.err, e1[0].c.err)
+	clk.advance(240 * time.Millisecond)                 // e1 240 ms old: under 200 + 50
+	e2 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e2")}) // offset 16
+	clk.advance(20 * time.Millisecond)                  // e1 260 ms old: over
+	e3 := e.Begin(ctx, []*pb.Event{pinOp("dan", "e3")})
+	if resolvedNow(e1[0]) || resolvedNow(e2[0]) {
+		t.Fatalf("e1, e2: refused (%v, %v)", e1[0].c.err, e2[0].c.err)
 	}
-	if _, err := e2[0].Wait(ctx); CodeOf(err) != CodeBusy {
-		t.Fatalf("e2 with the oldest 500 ms old: %v, want 1019", err)
+	if _, err := e3[0].Wait(ctx); CodeOf(err) != CodeBusy {
+		t.Fatalf("e3 with the oldest 260 ms old: %v, want 1019", err)
 	}
-	proj.release(14, 15)
-	waitAll(t, d[0], e1[0])
-	if got := strings.Join(log.ops(), ","); got != want+",d1,e1" {
-		t.Fatalf("log %s, want %s,d1,e1", got, want)
+	proj.release(15, 16)
+	waitAll(t, e1[0], e2[0])
+	if got := strings.Join(log.ops(), ","); got != want+",d1,e1,e2" {
+		t.Fatalf("log %s, want %s,d1,e1,e2", got, want)
 	}
 }
