@@ -100,7 +100,8 @@ type Options struct {
 const DefaultMaxPending = 256
 
 // ErrBusy is the refusal of an op past Options.MaxPending. Begin's
-// refusals carry its code and message and a RetryAfter besides.
+// refusals are *Errors with its code, a message naming the bound that
+// refused (ErrBusy's for the count) and a RetryAfter.
 var ErrBusy = Errorf(CodeBusy, "too many operations awaiting decisions on this node")
 
 // Engine is the write side: it validates an operation, appends it to the
