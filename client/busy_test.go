@@ -118,3 +118,48 @@ func TestDialRetriesUnavailableLogin(t *testing.T) {
 	}
 	r.c.Close()
 }
+
+// With Config.ReturnBusy, an op refused as busy (1019) comes back to the
+// caller at once, with its RetryAfter, and is not sent again; other
+// refusals a retry may cure (1009 with retry_after_ms) are still resent.
+func TestReturnBusyReturnsAtOnce(t *testing.T) {
+	fs := newFakeServer(t)
+	cfg := baseConfig(fs.url())
+	cfg.ReturnBusy = true
+	c, fc, _ := mustDial(t, fs, cfg, "A1")
+	errc := make(chan error, 1)
+	send := func(id string) {
+		go func() {
+			_, err := c.Send(context.Background(), Message{ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", ClientMsgID: id, Body: []byte("hi")})
+			errc <- err
+		}()
+	}
+	send("m1")
+	m := fc.read("op")
+	fc.send(map[string]any{"type": "result", "id": m["id"], "code": CodeBusy, "message": "busy", "retry_after_ms": 70})
+	var e *Error
+	select {
+	case err := <-errc:
+		if !errors.As(err, &e) || e.Code != CodeBusy || e.RetryAfter != 70*time.Millisecond {
+			t.Fatalf("busy with ReturnBusy: %v, want 1019 with RetryAfter 70ms", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Send did not return the 1019")
+	}
+
+	// The next frame the server reads is m2's: m1 was not sent again.
+	send("m2")
+	m = fc.read("op")
+	if id := m["event"].(map[string]any)["client_op_id"]; id != "m2" {
+		t.Fatalf("after a returned 1019 the server read %v, want m2", id)
+	}
+	fc.send(map[string]any{"type": "result", "id": m["id"], "code": 1009, "message": "later", "retry_after_ms": 5})
+	m = fc.read("op")
+	if id := m["event"].(map[string]any)["client_op_id"]; id != "m2" {
+		t.Fatalf("1009 with ReturnBusy: the server read %v, want m2 again", id)
+	}
+	fc.send(map[string]any{"type": "result", "id": m["id"], "code": 0, "message_id": "id-m2"})
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -67,6 +67,12 @@ type Config struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// LoginTimeout bounds one connect-and-login; default 15s.
 	LoginTimeout time.Duration
+	// ReturnBusy makes Op (and Send, Receipt...) return an op the server
+	// refused as busy (1019: not decided) at once, as an *Error with its
+	// RetryAfter, for a caller that schedules its own retry or counts
+	// refusals (a load generator). Default false: the op is sent again
+	// after RetryAfter inside the call, until ctx is done.
+	ReturnBusy bool
 }
 
 // Handlers receive what the server pushes. All are optional.
@@ -785,7 +791,7 @@ func retryWait(err error, attempt int) (time.Duration, bool) {
 // actor). client_op_id is generated when empty; a retry with the same one
 // returns the first decision. A refusal is an *Error. An op the gateway
 // refuses as busy (1019, not decided) is sent again after the wait the
-// gateway asks for, until ctx is done; one refused with 1009 or 1018 and a
+// gateway asks for, until ctx is done (unless Config.ReturnBusy); one refused with 1009 or 1018 and a
 // retry_after_ms, at most maxRetryAttempts times in all.
 func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 	ev = proto.Clone(ev).(*pb.Event)
@@ -805,7 +811,7 @@ func (c *Client) Op(ctx context.Context, ev *pb.Event) (Result, error) {
 	for attempt := 1; ; attempt++ {
 		f, err = c.roundTrip(ctx, func(id string) any { return opFrame{Type: "op", ID: id, Event: raw} })
 		wait, again := retryWait(err, attempt)
-		if !again {
+		if !again || c.cfg.ReturnBusy && CodeOf(err) == CodeBusy {
 			break
 		}
 		// Busy (not decided), or unavailable for now: send it again (same

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -61,29 +60,48 @@ type Options struct {
 	// an op whose stream is on another partition is refused before the
 	// append. Default nil: this process serves every partition.
 	Membership Membership
-	// MaxPending bounds the operations this engine has taken for appending
-	// and not yet decided (appending, or appended and waiting for the
-	// projection). It is the node-wide bound of invariant 10: every
-	// gateway connection, REST call and forwarded op of a process goes
-	// through its one Engine, and what waits here waits behind the log and
-	// the projector, so a bound here caps the decision latency (about
-	// MaxPending ÷ the decision rate) instead of letting a backlog grow.
-	// An op that would pass it is refused before the append with CodeBusy
-	// (ErrBusy: nothing decided, send it again later), and so is every
-	// later op of the same Begin call, so a caller's later op is never
-	// decided ahead of its refused earlier one. Logins are counted but
-	// never refused: a device that cannot log in can do nothing, and
-	// logins are bounded by the gateway's connections and rate limits.
-	// 0: DefaultMaxPending; negative: no bound.
+	// MaxPending is the hard cap on the operations this engine has taken
+	// for appending and not yet decided (appending, or appended and
+	// waiting for the projection); MaxPendingAge is the bound that
+	// normally acts first. Together they are the node-wide bound of
+	// invariant 10: every gateway connection, REST call and forwarded op
+	// of a process goes through its one Engine, and what waits here waits
+	// behind the log and the projector, so a bound here caps the decision
+	// latency instead of letting a backlog grow. The cap catches a burst
+	// the age cannot see yet (many ops admitted within one MaxPendingAge).
+	// An op that would pass a bound is refused before the append with
+	// CodeBusy (nothing decided, send it again after the *Error's
+	// RetryAfter), and so is every later op of the same Begin call, so a
+	// caller's later op is never decided ahead of its refused earlier one.
+	// Logins are counted but never refused: a device that cannot log in
+	// can do nothing, and logins are bounded by the gateway's connections
+	// and rate limits.
+	// 0: DefaultMaxPending; negative: no cap.
 	MaxPending int
+	// MaxPendingAge bounds the age of the oldest operation this engine has
+	// taken for appending and not yet decided, beyond the time an op
+	// admitted with nothing ahead of it takes to be decided (a moving
+	// average: the pipeline's own latency, which refusing cannot shorten):
+	// while it is older, Begin refuses new operations (not logins) with
+	// CodeBusy as above. An age, unlike a count, needs no sizing against
+	// the machine's decision rate (docs/design-notes.md, "Overload").
+	// 0: DefaultMaxPendingAge; negative: no age bound.
+	MaxPendingAge time.Duration
+	// AdmissionClock reads the time for MaxPendingAge and the drain rate
+	// a refusal's RetryAfter is derived from. It is separate from Now,
+	// which tools set to a logical clock (replay). Default: time.Now.
+	AdmissionClock func() time.Time
 }
 
-// DefaultMaxPending is Options.MaxPending's default: about 250 ms of
-// decisions at the ~1,000 decided ops/s a saturated 2-core node manages
-// (benchmarks/RESULTS.md, issue 12), the op p99 goal past saturation.
+// DefaultMaxPending is Options.MaxPending's default: a cap for bursts,
+// about 250 ms of decisions at the ~1,000 decided ops/s a saturated
+// 2-core node manages (benchmarks/RESULTS.md, issue 12); MaxPendingAge is
+// the bound that adapts to the machine.
 const DefaultMaxPending = 256
 
-// ErrBusy is the refusal of an op past Options.MaxPending.
+// ErrBusy is the refusal of an op past Options.MaxPending. Begin's
+// refusals are *Errors with its code, a message naming the bound that
+// refused (ErrBusy's for the count) and a RetryAfter.
 var ErrBusy = Errorf(CodeBusy, "too many operations awaiting decisions on this node")
 
 // Engine is the write side: it validates an operation, appends it to the
@@ -100,8 +118,7 @@ type Engine struct {
 	mu       sync.Mutex
 	inflight map[string]*call
 
-	maxPending int64        // Options.MaxPending; <= 0: no bound
-	pending    atomic.Int64 // ops taken for appending and not yet decided
+	adm *admission // Options.MaxPending and MaxPendingAge
 }
 
 type call struct {
@@ -118,23 +135,19 @@ func New(log Log, proj Projector, opts Options) *Engine {
 	if opts.MaxPending == 0 {
 		opts.MaxPending = DefaultMaxPending
 	}
+	if opts.MaxPendingAge == 0 {
+		opts.MaxPendingAge = DefaultMaxPendingAge
+	}
+	if opts.AdmissionClock == nil {
+		opts.AdmissionClock = time.Now
+	}
 	return &Engine{log: log, proj: proj, member: opts.Membership, now: opts.Now, inflight: map[string]*call{},
-		maxPending: int64(opts.MaxPending)}
+		adm: newAdmission(opts.MaxPending, opts.MaxPendingAge, opts.AdmissionClock)}
 }
 
 // Pending is the number of operations taken for appending and not yet
 // decided (see Options.MaxPending).
-func (e *Engine) Pending() int { return int(e.pending.Load()) }
-
-// admit takes a pending slot for op, or reports false when the bound is
-// reached (logins always get one).
-func (e *Engine) admit(op *pb.Event) bool {
-	if n := e.pending.Add(1); e.maxPending > 0 && n > e.maxPending && op.Kind != pb.Kind_KIND_LOGIN {
-		e.pending.Add(-1)
-		return false
-	}
-	return true
-}
+func (e *Engine) Pending() int { return int(e.adm.pending.Load()) }
 
 // Submit performs one operation and returns its decision: Code 0 when it was
 // accepted (with any sessions it ended), or a refusal code decided by the
@@ -194,7 +207,8 @@ const decideTimeout = 2 * time.Minute
 func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 	out := make([]*Pending, len(ops))
 	var batch []queued
-	busy := false // an op of this call was refused as busy: so are the later ones
+	var adm verdict // read once, at this call's first op that needs a slot
+	var busy *Error // an op of this call was refused as busy: so are the later ones
 	for i, op := range ops {
 		if err := Validate(op); err != nil {
 			out[i] = Resolved(nil, err)
@@ -202,7 +216,7 @@ func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 		}
 		if op.Kind == pb.Kind_KIND_POLICY_SET {
 			// Ordered after everything before it in this batch: flush first.
-			e.flush(ctx, batch)
+			e.flush(ctx, batch, adm.t)
 			batch = nil
 			d, err := e.setPolicy(ctx, op)
 			out[i] = Resolved(d, err)
@@ -250,17 +264,19 @@ func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 			e.finish(key, c, d, err)
 			continue
 		}
-		if busy || !e.admit(op) {
+		if busy != nil || !e.adm.admit(op, &adm) {
 			if op.Kind != pb.Kind_KIND_LOGIN {
-				busy = true
-				e.finish(key, c, nil, ErrBusy)
+				if busy == nil {
+					busy = e.adm.busy(&adm)
+				}
+				e.finish(key, c, nil, busy)
 				continue
 			}
-			e.pending.Add(1) // a login after a refusal: counted, never refused
+			e.adm.pending.Add(1) // a login after a refusal: counted, never refused
 		}
 		batch = append(batch, queued{op: op, stream: stream, key: key, c: c})
 	}
-	e.flush(ctx, batch)
+	e.flush(ctx, batch, adm.t)
 	return out
 }
 
@@ -302,19 +318,23 @@ type queued struct {
 	c           *call
 }
 
-// flush appends batch in one log append and awaits its decisions in the
-// background; it returns once the append is durable (or failed).
-func (e *Engine) flush(ctx context.Context, batch []queued) {
+// flush appends batch, admitted at t, in one log append and awaits its
+// decisions in the background; it returns once the append is durable (or
+// failed).
+func (e *Engine) flush(ctx context.Context, batch []queued, t time.Time) {
 	if len(batch) == 0 {
 		return
 	}
+	// In the admission FIFO before the append: an op being appended is
+	// awaiting its decision as much as one appended.
+	ab := e.adm.enqueue(t, len(batch))
 	evs := make([]*pb.Event, len(batch))
 	for i, q := range batch {
 		evs[i] = e.envelope(q.op, q.stream)
 	}
 	pos, err := e.append(ctx, evs, nil)
 	if err != nil {
-		e.pending.Add(-int64(len(batch)))
+		e.adm.decided(ab, len(batch), false)
 		for _, q := range batch {
 			e.finish(q.key, q.c, nil, err)
 		}
@@ -327,7 +347,7 @@ func (e *Engine) flush(ctx context.Context, batch []queued) {
 		defer cancel()
 		for i, q := range batch {
 			d, err := e.await(wctx, q.op, q.stream, pos[i])
-			e.pending.Add(-1)
+			e.adm.decided(ab, 1, true)
 			e.finish(q.key, q.c, d, err)
 		}
 	}()

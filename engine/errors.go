@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a wire error code. Codes below 1000 are the ones IM clients already
@@ -52,6 +53,10 @@ type Error struct {
 	// ErrLogClosed) holds for an operation refused because the log closed.
 	// It never goes on the wire; Message does.
 	Err error
+	// RetryAfter, on a CodeBusy refusal from Engine.Begin, is when sending
+	// the op again may be admitted (derived from the node's drain rate);
+	// 0 on other errors.
+	RetryAfter time.Duration
 	// actorChecked: a 1018 for an operation whose actor this process checked
 	// against the actor's own partition before finding that another process
 	// decides its stream (see ActorWasChecked).

@@ -63,7 +63,7 @@ func newEnvListener(t *testing.T, mod func(*gateway.Options), wrap func(net.List
 func newEnvHooks(t *testing.T, mod func(*gateway.Options), h envHooks) *env {
 	t.Helper()
 	var gp atomic.Pointer[gateway.Gateway]
-	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4, MaxPending: h.maxPending,
+	n, err := node.New(context.Background(), node.Options{Dir: t.TempDir(), Partitions: 4, MaxPending: h.maxPending, MaxPendingAge: h.maxPendingAge,
 		OnApplied: func(p int32, a projections.Applied) {
 			g := gp.Load()
 			if g == nil {

@@ -24,8 +24,10 @@ type envHooks struct {
 	dropDeliver bool
 	// engine wraps the gateway's engine.
 	engine func(*node.Node, gateway.Submitter) gateway.Submitter
-	// maxPending is the node's node.Options.MaxPending.
-	maxPending int
+	// maxPending and maxPendingAge are the node's node.Options.MaxPending
+	// and MaxPendingAge.
+	maxPending    int
+	maxPendingAge time.Duration
 	// listener wraps the server's listener.
 	listener func(net.Listener) net.Listener
 	// store wraps the gateway's store.
@@ -112,7 +114,9 @@ func keep(ids []string, kinds map[string]string, want ...string) []string {
 // see them in that order.
 func TestPipelinedOrder(t *testing.T) {
 	const n = 1000
-	e := newEnvHooks(t, func(o *gateway.Options) { o.MaxOpsInFlight = 2 * n }, envHooks{maxPending: 2 * n})
+	// No node bound: 1,000 ops at once would pass the age bound on a
+	// loaded machine; this test is about order, TestAdmission* about bounds.
+	e := newEnvHooks(t, func(o *gateway.Options) { o.MaxOpsInFlight = 2 * n }, envHooks{maxPending: 2 * n, maxPendingAge: -1})
 	a1, _ := login(t, e, "alice", "A1", 1)
 	a1.expect("snapshot")
 	a2, _ := login(t, e, "alice", "A2", 2)
@@ -498,12 +502,14 @@ func TestAdmission(t *testing.T) {
 
 // nodeBusy refuses, as the engine does past its MaxPending, every op of
 // the Begin calls (of ops other than logins) refuse picks: before anything
-// is appended, with 1019.
+// is appended, with 1019; on even calls with the engine's own RetryAfter
+// when after is set.
 type nodeBusy struct {
 	inner  gateway.Submitter
 	mu     sync.Mutex
 	calls  int
 	refuse func(call int) bool
+	after  time.Duration
 }
 
 func (b *nodeBusy) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending {
@@ -512,25 +518,32 @@ func (b *nodeBusy) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending
 	}
 	b.mu.Lock()
 	b.calls++
-	no := b.refuse(b.calls)
+	call := b.calls
+	no := b.refuse(call)
 	b.mu.Unlock()
 	if !no {
 		return b.inner.Begin(ctx, ops)
 	}
+	var err error = engine.ErrBusy
+	if b.after > 0 && call%2 == 0 {
+		err = &engine.Error{Code: engine.CodeBusy, Message: engine.ErrBusy.Message, RetryAfter: b.after}
+	}
 	out := make([]*engine.Pending, len(ops))
 	for i := range ops {
-		out[i] = engine.Resolved(nil, engine.ErrBusy)
+		out[i] = engine.Resolved(nil, err)
 	}
 	return out
 }
 
 // Invariant 10, the node's bound: an op the engine refuses as busy
 // (engine.Options.MaxPending) is answered like the gateway's own bounds,
-// 1019 with retry_after_ms, counted as bound "node"; sent again until
+// 1019 with retry_after_ms (the engine's RetryAfter when it gives one, else
+// the gateway's BusyRetryAfter), counted as bound "node"; sent again until
 // accepted, as the SDK does, every op is applied exactly once, and the
 // ops of one connection sent one at a time keep their order.
 func TestAdmissionNodeBound(t *testing.T) {
-	busy := &nodeBusy{refuse: func(call int) bool { return call%3 != 1 }} // two of every three Begin calls
+	busy := &nodeBusy{refuse: func(call int) bool { return call%3 != 1 }, // two of every three Begin calls
+		after: 35 * time.Millisecond}
 	e := newEnvHooks(t, func(o *gateway.Options) { o.BusyRetryAfter = 20 * time.Millisecond },
 		envHooks{engine: func(_ *node.Node, s gateway.Submitter) gateway.Submitter { busy.inner = s; return busy }})
 	a1, _ := login(t, e, "alice", "A1", 1)
@@ -540,6 +553,7 @@ func TestAdmissionNodeBound(t *testing.T) {
 
 	const n = 20
 	refusals := 0
+	afters := map[int64]int{}
 	var want []string
 	for i := range n {
 		id := fmt.Sprintf("a-%02d", i)
@@ -547,9 +561,10 @@ func TestAdmissionNodeBound(t *testing.T) {
 		for {
 			r := a1.op(id, msgJSON("bob", id, id))
 			if r.Code == int32(gateway.CodeBusy) {
-				if r.RetryAfterMs != 20 || !strings.Contains(r.Message, "awaiting decisions on this node") {
-					t.Fatalf("%s: %+v, want 1019 from the node with retry_after_ms 20", id, r)
+				if (r.RetryAfterMs != 20 && r.RetryAfterMs != 35) || !strings.Contains(r.Message, "awaiting decisions on this node") {
+					t.Fatalf("%s: %+v, want 1019 from the node with retry_after_ms 20 or 35", id, r)
 				}
+				afters[r.RetryAfterMs]++
 				refusals++
 				time.Sleep(time.Duration(r.RetryAfterMs) * time.Millisecond)
 				continue
@@ -560,8 +575,8 @@ func TestAdmissionNodeBound(t *testing.T) {
 			break
 		}
 	}
-	if refusals < n {
-		t.Fatalf("%d refusals for %d ops: the node bound was not exercised", refusals, n)
+	if refusals < n || afters[20] == 0 || afters[35] == 0 {
+		t.Fatalf("%d refusals for %d ops (retry_after_ms %v): the node bound was not exercised", refusals, n, afters)
 	}
 	if got := metric(t, e, "mdsync_gateway_ops_busy_total", "bound", "node"); got != float64(refusals) {
 		t.Fatalf("busy{node} = %v, want %d", got, refusals)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/mdsync/mdsync/engine"
@@ -16,7 +17,8 @@ import (
 //     gateway is at its bound of ops in flight. An admitted op joins the
 //     connection's queue in receive order. The engine may still refuse it
 //     with 1019 when the node's ops awaiting decisions are at their bound
-//     (engine.Options.MaxPending), before appending anything.
+//     (engine.Options.MaxPending, MaxPendingAge), before appending
+//     anything; its retry_after_ms is then the engine's.
 //   - One drainer goroutine per connection, started when the queue gets
 //     its first op and gone when it is empty, hands everything queued to
 //     Engine.Begin as one batch, and the next batch only after Begin
@@ -96,15 +98,21 @@ func (c *conn) admitOp(f *frame) bool {
 
 // busy refuses an op with CodeBusy; bound names the bound that was full.
 func (c *conn) busy(id, bound string) bool {
-	return c.busyReply(id, bound, "too many operations in flight on this "+bound+"; retry after retry_after_ms")
+	return c.busyReply(id, bound, "too many operations in flight on this "+bound+"; retry after retry_after_ms", 0)
 }
 
-// busyReply answers an op with CodeBusy and retry_after_ms.
-func (c *conn) busyReply(id, bound, msg string) bool {
+// busyReply answers an op with CodeBusy and retry_after_ms: after when the
+// refusal came with its own (the engine's, derived from its drain), else
+// Options.BusyRetryAfter.
+func (c *conn) busyReply(id, bound, msg string, after time.Duration) bool {
 	c.g.m.busy.WithLabelValues(bound).Inc()
+	ms := after.Milliseconds()
+	if ms <= 0 {
+		ms = c.g.retryAfter(CodeBusy, "")
+	}
 	return c.reply(resultFrame{
 		Type: "result", ID: id, Code: int32(CodeBusy), Message: msg,
-		RetryAfterMs: c.g.retryAfter(CodeBusy, ""),
+		RetryAfterMs: ms,
 	}, "result")
 }
 
@@ -179,9 +187,13 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 		res.EventID, res.MessageID, res.Partition, res.Offset = d.EventId, d.MessageId, d.Partition, d.Offset
 	}
 	if res.Code == int32(CodeBusy) {
-		// The node's bound (engine.Options.MaxPending): not decided, like
-		// the gateway's own bounds, and answered the same way.
-		c.busyReply(r.id, "node", res.Message+"; retry after retry_after_ms")
+		// The node's bound (engine.Options.MaxPending, MaxPendingAge): not
+		// decided, like the gateway's own bounds, and answered the same way.
+		var after time.Duration
+		if ee := (*engine.Error)(nil); errors.As(err, &ee) {
+			after = ee.RetryAfter
+		}
+		c.busyReply(r.id, "node", res.Message+"; retry after retry_after_ms", after)
 	} else {
 		res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
 		c.reply(res, "result")

@@ -54,6 +54,10 @@ type Options struct {
 	// (engine.Options.MaxPending): 0 is engine.DefaultMaxPending, negative
 	// no bound.
 	MaxPending int
+	// MaxPendingAge bounds the age of the oldest of them
+	// (engine.Options.MaxPendingAge): 0 is engine.DefaultMaxPendingAge,
+	// negative no bound.
+	MaxPendingAge time.Duration
 
 	// Kafka, when set, puts the log on a Kafka topic (kafkalog.Open with
 	// these options). Default nil: the embedded log.
@@ -166,7 +170,7 @@ func start(ctx context.Context, lg engine.Log, st *projections.Store, opts Optio
 		n.group = group
 		// The engine waits through the group, so that a wait ends when its
 		// partition moves, and asks it which partitions are served here.
-		n.Engine = engine.New(lg, groupProjector{st, group}, engine.Options{Now: opts.Now, Membership: group, MaxPending: opts.MaxPending})
+		n.Engine = engine.New(lg, groupProjector{st, group}, engine.Options{Now: opts.Now, Membership: group, MaxPending: opts.MaxPending, MaxPendingAge: opts.MaxPendingAge})
 		run = group.Run
 	} else {
 		// Catch up before serving: a retried operation must find the decision
@@ -174,7 +178,7 @@ func start(ctx context.Context, lg engine.Log, st *projections.Store, opts Optio
 		if err := st.CatchUp(ctx, lg); err != nil {
 			return nil, fmt.Errorf("node: catch up: %w", err)
 		}
-		n.Engine = engine.New(lg, st, engine.Options{Now: opts.Now, MaxPending: opts.MaxPending})
+		n.Engine = engine.New(lg, st, engine.Options{Now: opts.Now, MaxPending: opts.MaxPending, MaxPendingAge: opts.MaxPendingAge})
 		run = func(ctx context.Context) error {
 			// If either stops with an error, the other stops too.
 			g, gctx := errgroup.WithContext(ctx)

@@ -387,12 +387,16 @@ var errBusy = engine.Errorf(engine.CodeBusy, "too many operations in flight on t
 func (a *api) writeCoded(w http.ResponseWriter, err error) {
 	code := engine.CodeOf(err)
 	msg := err.Error()
+	after := a.opts.BusyRetryAfter
 	var e *engine.Error
 	if errors.As(err, &e) {
 		msg = e.Message
+		if e.RetryAfter > 0 {
+			after = e.RetryAfter // the engine's, derived from its drain
+		}
 	}
 	if code == engine.CodeBusy {
-		writeBusy(w, a.opts.BusyRetryAfter, msg)
+		writeBusy(w, after, msg)
 		return
 	}
 	writeError(w, statusFor(code), code, msg)

@@ -245,6 +245,7 @@ func (b *bench) clientConfig(u *user, platform int32, name, loginID string) clie
 		Dialer:            b.src.Dialer(),
 		Logger:            slog.New(slog.DiscardHandler),
 		HeartbeatInterval: secs(b.sc.HeartbeatSeconds),
+		ReturnBusy:        b.sc.CountBusy,
 	}
 }
 

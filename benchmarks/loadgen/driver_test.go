@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,12 +30,21 @@ func TestStamp(t *testing.T) {
 // loop, the SDK wiring and the counting, without mdsync.
 func echoBench(t *testing.T, mix Mix) *bench {
 	t.Helper()
+	return echoBenchWith(t, mix, 0, false)
+}
+
+// echoBenchWith is echoBench with an echo server refusing every
+// busyEvery-th op as busy, and the scenario's CountBusy.
+func echoBenchWith(t *testing.T, mix Mix, busyEvery int64, countBusy bool) *bench {
+	t.Helper()
 	e, err := StartEchoServer(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.busyEvery = busyEvery
 	t.Cleanup(func() { e.Close() })
 	sc := defaultScenario()
+	sc.CountBusy = countBusy
 	sc.Users, sc.DevicesPerUser, sc.Platforms, sc.Concurrency = 4, 2, 2, 4
 	sc.Mix = mix
 	src, _ := NewSourceAddrs(2)
@@ -85,6 +95,27 @@ func TestClosedLoopCountsEveryAnswer(t *testing.T) {
 	}
 }
 
+// With CountBusy, a 1019 is booked as busy, apart from the decided ops and
+// outside the op latency, and a closed-loop worker waits its
+// retry_after_ms (30 ms here) before its next op instead of spinning.
+func TestCountBusyBooksRefusalsApart(t *testing.T) {
+	b := echoBenchWith(t, Mix{UserMessage: 1}, 2, true) // every other op refused
+	pr := b.runPhase(context.Background(), Phase{Name: "closed", Duration: 500 * time.Millisecond}, newPhaseRec(), noProgress{})
+	if pr.Ops == 0 || pr.Busy == 0 || pr.Refused != 0 || pr.Failed != 0 {
+		t.Fatalf("phase %+v errors %v", pr, b.errFirst)
+	}
+	if pr.Op.Count != pr.Ops {
+		t.Errorf("latencies recorded %d, decided ops %d: busy refusals are not decisions", pr.Op.Count, pr.Ops)
+	}
+	// 4 workers, each refused at most once per 30 ms wait.
+	if limit := int64(4 * (500/30 + 2)); pr.Busy > limit {
+		t.Errorf("%d busy refusals in 500 ms, more than %d: the loop does not wait retry_after_ms", pr.Busy, limit)
+	}
+	if want := float64(pr.Busy) / pr.Seconds; pr.BusyPerSec != want || pr.OpsPerSec != float64(pr.Ops)/pr.Seconds {
+		t.Errorf("rates %v busy/s, %v ops/s for %+v", pr.BusyPerSec, pr.OpsPerSec, pr)
+	}
+}
+
 func TestOpenLoopOffersNoMoreThanTheRate(t *testing.T) {
 	b := echoBench(t, Mix{UserMessage: 1})
 	pr := b.runPhase(context.Background(), Phase{Name: "open", Rate: 100, Duration: time.Second}, newPhaseRec(), noProgress{})
@@ -117,5 +148,22 @@ func TestDropClosesAndCountsOnce(t *testing.T) {
 	}
 	if n := b.open.Load(); n != int64(len(b.devs)) {
 		t.Errorf("open %d after the reconnect", n)
+	}
+}
+
+// The "Past saturation" line of a CountBusy run gives the busy refusals
+// apart from the achieved rate.
+func TestReportPastSaturationCountsBusy(t *testing.T) {
+	r := sampleReport()
+	r.Scenario.CountBusy = true
+	r.Phases = append(r.Phases, PhaseReport{Name: OverloadPhase, OfferedRate: 400, OpsPerSec: 190, Busy: 2100, BusyPerSec: 210,
+		Op: Latency{P99Ms: 240}})
+	var md strings.Builder
+	if err := r.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	want := "mdsync achieved **190 ops/s = 0.95 of that peak**, op p99 240 ms (decided ops); the excess refused early: 210 ops/s busy (2100,"
+	if !strings.Contains(md.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, md.String())
 	}
 }

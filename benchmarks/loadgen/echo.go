@@ -29,6 +29,9 @@ type EchoServer struct {
 	ln     net.Listener
 	ops    atomic.Int64
 	logins atomic.Int64
+	// busyEvery, when set (tests), refuses every busyEvery-th op with 1019
+	// and retry_after_ms 30, as an overloaded node does.
+	busyEvery int64
 }
 
 // StartEchoServer listens on 127.0.0.1 with a kernel-chosen port.
@@ -96,8 +99,11 @@ func (e *EchoServer) serveWS(w http.ResponseWriter, r *http.Request) {
 			}
 			out = map[string]any{"type": "login_result", "id": req.ID, "code": 0, "login_id": lid, "resumed": req.Type == "resume"}
 		case "op":
+			if n := e.ops.Add(1); e.busyEvery > 0 && n%e.busyEvery == 0 {
+				out = map[string]any{"type": "result", "id": req.ID, "code": 1019, "message": "busy", "retry_after_ms": 30}
+				break
+			}
 			offset++
-			e.ops.Add(1)
 			id := "e" + strconv.FormatInt(offset, 10)
 			out = map[string]any{"type": "result", "id": req.ID, "code": 0, "event_id": id, "message_id": id, "partition": 0, "offset": offset}
 		case "ping":

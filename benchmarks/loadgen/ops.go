@@ -80,8 +80,9 @@ func (b *bench) opKind() string {
 }
 
 // one performs one operation of the mix and records it in the current
-// phase.
-func (b *bench) one(ctx context.Context) {
+// phase. It returns the wait a busy refusal asked for (Scenario.CountBusy),
+// else 0.
+func (b *bench) one(ctx context.Context) time.Duration {
 	r := b.rec()
 	kind := b.opKind()
 	var err error
@@ -93,17 +94,21 @@ func (b *bench) one(ctx context.Context) {
 	default:
 		kind, err = b.request(ctx, kind, r)
 	}
-	b.count(r, kind, err)
+	return b.count(r, kind, err)
 }
 
-// count books an operation's outcome: ok, refused (the server answered
-// with a code) or failed (no answer).
-func (b *bench) count(r *phaseRec, kind string, err error) {
+// count books an operation's outcome: ok, busy (refused with 1019, not
+// decided), refused (the server decided it with another code) or failed
+// (no answer); it returns a busy refusal's retry after.
+func (b *bench) count(r *phaseRec, kind string, err error) time.Duration {
 	r.kind(kind)
 	var ce *client.Error
 	switch {
 	case err == nil:
 		r.ok.Add(1)
+	case errors.As(err, &ce) && ce.Code == client.CodeBusy && b.sc.CountBusy:
+		r.busy.Add(1)
+		return ce.RetryAfter
 	case errors.As(err, &ce):
 		r.refused.Add(1)
 		b.noteErr(kind+": code "+strconv.Itoa(int(ce.Code)), err)
@@ -113,6 +118,7 @@ func (b *bench) count(r *phaseRec, kind string, err error) {
 		r.failed.Add(1)
 		b.noteErr(kind+": "+errClass(err), err)
 	}
+	return 0
 }
 
 var errSkipped = errors.New("no idle online device to act")

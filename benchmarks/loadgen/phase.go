@@ -10,10 +10,10 @@ import (
 // phaseRec collects one phase's figures; events arriving on devices are
 // counted in whatever phase is current when they arrive.
 type phaseRec struct {
-	op, delivery, login, catchup                                 *Recorder
-	ok, refused, failed, missed, delivered, evictions, snapshots atomic.Int64
-	kmu                                                          sync.Mutex
-	byKind                                                       map[string]int64
+	op, delivery, login, catchup                                       *Recorder
+	ok, refused, busy, failed, missed, delivered, evictions, snapshots atomic.Int64
+	kmu                                                                sync.Mutex
+	byKind                                                             map[string]int64
 }
 
 func newPhaseRec() *phaseRec {
@@ -63,7 +63,16 @@ func (b *bench) runPhase(ctx context.Context, ph Phase, total *phaseRec, bar pro
 			go func() {
 				defer wg.Done()
 				for time.Now().Before(end) && pctx.Err() == nil {
-					b.one(pctx)
+					if wait := b.one(pctx); wait > 0 {
+						// Refused as busy: this slot waits as asked
+						// instead of spinning on refusals.
+						t := time.NewTimer(min(wait, time.Until(end)))
+						select {
+						case <-t.C:
+						case <-pctx.Done():
+							t.Stop()
+						}
+					}
 				}
 			}()
 		}
@@ -102,9 +111,10 @@ func (b *bench) runPhase(ctx context.Context, ph Phase, total *phaseRec, bar pro
 	close(done)
 	elapsed := time.Since(start)
 	pr := PhaseReport{Name: ph.Name, OfferedRate: ph.Rate, Seconds: elapsed.Seconds(),
-		Ops: r.ok.Load(), Refused: r.refused.Load(), Failed: r.failed.Load(), Missed: r.missed.Load(),
+		Ops: r.ok.Load(), Refused: r.refused.Load(), Busy: r.busy.Load(), Failed: r.failed.Load(), Missed: r.missed.Load(),
 		Delivered: r.delivered.Load(), Evictions: r.evictions.Load(), CatchUpSnapshots: r.snapshots.Load(), ByKind: map[string]int64{}}
 	pr.OpsPerSec = float64(pr.Ops+pr.Refused) / elapsed.Seconds()
+	pr.BusyPerSec = float64(pr.Busy) / elapsed.Seconds()
 	pr.DeliveredPerSec = float64(pr.Delivered) / elapsed.Seconds()
 	r.kmu.Lock()
 	for k, v := range r.byKind {
@@ -125,6 +135,7 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 		t.Seconds += p.Seconds
 		t.Ops += p.Ops
 		t.Refused += p.Refused
+		t.Busy += p.Busy
 		t.Failed += p.Failed
 		t.Missed += p.Missed
 		t.Delivered += p.Delivered
@@ -137,6 +148,7 @@ func sumPhases(phases []PhaseReport, total *phaseRec) PhaseReport {
 	}
 	if t.Seconds > 0 {
 		t.OpsPerSec = float64(t.Ops+t.Refused) / t.Seconds
+		t.BusyPerSec = float64(t.Busy) / t.Seconds
 		t.DeliveredPerSec = float64(t.Delivered) / t.Seconds
 	}
 	if t.ServerCPUSeconds > 0 {

@@ -147,13 +147,19 @@ type Sample struct {
 
 // PhaseReport is one ramp step or the steady phase.
 type PhaseReport struct {
-	Name            string           `json:"name"`
-	OfferedRate     float64          `json:"offered_ops_per_s"` // 0 = closed loop
-	Seconds         float64          `json:"seconds"`
-	Ops             int64            `json:"ops"`     // answered with code 0
-	Refused         int64            `json:"refused"` // answered with a code
-	Failed          int64            `json:"failed"`  // no answer (transport error, timeout)
-	Missed          int64            `json:"missed"`  // open-loop ticks with every worker busy
+	Name        string  `json:"name"`
+	OfferedRate float64 `json:"offered_ops_per_s"` // 0 = closed loop
+	Seconds     float64 `json:"seconds"`
+	Ops         int64   `json:"ops"`     // answered with code 0
+	Refused     int64   `json:"refused"` // answered with a code (decided), or 1019 without Scenario.CountBusy
+	// Busy: refused with 1019 before any decision (Scenario.CountBusy),
+	// not resent; not in Ops, Refused, OpsPerSec or the op latency.
+	Busy       int64   `json:"busy,omitempty"`
+	BusyPerSec float64 `json:"busy_per_s,omitempty"`
+	Failed     int64   `json:"failed"` // no answer (transport error, timeout)
+	Missed     int64   `json:"missed"` // open-loop ticks with every worker busy
+	// OpsPerSec is the achieved rate: ops answered with a decision
+	// (Ops + Refused) per second.
 	OpsPerSec       float64          `json:"ops_per_s"`
 	ByKind          map[string]int64 `json:"by_kind"`
 	Delivered       int64            `json:"delivered"` // live events received by another device
@@ -258,8 +264,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		r.Trace.writeMarkdown(f)
 	}
 	if len(r.Phases) > 0 {
-		f("| phase | offered ops/s | achieved ops/s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions | server CPU cores | server CPU µs / delivered |\n")
-		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		f("| phase | offered ops/s | achieved ops/s | busy (1019) /s | ops | refused | failed | missed / skipped | op p50 / p99 ms | delivered events/s | delivery p50 / p99 / max ms | login p99 ms | catch-up p99 ms | evictions | server CPU cores | server CPU µs / delivered |\n")
+		f("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, p := range append(append([]PhaseReport(nil), r.Phases...), r.Total) {
 			offered := "closed loop"
 			if p.OfferedRate > 0 {
@@ -272,8 +278,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 			if p.ServerCPUPerDeliveredUs > 0 {
 				perDelivered = fmt.Sprintf("%.0f", p.ServerCPUPerDeliveredUs)
 			}
-			f("| %s | %s | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.0f | %.2f / %.2f / %.1f | %.2f | %.2f | %d | %s | %s |\n",
-				p.Name, offered, p.OpsPerSec, p.Ops, p.Refused, p.Failed, p.Missed, p.Op.P50Ms, p.Op.P99Ms,
+			f("| %s | %s | %.0f | %.0f | %d | %d | %d | %d | %.2f / %.2f | %.0f | %.2f / %.2f / %.1f | %.2f | %.2f | %d | %s | %s |\n",
+				p.Name, offered, p.OpsPerSec, p.BusyPerSec, p.Ops, p.Refused, p.Failed, p.Missed, p.Op.P50Ms, p.Op.P99Ms,
 				p.DeliveredPerSec, p.Delivery.P50Ms, p.Delivery.P99Ms, p.Delivery.MaxMs, p.Login.P99Ms, p.CatchUp.P99Ms, p.Evictions, cores, perDelivered)
 		}
 		f("\n")
@@ -282,6 +288,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 				continue
 			}
 			peak := SaturatingRate(r.Phases)
+			if r.Scenario.CountBusy {
+				f("Past saturation: the best ramp step achieved %.0f ops/s; offered %.0f ops/s (%.1f×), mdsync achieved **%.0f ops/s = %.2f of that peak**, op p99 %.0f ms (decided ops); the excess refused early: %.0f ops/s busy (%d, 1019 with retry_after_ms, not decided), %d refused otherwise, %d failed, %d ticks missed by the load generator.\n\n",
+					peak, p.OfferedRate, p.OfferedRate/peak, p.OpsPerSec, p.OpsPerSec/peak, p.Op.P99Ms, p.BusyPerSec, p.Busy, p.Refused, p.Failed, p.Missed)
+				continue
+			}
 			f("Past saturation: the best ramp step achieved %.0f ops/s; offered %.0f ops/s (%.1f×), mdsync achieved **%.0f ops/s = %.2f of that peak**, op p99 %.0f ms, %d refused (busy or otherwise), %d failed, %d ticks missed by the load generator.\n\n",
 				peak, p.OfferedRate, p.OfferedRate/peak, p.OpsPerSec, p.OpsPerSec/peak, p.Op.P99Ms, p.Refused, p.Failed, p.Missed)
 		}

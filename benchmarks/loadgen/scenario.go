@@ -66,6 +66,13 @@ type Scenario struct {
 	// per login, rate limited per user and IP) instead of an issued token.
 	PasswordLogins   bool    `json:"password_logins"`
 	HeartbeatSeconds float64 `json:"heartbeat_seconds"`
+	// CountBusy: an op the server refuses as busy (1019, not decided) is
+	// returned by the SDK at once (client.Config.ReturnBusy) and counted
+	// in its phase's busy column, not resent and not in the op latency
+	// (which is then the accepted ops'); a closed-loop worker waits the
+	// refusal's retry_after_ms before its next op. Default false: the SDK
+	// resends it inside the call, and the bench books a slow success.
+	CountBusy bool `json:"count_busy"`
 }
 
 // Ramp is the stepped offered load.

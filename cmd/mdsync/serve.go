@@ -54,6 +54,9 @@ type serveConfig struct {
 	debugAddr  string
 	proxies    string
 	gw         gateway.Options
+	// The node's bounds on ops awaiting decisions (node.Options).
+	maxPending    int
+	maxPendingAge time.Duration
 }
 
 // runServe runs the server on the embedded log: a data directory and an
@@ -77,6 +80,8 @@ func runServe(args []string) error {
 	fs.IntVar(&c.rf, "kafka-replication", 1, "replication factor of topics mdsync creates (env MDSYNC_KAFKA_REPLICATION)")
 	fs.IntVar(&c.gw.SendQueue, "ws-send-queue", 0, "frames queued per device connection before it is closed as a slow consumer (1016); 0: the gateway default (env MDSYNC_WS_SEND_QUEUE)")
 	fs.DurationVar(&c.gw.HeartbeatTimeout, "ws-heartbeat-timeout", 0, "close a device connection silent this long (1017); 0: the gateway default (env MDSYNC_WS_HEARTBEAT_TIMEOUT)")
+	fs.IntVar(&c.maxPending, "max-pending", 0, "operations this process holds awaiting decisions (appending, or appended and not yet applied) before it refuses new ones with 1019 and retry_after_ms: a cap for bursts; 0: the engine default (256), negative: no cap (env MDSYNC_MAX_PENDING)")
+	fs.DurationVar(&c.maxPendingAge, "max-pending-age", 0, "refuse new operations with 1019 and retry_after_ms while the oldest one awaiting its decision has waited longer than this beyond what an operation alone takes: bounds the op latency past saturation; 0: the engine default (200ms), negative: no bound (env MDSYNC_MAX_PENDING_AGE)")
 	fs.IntVar(&c.gw.MaxConnections, "ws-max-connections", 0, "device connections accepted at once; 0: the gateway default (env MDSYNC_WS_MAX_CONNECTIONS)")
 	fs.StringVar(&c.origins, "allowed-origins", "", "comma-separated browser origins (scheme://host:port, or *) allowed besides the server's own: the WebSocket handshake and CORS on the user routes; admin routes never (env MDSYNC_ALLOWED_ORIGINS)")
 	fs.StringVar(&c.debugAddr, "debug-addr", defaultDebugAddr, "internal listener for /debug/pprof/ and /metrics without the admin token (debug.go); keep it on loopback or a private network; empty disables (env MDSYNC_DEBUG_ADDR)")

@@ -22,12 +22,13 @@ import (
 // and what restarts a partition's projector after a broker outage.
 func openNode(ctx context.Context, c serveConfig, brokers []string, onApplied func(int32, projections.Applied), wrap func(engine.Log) engine.Log) (*node.Node, error) {
 	if len(brokers) == 0 {
-		return node.New(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap})
+		return node.New(ctx, node.Options{Dir: c.data, Partitions: int32(c.partitions), OnApplied: onApplied, WrapLog: wrap,
+			MaxPending: c.maxPending, MaxPendingAge: c.maxPendingAge})
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	return node.New(octx, node.Options{
-		Dir: c.data, OnApplied: onApplied, WrapLog: wrap,
+		Dir: c.data, OnApplied: onApplied, WrapLog: wrap, MaxPending: c.maxPending, MaxPendingAge: c.maxPendingAge,
 		Kafka: &kafkalog.Options{Brokers: brokers, Topic: c.topic, Partitions: int32(c.partitions), ReplicationFactor: c.rf, CreateTopic: true},
 		Group: &kafkagroup.Options{GroupID: c.group, Addr: c.advertise},
 	})
