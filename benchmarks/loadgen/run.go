@@ -89,54 +89,13 @@ func Run(ctx context.Context, sc Scenario, f Options, logger *slog.Logger) (*Rep
 	b := newBench(sc, logger, src, f.Quiet)
 
 	// The server.
-	var srv *Server
-	pid := f.ServerPID
-	addr := f.Addr
-	if addr == "" {
-		tmp, err := os.MkdirTemp("", "mdsync-bench-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(tmp)
-		bin := f.MdsyncBin
-		if bin == "" {
-			logger.Info("building mdsync")
-			if bin, err = BuildMdsync(ctx, tmp); err != nil {
-				return nil, err
-			}
-		}
-		data := tmp + "/data"
-		if err := os.Mkdir(data, 0o700); err != nil {
-			return nil, err
-		}
-		srv, err = StartServer(ctx, ServerOptions{Bin: bin, Data: data, KafkaBrokers: f.KafkaBrokers, Partitions: f.Partitions, ExtraArgs: f.ServeArgs, Logger: logger})
-		if err != nil {
-			return nil, err
-		}
-		defer func() {
-			if srv != nil {
-				srv.Stop()
-			}
-		}()
-		addr, pid, b.token = srv.Addr, srv.PID(), srv.Token
-		rep.Server = "self-started mdsync serve, embedded log"
-		if f.KafkaBrokers != "" {
-			rep.Server = "self-started mdsync serve, Kafka at " + f.KafkaBrokers
-		}
-		if len(f.ServeArgs) > 0 {
-			rep.Server += " (" + strings.Join(f.ServeArgs, " ") + ")"
-		}
-	} else {
-		b.token = f.AdminToken
-		if f.AdminTokenFile != "" {
-			t, err := os.ReadFile(f.AdminTokenFile)
-			if err != nil {
-				return nil, err
-			}
-			b.token = strings.TrimSpace(string(t))
-		}
-		rep.Server = "mdsync serve at " + addr
+	srv, stop, err := attachServer(ctx, f, "mdsync-bench-", logger)
+	if err != nil {
+		return nil, err
 	}
+	defer func() { stop() }()
+	addr, pid := srv.addr, srv.pid
+	b.token, rep.Server = srv.token, srv.desc
 	b.wsURL = "ws://" + addr + "/v1/ws"
 	b.httpURL = "http://" + addr
 	logger.Info("server", "addr", addr, "pid", pid)
@@ -236,13 +195,7 @@ func Run(ctx context.Context, sc Scenario, f Options, logger *slog.Logger) (*Rep
 
 	sampler.Sample(ctx)
 	b.closeAll()
-	if srv != nil {
-		// The baseline runs on the machine alone.
-		if err := srv.Stop(); err != nil {
-			logger.Warn("server stop", "err", err)
-		}
-		srv = nil
-	}
+	srv.stopServer(logger) // the baseline, if any, runs on the machine alone
 	if sc.Baseline && ctx.Err() == nil {
 		bl, err := b.baseline(ctx)
 		if err != nil {

@@ -102,6 +102,12 @@ func StartServer(ctx context.Context, o ServerOptions) (*Server, error) {
 	if o.Partitions > 0 {
 		args = append(args, "--partitions", strconv.Itoa(o.Partitions))
 	}
+	// serve's debug listener defaults to the fixed 127.0.0.1:6060; a
+	// bench's server takes a kernel-chosen port unless the caller gives one,
+	// so two benches (or a bench and a developer's serve) never collide.
+	if !hasFlag(o.ExtraArgs, "--debug-addr") {
+		args = append(args, "--debug-addr=127.0.0.1:0")
+	}
 	args = append(args, o.ExtraArgs...)
 	logPath := filepath.Join(o.Data, "..", filepath.Base(o.Data)+"-serve.log")
 	logf, err := os.Create(logPath)
@@ -242,4 +248,91 @@ func tail(path string) string {
 		b = b[len(b)-2048:]
 	}
 	return string(b)
+}
+
+// hasFlag reports whether args set the flag name (as "name", "name=v", or
+// with a single dash).
+func hasFlag(args []string, name string) bool {
+	short := name[1:]
+	for _, a := range args {
+		for _, n := range []string{name, short} {
+			if a == n || strings.HasPrefix(a, n+"=") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// attached is the server a run drives: started here, or given by --addr.
+type attached struct {
+	srv   *Server // nil when given
+	addr  string
+	pid   int
+	token string
+	desc  string // for the report
+}
+
+// attachServer starts `mdsync serve` on a temporary data directory (built
+// from this tree unless f.MdsyncBin names a binary) or, with f.Addr, uses
+// the running one and its admin token. The returned cleanup stops a
+// started server and removes its directory.
+func attachServer(ctx context.Context, f Options, tmpPrefix string, logger *slog.Logger) (*attached, func(), error) {
+	if f.Addr != "" {
+		a := &attached{addr: f.Addr, pid: f.ServerPID, token: f.AdminToken, desc: "mdsync serve at " + f.Addr}
+		if f.AdminTokenFile != "" {
+			t, err := os.ReadFile(f.AdminTokenFile)
+			if err != nil {
+				return nil, nil, err
+			}
+			a.token = strings.TrimSpace(string(t))
+		}
+		return a, func() {}, nil
+	}
+	tmp, err := os.MkdirTemp("", tmpPrefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*attached, func(), error) {
+		os.RemoveAll(tmp)
+		return nil, nil, err
+	}
+	bin := f.MdsyncBin
+	if bin == "" {
+		logger.Info("building mdsync")
+		if bin, err = BuildMdsync(ctx, tmp); err != nil {
+			return fail(err)
+		}
+	}
+	data := tmp + "/data"
+	if err := os.Mkdir(data, 0o700); err != nil {
+		return fail(err)
+	}
+	srv, err := StartServer(ctx, ServerOptions{Bin: bin, Data: data, KafkaBrokers: f.KafkaBrokers, Partitions: f.Partitions, ExtraArgs: f.ServeArgs, Logger: logger})
+	if err != nil {
+		return fail(err)
+	}
+	a := &attached{srv: srv, addr: srv.Addr, pid: srv.PID(), token: srv.Token, desc: "self-started mdsync serve, embedded log"}
+	if f.KafkaBrokers != "" {
+		a.desc = "self-started mdsync serve, Kafka at " + f.KafkaBrokers
+	}
+	if len(f.ServeArgs) > 0 {
+		a.desc += " (" + strings.Join(f.ServeArgs, " ") + ")"
+	}
+	return a, func() {
+		a.stopServer(logger)
+		os.RemoveAll(tmp)
+	}, nil
+}
+
+// stopServer stops a started server, once; the same-run baseline then has
+// the machine alone.
+func (a *attached) stopServer(logger *slog.Logger) {
+	if a.srv == nil {
+		return
+	}
+	if err := a.srv.Stop(); err != nil {
+		logger.Warn("server stop", "err", err)
+	}
+	a.srv = nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -131,50 +130,13 @@ func RunTrace(ctx context.Context, tr *Trace, to TraceOptions, f Options, logger
 	src, _ := NewSourceAddrs(1) // 127.0.0.1: a trace's devices connect over time, not all at once
 	b := newBench(sc, logger, src, f.Quiet)
 
-	var srv *Server
-	pid, addr := f.ServerPID, f.Addr
-	if addr == "" {
-		tmp, err := os.MkdirTemp("", "mdsync-bench-trace-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(tmp)
-		bin := f.MdsyncBin
-		if bin == "" {
-			logger.Info("building mdsync")
-			if bin, err = BuildMdsync(ctx, tmp); err != nil {
-				return nil, err
-			}
-		}
-		data := tmp + "/data"
-		if err := os.Mkdir(data, 0o700); err != nil {
-			return nil, err
-		}
-		srv, err = StartServer(ctx, ServerOptions{Bin: bin, Data: data, KafkaBrokers: f.KafkaBrokers, Partitions: f.Partitions, ExtraArgs: f.ServeArgs, Logger: logger})
-		if err != nil {
-			return nil, err
-		}
-		defer func() {
-			if srv != nil {
-				srv.Stop()
-			}
-		}()
-		addr, pid, b.token = srv.Addr, srv.PID(), srv.Token
-		rep.Server = "self-started mdsync serve, embedded log"
-		if f.KafkaBrokers != "" {
-			rep.Server = "self-started mdsync serve, Kafka at " + f.KafkaBrokers
-		}
-	} else {
-		b.token = f.AdminToken
-		if f.AdminTokenFile != "" {
-			t, err := os.ReadFile(f.AdminTokenFile)
-			if err != nil {
-				return nil, err
-			}
-			b.token = strings.TrimSpace(string(t))
-		}
-		rep.Server = "mdsync serve at " + addr
+	srv, stop, err := attachServer(ctx, f, "mdsync-bench-trace-", logger)
+	if err != nil {
+		return nil, err
 	}
+	defer func() { stop() }()
+	addr, pid := srv.addr, srv.pid
+	b.token, rep.Server = srv.token, srv.desc
 	b.wsURL, b.httpURL = "ws://"+addr+"/v1/ws", "http://"+addr
 
 	p := &tracePlayer{b: b, tr: tr, opt: to, admin: client.Credential{Admin: b.token}, rest: client.NewREST(b.httpURL, b.hc),
@@ -255,12 +217,7 @@ func RunTrace(ctx context.Context, tr *Trace, to TraceOptions, f Options, logger
 		c.PerSecond = float64(pr.Login.Count) / c.Seconds
 	}
 	p.closeAll()
-	if srv != nil {
-		if err := srv.Stop(); err != nil {
-			logger.Warn("server stop", "err", err)
-		}
-		srv = nil
-	}
+	srv.stopServer(logger)
 	return finish(ctx.Err())
 }
 
