@@ -23,8 +23,9 @@ import (
 //
 //   - keyFilter: a Bloom filter of every key ever written to the decision,
 //     sessions, timeline-meta and policy tables, filled at open by one scan
-//     and after each commit with the keys the batch wrote. A key it does
-//     not contain is absent, so the dedup of a new operation and the first
+//     and before each commit with the keys the batch writes. A key it does
+//     not contain is absent, so the dedup of a new operation (the runner's,
+//     and the engine's before the append, Store.Decision) and the first
 //     operation of a new user read nothing; a key it may contain (a retry, a
 //     deleted key, a false positive) is read as before.
 //   - hotCache: per partition, the committed value (or known absence) of

@@ -574,6 +574,18 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if err := t.put(checkpointKey(p), cp); err != nil {
 		return err
 	}
+	// The filter learns the batch's keys before Commit, not after: Pebble
+	// makes a commit visible to readers before Commit returns, and a reader
+	// that sees the filter say "absent" must be one that would also have
+	// missed the key in Pebble (Store.Decision relies on it: a retried
+	// operation whose decision is committed is never appended again). A
+	// batch that then fails to commit leaves false positives, which cost a
+	// read, not correctness.
+	if r.filter != nil {
+		for _, k := range t.written {
+			r.filter.add(k)
+		}
+	}
 	wo := r.wo
 	if r.only && len(decisions) == 0 {
 		// Only skipped records: a crash that loses this batch makes the
@@ -590,11 +602,6 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
 				ps.hot.put(k, v, t.decoded[k])
 			}
-		}
-	}
-	if r.filter != nil {
-		for _, k := range t.written {
-			r.filter.add(k)
 		}
 	}
 	// Only now, after Commit returned, do waiters see the new position.
