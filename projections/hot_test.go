@@ -169,3 +169,27 @@ func TestDecisionFilterNeverHidesCommitted(t *testing.T) {
 		t.Fatalf("an op never applied: %v, %v", ok, err)
 	}
 }
+
+// Each per-user hot key is owned by exactly one partition, its user's
+// (the partition that writes it); a group's state is never cached.
+func TestOwnsHotKey(t *testing.T) {
+	const n = 7
+	for i := range 50 {
+		u := fmt.Sprint("user", i)
+		want := engine.PartitionFor([]byte(engine.UserStream("app", u)), n)
+		for _, k := range [][]byte{sessionsKey("app", u), metaKey("app", u), contactsKey("app", u), userGroupsKey("app", u),
+			convKey("app", u, int32(pb.ChatType_CHAT_TYPE_USER), "peer"), convKey("app", u, int32(pb.ChatType_CHAT_TYPE_GROUP), "g")} {
+			if !hotTable(k[0]) {
+				t.Fatalf("%q: not a hot table", k)
+			}
+			for p := range int32(n) {
+				if got := ownsHotKey(string(k), p, n); got != (p == want) {
+					t.Fatalf("%q: owned by %d is %v; the user's partition is %d", k, p, got, want)
+				}
+			}
+		}
+	}
+	if hotTable(groupKey("app", "g")[0]) || hotTable(roomKey("app", "r")[0]) {
+		t.Fatal("a group's or a room's state is cached: it is written by the group's partition")
+	}
+}

@@ -315,9 +315,10 @@ type RunnerOptions struct {
 	// OnApplied, when set, is called after each committed batch that
 	// decided something (see Options.OnApplied).
 	OnApplied func(p int32, a Applied)
-	// HotKeys bounds each partition's in-memory cache of committed sessions,
-	// timeline meta and policy values (hot.go): two generations of at most
-	// HotKeys keys each. Default DefaultHotKeys; negative: no cache and no
+	// HotKeys bounds each partition's in-memory cache of the committed
+	// values of the keys most events read (hot.go: sessions, policy, a
+	// recipient's timeline meta, contacts, groups and conversation): two
+	// generations of at most HotKeys keys each. Default DefaultHotKeys; negative: no cache and no
 	// key filter (every read goes to Pebble, as a reference for tests).
 	HotKeys int
 	// DedupMarks stores a one-byte mark in the decision table instead of

@@ -55,8 +55,8 @@ type Options struct {
 	// aggregates run as a second runner (docs/design-notes.md, "One
 	// projector runner").
 	Handlers []Handler
-	// HotKeys bounds each partition's in-memory cache of committed sessions,
-	// timeline meta and policy values (RunnerOptions.HotKeys). Default
+	// HotKeys bounds each partition's in-memory cache of the committed
+	// values of the keys most events read (RunnerOptions.HotKeys). Default
 	// DefaultHotKeys; negative: no hot state in memory (every read goes to
 	// Pebble).
 	HotKeys int
