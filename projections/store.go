@@ -180,8 +180,8 @@ func Open(opts Options) (*Store, error) {
 // More L0 files make a read that reaches Pebble dearer, but the runner's hot
 // cache and key filter answer most reads, and bloom filters answer most
 // misses (the dedup of a new operation) without reading data blocks.
-// Measured on 1:1 messages: write amplification 3.3 -> 1.4 and about a
-// quarter less CPU per message (benchmarks/RESULTS.md, session 5). Memory:
+// Measured on 200,000 1:1 messages: write amplification 3.6 -> 1.6 and a
+// third less CPU per message (benchmarks/RESULTS.md, session 5). Memory:
 // up to two memtables, 64 MiB.
 func TunePebble(o *pebble.Options) {
 	o.MemTableSize = 32 << 20
