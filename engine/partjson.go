@@ -1,7 +1,11 @@
 package engine
 
 import (
+	"encoding/base64"
 	"errors"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -17,13 +21,158 @@ import (
 // message, so a projection may store it and a rebuild writes the same
 // bytes. Every 64-bit value mdsync sends (sequences, offsets, versions,
 // times in ms) is below 2^53, so a JavaScript client reads it exactly.
+//
+// It is written directly from the message (appendMessage): protojson's
+// field sorting, its encoder and a second pass over its output were most of
+// the cost of applying a delivery (the source event of every timeline
+// entry is stored in this form). A message this encoder does not cover
+// (floats, maps, well-known types, extensions) or cannot encode (a string
+// that is not UTF-8) goes the reference way, protojson then numbers64;
+// TestMarshalPartMatchesProtojson holds the two byte for byte.
 func MarshalPart(m proto.Message) ([]byte, error) {
+	if b, err := appendMessage(make([]byte, 0, 256), m.ProtoReflect()); err == nil {
+		return b, nil
+	}
+	return marshalPartReference(m)
+}
+
+// marshalPartReference is MarshalPart by protojson and numbers64.
+func marshalPartReference(m proto.Message) ([]byte, error) {
 	b, err := partOptions.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
 	return numbers64(b, m.ProtoReflect().Descriptor())
 }
+
+// errUncovered makes MarshalPart take the reference way.
+var errUncovered = errors.New("engine: not covered by the direct JSON encoder")
+
+// appendMessage appends m as protojson would write it (UseProtoNames, no
+// whitespace; populated fields in declaration order), with 64-bit integers
+// as numbers.
+func appendMessage(out []byte, m protoreflect.Message) ([]byte, error) {
+	md := m.Descriptor()
+	if strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
+		return nil, errUncovered // well-known types have their own JSON forms
+	}
+	out = append(out, '{')
+	fields := md.Fields()
+	first := true
+	var err error
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if !m.Has(fd) {
+			continue
+		}
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		out = append(out, '"')
+		out = append(out, fd.TextName()...) // an identifier: nothing to escape
+		out = append(out, '"', ':')
+		v := m.Get(fd)
+		switch {
+		case fd.IsMap():
+			return nil, errUncovered
+		case fd.IsList():
+			l := v.List()
+			out = append(out, '[')
+			for j := 0; j < l.Len(); j++ {
+				if j > 0 {
+					out = append(out, ',')
+				}
+				if out, err = appendSingular(out, l.Get(j), fd); err != nil {
+					return nil, err
+				}
+			}
+			out = append(out, ']')
+		default:
+			if out, err = appendSingular(out, v, fd); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return append(out, '}'), nil
+}
+
+func appendSingular(out []byte, v protoreflect.Value, fd protoreflect.FieldDescriptor) ([]byte, error) {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return strconv.AppendBool(out, v.Bool()), nil
+	case protoreflect.StringKind:
+		return appendJSONString(out, v.String())
+	case protoreflect.BytesKind:
+		out = append(out, '"')
+		out = base64.StdEncoding.AppendEncode(out, v.Bytes())
+		return append(out, '"'), nil
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind,
+		protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return strconv.AppendInt(out, v.Int(), 10), nil
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return strconv.AppendUint(out, v.Uint(), 10), nil
+	case protoreflect.EnumKind:
+		if fd.Enum().FullName() == "google.protobuf.NullValue" {
+			return nil, errUncovered
+		}
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			out = append(out, '"')
+			out = append(out, ev.Name()...)
+			return append(out, '"'), nil
+		}
+		return strconv.AppendInt(out, int64(v.Enum()), 10), nil
+	case protoreflect.MessageKind:
+		return appendMessage(out, v.Message())
+	}
+	return nil, errUncovered // floats (protojson's own formatting), groups
+}
+
+// appendJSONString is protojson's string encoding: '"' and '\\' escaped,
+// control characters as \b \f \n \r \t or \u00XX, everything else as
+// it is; a string that is not UTF-8 is not covered (protojson refuses it).
+func appendJSONString(out []byte, s string) ([]byte, error) {
+	out = append(out, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				return nil, errUncovered
+			}
+			i += n
+			continue
+		}
+		if c >= ' ' && c != '"' && c != '\\' {
+			i++
+			continue
+		}
+		out = append(out, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			out = append(out, '\\', c)
+		case '\b':
+			out = append(out, '\\', 'b')
+		case '\f':
+			out = append(out, '\\', 'f')
+		case '\n':
+			out = append(out, '\\', 'n')
+		case '\r':
+			out = append(out, '\\', 'r')
+		case '\t':
+			out = append(out, '\\', 't')
+		default:
+			out = append(out, '\\', 'u', '0', '0', hexDigit[c>>4], hexDigit[c&0xf])
+		}
+		i++
+		start = i
+	}
+	out = append(out, s[start:]...)
+	return append(out, '"'), nil
+}
+
+const hexDigit = "0123456789abcdef"
 
 var partOptions = protojson.MarshalOptions{UseProtoNames: true}
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/bits"
+	"strings"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -21,14 +22,15 @@ import (
 // tables, so it can keep what it committed in memory and never invalidate
 // it:
 //
-//   - keyFilter: a Bloom filter of every key ever written to the decision,
-//     sessions, timeline-meta and policy tables, filled at open by one scan
-//     and after each commit with the keys the batch wrote. A key it does
-//     not contain is absent, so the dedup of a new operation and the first
+//   - keyFilter: a Bloom filter of every key ever written to the decision
+//     table and the hot tables (hotTable), filled at open by one scan
+//     and before each commit with the keys the batch writes. A key it does
+//     not contain is absent, so the dedup of a new operation (the runner's,
+//     and the engine's before the append, Store.Decision) and the first
 //     operation of a new user read nothing; a key it may contain (a retry, a
 //     deleted key, a false positive) is read as before.
 //   - hotCache: per partition, the committed value (or known absence) of
-//     the sessions, timeline meta and policy keys the partition owns, bounded by two
+//     the hot keys the partition owns (hotTable, ownsHotKey), bounded by two
 //     generations of at most Options.HotKeys entries each, filled from each
 //     committed batch's overlay (what it read and wrote).
 //
@@ -76,14 +78,12 @@ func (f *keyFilter) mayContain(k []byte) bool {
 }
 
 // filtered reports the tables whose keys the key filter holds.
-func filtered(tag byte) bool {
-	return tag == tagDecision || tag == tagSessions || tag == tagMeta || tag == tagPolicy
-}
+func filtered(tag byte) bool { return tag == tagDecision || hotTable(tag) }
 
 // loadKeyFilter scans the filtered tables of db into a new filter.
 func loadKeyFilter(db *pebble.DB) (*keyFilter, error) {
 	var keys [][]byte
-	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy} {
+	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy, tagContacts, tagUserGroups, tagConv} {
 		prefix := []byte{tag, 0}
 		it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 		if err != nil {
@@ -110,7 +110,7 @@ func loadKeyFilter(db *pebble.DB) (*keyFilter, error) {
 // DefaultHotKeys is the default of Options.HotKeys.
 const DefaultHotKeys = 1 << 15
 
-// hotCache is one partition's committed sessions, meta and policy values, used
+// hotCache is one partition's committed values of its hot keys, used
 // only by the partition's applier (under its apply lock). A nil value is a
 // key known to be absent. A sessions value may come with its decoded form
 // (Txn.sessionsOf), so a user's next operation does not decode it again;
@@ -151,21 +151,38 @@ func (h *hotCache) put(k string, v []byte, s *pb.UserSessions) {
 	h.young[k] = hotVal{b: v, s: s}
 }
 
-// hotTable reports the tables whose keys the hot cache may hold.
-func hotTable(tag byte) bool { return tag == tagSessions || tag == tagPolicy || tag == tagMeta }
+// hotTable reports the tables whose keys the hot cache may hold: what
+// every event reads (policy, its actor's sessions) and what every copy
+// applied to a recipient reads (applyDelivery: timeline meta, contacts,
+// the user's groups, the conversation).
+func hotTable(tag byte) bool {
+	switch tag {
+	case tagSessions, tagPolicy, tagMeta, tagContacts, tagUserGroups, tagConv:
+		return true
+	}
+	return false
+}
 
 // ownsHotKey reports whether partition p of n is the one writer of k, a
-// key of a hot table: a policy key names its partition, a sessions or
-// timeline-meta key its user, whose stream's partition writes it (invariant
-// 4; a copy for a user on another partition is relayed there). Only such keys
+// key of a hot table: a policy key names its partition; a sessions,
+// timeline-meta, contacts, user-groups or conversation key names its user
+// (after the app), whose stream's partition writes it (invariant 4): the
+// user's own operations are on its stream, and a copy for a user on
+// another partition is relayed there as a DELIVER, applied only by the
+// recipient's partition (Store.route, decideSync). A group's state (the G
+// table, written by the group's partition) is not cached. Only owned keys
 // are cached: another partition's could change behind the cache.
 func ownsHotKey(k string, p, n int32) bool {
 	switch k[0] {
 	case tagPolicy:
 		return len(k) >= 4 && int32(binary.BigEndian.Uint32([]byte(k[len(k)-4:]))) == p
-	case tagSessions, tagMeta:
-		app, user, ok := splitPair([]byte(k[2:]))
-		return ok && engine.PartitionFor([]byte(engine.UserStream(app, user)), n) == p
+	case tagSessions, tagMeta, tagContacts, tagUserGroups, tagConv:
+		app, rest, ok := strings.Cut(k[2:], "\x00")
+		if !ok {
+			return false
+		}
+		user, _, _ := strings.Cut(rest, "\x00") // a conversation key goes on after the user
+		return engine.PartitionFor([]byte(engine.UserStream(app, user)), n) == p
 	}
 	return false
 }

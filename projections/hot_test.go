@@ -1,9 +1,13 @@
 package projections
 
 import (
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections/storetest"
 )
 
@@ -79,5 +83,113 @@ func TestKeyFilter(t *testing.T) {
 	}
 	if fp > 100 {
 		t.Fatalf("%d false positives in 100,000", fp)
+	}
+}
+
+// Store.Decision answers "absent" from the key filter without reading
+// Pebble, so the filter must hold a decision key by the time Pebble shows
+// it (a commit is visible before Commit returns): a reader racing the
+// runner never finds a decision in Pebble that Store.Decision denies. A
+// retry after a reopen (the filter loaded from disk) finds its decision.
+func TestDecisionFilterNeverHidesCommitted(t *testing.T) {
+	fs := vfs.NewMem()
+	s, err := Open(Options{Dir: "s", FS: fs, Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	login := func(i int) *pb.Event {
+		u := fmt.Sprint("u", i)
+		return &pb.Event{SchemaVersion: engine.SchemaVersion, App: "app", ClientOpId: fmt.Sprint("op", i), Kind: pb.Kind_KIND_LOGIN,
+			StreamKey: engine.UserStream("app", u), Actor: &pb.Actor{User: u}, TimeUnixMs: int64(1000 + i),
+			Payload: &pb.Event_Login{Login: &pb.Login{Platform: 1, LoginId: fmt.Sprint("d", i)}}}
+	}
+	var started atomic.Int64
+	started.Store(-1)
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(errc)
+		seen := 0
+		for {
+			select {
+			case <-done:
+				if seen == 0 {
+					errc <- fmt.Errorf("the reader never saw a decision in Pebble: the race is not exercised")
+				}
+				return
+			default:
+			}
+			i := int(started.Load())
+			if i < 0 {
+				continue
+			}
+			ev := login(i)
+			_, closer, err := s.db.Get(decisionKey(ev.StreamKey, ev.Actor.User, ev.ClientOpId))
+			if err != nil {
+				continue // not committed yet
+			}
+			closer.Close()
+			seen++
+			if _, ok, err := s.Decision(ev.App, ev.StreamKey, ev.Actor.User, ev.ClientOpId); err != nil || !ok {
+				errc <- fmt.Errorf("op %d: decision in Pebble, Store.Decision says %v, %v", i, ok, err)
+				return
+			}
+		}
+	}()
+	for i := range n {
+		b, err := engine.Encode(login(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		started.Store(int64(i))
+		if err := s.Apply(0, []engine.Entry{{Partition: 0, Offset: int64(i), Value: b}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s, err = Open(Options{Dir: "s", FS: fs, Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range n {
+		ev := login(i)
+		if _, ok, err := s.Decision(ev.App, ev.StreamKey, ev.Actor.User, ev.ClientOpId); err != nil || !ok {
+			t.Fatalf("after reopen, op %d: %v, %v", i, ok, err)
+		}
+	}
+	ev := login(n)
+	if _, ok, err := s.Decision(ev.App, ev.StreamKey, ev.Actor.User, ev.ClientOpId); err != nil || ok {
+		t.Fatalf("an op never applied: %v, %v", ok, err)
+	}
+}
+
+// Each per-user hot key is owned by exactly one partition, its user's
+// (the partition that writes it); a group's state is never cached.
+func TestOwnsHotKey(t *testing.T) {
+	const n = 7
+	for i := range 50 {
+		u := fmt.Sprint("user", i)
+		want := engine.PartitionFor([]byte(engine.UserStream("app", u)), n)
+		for _, k := range [][]byte{sessionsKey("app", u), metaKey("app", u), contactsKey("app", u), userGroupsKey("app", u),
+			convKey("app", u, int32(pb.ChatType_CHAT_TYPE_USER), "peer"), convKey("app", u, int32(pb.ChatType_CHAT_TYPE_GROUP), "g")} {
+			if !hotTable(k[0]) {
+				t.Fatalf("%q: not a hot table", k)
+			}
+			for p := range int32(n) {
+				if got := ownsHotKey(string(k), p, n); got != (p == want) {
+					t.Fatalf("%q: owned by %d is %v; the user's partition is %d", k, p, got, want)
+				}
+			}
+		}
+	}
+	if hotTable(groupKey("app", "g")[0]) || hotTable(roomKey("app", "r")[0]) {
+		t.Fatal("a group's or a room's state is cached: it is written by the group's partition")
 	}
 }

@@ -91,8 +91,16 @@ func (s *Store) Decision(app, stream, user, op string) (*pb.Decision, bool, erro
 	if s.isClosed() {
 		return nil, false, ErrClosed
 	}
+	k := decisionKey(stream, user, op)
+	if s.filter != nil && !s.filter.mayContain(k) {
+		// The engine's dedup of a new operation: no Pebble read. The runner
+		// is the only writer of decision keys and adds each to the filter
+		// before its batch commits (Runner.Apply), so "absent" here is
+		// what a Pebble read at this instant would have said.
+		return nil, false, nil
+	}
 	d := &pb.Decision{}
-	ok, err := s.getProto(decisionKey(stream, user, op), d)
+	ok, err := s.getProto(k, d)
 	if err != nil || !ok {
 		return nil, false, err
 	}

@@ -315,9 +315,10 @@ type RunnerOptions struct {
 	// OnApplied, when set, is called after each committed batch that
 	// decided something (see Options.OnApplied).
 	OnApplied func(p int32, a Applied)
-	// HotKeys bounds each partition's in-memory cache of committed sessions,
-	// timeline meta and policy values (hot.go): two generations of at most
-	// HotKeys keys each. Default DefaultHotKeys; negative: no cache and no
+	// HotKeys bounds each partition's in-memory cache of the committed
+	// values of the keys most events read (hot.go: sessions, policy, a
+	// recipient's timeline meta, contacts, groups and conversation): two
+	// generations of at most HotKeys keys each. Default DefaultHotKeys; negative: no cache and no
 	// key filter (every read goes to Pebble, as a reference for tests).
 	HotKeys int
 	// DedupMarks stores a one-byte mark in the decision table instead of
@@ -574,6 +575,18 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if err := t.put(checkpointKey(p), cp); err != nil {
 		return err
 	}
+	// The filter learns the batch's keys before Commit, not after: Pebble
+	// makes a commit visible to readers before Commit returns, and a reader
+	// that sees the filter say "absent" must be one that would also have
+	// missed the key in Pebble (Store.Decision relies on it: a retried
+	// operation whose decision is committed is never appended again). A
+	// batch that then fails to commit leaves false positives, which cost a
+	// read, not correctness.
+	if r.filter != nil {
+		for _, k := range t.written {
+			r.filter.add(k)
+		}
+	}
 	wo := r.wo
 	if r.only && len(decisions) == 0 {
 		// Only skipped records: a crash that loses this batch makes the
@@ -590,11 +603,6 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
 				ps.hot.put(k, v, t.decoded[k])
 			}
-		}
-	}
-	if r.filter != nil {
-		for _, k := range t.written {
-			r.filter.add(k)
 		}
 	}
 	// Only now, after Commit returned, do waiters see the new position.
