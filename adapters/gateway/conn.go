@@ -206,7 +206,7 @@ func (c *conn) read() (socketFailed bool) {
 				return false
 			}
 			c.watchdog.Reset(c.g.o.HeartbeatTimeout)
-			if !c.start(f) {
+			if !c.startAside(f) {
 				return false
 			}
 			continue
@@ -221,6 +221,16 @@ func (c *conn) read() (socketFailed bool) {
 			return false
 		}
 	}
+}
+
+// startAside runs start on a goroutine of its own and waits for it. A
+// login goes deep (authentication, the decision, store reads) and would
+// leave the reader, which then parks for the connection's life, with a
+// stack grown for it: 16-32 KiB per idle device where 2-4 KiB suffice.
+func (c *conn) startAside(f *frame) bool {
+	ok := make(chan bool, 1)
+	go func() { ok <- c.start(f) }()
+	return <-ok
 }
 
 // looksLikeLogin reports whether a frame that failed to decode is a login
