@@ -362,7 +362,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.wg.Done()
 	}
 	// leanWriter: the connection keeps no buffer while idle (leanconn.go).
-	ws, err := websocket.Accept(leanWriter{w}, r, &websocket.AcceptOptions{
+	lw := &leanWriter{ResponseWriter: w}
+	ws, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol}, OriginPatterns: g.o.OriginPatterns,
 	})
 	if err != nil {
@@ -374,7 +375,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		done()
 		return
 	}
-	c := newConn(g, ws, g.o.ClientAddr(r))
+	c := newConn(g, ws, lw.conn, g.o.ClientAddr(r))
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()

@@ -30,12 +30,15 @@ const readBufSize = 4096
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
-// leanWriter is a ResponseWriter whose Hijack returns a leanConn.
-type leanWriter struct{ http.ResponseWriter }
+// leanWriter is a ResponseWriter whose Hijack returns a leanConn (conn).
+type leanWriter struct {
+	http.ResponseWriter
+	conn *leanConn
+}
 
-func (w leanWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *leanWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	hj, ok := w.ResponseWriter.(http.Hijacker)
 	if !ok {
 		return nil, nil, errors.New("gateway: the ResponseWriter cannot be hijacked")
@@ -54,7 +57,9 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		c.pending = bytes.Clone(b)
 	}
-	return c, bufio.NewReadWriter(bufio.NewReaderSize(c, leanBufio), bufio.NewWriterSize(c, leanBufio)), nil
+	c.br = bufio.NewReaderSize(c, leanBufio)
+	w.conn = c
+	return c, bufio.NewReadWriter(c.br, bufio.NewWriterSize(c, leanBufio)), nil
 }
 
 // leanConn is a hijacked connection that holds no buffer while idle.
@@ -63,6 +68,11 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type leanConn struct {
 	net.Conn
 	raw syscall.RawConn // nil when the connection has none (TLS): plain reads
+	br  *bufio.Reader   // the library's reader over this conn
+	one [1]byte         // waitReadable's peek
+	// mu orders buffered against the close handshake, which reads through
+	// br on the teardown's goroutine (conn.closeSocket).
+	mu sync.Mutex
 
 	pending []byte  // read behind the upgrade request by net/http
 	rbuf    *[]byte // pooled, only while it holds unread bytes (rbuf[r:w])
@@ -100,6 +110,26 @@ func (c *leanConn) Read(p []byte) (int, error) {
 		c.rbuf = nil
 	}
 	return n, nil
+}
+
+// buffered reports whether bytes already read from the socket wait to be
+// read.
+func (c *leanConn) buffered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) > 0 || c.rbuf != nil || c.br.Buffered() > 0
+}
+
+// waitReadable parks until the socket has a byte to read, or is at EOF or
+// failed (the next read reports it), holding no buffer; at once when bytes
+// are buffered already.
+func (c *leanConn) waitReadable() error {
+	if c.buffered() {
+		return nil
+	}
+	return c.raw.Read(func(fd uintptr) bool {
+		return !errors.Is(sysPeek(fd, c.one[:]), syscall.EAGAIN)
+	})
 }
 
 // fill waits until the socket is readable, holding no buffer, then reads
