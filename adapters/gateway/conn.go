@@ -36,12 +36,14 @@ type outFrame struct {
 	status websocket.StatusCode
 }
 
-// conn is one device connection. Its goroutines: the reader (serve), for
-// the whole connection; the others only while they have work: the writer
-// (while frames are queued, sendq.go), the follower (while the timeline has
-// something to send, live.go), the op drainer and one answerer per
-// submitted batch (while ops are in flight, pipeline.go), and the closer.
-// An idle connection has the reader only. Teardown starts with terminate.
+// conn is one device connection. Its goroutines: serve, for the whole
+// connection (it waits for the socket; what arrives is read and handled
+// on a short-lived goroutine, readAside); the others only while they have
+// work: the writer (while frames are queued, sendq.go), the follower
+// (while the timeline has something to send, live.go), the op drainer and
+// one answerer per submitted batch (while ops are in flight, pipeline.go),
+// and the closer. An idle connection has serve's only. Teardown starts
+// with terminate.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
