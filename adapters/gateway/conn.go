@@ -36,15 +36,18 @@ type outFrame struct {
 	status websocket.StatusCode
 }
 
-// conn is one device connection. Its goroutines: the reader (serve), for
-// the whole connection; the others only while they have work: the writer
-// (while frames are queued, sendq.go), the follower (while the timeline has
-// something to send, live.go), the op drainer and one answerer per
-// submitted batch (while ops are in flight, pipeline.go), and the closer.
-// An idle connection has the reader only. Teardown starts with terminate.
+// conn is one device connection. Its goroutines: serve, for the whole
+// connection (it waits for the socket; what arrives is read and handled
+// on a short-lived goroutine, readAside); the others only while they have
+// work: the writer (while frames are queued, sendq.go), the follower
+// (while the timeline has something to send, live.go), the op drainer and
+// one answerer per submitted batch (while ops are in flight, pipeline.go),
+// and the closer. An idle connection has serve's only. Teardown starts
+// with terminate.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
+	lean   *leanConn // ws's socket when it can wait for readability (leanconn.go), else nil
 	remote string
 	number uint64 // within the gateway's incarnation, for presence ops
 
@@ -106,10 +109,13 @@ type conn struct {
 	inflight int      // admitted and not yet answered
 }
 
-func newConn(g *Gateway, ws *websocket.Conn, remote string) *conn {
+func newConn(g *Gateway, ws *websocket.Conn, lean *leanConn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
+	if lean != nil && lean.raw == nil {
+		lean = nil
+	}
 	c := &conn{
-		g: g, ws: ws, remote: remote, number: g.connSeq.Add(1),
+		g: g, ws: ws, lean: lean, remote: remote, number: g.connSeq.Add(1),
 		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
@@ -132,10 +138,26 @@ func (c *conn) sessionOver() bool {
 
 // serve runs the reader until the connection ends, then waits for the
 // connection's other goroutines.
+//
+// While the device sends nothing, serve's goroutine only waits for the
+// socket to be readable (leanConn.waitReadable: a few frames deep, no
+// buffer), and what arrives is read and handled on a short-lived goroutine
+// (readAside). Reading and handling frames goes deep (the library's
+// reader, JSON, a login's decision and store reads); a goroutine that did
+// it and then parks for the connection's life keeps that stack, 8-32 KiB
+// per idle device, where the waiting one needs 2 KiB.
 func (c *conn) serve() {
 	c.ws.SetReadLimit(int64(c.g.o.MaxFrameBytes) + 1)
 	c.watchdog = time.AfterFunc(c.g.o.LoginTimeout, c.checkIdle)
-	if c.read() {
+	end := readIdle
+	for end == readIdle {
+		if c.lean != nil && c.lean.waitReadable() != nil {
+			end = readFailed
+			break
+		}
+		end = c.readAside()
+	}
+	if end == readFailed {
 		// The peer went away or the socket was closed: stop the rest.
 		c.terminate(0, websocket.StatusNormalClosure, nil)
 	}
@@ -161,30 +183,51 @@ func (c *conn) serve() {
 	c.g.m.disconnects.WithLabelValues(codeLabel(c.closeCode.Load())).Inc()
 }
 
-// read reads frames until the socket fails (it returns true) or a frame
-// ends the connection (false: the teardown has started, or the close is
-// queued after the frames that must go first).
-func (c *conn) read() (socketFailed bool) {
-	for {
+// readEnd says why read returned.
+type readEnd int
+
+const (
+	readIdle   readEnd = iota // nothing read from the socket is left: wait for it
+	readFailed                // the socket failed or was closed
+	readEnded                 // a frame ended the connection (the teardown started, or the close is queued)
+)
+
+// readAside runs read on a goroutine of its own and waits for it (serve).
+func (c *conn) readAside() readEnd {
+	if c.lean == nil {
+		return c.read() // never idle: the one goroutine reads
+	}
+	end := make(chan readEnd, 1)
+	go func() { end <- c.read() }()
+	return <-end
+}
+
+// read reads frames until the socket fails, a frame ends the connection,
+// or (with a leanConn) every byte read from the socket has been handled.
+func (c *conn) read() readEnd {
+	for n := 0; ; n++ {
+		if n > 0 && c.lean != nil && !c.lean.buffered() {
+			return readIdle
+		}
 		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
-			return true
+			return readFailed
 		}
 		b, err := io.ReadAll(io.LimitReader(r, int64(c.g.o.MaxFrameBytes)+1))
 		if err != nil {
-			return true
+			return readFailed
 		}
 		c.lastSeen.Store(c.g.o.Now().UnixNano())
 		if len(b) > c.g.o.MaxFrameBytes {
 			c.g.m.frames.WithLabelValues("in", "too_large").Inc()
 			c.terminate(engine.CodeTooLarge, websocket.StatusMessageTooBig,
 				errorJSON("", engine.CodeTooLarge, "message exceeds "+strconv.Itoa(c.g.o.MaxFrameBytes)+" bytes"))
-			return false
+			return readEnded
 		}
 		if typ != websocket.MessageText {
 			c.g.m.frames.WithLabelValues("in", "binary").Inc()
 			if !c.reply(errorFrame{Type: "error", Code: int32(engine.CodeInvalidArgument), Message: "messages are JSON text"}, "error") {
-				return false
+				return readEnded
 			}
 			continue
 		}
@@ -200,26 +243,26 @@ func (c *conn) read() (socketFailed bool) {
 			if f == nil || (f.Type != typeLogin && f.Type != typeResume) {
 				if f != nil || err == nil || !looksLikeLogin(b) {
 					c.terminate(engine.CodeUnauthenticated, statusEnded, errorJSON(id, engine.CodeUnauthenticated, "the first message must be login or resume"))
-					return false
+					return readEnded
 				}
 				// A malformed login: answer it as a login.
 				c.refuse(id, engine.CodeOf(err), wireMessage(err))
-				return false
+				return readEnded
 			}
 			c.watchdog.Reset(c.g.o.HeartbeatTimeout)
 			if !c.start(f) {
-				return false
+				return readEnded
 			}
 			continue
 		}
 		if err != nil {
 			if !c.reply(errorFrame{Type: "error", ID: id, Code: int32(engine.CodeOf(err)), Message: wireMessage(err)}, "error") {
-				return false
+				return readEnded
 			}
 			continue
 		}
 		if !c.handle(f) {
-			return false
+			return readEnded
 		}
 	}
 }
@@ -802,9 +845,20 @@ func (c *conn) terminate(code engine.Code, status websocket.StatusCode, final []
 				}
 				c.g.m.frames.WithLabelValues("out", typ).Inc()
 			}
-			c.ws.Close(status, closeReason(code))
+			c.closeSocket(status, closeReason(code))
 		}()
 	})
+}
+
+// closeSocket closes the WebSocket with the close handshake, which reads
+// the socket on this goroutine: under leanConn.mu, so that serve's
+// goroutine does not look at the read buffers meanwhile.
+func (c *conn) closeSocket(status websocket.StatusCode, reason string) {
+	if c.lean != nil {
+		c.lean.mu.Lock()
+		defer c.lean.mu.Unlock()
+	}
+	c.ws.Close(status, reason)
 }
 
 func closeReason(code engine.Code) string {

@@ -355,35 +355,47 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.n++
 	g.wg.Add(1)
 	g.mu.Unlock()
-	defer func() {
+	done := func() {
 		g.mu.Lock()
 		g.n--
 		g.mu.Unlock()
 		g.wg.Done()
-	}()
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	}
+	// leanWriter: the connection keeps no buffer while idle (leanconn.go).
+	lw := &leanWriter{ResponseWriter: w}
+	ws, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol}, OriginPatterns: g.o.OriginPatterns,
 	})
 	if err != nil {
+		done()
 		return // Accept has answered the request
 	}
 	if ws.Subprotocol() != Subprotocol {
 		ws.Close(websocket.StatusPolicyViolation, "subprotocol "+Subprotocol+" required")
+		done()
 		return
 	}
-	c := newConn(g, ws, g.o.ClientAddr(r))
+	c := newConn(g, ws, lw.conn, g.o.ClientAddr(r))
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()
 		ws.Close(websocket.StatusGoingAway, "shutting down")
+		done()
 		return
 	}
 	g.all[c] = struct{}{}
 	g.mu.Unlock()
-	c.serve()
-	g.mu.Lock()
-	delete(g.all, c)
-	g.mu.Unlock()
+	// The reader gets a goroutine of its own and ServeHTTP returns, so
+	// that what net/http keeps for a request (the request and its headers
+	// and context, the response, a stack grown by the handler chain) is
+	// not kept for the connection's life. The hijacked socket is ours.
+	go func() {
+		defer done()
+		c.serve()
+		g.mu.Lock()
+		delete(g.all, c)
+		g.mu.Unlock()
+	}()
 }
 
 // Deliver is told that entry was appended to user's timeline (committed).

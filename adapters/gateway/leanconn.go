@@ -1,0 +1,238 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+)
+
+// An idle device connection should cost its conn struct, the library's
+// per-connection state and one parked goroutine, not buffers. Without help
+// coder/websocket keeps the 4 KiB bufio.Reader and bufio.Writer net/http
+// hands over at the hijack for the connection's whole life (40% of an idle
+// gateway's heap). It has no option to size or release them, but it reads
+// and writes through whatever Hijack returns: leanWriter hands it a 16-byte
+// bufio pair over a leanConn, which reads into a pooled buffer only once the
+// socket is readable and returns it when drained, and which holds a frame's
+// first bytes back so that a frame still leaves in one write (writev).
+
+// leanBufio is the size of the bufio pair given to coder/websocket: room for
+// any frame header (at most 14 bytes), so a header is never cut by a flush.
+const leanBufio = 16
+
+// readBufSize is the pooled read buffer, net/http's own bufio size.
+const readBufSize = 4096
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// leanWriter is a ResponseWriter whose Hijack returns a leanConn (conn).
+type leanWriter struct {
+	http.ResponseWriter
+	conn *leanConn
+}
+
+func (w *leanWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("gateway: the ResponseWriter cannot be hijacked")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil { // normally empty: net/http flushed the 101
+		nc.Close()
+		return nil, nil, err
+	}
+	c := &leanConn{Conn: nc, raw: rawConnOf(nc)}
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Frames the device sent right behind its upgrade request.
+		b, _ := brw.Reader.Peek(n)
+		c.pending = bytes.Clone(b)
+	}
+	c.br = bufio.NewReaderSize(c, leanBufio)
+	w.conn = c
+	return c, bufio.NewReadWriter(c.br, bufio.NewWriterSize(c, leanBufio)), nil
+}
+
+// leanConn is a hijacked connection that holds no buffer while idle.
+// Reads are from one goroutine at a time and writes from one goroutine at
+// a time (coder/websocket's read and write locks), as bufio requires anyway.
+type leanConn struct {
+	net.Conn
+	raw syscall.RawConn // nil when the connection has none (TLS): plain reads
+	br  *bufio.Reader   // the library's reader over this conn
+	one [1]byte         // waitReadable's peek
+	// mu orders buffered against the close handshake, which reads through
+	// br on the teardown's goroutine (conn.closeSocket).
+	mu sync.Mutex
+
+	pending []byte  // read behind the upgrade request by net/http
+	rbuf    *[]byte // pooled, only while it holds unread bytes (rbuf[r:w])
+	r, w    int
+
+	// The frame being written (unmasked or masked, any length): hn header
+	// bytes seen (hdr), then left payload bytes to come. held bytes of it
+	// are kept back until the frame is complete.
+	hdr  [14]byte
+	hn   int
+	left uint64
+	hold [leanBufio]byte
+	held int
+}
+
+func (c *leanConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		if c.pending = c.pending[n:]; len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	if c.rbuf == nil {
+		if c.raw == nil || len(p) >= readBufSize {
+			return c.Conn.Read(p) // straight into the caller's buffer
+		}
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, (*c.rbuf)[c.r:c.w])
+	if c.r += n; c.r == c.w {
+		readBufs.Put(c.rbuf)
+		c.rbuf = nil
+	}
+	return n, nil
+}
+
+// buffered reports whether bytes already read from the socket wait to be
+// read.
+func (c *leanConn) buffered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) > 0 || c.rbuf != nil || c.br.Buffered() > 0
+}
+
+// waitReadable parks until the socket has a byte to read, or is at EOF or
+// failed (the next read reports it), holding no buffer; at once when bytes
+// are buffered already.
+func (c *leanConn) waitReadable() error {
+	if c.buffered() {
+		return nil
+	}
+	return c.raw.Read(func(fd uintptr) bool {
+		return !errors.Is(sysPeek(fd, c.one[:]), syscall.EAGAIN)
+	})
+}
+
+// fill waits until the socket is readable, holding no buffer, then reads
+// what it has into a pooled one.
+func (c *leanConn) fill() error {
+	var (
+		b    *[]byte
+		n    int
+		rerr error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		b = readBufs.Get().(*[]byte)
+		n, rerr = sysRead(fd, *b)
+		if errors.Is(rerr, syscall.EAGAIN) {
+			readBufs.Put(b)
+			b = nil
+			return false // wait for readability, then call again
+		}
+		return true
+	})
+	if err == nil && rerr != nil {
+		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: rerr}
+	}
+	if err == nil && n <= 0 {
+		err = io.EOF
+	}
+	if err != nil {
+		if b != nil {
+			readBufs.Put(b)
+		}
+		return err
+	}
+	c.rbuf, c.r, c.w = b, 0, n
+	return nil
+}
+
+func (c *leanConn) Write(p []byte) (int, error) {
+	c.advance(p)
+	if (c.hn > 0 || c.left > 0) && c.held+len(p) <= len(c.hold) {
+		// Mid-frame: the rest follows within the same frame write.
+		c.held += copy(c.hold[c.held:], p)
+		return len(p), nil
+	}
+	if c.held == 0 {
+		return c.Conn.Write(p)
+	}
+	held := c.held
+	c.held = 0
+	bufs := net.Buffers{c.hold[:held], p}
+	n, err := bufs.WriteTo(c.Conn) // writev: one syscall, one segment
+	return max(int(n)-held, 0), err
+}
+
+// advance follows the frame boundaries through p.
+func (c *leanConn) advance(p []byte) {
+	for len(p) > 0 {
+		if c.left > 0 {
+			k := min(uint64(len(p)), c.left)
+			c.left -= k
+			p = p[k:]
+			continue
+		}
+		c.hdr[c.hn] = p[0]
+		c.hn++
+		p = p[1:]
+		if need := headerLen(c.hdr[:c.hn]); need == c.hn {
+			c.left = payloadLen(c.hdr[:c.hn])
+			c.hn = 0
+		}
+	}
+}
+
+// headerLen is the length of the frame header that starts with h (RFC 6455
+// 5.2), or 0 while h is too short to tell.
+func headerLen(h []byte) int {
+	if len(h) < 2 {
+		return 0
+	}
+	n := 2
+	switch h[1] & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if h[1]&0x80 != 0 {
+		n += 4 // masking key
+	}
+	return n
+}
+
+// payloadLen is the payload length of the complete header h.
+func payloadLen(h []byte) uint64 {
+	switch l := h[1] & 0x7f; l {
+	case 126:
+		return uint64(h[2])<<8 | uint64(h[3])
+	case 127:
+		var n uint64
+		for _, b := range h[2:10] {
+			n = n<<8 | uint64(b)
+		}
+		return n
+	default:
+		return uint64(l)
+	}
+}

@@ -1,0 +1,16 @@
+//go:build !unix
+
+package gateway
+
+import (
+	"errors"
+	"net"
+	"syscall"
+)
+
+// rawConnOf: without unix read(2), leanConn reads the connection plainly.
+func rawConnOf(net.Conn) syscall.RawConn { return nil }
+
+func sysRead(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func sysPeek(uintptr, []byte) error { return errors.ErrUnsupported }
