@@ -432,9 +432,11 @@ type EntryJSON struct {
 // after), with the timeline's epoch and each entry's kind (the event
 // frame's name, engine.EventName) and stored wire JSON (engine.MarshalPart
 // of the entry). A value's visibility is read from its head and its JSON
-// handed over as stored (entries.go), so the store's cost is about a range
-// scan's. json is the store's memory, valid only during the call: copy
-// what you keep, and do not block in fn (the scan holds an iterator). An
+// handed over as stored (entries.go), or, for a message to many, written
+// from the entry's fields around its body's bytes (bodies.go); nothing is
+// decoded, so the store's cost is about a range scan's. json is the
+// store's memory, valid only during the call: copy what you keep, and do
+// not block in fn (the scan holds an iterator and a snapshot). An
 // error from fn stops the scan and is returned. It returns the position to
 // continue from (the last entry examined, visible or not) and the meta.
 func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
