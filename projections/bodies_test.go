@@ -1,7 +1,9 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -254,5 +256,54 @@ func TestGroupEntryReferencesBody(t *testing.T) {
 	e.EntryId = "other"
 	if _, ok := encodeRefEntry(e, 5); ok {
 		t.Fatal("an entry whose id is not its source's references a body")
+	}
+}
+
+// Catch-up reads entries and their bodies from one view: while retention
+// trims entries (and deletes the bodies of the last ones) on the applying
+// goroutine, a reader never meets a reference whose body is gone; it may
+// only be told to resync when its position falls behind retention.
+func TestCatchUpWhileBodiesAreDropped(t *testing.T) {
+	const parts = 1
+	s := openMem(t, parts, nil)
+	defer s.Close()
+	log := retainedHistory(t, parts, 6000, 21, 4, 0)
+	done := make(chan struct{})
+	var applyErr error
+	go func() {
+		defer close(done)
+		for _, es := range log {
+			for i := 0; i < len(es) && applyErr == nil; i += 50 {
+				applyErr = s.Apply(0, es[i:min(i+50, len(es))])
+			}
+		}
+	}()
+	reads, refs := 0, 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		for _, u := range []string{"u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"} {
+			_, _, err := s.TimelineEach("app", u, "", "", 0, 100, func(_ string, _ uint64, k pb.Kind, j []byte) error {
+				if k == pb.Kind_KIND_MESSAGE_SEND && bytes.Contains(j, []byte(`"chat_type":"CHAT_TYPE_GROUP"`)) {
+					refs++
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, ErrResync) {
+				t.Fatalf("catch-up of %s during trims: %v", u, err)
+			}
+			reads++
+		}
+	}
+	if applyErr != nil {
+		t.Fatal(applyErr)
+	}
+	bodies, _ := bodyCensus(t, s)
+	t.Logf("%d catch-ups read %d group messages while the log applied; %d bodies left", reads, refs, bodies)
+	if reads < 50 || refs == 0 {
+		t.Fatalf("%d catch-ups, %d messages: the reads did not overlap the trims", reads, refs)
 	}
 }
