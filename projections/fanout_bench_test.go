@@ -19,7 +19,9 @@ import (
 // member entries/s and the bytes the store's WAL took per member entry.
 // Baseline in the same run: a bare Pebble writing one value of the
 // message's stored size (a full copy per member) per member entry, in the
-// same number of batches.
+// same number of batches. Then catchup_ratio: members' catch-ups of their
+// timelines (TimelineEach, every entry visible) over a raw Pebble scan of the
+// same keys in the same store, in turns.
 func BenchmarkApplyGroupMessage(b *testing.B) {
 	const (
 		members = 1000
@@ -121,6 +123,50 @@ func BenchmarkApplyGroupMessage(b *testing.B) {
 	if err != nil || len(es) < n || !bytes.Contains(es[len(es)-1].Source.GetMessage().GetBody(), []byte("station")) {
 		b.Fatalf("last member has %d entries (%v), want at least %d", len(es), err, n)
 	}
+	// A member's catch-up of those messages (format 3 on this branch:
+	// written around the bodies) against a raw scan of the same keys, in
+	// turns.
+	var cuT, scanT time.Duration
+	var cuN, scanN int
+	for r := range 40 {
+		cu := func() {
+			t := time.Now()
+			if _, _, err := s.TimelineEach(app, user(r%members), "x", "", 0, 1<<20, func(_ string, _ uint64, _ pb.Kind, j []byte) error {
+				cuN++
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			cuT += time.Since(t)
+		}
+		sc := func() {
+			t := time.Now()
+			p := timelinePrefix(app, user(r%members))
+			it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for it.First(); it.Valid(); it.Next() {
+				if len(it.Value()) > 0 {
+					scanN++
+				}
+			}
+			it.Close()
+			scanT += time.Since(t)
+		}
+		if r%2 == 0 {
+			cu()
+			sc()
+		} else {
+			sc()
+			cu()
+		}
+	}
+	if cuN != scanN {
+		b.Fatalf("catch-up sent %d entries, the scan found %d", cuN, scanN)
+	}
+	b.ReportMetric(float64(cuN)/cuT.Seconds(), "catchup_entries/s")
+	b.ReportMetric((float64(cuN)/cuT.Seconds())/(float64(scanN)/scanT.Seconds()), "catchup_ratio")
 	md, rw := float64(entries)/mdT.Seconds(), float64(entries)/rawT.Seconds()
 	b.ReportMetric(md, "member_entries/s")
 	b.ReportMetric(rw, "raw_full_copies/s")
