@@ -98,16 +98,14 @@ func affected(d *pb.Deliver) (join, leave bool) {
 // of contact operations, its group and thread memberships, the state of the
 // conversation it belongs to, and the new timeline entry. It returns a nil
 // entry when the recipient drops the delivery (a message or request from a
-// user on its block list). It never mutates st.
+// user on its block list). It never mutates st: the contacts and groups a
+// delivery cannot change (a message's) are returned as the same values, so
+// a caller tells "unchanged" by identity, and the others are copies.
 func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.TimelineEntry) {
 	src := d.Source
 	actor := src.Actor.User
 	own := d.Recipient == actor
-	next := UserState{
-		Contacts: proto.Clone(st.Contacts).(*pb.Contacts),
-		Groups:   proto.Clone(st.Groups).(*pb.UserGroups),
-		Meta:     proto.Clone(st.Meta).(*pb.TimelineMeta),
-	}
+	next := UserState{Contacts: st.Contacts, Groups: st.Groups, Meta: proto.Clone(st.Meta).(*pb.TimelineMeta)}
 	if st.Conv != nil {
 		next.Conv = proto.Clone(st.Conv).(*pb.Conversation)
 	}
@@ -120,6 +118,10 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 		}
 	}
 	if !own {
+		switch src.Kind {
+		case pb.Kind_KIND_CONTACT_REQUEST, pb.Kind_KIND_CONTACT_ACCEPT, pb.Kind_KIND_CONTACT_DECLINE, pb.Kind_KIND_CONTACT_REMOVE:
+			next.Contacts = proto.Clone(st.Contacts).(*pb.Contacts) // the kinds below change
+		}
 		c := next.Contacts
 		switch src.Kind {
 		case pb.Kind_KIND_CONTACT_REQUEST:
@@ -136,6 +138,7 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 		}
 	}
 	if g := src.GetGroup(); g != nil || src.GetThread() != nil {
+		next.Groups = proto.Clone(st.Groups).(*pb.UserGroups)
 		join, leave := affected(d)
 		if t := src.GetThread(); t != nil {
 			if join {

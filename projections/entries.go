@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -17,25 +16,46 @@ import (
 //
 // A catch-up reads a range of a user's timeline and sends each entry the
 // device may see. It needs, per entry, only the visibility fields and the
-// entry's wire form, so that is what a value holds (format 2):
+// entry's wire form, so that is what a value holds. Every value starts
+// with a marker (a protobuf message never starts with 0x00, field 0), the
+// format, and a head:
 //
-//	0x00 0x02                             marker: a protobuf message never starts with 0x00 (field 0)
+//	0x00 <format>                         format 2 (inline) or 3 (reference)
 //	uvarint kind                          the source's kind (the frame's name)
 //	varint  time_unix_ms                  the source's time (retention by age)
 //	uvarint chat_type, uvarint n, n bytes the conversation the entry belongs to (history index)
 //	uvarint n, n bytes                    only_login_id
 //	uvarint n, n bytes                    exclude_login_id
-//	rest                                  the TimelineEntry in engine.MarshalPart's JSON form
 //
-// Catch-up copies the JSON into the frame without decoding it
-// (Store.TimelineJSON); the few readers that need the message (history,
-// Store.Timeline) decode the JSON. Every field is a function of the entry,
-// and engine.MarshalPart is deterministic for a build, so a rebuild writes
-// the same bytes (invariant 2). Values written before this format (format
-// 1: the TimelineEntry protobuf) are rewritten in format 2 when a store
-// opens (migrateTimelines), and every reader still accepts them.
+// Format 2 (inline) ends with the TimelineEntry in engine.MarshalPart's
+// JSON form. Format 3 (reference) is the entry of a message to many (a
+// group, thread or chatroom message, sharesBody): its source is stored
+// once per partition in the body table (bodies.go) and the entry ends with
+//
+//	uvarint flags                         1: multi_device
+//	uvarint n, n bytes                    from
+//	varint  source_partition, varint source_offset
+//	uvarint the body's partition
+//	rest                                  the entry id: the source event id, the body's id
+//
+// so a member's entry is tens of bytes instead of a copy of the message.
+// Catch-up writes its JSON from these fields around the body's bytes
+// (appendWireJSON): the same bytes engine.MarshalPart writes for the
+// entry, without decoding anything. The few readers that need the message
+// (history, Store.Timeline) decode the JSON. Every field is a function of
+// the entry, and engine.MarshalPart is deterministic for a build, so a
+// rebuild writes the same bytes (invariant 2). Values written before
+// (format 1: the TimelineEntry protobuf; format 2 for a message to many)
+// are rewritten when a store opens (migrateTimelines), and every reader
+// still accepts them.
 
-const entryFormat = 2
+const (
+	entryFormat    = 2 // inline
+	entryFormatRef = 3 // reference to a body
+	// timelineLayout is the layout migrateTimelines brings a store to:
+	// format 2, and format 3 for every message to many.
+	timelineLayout = 3
+)
 
 // entryHead is a stored entry's fields read without decoding its JSON.
 // The byte slices point into the value.
@@ -46,8 +66,18 @@ type entryHead struct {
 	conv     []byte
 	only     []byte
 	exclude  []byte
-	json     []byte
+	json     []byte // format 2
 	proto    []byte // set instead of json for a format-1 value
+
+	// Format 3: the entry's own fields, and the body it references
+	// (the source event id, on partition bodyPart).
+	ref      bool
+	multi    bool
+	from     []byte
+	srcPart  int64
+	srcOff   int64
+	bodyPart int32
+	id       []byte
 }
 
 // visibleTo is engine.Visible on the stored fields.
@@ -58,9 +88,23 @@ func (h *entryHead) visibleTo(loginID string) bool {
 	return len(h.exclude) == 0 || string(h.exclude) != loginID
 }
 
-// encodeEntry returns e's stored value.
+// encodeEntry returns e's stored value in format 2.
 func encodeEntry(e *pb.TimelineEntry) ([]byte, error) {
 	return encodeEntryWith(e, nil)
+}
+
+// appendHead appends the marker, format and head of e's value.
+func appendHead(b []byte, format byte, e *pb.TimelineEntry) []byte {
+	src := e.GetSource()
+	b = append(b, 0, format)
+	b = binary.AppendUvarint(b, uint64(src.GetKind()))
+	b = binary.AppendVarint(b, src.GetTimeUnixMs())
+	b = binary.AppendUvarint(b, uint64(e.ChatType))
+	for _, s := range []string{e.ConversationId, e.OnlyLoginId, e.ExcludeLoginId} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
 }
 
 // encodeEntryWith is encodeEntry given the source's wire JSON
@@ -74,82 +118,139 @@ func encodeEntryWith(e *pb.TimelineEntry, srcJSON []byte) ([]byte, error) {
 			return nil, fmt.Errorf("projections: encode entry %d: %w", e.Seq, err)
 		}
 	}
-	src := e.GetSource()
 	b := make([]byte, 0, len(j)+32+len(e.ConversationId)+len(e.OnlyLoginId)+len(e.ExcludeLoginId))
-	b = append(b, 0, entryFormat)
-	b = binary.AppendUvarint(b, uint64(src.GetKind()))
-	b = binary.AppendVarint(b, src.GetTimeUnixMs())
-	b = binary.AppendUvarint(b, uint64(e.ChatType))
-	for _, s := range []string{e.ConversationId, e.OnlyLoginId, e.ExcludeLoginId} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
+	return append(appendHead(b, entryFormat, e), j...), nil
+}
+
+// sharesBody reports whether the entries of src are stored by reference
+// to one body per partition: a message to many (a group, a thread, a
+// chatroom), whose copies differ only in their recipient. A message to a
+// user has at most two entries, not worth a body and the extra read per
+// entry on catch-up. A function of the event, so every rebuild chooses
+// alike.
+func sharesBody(src *pb.Event) bool {
+	if src.GetKind() != pb.Kind_KIND_MESSAGE_SEND {
+		return false
 	}
-	return append(b, j...), nil
+	switch src.GetMessage().GetChatType() {
+	case pb.ChatType_CHAT_TYPE_GROUP, pb.ChatType_CHAT_TYPE_THREAD, pb.ChatType_CHAT_TYPE_CHATROOM:
+		return true
+	}
+	return false
+}
+
+// encodeRefEntry returns e's value in format 3, referencing the body of
+// its source on partition bodyPart. ok is false when the entry cannot be
+// written back byte for byte from its fields (appendWireJSON: a string
+// needing escaping, a chat type without a name, an entry id that is not
+// the source's); the caller stores it inline.
+func encodeRefEntry(e *pb.TimelineEntry, bodyPart int32) ([]byte, bool) {
+	src := e.GetSource()
+	if src == nil || e.EntryId == "" || e.EntryId != src.EventId || !wireable(e) {
+		return nil, false
+	}
+	b := make([]byte, 0, 48+len(e.ConversationId)+len(e.OnlyLoginId)+len(e.ExcludeLoginId)+len(e.From)+len(e.EntryId))
+	b = appendHead(b, entryFormatRef, e)
+	var flags uint64
+	if e.MultiDevice {
+		flags |= 1
+	}
+	b = binary.AppendUvarint(b, flags)
+	b = binary.AppendUvarint(b, uint64(len(e.From)))
+	b = append(b, e.From...)
+	b = binary.AppendVarint(b, int64(e.SourcePartition))
+	b = binary.AppendVarint(b, e.SourceOffset)
+	b = binary.AppendUvarint(b, uint64(bodyPart))
+	return append(b, e.EntryId...), true
+}
+
+// wireFields are a TimelineEntry's own fields (all but the source), as
+// appendWireJSON writes them.
+type wireFields struct {
+	seq                                uint64
+	entryID, from, exclude, only, conv []byte
+	multi                              bool
+	srcPart, srcOff                    int64
+	chatType                           int32
+}
+
+// wireable reports whether appendWireJSON writes e as MarshalPart does.
+func wireable(e *pb.TimelineEntry) bool {
+	for _, s := range []string{e.EntryId, e.From, e.ExcludeLoginId, e.OnlyLoginId, e.ConversationId} {
+		if !plainJSON(s) {
+			return false
+		}
+	}
+	return e.ChatType == 0 || pb.ChatType_name[int32(e.ChatType)] != ""
 }
 
 // entryWireJSON is engine.MarshalPart(e), byte for byte, written around the
-// source's part srcJSON: the entry's own fields in declaration order, zero
-// values left out and 64-bit integers as numbers, as MarshalPart writes
-// them. ok is false (use MarshalPart) without srcJSON, or when a string
-// would need escaping or the chat type has no name.
+// source's part srcJSON. ok is false (use MarshalPart) without srcJSON, or
+// when e is not wireable.
 func entryWireJSON(e *pb.TimelineEntry, srcJSON []byte) ([]byte, bool) {
-	if srcJSON == nil || e.Source == nil {
+	if srcJSON == nil || e.Source == nil || !wireable(e) {
 		return nil, false
 	}
-	for _, s := range []string{e.EntryId, e.From, e.ExcludeLoginId, e.OnlyLoginId, e.ConversationId} {
-		if !plainJSON(s) {
-			return nil, false
-		}
-	}
-	ct := ""
-	if e.ChatType != 0 {
-		if ct = pb.ChatType_name[int32(e.ChatType)]; ct == "" {
-			return nil, false
-		}
-	}
+	f := wireFields{seq: e.Seq, entryID: []byte(e.EntryId), from: []byte(e.From), exclude: []byte(e.ExcludeLoginId),
+		only: []byte(e.OnlyLoginId), conv: []byte(e.ConversationId), multi: e.MultiDevice,
+		srcPart: int64(e.SourcePartition), srcOff: e.SourceOffset, chatType: int32(e.ChatType)}
 	b := make([]byte, 0, len(srcJSON)+128+len(e.EntryId)+len(e.From)+len(e.ConversationId))
+	return appendWireJSON(b, &f, srcJSON), true
+}
+
+// appendWireJSON appends the entry's JSON as engine.MarshalPart writes it
+// (for fields wireable accepts): its own fields in declaration order, zero
+// values left out and 64-bit integers as numbers, the source's part srcJSON
+// in its place.
+func appendWireJSON(b []byte, f *wireFields, srcJSON []byte) []byte {
+	start := len(b)
 	b = append(b, '{')
 	sep := func(name string) {
-		if len(b) > 1 {
+		if len(b) > start+1 {
 			b = append(b, ',')
 		}
 		b = append(b, '"')
 		b = append(b, name...)
 		b = append(b, '"', ':')
 	}
-	str := func(name, v string) {
-		if v != "" {
+	str := func(name string, v []byte) {
+		if len(v) > 0 {
 			sep(name)
 			b = append(b, '"')
 			b = append(b, v...)
 			b = append(b, '"')
 		}
 	}
-	if e.Seq != 0 {
+	if f.seq != 0 {
 		sep("seq")
-		b = strconv.AppendUint(b, e.Seq, 10)
+		b = strconv.AppendUint(b, f.seq, 10)
 	}
-	str("entry_id", e.EntryId)
-	str("from", e.From)
-	if e.MultiDevice {
+	str("entry_id", f.entryID)
+	str("from", f.from)
+	if f.multi {
 		sep("multi_device")
 		b = append(b, "true"...)
 	}
-	str("exclude_login_id", e.ExcludeLoginId)
-	str("only_login_id", e.OnlyLoginId)
+	str("exclude_login_id", f.exclude)
+	str("only_login_id", f.only)
 	sep("source")
 	b = append(b, srcJSON...)
-	if e.SourcePartition != 0 {
+	if f.srcPart != 0 {
 		sep("source_partition")
-		b = strconv.AppendInt(b, int64(e.SourcePartition), 10)
+		b = strconv.AppendInt(b, f.srcPart, 10)
 	}
-	if e.SourceOffset != 0 {
+	if f.srcOff != 0 {
 		sep("source_offset")
-		b = strconv.AppendInt(b, e.SourceOffset, 10)
+		b = strconv.AppendInt(b, f.srcOff, 10)
 	}
-	str("conversation_id", e.ConversationId)
-	str("chat_type", ct)
-	return append(b, '}'), true
+	str("conversation_id", f.conv)
+	if f.chatType != 0 {
+		sep("chat_type")
+		b = append(b, '"')
+		b = append(b, pb.ChatType_name[f.chatType]...)
+		b = append(b, '"')
+	}
+	return append(b, '}')
 }
 
 // plainJSON reports whether s is written in JSON as it is (ids: letters,
@@ -180,7 +281,7 @@ func parseEntry(v []byte) (entryHead, error) {
 			conv: []byte(e.ConversationId), only: []byte(e.OnlyLoginId), exclude: []byte(e.ExcludeLoginId), proto: v}
 		return h, nil
 	}
-	if len(v) < 2 || v[1] != entryFormat {
+	if len(v) < 2 || (v[1] != entryFormat && v[1] != entryFormatRef) {
 		return h, errBadEntry
 	}
 	// Straight-line reads, no closures: this runs for every entry a
@@ -210,7 +311,34 @@ func parseEntry(v []byte) (entryHead, error) {
 	if h.exclude, i, ok = lenBytes(v, i); !ok {
 		return h, errBadEntry
 	}
-	h.json = v[i:]
+	if v[1] == entryFormat {
+		h.json = v[i:]
+		return h, nil
+	}
+	h.ref = true
+	if x, n = binary.Uvarint(v[i:]); n <= 0 {
+		return h, errBadEntry
+	}
+	h.multi, i = x&1 != 0, i+n
+	if h.from, i, ok = lenBytes(v, i); !ok {
+		return h, errBadEntry
+	}
+	if h.srcPart, n = binary.Varint(v[i:]); n <= 0 {
+		return h, errBadEntry
+	}
+	i += n
+	if h.srcOff, n = binary.Varint(v[i:]); n <= 0 {
+		return h, errBadEntry
+	}
+	i += n
+	if x, n = binary.Uvarint(v[i:]); n <= 0 || x > 1<<31-1 {
+		return h, errBadEntry
+	}
+	h.bodyPart, i = int32(x), i+n
+	if i >= len(v) {
+		return h, errBadEntry // no id
+	}
+	h.id = v[i:]
 	return h, nil
 }
 
@@ -224,9 +352,21 @@ func lenBytes(v []byte, i int) ([]byte, int, bool) {
 	return v[i : i+int(x) : i+int(x)], i + int(x), true
 }
 
-// entryJSON is the entry's wire form (engine.MarshalPart), without
-// decoding a format-2 value.
+// refJSON appends a format-3 entry's wire form (engine.MarshalPart of the
+// entry at seq) to b, given its body (the source's wire JSON).
+func (h *entryHead) refJSON(b []byte, seq uint64, body []byte) []byte {
+	f := wireFields{seq: seq, entryID: h.id, from: h.from, exclude: h.exclude, only: h.only, conv: h.conv,
+		multi: h.multi, srcPart: h.srcPart, srcOff: h.srcOff, chatType: h.chatType}
+	return appendWireJSON(b, &f, body)
+}
+
+// entryJSON is the wire form (engine.MarshalPart) of a format-1 or
+// format-2 value's entry, without decoding a format-2 value. A format-3
+// value needs its body: see Store.entryJSON.
 func (h *entryHead) entryJSON() ([]byte, error) {
+	if h.ref {
+		return nil, errors.New("projections: entry references a body")
+	}
 	if h.proto == nil {
 		return h.json, nil
 	}
@@ -237,90 +377,11 @@ func (h *entryHead) entryJSON() ([]byte, error) {
 	return engine.MarshalPart(e)
 }
 
-// decodeEntry decodes a stored value into the entry.
-func decodeEntry(v []byte) (*pb.TimelineEntry, error) {
-	h, err := parseEntry(v)
-	if err != nil {
-		return nil, err
-	}
+// decodeEntryJSON decodes an entry's wire form.
+func decodeEntryJSON(j []byte) (*pb.TimelineEntry, error) {
 	e := &pb.TimelineEntry{}
-	if h.proto != nil {
-		return e, proto.Unmarshal(h.proto, e)
-	}
-	if err := protojson.Unmarshal(h.json, e); err != nil {
+	if err := protojson.Unmarshal(j, e); err != nil {
 		return nil, fmt.Errorf("projections: decode entry: %w", err)
 	}
 	return e, nil
-}
-
-// timelineLayoutKey marks a store whose timeline values are all in format
-// 2. It is in the operational table: the layout of the bytes, not state.
-var timelineLayoutKey = key(tagOperational, "layout", "timeline")
-
-// migrateTimelines rewrites format-1 timeline values in format 2, once per
-// store (then it sets timelineLayoutKey), before anything applies or
-// reads. The rewrite is a function of each value, so the result is what a
-// rebuild from offset 0 writes, and the digest of a migrated store equals
-// the rebuild's. Interrupted, it starts over on the next open and skips
-// the values already rewritten.
-func migrateTimelines(db *pebble.DB) (int, error) {
-	if _, closer, err := db.Get(timelineLayoutKey); err == nil {
-		return 0, closer.Close()
-	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return 0, fmt.Errorf("projections: read timeline layout: %w", err)
-	}
-	prefix := []byte{tagTimeline, 0}
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return 0, err
-	}
-	defer it.Close()
-	n := 0
-	b := db.NewBatch()
-	for it.First(); it.Valid(); it.Next() {
-		v := it.Value()
-		if len(v) > 0 && v[0] == 0 {
-			continue // format 2 already
-		}
-		e := &pb.TimelineEntry{}
-		if err := proto.Unmarshal(v, e); err != nil {
-			b.Close()
-			return n, fmt.Errorf("projections: migrate %q: %w", it.Key(), err)
-		}
-		nv, err := encodeEntry(e)
-		if err != nil {
-			b.Close()
-			return n, err
-		}
-		if err := b.Set(it.Key(), nv, nil); err != nil {
-			b.Close()
-			return n, err
-		}
-		if n++; b.Len() > 4<<20 {
-			if err := commitClose(b); err != nil {
-				return n, err
-			}
-			b = db.NewBatch()
-		}
-	}
-	if err := it.Error(); err != nil {
-		b.Close()
-		return n, err
-	}
-	if err := b.Set(timelineLayoutKey, []byte{entryFormat}, nil); err != nil {
-		b.Close()
-		return n, err
-	}
-	return n, commitClose(b)
-}
-
-func commitClose(b *pebble.Batch) error {
-	err := b.Commit(pebble.Sync)
-	if cerr := b.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("projections: migrate timelines: %w", err)
-	}
-	return nil
 }

@@ -42,6 +42,20 @@ func timelineUsers(t *testing.T, s *Store) [][2]string {
 	return out
 }
 
+// storedEntry decodes the value v stored at timeline key k of s.
+func storedEntry(t *testing.T, s *Store, k, v []byte) *pb.TimelineEntry {
+	t.Helper()
+	app, _, ok := splitPair(k[2 : len(k)-9])
+	if !ok {
+		t.Fatalf("timeline key %q", k)
+	}
+	e, err := newBodyReader(s.db, app, nil).entry(v, seqOf(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // A store whose timeline values are in the earlier format (the protobuf
 // entry) is rewritten when it opens, to exactly the bytes the current code
 // writes: its digest equals the one of the store built with this code.
@@ -65,10 +79,7 @@ func TestTimelineMigratedOnOpen(t *testing.T) {
 	b := s.db.NewBatch()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
-		e, err := decodeEntry(it.Value())
-		if err != nil {
-			t.Fatal(err)
-		}
+		e := storedEntry(t, s, it.Key(), it.Value())
 		old, err := engine.EncodeState(e)
 		if err != nil {
 			t.Fatal(err)
@@ -107,7 +118,7 @@ func TestTimelineMigratedOnOpen(t *testing.T) {
 	if got, err := s.Digest(); err != nil || got != want {
 		t.Fatalf("digest after migration %s (%v), want %s", got, err, want)
 	}
-	if n, err := migrateTimelines(s.db); err != nil || n != 0 {
+	if n, err := migrateTimelines(s.db, 2); err != nil || n != 0 {
 		t.Fatalf("second migration rewrote %d (%v)", n, err)
 	}
 }
@@ -191,7 +202,7 @@ func TestEntryValueRoundTrip(t *testing.T) {
 		string(h.conv) != "g1" || string(h.only) != "A2" || string(h.exclude) != "A1" || !h.visibleTo("A2") || h.visibleTo("A1") {
 		t.Fatalf("head %+v", h)
 	}
-	got, err := decodeEntry(v)
+	got, err := newBodyReader(nil, "", nil).entry(v, e.Seq)
 	if err != nil || !proto.Equal(got, e) {
 		t.Fatalf("decoded %v (%v), want %v", got, err, e)
 	}

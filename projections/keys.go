@@ -87,6 +87,8 @@ func prefixEnd(prefix []byte) []byte {
 //	U 0 <app> 0 <user>                               the user's groups and threads
 //	G 0 <app> 0 <group>                              group (with its threads)
 //	R 0 <app> 0 <room>                               chatroom membership
+//	b 0 <app> 0 <event id> 0 <p:4>                   body: a message to many, once per partition (bodies.go)
+//	B 0 <app> 0 <event id> 0 <p:4>                   the body's reference count (8 bytes)
 //
 // Operational tables, outside the digest (not a function of the log):
 //
@@ -101,6 +103,8 @@ const (
 	tagUserGroups  = 'U'
 	tagGroup       = 'G'
 	tagRoom        = 'R'
+	tagBody        = 'b'
+	tagBodyRefs    = 'B'
 	tagOperational = 'z'
 )
 
@@ -135,6 +139,16 @@ func userGroupsKey(app, user string) []byte { return key(tagUserGroups, app, use
 func groupKey(app, group string) []byte { return key(tagGroup, app, group) }
 
 func roomKey(app, room string) []byte { return key(tagRoom, app, room) }
+
+func bodyKey(tag byte, app string, id []byte, p int32) []byte {
+	k := make([]byte, 0, 2+len(app)+1+len(id)+1+4)
+	k = append(k, tag, 0)
+	k = append(k, app...)
+	k = append(k, 0)
+	k = append(k, id...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(p))
+}
 
 func relayKey(p int32) []byte {
 	return binary.BigEndian.AppendUint32(key(tagOperational, "relay", ""), uint32(p))

@@ -106,6 +106,8 @@ type Store struct {
 	// srcJSON is, per partition, the last source event a delivery was
 	// applied from and its wire JSON (Store.sourceJSON).
 	srcJSON []sourceJSONCache
+	// bodies holds recently read bodies for catch-up (bodies.go).
+	bodies bodyCache
 }
 
 type sourceJSONCache struct {
@@ -144,11 +146,11 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if n, err := migrateTimelines(db); err != nil {
+	if n, err := migrateTimelines(db, opts.Partitions); err != nil {
 		db.Close()
 		return nil, err
 	} else if n > 0 {
-		slog.Info("projections: timeline entries rewritten in the current format", "entries", n, "format", entryFormat)
+		slog.Info("projections: timeline entries rewritten in the current format", "entries", n, "layout", timelineLayout)
 	}
 	for p := int32(0); p < opts.Partitions; p++ {
 		pos, err := s.readRelayPosition(p)
@@ -203,7 +205,7 @@ func (s *Store) topology() []Handler {
 			Name: "sync",
 			Categories: []engine.Category{engine.CatMessage, engine.CatContact, engine.CatGroup, engine.CatThread,
 				engine.CatConversation, engine.CatChatroom, engine.CatDerived},
-			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom},
+			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom, tagBody, tagBodyRefs},
 			Decide: s.decideSync,
 		},
 	}, PresenceHandlers()...)

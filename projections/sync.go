@@ -25,8 +25,12 @@ func (s *Store) decideSync(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Po
 			return nil, nil // malformed derived record: skipped, counted
 		}
 		d := engine.NewDecision(ev, pos, pol)
+		var refs bodyRefs
 		if dl.Recipient != "" {
-			return d, s.applyDelivery(t, pos.Partition, dl)
+			if err := s.applyDelivery(t, pos.Partition, dl, &refs); err != nil {
+				return nil, err
+			}
+			return d, refs.flush(t)
 		}
 		// A partition copy: each recipient's entry, in the record's order,
 		// in this one batch (one decision dedups them all).
@@ -37,11 +41,11 @@ func (s *Store) decideSync(t *Txn, ev *pb.Event, pos engine.Position, pol *pb.Po
 				continue // not this partition's: a malformed record, skipped alike on every rebuild
 			}
 			one.Recipient = r
-			if err := s.applyDelivery(t, pos.Partition, one); err != nil {
+			if err := s.applyDelivery(t, pos.Partition, one, &refs); err != nil {
 				return nil, err
 			}
 		}
-		return d, nil
+		return d, refs.flush(t)
 	}
 	return s.applySync(t, pol, ev, pos)
 }
@@ -134,7 +138,11 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 	if d.Code != 0 {
 		return d, nil
 	}
-	return d, s.route(t, pos.Partition, ev.App, d, dls)
+	var refs bodyRefs
+	if err := s.route(t, pos.Partition, ev.App, d, dls, &refs); err != nil {
+		return nil, err
+	}
+	return d, refs.flush(t)
 }
 
 // route applies each copy whose recipient lives on this partition inline,
@@ -145,12 +153,12 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 // recipients in the order given, so a group message costs one record per
 // partition it reaches, not one per member (docs/design-notes.md, "Group
 // fan-out").
-func (s *Store) route(t *Txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver) error {
+func (s *Store) route(t *Txn, p int32, app string, d *pb.Decision, dls []*pb.Deliver, refs *bodyRefs) error {
 	shared := map[int32]*pb.Deliver{} // the partition copy of each partition, once it has two recipients' worth
 	for _, dl := range dls {
 		q := engine.PartitionFor([]byte(engine.UserStream(app, dl.Recipient)), s.opts.Partitions)
 		if q == p {
-			if err := s.applyDelivery(t, p, dl); err != nil {
+			if err := s.applyDelivery(t, p, dl, refs); err != nil {
 				return err
 			}
 			continue
@@ -178,8 +186,9 @@ func sameCopy(a, b *pb.Deliver) bool {
 		a.OnlyLoginId == b.OnlyLoginId && a.SourcePartition == b.SourcePartition && a.SourceOffset == b.SourceOffset
 }
 
-// applyDelivery applies one copy to its recipient's state and timeline.
-func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
+// applyDelivery applies one copy to its recipient's state and timeline on
+// partition p; refs collects the event's references to bodies.
+func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) error {
 	app, user := dl.Source.App, dl.Recipient
 	pol, err := policyOf(t, app, p)
 	if err != nil {
@@ -209,21 +218,27 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 	if e == nil {
 		return nil
 	}
+	// Retention first: it moves the meta's first position, and the meta
+	// is then written once.
+	if err := s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
+		return err
+	}
 	// Contacts and groups a delivery did not change (a message, most
-	// often) are not written again: a stored value equal to the new one
-	// holds its exact bytes already (a deterministic encoding), so
-	// skipping the write changes no byte of state.
+	// often: ApplyDelivery returns them as they were, so no compare) are
+	// not written again: a stored value equal to the new one holds its
+	// exact bytes already (a deterministic encoding), so skipping the
+	// write changes no byte of state.
 	var puts []struct {
 		k []byte
 		m proto.Message
 	}
-	if !found[0] || !proto.Equal(st.Contacts, next.Contacts) {
+	if !found[0] || next.Contacts != st.Contacts && !proto.Equal(st.Contacts, next.Contacts) {
 		puts = append(puts, struct {
 			k []byte
 			m proto.Message
 		}{contactsKey(app, user), next.Contacts})
 	}
-	if !found[1] || !proto.Equal(st.Groups, next.Groups) {
+	if !found[1] || next.Groups != st.Groups && !proto.Equal(st.Groups, next.Groups) {
 		puts = append(puts, struct {
 			k []byte
 			m proto.Message
@@ -244,9 +259,22 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 			return err
 		}
 	}
-	v, err := encodeEntryWith(e, s.sourceJSON(p, dl.Source))
-	if err != nil {
-		return err
+	// A message to many: the member's entry references the body, written
+	// once per partition (bodies.go).
+	var v []byte
+	srcJSON := s.sourceJSON(p, dl.Source)
+	if srcJSON != nil && sharesBody(dl.Source) {
+		if rv, ok := encodeRefEntry(e, p); ok {
+			if err := refs.acquire(t, app, e.EntryId, p, srcJSON); err != nil {
+				return err
+			}
+			v = rv
+		}
+	}
+	if v == nil {
+		if v, err = encodeEntryWith(e, srcJSON); err != nil {
+			return err
+		}
 	}
 	if err := t.set(timelineKey(app, user, e.Seq), v); err != nil {
 		return err
@@ -257,7 +285,7 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver) error {
 			return err
 		}
 	}
-	return s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs)
+	return nil
 }
 
 // sourceJSON returns engine.MarshalPart(src), encoded once for the copies
@@ -283,8 +311,9 @@ func (s *Store) sourceJSON(p int32, src *pb.Event) []byte {
 // first_seq (count limit) and, bounded per call, those older than the age
 // limit by event time. Every input is from the log, so rebuilds trim alike.
 // The common case, nothing due, reads nothing: the oldest entry's time is
-// kept in the timeline's meta.
-func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64) error {
+// kept in the timeline's meta. It updates m; the caller writes it. A
+// trimmed entry that references a body releases it (refs).
+func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64, refs *bodyRefs) error {
 	_, maxAge := engine.Retention(pol)
 	cutoff := now - maxAge
 	first := max(oldFirst, 1)
@@ -312,6 +341,11 @@ func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 					return err
 				}
 			}
+			if e.ref {
+				if err := refs.release(t, app, e.id, e.bodyPart); err != nil {
+					return err
+				}
+			}
 			if err := t.del(timelineKey(app, user, first)); err != nil {
 				return err
 			}
@@ -325,7 +359,7 @@ func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 		m.FirstTimeUnixMs = now // only the newest entry is left
 	}
 	m.FirstSeq = max(m.FirstSeq, first)
-	return t.put(metaKey(app, user), m)
+	return nil
 }
 
 // ErrResync is returned by Timeline when the device's position cannot be
@@ -353,7 +387,11 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	if limit <= 0 {
 		limit = 100
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{
+	// One view for the entries and their bodies: a body read after the
+	// entry that referenced it was trimmed would be gone.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
 	})
 	if err != nil {
@@ -362,6 +400,7 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	defer it.Close()
 	var out []*pb.TimelineEntry
 	next := after
+	r := newBodyReader(snap, app, &s.bodies)
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
 		h, err := parseEntry(it.Value())
 		if err != nil {
@@ -369,7 +408,7 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 		}
 		next = seqOf(it.Key())
 		if h.visibleTo(loginID) {
-			e, err := decodeEntry(it.Value())
+			e, err := r.entry(it.Value(), next)
 			if err != nil {
 				return nil, 0, nil, err
 			}
@@ -393,9 +432,11 @@ type EntryJSON struct {
 // after), with the timeline's epoch and each entry's kind (the event
 // frame's name, engine.EventName) and stored wire JSON (engine.MarshalPart
 // of the entry). A value's visibility is read from its head and its JSON
-// handed over as stored (entries.go), so the store's cost is about a range
-// scan's. json is the store's memory, valid only during the call: copy
-// what you keep, and do not block in fn (the scan holds an iterator). An
+// handed over as stored (entries.go), or, for a message to many, written
+// from the entry's fields around its body's bytes (bodies.go); nothing is
+// decoded, so the store's cost is about a range scan's. json is the
+// store's memory, valid only during the call: copy what you keep, and do
+// not block in fn (the scan holds an iterator and a snapshot). An
 // error from fn stops the scan and is returned. It returns the position to
 // continue from (the last entry examined, visible or not) and the meta.
 func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, limit int,
@@ -415,7 +456,11 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	if limit <= 0 {
 		limit = 100
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{
+	// One view for the entries and their bodies: a body read after the
+	// entry that referenced it was trimmed would be gone.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
 	})
 	if err != nil {
@@ -423,6 +468,7 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	}
 	defer it.Close()
 	next, n := after, 0
+	r := newBodyReader(snap, app, &s.bodies)
 	for it.First(); it.Valid() && n < limit; it.Next() {
 		h, err := parseEntry(it.Value())
 		if err != nil {
@@ -432,7 +478,7 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 		if !h.visibleTo(loginID) {
 			continue
 		}
-		j, err := h.entryJSON()
+		j, err := r.entryJSON(&h, next)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -533,7 +579,9 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	if before > 0 {
 		upper = historyKey(app, user, int32(ct), conv, before)
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: historyKey(app, user, int32(ct), conv, c.ClearedSeq+1), UpperBound: upper})
+	snap := s.db.NewSnapshot() // one view for the index, the entries and their bodies
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: historyKey(app, user, int32(ct), conv, c.ClearedSeq+1), UpperBound: upper})
 	if err != nil {
 		return nil, err
 	}
@@ -542,16 +590,17 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 		limit = 50
 	}
 	var out []*pb.TimelineEntry
+	r := newBodyReader(snap, app, &s.bodies)
 	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
 		seq := seqOf(it.Key())
-		v, closer, err := s.db.Get(timelineKey(app, user, seq))
+		v, closer, err := snap.Get(timelineKey(app, user, seq))
 		if errors.Is(err, pebble.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("projections: get: %w", err)
 		}
-		e, err := decodeEntry(v)
+		e, err := r.entry(v, seq)
 		if cerr := closer.Close(); err == nil {
 			err = cerr
 		}
