@@ -11,8 +11,10 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/mdsync/mdsync/adapters/node"
+	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
@@ -73,7 +75,7 @@ func runStress(args []string) error {
 					if ctx.Err() != nil {
 						return
 					}
-					if kf.transient(err) {
+					if busyWait(err) || kf.transient(err) {
 						continue
 					}
 					errs <- err
@@ -89,6 +91,19 @@ func runStress(args []string) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// busyWait reports whether err is the node's busy refusal (1019, refused
+// before anything was appended: a broker restart or a slow fsync leaves the
+// oldest op waiting past the admission bound), after waiting the
+// retry_after it carries, as a client does.
+func busyWait(err error) bool {
+	var e *engine.Error
+	if !errors.As(err, &e) || e.Code != engine.CodeBusy {
+		return false
+	}
+	time.Sleep(max(e.RetryAfter, time.Millisecond))
+	return true
 }
 
 func stressOp(rng *rand.Rand, users int, opID string) *pb.Event {
