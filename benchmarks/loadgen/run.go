@@ -100,22 +100,10 @@ func Run(ctx context.Context, sc Scenario, f Options, logger *slog.Logger) (*Rep
 	b.httpURL = "http://" + addr
 	logger.Info("server", "addr", addr, "pid", pid)
 
-	sampler := NewSampler(pid, MetricsReader{URL: b.httpURL + "/metrics", Token: b.token, HC: b.hc}, func() int { return int(b.open.Load()) })
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	go sampler.Run(sctx, time.Second)
-
-	runStart := time.Now()
+	sampler, closeReport, stopSampling := b.startSampling(ctx, pid, rep)
+	defer stopSampling()
 	finish := func(err error) (*Report, error) {
-		rep.Seconds = time.Since(runStart).Seconds()
-		rep.Machine.Load1End = load1()
-		rep.ServerSamples, _ = sampler.Report()
-		b.errMu.Lock()
-		for k, v := range b.errs {
-			rep.Errors[k] = v
-		}
-		rep.ErrorFirst = b.errFirst
-		b.errMu.Unlock()
+		closeReport()
 		return rep, err
 	}
 
@@ -262,4 +250,27 @@ func machine() Machine {
 		m.PortRange = strings.Join(strings.Fields(string(b)), "-")
 	}
 	return m
+}
+
+// startSampling starts sampling the server (pid, and its /metrics) every
+// second for a run that begins now. closeReport fills what every report
+// ends with: the run's duration, the load at its end, the server samples
+// and the bench's errors; stop ends the sampling.
+func (b *bench) startSampling(ctx context.Context, pid int, rep *Report) (sampler *Sampler, closeReport, stop func()) {
+	sampler = NewSampler(pid, MetricsReader{URL: b.httpURL + "/metrics", Token: b.token, HC: b.hc}, func() int { return int(b.open.Load()) })
+	sctx, cancel := context.WithCancel(ctx)
+	go sampler.Run(sctx, time.Second)
+	start := time.Now()
+	closeReport = func() {
+		rep.Seconds = time.Since(start).Seconds()
+		rep.Machine.Load1End = load1()
+		rep.ServerSamples, _ = sampler.Report()
+		b.errMu.Lock()
+		for k, v := range b.errs {
+			rep.Errors[k] = v
+		}
+		rep.ErrorFirst = b.errFirst
+		b.errMu.Unlock()
+	}
+	return sampler, closeReport, cancel
 }

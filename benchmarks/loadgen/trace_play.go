@@ -160,21 +160,10 @@ func RunTrace(ctx context.Context, tr *Trace, to TraceOptions, f Options, logger
 	}
 	rep.Trace = trep
 
-	sampler := NewSampler(pid, MetricsReader{URL: b.httpURL + "/metrics", Token: b.token, HC: b.hc}, func() int { return int(b.open.Load()) })
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	go sampler.Run(sctx, time.Second)
-	runStart := time.Now()
+	sampler, closeReport, stopSampling := b.startSampling(ctx, pid, rep)
+	defer stopSampling()
 	finish := func(err error) (*Report, error) {
-		rep.Seconds = time.Since(runStart).Seconds()
-		rep.Machine.Load1End = load1()
-		rep.ServerSamples, _ = sampler.Report()
-		b.errMu.Lock()
-		for k, v := range b.errs {
-			rep.Errors[k] = v
-		}
-		rep.ErrorFirst = b.errFirst
-		b.errMu.Unlock()
+		closeReport()
 		p.mu.Lock()
 		trep.Played, trep.Refused, trep.Failed, trep.RefusedByCode = p.played, p.refused, p.failed, p.byCode
 		p.mu.Unlock()
