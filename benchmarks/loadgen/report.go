@@ -4,8 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -315,13 +316,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	f("Server peak RSS %s, peak goroutines %d.\n", mib(r.ServerSamples.PeakRSSBytes), r.ServerSamples.PeakGoroutines)
 	if len(r.Errors) > 0 {
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		f("\nErrors:")
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(r.Errors)) {
 			f(" %s ×%d;", k, r.Errors[k])
 		}
 		f("\n")

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -665,13 +667,8 @@ func (t *TraceReport) writeMarkdown(f func(string, ...any)) {
 		f("| %s | %d | %d | %d | %d | %d |\n", k, t.InTrace[k], t.Played[k], t.Refused[k], t.Failed[k], t.Skipped[k])
 	}
 	if len(t.RefusedByCode) > 0 {
-		codes := make([]string, 0, len(t.RefusedByCode))
-		for c := range t.RefusedByCode {
-			codes = append(codes, c)
-		}
-		sort.Strings(codes)
 		f("\nRefused by code:")
-		for _, c := range codes {
+		for _, c := range slices.Sorted(maps.Keys(t.RefusedByCode)) {
 			f(" %s ×%d;", c, t.RefusedByCode[c])
 		}
 		f("\n")
