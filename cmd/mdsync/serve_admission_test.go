@@ -3,10 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -19,30 +16,8 @@ import (
 // sent again after retry_after_ms, every op is accepted in the end.
 func TestServeMaxPendingAgeFlag(t *testing.T) {
 	bin := buildBinary(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(bin, "serve", "--data", t.TempDir(), "--addr", addr, "--admin-token", "tok",
-		"--debug-addr", "", "--max-pending", "-1", "--max-pending-age", "1ns")
-	cmd.Env = append(os.Environ(), "MDSYNC_CONFIG=")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	base := "http://" + addr
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(base + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server did not start")
-		}
-	}
+	srv := startServeLogged(t, bin, "--debug-addr", "", "--max-pending", "-1", "--max-pending-age", "1ns")
+	base := "http://" + srv.addr
 
 	type answer struct {
 		Code         int32 `json:"code"`
