@@ -116,6 +116,13 @@ type Txn struct {
 	// (sessionsOf): shared, never modified; dropped when the key is
 	// written other than by putSessions.
 	decoded map[string]*pb.UserSessions
+
+	// state holds the decoded values of the stateTable keys the batch
+	// read, owned by the batch, and dirty the keys changed since they
+	// were last written (txnstate.go).
+	state map[string]*stateVal
+	dirty []string
+	pols  map[policyID]*pb.Policy // decoded policies (policyOf)
 }
 
 // sessionsOf returns a user's sessions as of this batch, decoding the
@@ -159,6 +166,14 @@ func (t *Txn) get(k []byte, m proto.Message) (bool, error) {
 // absent after its batch (an empty proto message and no message decode
 // alike), as it always has: the digest depends on it.
 func (t *Txn) raw(k []byte) ([]byte, bool, error) {
+	if stateTable(k[0]) {
+		if sv := t.state[string(k)]; sv != nil && sv.dirty {
+			// Read-your-writes for a value changed decoded (txnstate.go).
+			if err := t.writeState(string(k), sv); err != nil {
+				return nil, false, err
+			}
+		}
+	}
 	v, ok := t.overlay[string(k)]
 	if !ok && t.hot != nil && hotTable(k[0]) {
 		var hv hotVal
@@ -214,10 +229,26 @@ func (t *Txn) set(k, v []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	t.overlay[string(k)] = v
-	if k[0] == tagSessions {
+	t.forget(k)
+	return t.write(k, v)
+}
+
+// forget drops the decoded forms of k, which is about to be written as
+// bytes.
+func (t *Txn) forget(k []byte) {
+	switch {
+	case k[0] == tagSessions:
 		delete(t.decoded, string(k))
+	case k[0] == tagPolicy:
+		clear(t.pols)
+	case stateTable(k[0]):
+		delete(t.state, string(k))
 	}
+}
+
+// write writes k in the batch and the overlay, without checks.
+func (t *Txn) write(k, v []byte) error {
+	t.overlay[string(k)] = v
 	if t.filter != nil && filtered(k[0]) {
 		t.written = append(t.written, k)
 	}
@@ -245,9 +276,7 @@ func (t *Txn) del(k []byte) error {
 		return err
 	}
 	t.overlay[string(k)] = nil
-	if k[0] == tagSessions {
-		delete(t.decoded, string(k))
-	}
+	t.forget(k)
 	return t.b.Delete(k, nil)
 }
 
@@ -547,7 +576,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	ps.mu.Unlock()
 
 	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn,
-		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}}
+		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}, state: map[string]*stateVal{}}
 	defer t.b.Close()
 	var decisions []*pb.Decision
 	for _, en := range entries {
@@ -568,6 +597,9 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 			decisions = append(decisions, d)
 		}
 		cp.NextOffset = en.Offset + 1
+	}
+	if err := t.flushState(); err != nil {
+		return err
 	}
 	if err := t.flushCounters(); err != nil {
 		return err
@@ -599,11 +631,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	}
 	// What the batch committed is what Pebble now holds: keep the hot part.
 	if ps.hot != nil {
-		for k, v := range t.overlay {
-			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
-				ps.hot.put(k, v, t.decoded[k])
-			}
-		}
+		t.keepHot(ps.hot, p, r.partitions)
 	}
 	// Only now, after Commit returned, do waiters see the new position.
 	ps.mu.Lock()
@@ -726,19 +754,6 @@ func actorRefusal(get func([]byte, proto.Message) (bool, error), sessions func(a
 		return nil, err
 	}
 	return engine.CheckActor(st, loginID, last), nil
-}
-
-// policyOf is app's policy as partition p applies it, as of this batch.
-func policyOf(t *Txn, app string, p int32) (*pb.Policy, error) {
-	pol := &pb.Policy{}
-	ok, err := t.get(policyKey(app, p), pol)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return engine.DefaultPolicy(), nil
-	}
-	return pol, nil
 }
 
 // Run projects every partition of log, from each partition's checkpoint,

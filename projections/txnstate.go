@@ -1,0 +1,175 @@
+package projections
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/mdsync/mdsync/engine"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Decoded user state in the batch (issue 13, group fan-out).
+//
+// A burst to a group applies ~20 messages per batch to each member: each
+// reads and writes the member's timeline meta and conversation, and reads
+// its contacts and groups. Decoding and encoding them per message was most
+// of the per-member cost, and writing them per message most of the
+// batch's memtable inserts. So the Txn keeps the values of these tables
+// (stateTable) decoded, once per batch: a delivery changes the decoded
+// value in place (engine.ApplyDeliveryInPlace) and marks it dirty, and
+// flushState encodes and writes each dirty value once, in key order,
+// before the checkpoint. The last write of a key in a batch is what Pebble
+// keeps, and the value written is the one the last change left, encoded
+// deterministically (engine.EncodeState), so the state is byte for byte
+// what writing after every message gave (TestBatchedStateSameBytes).
+//
+// Reads see the batch's changes: a read of a dirty key's bytes (Txn.raw:
+// a LOGIN opening a timeline, a contact operation reading its actor's
+// contacts) first writes the decoded value out. A write of the bytes
+// (set, del) drops the decoded value.
+//
+// A decoded value belongs to the batch, which mutates it. After the batch
+// commits, the values go to the partition's hot cache with their bytes
+// (keepHot), and the next batch takes them back (hotCache.take): moved,
+// not shared, so a batch that fails leaves the cache with the committed
+// bytes and without a decoded form it may have changed.
+
+// stateTable reports the tables whose values a Txn keeps decoded for the
+// batch: a recipient's timeline meta, contacts, groups and conversations.
+func stateTable(tag byte) bool {
+	switch tag {
+	case tagMeta, tagContacts, tagUserGroups, tagConv:
+		return true
+	}
+	return false
+}
+
+// stateVal is one decoded value of a stateTable key, as of this batch.
+type stateVal struct {
+	m proto.Message // the value; an empty message when absent
+	// present: a value was stored (not empty) when the batch first read
+	// the key, or the batch changed it since; a caller writes a value
+	// that is not present even when unchanged.
+	present bool
+	dirty   bool // changed since last written: flushState writes it
+	queued  bool // in Txn.dirty
+}
+
+// stateOf returns k's value as of this batch, decoded into fresh() at
+// most once per batch. The value belongs to the batch: a caller that
+// changes it calls t.changed(k, sv) before the batch reads k again.
+func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
+	if sv := t.state[string(k)]; sv != nil {
+		return sv, nil
+	}
+	if _, seen := t.overlay[string(k)]; !seen && t.hot != nil {
+		if hv, ok := t.hot.take(string(k)); ok {
+			t.overlay[string(k)] = hv.b
+			if hv.m != nil {
+				sv := &stateVal{m: hv.m, present: true}
+				t.state[string(k)] = sv
+				return sv, nil
+			}
+		}
+	}
+	v, ok, err := t.raw(k)
+	if err != nil {
+		return nil, err
+	}
+	m := fresh()
+	if ok {
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+		}
+	}
+	sv := &stateVal{m: m, present: ok}
+	t.state[string(k)] = sv
+	return sv, nil
+}
+
+// changed marks sv, k's value from stateOf, as changed in this batch: it
+// is written at flushState (or before a read of k's bytes).
+func (t *Txn) changed(k []byte, sv *stateVal) error {
+	if err := t.may(k); err != nil {
+		return err
+	}
+	sv.dirty, sv.present = true, true
+	if !sv.queued {
+		sv.queued = true
+		t.dirty = append(t.dirty, string(k))
+	}
+	return nil
+}
+
+// writeState encodes sv, k's dirty value, and writes it in the batch.
+func (t *Txn) writeState(k string, sv *stateVal) error {
+	v, err := engine.EncodeState(sv.m)
+	if err != nil {
+		return err
+	}
+	sv.dirty = false
+	return t.write([]byte(k), v)
+}
+
+// flushState writes every dirty value, in key order: what the runner
+// calls before it writes the checkpoint.
+func (t *Txn) flushState() error {
+	slices.Sort(t.dirty)
+	for _, k := range t.dirty {
+		if sv := t.state[k]; sv != nil && sv.dirty {
+			if err := t.writeState(k, sv); err != nil {
+				return err
+			}
+		}
+		if sv := t.state[k]; sv != nil {
+			sv.queued = false
+		}
+	}
+	t.dirty = t.dirty[:0]
+	return nil
+}
+
+// keepHot gives partition p of n's hot cache what the committed batch
+// read and wrote of the keys p owns (hot.go), with their decoded forms.
+// Only after Commit: the cache holds committed values.
+func (t *Txn) keepHot(h *hotCache, p, n int32) {
+	for k, v := range t.overlay {
+		if !hotTable(k[0]) || !ownsHotKey(k, p, n) {
+			continue
+		}
+		var m proto.Message
+		if sv := t.state[k]; sv != nil && !sv.dirty {
+			m = sv.m
+		}
+		h.put(k, v, t.decoded[k], m)
+	}
+}
+
+// policyOf is app's policy as partition p applies it, as of this batch,
+// decoded once per batch. The result is shared: callers must not modify
+// it (engine.ApplyPolicy makes a new one).
+func policyOf(t *Txn, app string, p int32) (*pb.Policy, error) {
+	id := policyID{app, p}
+	if pol := t.pols[id]; pol != nil {
+		return pol, nil
+	}
+	pol := &pb.Policy{}
+	ok, err := t.get(policyKey(app, p), pol)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		pol = engine.DefaultPolicy()
+	}
+	if t.pols == nil {
+		t.pols = map[policyID]*pb.Policy{}
+	}
+	t.pols[id] = pol
+	return pol, nil
+}
+
+type policyID struct {
+	app string
+	p   int32
+}
