@@ -123,6 +123,8 @@ type Txn struct {
 	state map[string]*stateVal
 	dirty []string
 	pols  map[policyID]*pb.Policy // decoded policies (policyOf)
+
+	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
 }
 
 // sessionsOf returns a user's sessions as of this batch, decoding the
@@ -252,7 +254,8 @@ func (t *Txn) write(k, v []byte) error {
 	if t.filter != nil && filtered(k[0]) {
 		t.written = append(t.written, k)
 	}
-	return t.b.Set(k, v, nil)
+	t.setOp(k, v)
+	return nil
 }
 
 // setBlind writes k without remembering it in the overlay: for index keys
@@ -261,14 +264,16 @@ func (t *Txn) setBlind(k, v []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	return t.b.Set(k, v, nil)
+	t.setOp(k, v)
+	return nil
 }
 
 func (t *Txn) deleteBlind(k []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	return t.b.Delete(k, nil)
+	t.delOp(k)
+	return nil
 }
 
 func (t *Txn) del(k []byte) error {
@@ -277,7 +282,8 @@ func (t *Txn) del(k []byte) error {
 	}
 	t.overlay[string(k)] = nil
 	t.forget(k)
-	return t.b.Delete(k, nil)
+	t.delOp(k)
+	return nil
 }
 
 // Get reads k as of this batch into m; false when k is absent.
@@ -319,16 +325,12 @@ func (t *Txn) flushCounters() error {
 		cur += t.deltas[k]
 		if cur == 0 {
 			t.overlay[k] = nil
-			if err := t.b.Delete([]byte(k), nil); err != nil {
-				return err
-			}
+			t.delOp([]byte(k))
 			continue
 		}
 		v = binary.BigEndian.AppendUint64(nil, uint64(cur))
 		t.overlay[k] = v
-		if err := t.b.Set([]byte(k), v, nil); err != nil {
-			return err
-		}
+		t.setOp([]byte(k), v)
 	}
 	return nil
 }
@@ -605,6 +607,9 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		return err
 	}
 	if err := t.put(checkpointKey(p), cp); err != nil {
+		return err
+	}
+	if err := t.fill(); err != nil {
 		return err
 	}
 	// The filter learns the batch's keys before Commit, not after: Pebble

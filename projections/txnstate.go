@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 
@@ -172,4 +173,52 @@ func policyOf(t *Txn, app string, p int32) (*pb.Policy, error) {
 type policyID struct {
 	app string
 	p   int32
+}
+
+// The batch's writes reach the Pebble batch sorted by key, each key once
+// (fill). A batch's memtable inserts were a fifth of a group fan-out's CPU:
+// each is a skiplist search from the top, and in key order the skiplist's
+// inserter starts each search where the previous one ended. Only the last
+// write of a key is kept, which is what Pebble would keep of several, so
+// what the batch commits is unchanged.
+
+// txnOp is one write of the batch: a set of k to v, or a delete of k.
+type txnOp struct {
+	k, v []byte
+	i    int32 // its place in the batch's order of writes
+	del  bool
+}
+
+// setOp records a set of k to v; k and v must not change afterwards.
+func (t *Txn) setOp(k, v []byte) { t.ops = append(t.ops, txnOp{k: k, v: v, i: int32(len(t.ops))}) }
+
+// delOp records a delete of k; k must not change afterwards.
+func (t *Txn) delOp(k []byte) { t.ops = append(t.ops, txnOp{k: k, i: int32(len(t.ops)), del: true}) }
+
+// fill writes the batch's last write of each key into the Pebble batch,
+// in key order: what the runner calls once, after the checkpoint and
+// before the commit.
+func (t *Txn) fill() error {
+	slices.SortFunc(t.ops, func(a, b txnOp) int {
+		if c := bytes.Compare(a.k, b.k); c != 0 {
+			return c
+		}
+		return int(a.i - b.i)
+	})
+	for i, op := range t.ops {
+		if i+1 < len(t.ops) && bytes.Equal(op.k, t.ops[i+1].k) {
+			continue // a later write of the same key wins
+		}
+		var err error
+		if op.del {
+			err = t.b.Delete(op.k, nil)
+		} else {
+			err = t.b.Set(op.k, op.v, nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	t.ops = t.ops[:0]
+	return nil
 }
