@@ -123,6 +123,11 @@ type Txn struct {
 	state map[string]*stateVal
 	dirty []string
 	pols  map[policyID]*pb.Policy // decoded policies (policyOf)
+	// recipients is the state deliveries found per user (recipientOf),
+	// valid while stateGen, counted up when a decoded value is dropped,
+	// is what it was.
+	recipients map[userID]*recipient
+	stateGen   uint64
 
 	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
 }
@@ -244,7 +249,10 @@ func (t *Txn) forget(k []byte) {
 	case k[0] == tagPolicy:
 		clear(t.pols)
 	case stateTable(k[0]):
-		delete(t.state, string(k))
+		if _, ok := t.state[string(k)]; ok {
+			delete(t.state, string(k))
+			t.stateGen++
+		}
 	}
 }
 

@@ -197,21 +197,18 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	if err != nil {
 		return err
 	}
-	ks := [3][]byte{contactsKey(app, user), userGroupsKey(app, user), metaKey(app, user)}
-	var svs [3]*stateVal
-	for i, fresh := range [3]func() proto.Message{newContacts, newUserGroups, newMeta} {
-		if svs[i], err = t.stateOf(ks[i], fresh); err != nil {
-			return err
-		}
+	r, err := t.recipientOf(app, user)
+	if err != nil {
+		return err
 	}
+	ks, svs := &r.keys, &r.svs
 	st := engine.UserState{Contacts: svs[0].m.(*pb.Contacts), Groups: svs[1].m.(*pb.UserGroups), Meta: svs[2].m.(*pb.TimelineMeta)}
 	var (
 		ck []byte
 		cv *stateVal
 	)
 	if ct, id, ok := engine.ConversationOf(dl); ok {
-		ck = convKey(app, user, int32(ct), id)
-		if cv, err = t.stateOf(ck, newConversation); err != nil {
+		if ck, cv, err = t.convOf(r, app, user, int32(ct), id); err != nil {
 			return err
 		}
 		if cv.present {

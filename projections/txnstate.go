@@ -89,6 +89,58 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 	return sv, nil
 }
 
+// recipient is one user's decoded state in the batch as deliveries use
+// it: found once per batch (or again after a write of its bytes), not
+// per delivery, with its keys built once.
+type recipient struct {
+	gen  uint64       // Txn.stateGen when found
+	keys [3][]byte    // contacts, user groups, timeline meta
+	svs  [3]*stateVal // their values
+	// the conversation the last delivery belonged to
+	convType int32
+	convID   string
+	convKey  []byte
+	conv     *stateVal
+}
+
+type userID struct{ app, user string }
+
+// recipientOf returns user's contacts, groups and timeline meta as of
+// this batch (stateOf).
+func (t *Txn) recipientOf(app, user string) (*recipient, error) {
+	id := userID{app, user}
+	if r := t.recipients[id]; r != nil && r.gen == t.stateGen {
+		return r, nil
+	}
+	r := &recipient{gen: t.stateGen, keys: [3][]byte{contactsKey(app, user), userGroupsKey(app, user), metaKey(app, user)}}
+	for i, fresh := range [3]func() proto.Message{newContacts, newUserGroups, newMeta} {
+		sv, err := t.stateOf(r.keys[i], fresh)
+		if err != nil {
+			return nil, err
+		}
+		r.svs[i] = sv
+	}
+	if t.recipients == nil {
+		t.recipients = map[userID]*recipient{}
+	}
+	t.recipients[id] = r
+	return r, nil
+}
+
+// convOf returns r's conversation (ct, id) as of this batch, and its key.
+func (t *Txn) convOf(r *recipient, app, user string, ct int32, id string) ([]byte, *stateVal, error) {
+	if r.conv != nil && r.convType == ct && r.convID == id {
+		return r.convKey, r.conv, nil
+	}
+	k := convKey(app, user, ct, id)
+	sv, err := t.stateOf(k, newConversation)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.convType, r.convID, r.convKey, r.conv = ct, id, k, sv
+	return k, sv, nil
+}
+
 // changed marks sv, k's value from stateOf, as changed in this batch: it
 // is written at flushState (or before a read of k's bytes).
 func (t *Txn) changed(k []byte, sv *stateVal) error {
