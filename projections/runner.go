@@ -128,6 +128,7 @@ type Txn struct {
 	// is what it was.
 	recipients map[userID]*recipient
 	stateGen   uint64
+	groups     map[string]*pb.Group // decoded groups (groupOf)
 
 	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
 }
@@ -248,6 +249,8 @@ func (t *Txn) forget(k []byte) {
 		delete(t.decoded, string(k))
 	case k[0] == tagPolicy:
 		clear(t.pols)
+	case k[0] == tagGroup:
+		delete(t.groups, string(k))
 	case stateTable(k[0]):
 		if _, ok := t.state[string(k)]; ok {
 			delete(t.state, string(k))

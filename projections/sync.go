@@ -84,13 +84,9 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 			gid = m.GroupId
 		}
 		k := groupKey(ev.App, gid)
-		g := &pb.Group{}
-		ok, err := t.get(k, g)
+		g, err := t.groupOf(k)
 		if err != nil {
 			return nil, err
-		}
-		if !ok {
-			g = nil
 		}
 		var next *pb.Group
 		next, d, dls = engine.ApplyGroup(g, pol, ev, pos)

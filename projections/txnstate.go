@@ -222,6 +222,29 @@ func policyOf(t *Txn, app string, p int32) (*pb.Policy, error) {
 	return pol, nil
 }
 
+// groupOf is the group at k as of this batch, nil when there is none,
+// decoded once per batch (a burst to a large group decoded its member
+// list per message). The result is shared: callers must not modify it
+// (engine.ApplyGroup copies what it changes).
+func (t *Txn) groupOf(k []byte) (*pb.Group, error) {
+	if g, ok := t.groups[string(k)]; ok {
+		return g, nil
+	}
+	g := &pb.Group{}
+	ok, err := t.get(k, g)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		g = nil
+	}
+	if t.groups == nil {
+		t.groups = map[string]*pb.Group{}
+	}
+	t.groups[string(k)] = g
+	return g, nil
+}
+
 type policyID struct {
 	app string
 	p   int32
