@@ -300,10 +300,12 @@ func (t *Txn) del(k []byte) error {
 // Get reads k as of this batch into m; false when k is absent.
 func (t *Txn) Get(k []byte, m proto.Message) (bool, error) { return t.get(k, m) }
 
-// Put writes m at k in this batch (deterministic encoding).
+// Put writes m at k in this batch (deterministic encoding). The batch
+// holds k until it commits: the caller must not modify it.
 func (t *Txn) Put(k []byte, m proto.Message) error { return t.put(k, m) }
 
-// Delete deletes k in this batch.
+// Delete deletes k in this batch. The batch holds k until it commits:
+// the caller must not modify it.
 func (t *Txn) Delete(k []byte) error { return t.del(k) }
 
 // Add adds n to the counter at k. Counters are 8-byte big-endian int64
