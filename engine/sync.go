@@ -197,9 +197,7 @@ func ApplyGroup(g *pb.Group, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Gr
 	if has(g.BlockList, actor) && ev.Kind != pb.Kind_KIND_GROUP_APPLY {
 		return fail(CodeForbidden, "%s is on the group's block list", actor)
 	}
-	next := proto.Clone(g).(*pb.Group)
 	member := has(g.Members, actor)
-	admins := append([]string{g.Owner}, g.Admins...)
 
 	if ev.Kind == pb.Kind_KIND_MESSAGE_SEND {
 		m := ev.GetMessage()
@@ -223,6 +221,9 @@ func ApplyGroup(g *pb.Group, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.Gr
 		d.MessageId = ev.EventId
 		return g, d, fanTo(ev, pos, recipients)
 	}
+	// A message leaves the group as it is: only operations copy it.
+	next := proto.Clone(g).(*pb.Group)
+	admins := append([]string{g.Owner}, g.Admins...)
 
 	if ev.GetThread() != nil {
 		return applyThread(g, next, pol, ev, pos, d, member, admins)

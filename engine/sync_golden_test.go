@@ -224,6 +224,7 @@ func (w *syncWorld) run(t *testing.T, d *datadriven.TestData) string {
 			st.Conv = u.convs[ck]
 		}
 		next, e := ApplyDelivery(st, w.pol, dl)
+		checkInPlace(t, st, w.pol, dl, next, e)
 		fmt.Fprintf(&b, "copy to %s", dl.Recipient)
 		if dl.MultiDevice {
 			b.WriteString(" (multi-device)")
@@ -453,5 +454,33 @@ func TestApplyGroupRandomOperations(t *testing.T) {
 	// The walk must reach most kinds, or it proves little.
 	if len(accepted) < len(groupKinds)*2/3 {
 		t.Fatalf("only %d of %d group and thread kinds were ever accepted: %v", len(accepted), len(groupKinds), accepted)
+	}
+}
+
+// checkInPlace asserts that ApplyDeliveryInPlace, on a copy of st, makes
+// what ApplyDelivery made (next, e), reports as changed exactly the parts
+// that differ from st, and leaves a dropped delivery's state untouched.
+func checkInPlace(t *testing.T, st UserState, pol *pb.Policy, dl *pb.Deliver, next UserState, e *pb.TimelineEntry) {
+	t.Helper()
+	own := UserState{Contacts: proto.Clone(st.Contacts).(*pb.Contacts), Groups: proto.Clone(st.Groups).(*pb.UserGroups),
+		Meta: proto.Clone(st.Meta).(*pb.TimelineMeta)}
+	if st.Conv != nil {
+		own.Conv = proto.Clone(st.Conv).(*pb.Conversation)
+	}
+	got, ch := ApplyDeliveryInPlace(&own, pol, dl)
+	if e == nil {
+		if got != nil || !proto.Equal(own.Meta, st.Meta) || !proto.Equal(own.Contacts, st.Contacts) || !proto.Equal(own.Groups, st.Groups) {
+			t.Fatalf("in place: a dropped delivery to %s changed its state or made an entry", dl.Recipient)
+		}
+		return
+	}
+	switch {
+	case !proto.Equal(got, e):
+		t.Fatalf("in place: entry %v, want %v", got, e)
+	case !proto.Equal(own.Meta, next.Meta) || !proto.Equal(own.Conv, next.Conv) ||
+		!proto.Equal(own.Contacts, next.Contacts) || !proto.Equal(own.Groups, next.Groups):
+		t.Fatalf("in place: state %v, want %v", own, next)
+	case ch.Contacts == proto.Equal(st.Contacts, next.Contacts) || ch.Groups == proto.Equal(st.Groups, next.Groups):
+		t.Fatalf("in place: changed %+v for a delivery of %v to %s", ch, dl.Source.Kind, dl.Recipient)
 	}
 }

@@ -102,27 +102,46 @@ func affected(d *pb.Deliver) (join, leave bool) {
 // delivery cannot change (a message's) are returned as the same values, so
 // a caller tells "unchanged" by identity, and the others are copies.
 func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.TimelineEntry) {
-	src := d.Source
-	actor := src.Actor.User
-	own := d.Recipient == actor
+	if dropped(st.Contacts, d) {
+		return st, nil
+	}
 	next := UserState{Contacts: st.Contacts, Groups: st.Groups, Meta: proto.Clone(st.Meta).(*pb.TimelineMeta)}
 	if st.Conv != nil {
 		next.Conv = proto.Clone(st.Conv).(*pb.Conversation)
 	}
-	if !own && has(st.Contacts.Blocked, actor) {
-		switch src.Kind {
-		case pb.Kind_KIND_MESSAGE_SEND, pb.Kind_KIND_CONTACT_REQUEST:
-			if src.GetMessage().GetChatType() == pb.ChatType_CHAT_TYPE_USER || src.Kind == pb.Kind_KIND_CONTACT_REQUEST {
-				return st, nil
-			}
-		}
+	if touchesContacts(d) {
+		next.Contacts = proto.Clone(st.Contacts).(*pb.Contacts)
 	}
-	if !own {
-		switch src.Kind {
-		case pb.Kind_KIND_CONTACT_REQUEST, pb.Kind_KIND_CONTACT_ACCEPT, pb.Kind_KIND_CONTACT_DECLINE, pb.Kind_KIND_CONTACT_REMOVE:
-			next.Contacts = proto.Clone(st.Contacts).(*pb.Contacts) // the kinds below change
-		}
-		c := next.Contacts
+	if touchesGroups(d) {
+		next.Groups = proto.Clone(st.Groups).(*pb.UserGroups)
+	}
+	e, _ := ApplyDeliveryInPlace(&next, pol, d)
+	return next, e
+}
+
+// Changed says which of a UserState's contacts and groups a delivery
+// applied in place changed (its meta always changes, and its
+// conversation whenever it has one).
+type Changed struct{ Contacts, Groups bool }
+
+// ApplyDeliveryInPlace is ApplyDelivery for a caller that owns st and
+// keeps no other copy of it (the projector's batch, which applies many
+// deliveries to one recipient and writes its state once): it applies d to
+// st itself, without copying anything. st.Meta, Contacts and Groups must
+// not be nil; st.Conv is created when it is nil and the delivery belongs
+// to a conversation (ConversationOf). It reports which of Contacts and
+// Groups now differ from what they were. A nil entry: the recipient drops
+// the delivery, and st is untouched.
+func ApplyDeliveryInPlace(st *UserState, pol *pb.Policy, d *pb.Deliver) (*pb.TimelineEntry, Changed) {
+	var ch Changed
+	if dropped(st.Contacts, d) {
+		return nil, ch
+	}
+	src := d.Source
+	actor := src.Actor.User
+	if touchesContacts(d) {
+		c := st.Contacts
+		n := [3]int{len(c.Friends), len(c.RequestsIn), len(c.RequestsOut)}
 		switch src.Kind {
 		case pb.Kind_KIND_CONTACT_REQUEST:
 			c.RequestsIn = add(c.RequestsIn, actor)
@@ -136,25 +155,29 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 		case pb.Kind_KIND_CONTACT_REMOVE:
 			c.Friends = del(c.Friends, actor)
 		}
+		// add and del change a set's length exactly when they change it.
+		ch.Contacts = n != [3]int{len(c.Friends), len(c.RequestsIn), len(c.RequestsOut)}
 	}
-	if g := src.GetGroup(); g != nil || src.GetThread() != nil {
-		next.Groups = proto.Clone(st.Groups).(*pb.UserGroups)
+	if touchesGroups(d) {
+		g := st.Groups
+		n := [2]int{len(g.Groups), len(g.Threads)}
 		join, leave := affected(d)
 		if t := src.GetThread(); t != nil {
 			if join {
-				next.Groups.Threads = add(next.Groups.Threads, t.GroupId+"/"+t.ThreadId)
+				g.Threads = add(g.Threads, t.GroupId+"/"+t.ThreadId)
 			} else if leave {
-				next.Groups.Threads = del(next.Groups.Threads, t.GroupId+"/"+t.ThreadId)
+				g.Threads = del(g.Threads, t.GroupId+"/"+t.ThreadId)
 			}
 		} else if join {
-			next.Groups.Groups = add(next.Groups.Groups, g.GroupId)
+			g.Groups = add(g.Groups, src.GetGroup().GroupId)
 		} else if leave {
-			next.Groups.Groups = del(next.Groups.Groups, g.GroupId)
-			next.Groups.Threads = dropPrefix(next.Groups.Threads, g.GroupId+"/")
+			g.Groups = del(g.Groups, src.GetGroup().GroupId)
+			g.Threads = dropPrefix(g.Threads, src.GetGroup().GroupId+"/")
 		}
+		ch.Groups = n != [2]int{len(g.Groups), len(g.Threads)}
 	}
 
-	m := next.Meta
+	m := st.Meta
 	e := &pb.TimelineEntry{
 		Seq: m.LastSeq + 1, EntryId: src.EventId, From: d.From, MultiDevice: d.MultiDevice,
 		ExcludeLoginId: d.ExcludeLoginId, OnlyLoginId: d.OnlyLoginId, Source: src,
@@ -169,12 +192,44 @@ func ApplyDelivery(st UserState, pol *pb.Policy, d *pb.Deliver) (UserState, *pb.
 	}
 	if ct, id, ok := ConversationOf(d); ok {
 		e.ChatType, e.ConversationId = ct, id
-		if next.Conv == nil {
-			next.Conv = &pb.Conversation{ChatType: ct, ConversationId: id}
+		if st.Conv == nil {
+			st.Conv = &pb.Conversation{ChatType: ct, ConversationId: id}
 		}
-		applyConversation(next.Conv, src, e, own)
+		applyConversation(st.Conv, src, e, d.Recipient == actor)
 	}
-	return next, e
+	return e, ch
+}
+
+// dropped reports whether a recipient with contacts c drops d: a message
+// or contact request from a user it blocked.
+func dropped(c *pb.Contacts, d *pb.Deliver) bool {
+	src := d.Source
+	if d.Recipient == src.Actor.User || !has(c.Blocked, src.Actor.User) {
+		return false
+	}
+	switch src.Kind {
+	case pb.Kind_KIND_MESSAGE_SEND:
+		return src.GetMessage().GetChatType() == pb.ChatType_CHAT_TYPE_USER
+	case pb.Kind_KIND_CONTACT_REQUEST:
+		return true
+	}
+	return false
+}
+
+// touchesContacts reports whether d may change its recipient's contacts:
+// the other side's contact operations.
+func touchesContacts(d *pb.Deliver) bool {
+	switch d.Source.Kind {
+	case pb.Kind_KIND_CONTACT_REQUEST, pb.Kind_KIND_CONTACT_ACCEPT, pb.Kind_KIND_CONTACT_DECLINE, pb.Kind_KIND_CONTACT_REMOVE:
+		return d.Recipient != d.Source.Actor.User
+	}
+	return false
+}
+
+// touchesGroups reports whether d may change its recipient's groups and
+// threads: a group or thread operation.
+func touchesGroups(d *pb.Deliver) bool {
+	return d.Source.GetGroup() != nil || d.Source.GetThread() != nil
 }
 
 func applyConversation(c *pb.Conversation, src *pb.Event, e *pb.TimelineEntry, own bool) {

@@ -43,6 +43,11 @@ import (
 type bodyRefs struct {
 	refs  map[string]*bodyRef
 	order []*bodyRef // first use order: the batch's writes in a fixed order
+	// the count acquire used last, and its event and partition: the
+	// members of a partition copy acquire one body in a row
+	last            *bodyRef
+	lastApp, lastID string
+	lastP           int32
 }
 
 type bodyRef struct {
@@ -74,9 +79,13 @@ func (r *bodyRefs) load(t *Txn, app string, id []byte, p int32) (*bodyRef, error
 // acquire counts one more entry referencing the body of event id on
 // partition p, and writes the body when it has no reference yet.
 func (r *bodyRefs) acquire(t *Txn, app, id string, p int32, body []byte) error {
-	x, err := r.load(t, app, []byte(id), p)
-	if err != nil {
-		return err
+	x := r.last
+	if x == nil || r.lastID != id || r.lastP != p || r.lastApp != app {
+		var err error
+		if x, err = r.load(t, app, []byte(id), p); err != nil {
+			return err
+		}
+		r.last, r.lastApp, r.lastID, r.lastP = x, app, id, p
 	}
 	if x.cur+x.delta == 0 {
 		// Nothing in the batch reads a body back: no overlay copy.

@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
 )
 
 // The hot state of the runner (issue 12, "state in memory, Pebble behind
@@ -114,8 +115,10 @@ const DefaultHotKeys = 1 << 15
 // only by the partition's applier (under its apply lock). A nil value is a
 // key known to be absent. A sessions value may come with its decoded form
 // (Txn.sessionsOf), so a user's next operation does not decode it again;
-// decoded values are shared and never modified (engine.ApplySession and
-// EnforcePolicy clone what they change).
+// decoded sessions are shared and never modified (engine.ApplySession and
+// EnforcePolicy clone what they change). A value of a table a batch keeps
+// decoded (stateTable) may come with its decoded form too, which a batch
+// takes (take) and owns: it is never shared.
 type hotCache struct {
 	young, old map[string]hotVal
 	max        int
@@ -123,7 +126,8 @@ type hotCache struct {
 
 type hotVal struct {
 	b []byte
-	s *pb.UserSessions // b decoded, or nil
+	s *pb.UserSessions // b decoded (sessions), or nil
+	m proto.Message    // b decoded (stateTable), or nil
 }
 
 func newHotCache(max int) *hotCache {
@@ -135,20 +139,32 @@ func (h *hotCache) get(k string) (hotVal, bool) {
 		return v, true
 	}
 	if v, ok := h.old[k]; ok {
-		h.put(k, v.b, v.s)
+		delete(h.old, k)
+		h.put(k, v.b, v.s, v.m)
 		return v, true
 	}
 	return hotVal{}, false
 }
 
-func (h *hotCache) put(k string, v []byte, s *pb.UserSessions) {
+// take is get for a caller that takes the decoded form m away: the cache
+// keeps the bytes without it, so a batch that changes m and then fails
+// leaves the cache as committed.
+func (h *hotCache) take(k string) (hotVal, bool) {
+	v, ok := h.get(k)
+	if ok && v.m != nil {
+		h.young[k] = hotVal{b: v.b, s: v.s} // get left k in young
+	}
+	return v, ok
+}
+
+func (h *hotCache) put(k string, v []byte, s *pb.UserSessions, m proto.Message) {
 	if len(v) == 0 {
-		v, s = nil, nil // as a later batch reads it from Pebble (Txn.raw)
+		v, s, m = nil, nil, nil // as a later batch reads it from Pebble (Txn.raw)
 	}
 	if len(h.young) >= h.max {
 		h.old, h.young = h.young, make(map[string]hotVal, h.max)
 	}
-	h.young[k] = hotVal{b: v, s: s}
+	h.young[k] = hotVal{b: v, s: s, m: m}
 }
 
 // hotTable reports the tables whose keys the hot cache may hold: what

@@ -116,6 +116,21 @@ type Txn struct {
 	// (sessionsOf): shared, never modified; dropped when the key is
 	// written other than by putSessions.
 	decoded map[string]*pb.UserSessions
+
+	// state holds the decoded values of the stateTable keys the batch
+	// read, owned by the batch, and dirty the keys changed since they
+	// were last written (txnstate.go).
+	state map[string]*stateVal
+	dirty []string
+	pols  map[policyID]*pb.Policy // decoded policies (policyOf)
+	// recipients is the state deliveries found per user (recipientOf),
+	// valid while stateGen, counted up when a decoded value is dropped,
+	// is what it was.
+	recipients map[userID]*recipient
+	stateGen   uint64
+	groups     map[string]*pb.Group // decoded groups (groupOf)
+
+	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
 }
 
 // sessionsOf returns a user's sessions as of this batch, decoding the
@@ -159,6 +174,14 @@ func (t *Txn) get(k []byte, m proto.Message) (bool, error) {
 // absent after its batch (an empty proto message and no message decode
 // alike), as it always has: the digest depends on it.
 func (t *Txn) raw(k []byte) ([]byte, bool, error) {
+	if stateTable(k[0]) {
+		if sv := t.state[string(k)]; sv != nil && sv.dirty {
+			// Read-your-writes for a value changed decoded (txnstate.go).
+			if err := t.writeState(string(k), sv); err != nil {
+				return nil, false, err
+			}
+		}
+	}
 	v, ok := t.overlay[string(k)]
 	if !ok && t.hot != nil && hotTable(k[0]) {
 		var hv hotVal
@@ -214,14 +237,36 @@ func (t *Txn) set(k, v []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	t.overlay[string(k)] = v
-	if k[0] == tagSessions {
+	t.forget(k)
+	return t.write(k, v)
+}
+
+// forget drops the decoded forms of k, which is about to be written as
+// bytes.
+func (t *Txn) forget(k []byte) {
+	switch {
+	case k[0] == tagSessions:
 		delete(t.decoded, string(k))
+	case k[0] == tagPolicy:
+		clear(t.pols)
+	case k[0] == tagGroup:
+		delete(t.groups, string(k))
+	case stateTable(k[0]):
+		if _, ok := t.state[string(k)]; ok {
+			delete(t.state, string(k))
+			t.stateGen++
+		}
 	}
+}
+
+// write writes k in the batch and the overlay, without checks.
+func (t *Txn) write(k, v []byte) error {
+	t.overlay[string(k)] = v
 	if t.filter != nil && filtered(k[0]) {
 		t.written = append(t.written, k)
 	}
-	return t.b.Set(k, v, nil)
+	t.setOp(k, v)
+	return nil
 }
 
 // setBlind writes k without remembering it in the overlay: for index keys
@@ -230,14 +275,16 @@ func (t *Txn) setBlind(k, v []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	return t.b.Set(k, v, nil)
+	t.setOp(k, v)
+	return nil
 }
 
 func (t *Txn) deleteBlind(k []byte) error {
 	if err := t.may(k); err != nil {
 		return err
 	}
-	return t.b.Delete(k, nil)
+	t.delOp(k)
+	return nil
 }
 
 func (t *Txn) del(k []byte) error {
@@ -245,19 +292,20 @@ func (t *Txn) del(k []byte) error {
 		return err
 	}
 	t.overlay[string(k)] = nil
-	if k[0] == tagSessions {
-		delete(t.decoded, string(k))
-	}
-	return t.b.Delete(k, nil)
+	t.forget(k)
+	t.delOp(k)
+	return nil
 }
 
 // Get reads k as of this batch into m; false when k is absent.
 func (t *Txn) Get(k []byte, m proto.Message) (bool, error) { return t.get(k, m) }
 
-// Put writes m at k in this batch (deterministic encoding).
+// Put writes m at k in this batch (deterministic encoding). The batch
+// holds k until it commits: the caller must not modify it.
 func (t *Txn) Put(k []byte, m proto.Message) error { return t.put(k, m) }
 
-// Delete deletes k in this batch.
+// Delete deletes k in this batch. The batch holds k until it commits:
+// the caller must not modify it.
 func (t *Txn) Delete(k []byte) error { return t.del(k) }
 
 // Add adds n to the counter at k. Counters are 8-byte big-endian int64
@@ -290,16 +338,12 @@ func (t *Txn) flushCounters() error {
 		cur += t.deltas[k]
 		if cur == 0 {
 			t.overlay[k] = nil
-			if err := t.b.Delete([]byte(k), nil); err != nil {
-				return err
-			}
+			t.delOp([]byte(k))
 			continue
 		}
 		v = binary.BigEndian.AppendUint64(nil, uint64(cur))
 		t.overlay[k] = v
-		if err := t.b.Set([]byte(k), v, nil); err != nil {
-			return err
-		}
+		t.setOp([]byte(k), v)
 	}
 	return nil
 }
@@ -547,7 +591,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	ps.mu.Unlock()
 
 	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn,
-		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}}
+		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}, state: map[string]*stateVal{}}
 	defer t.b.Close()
 	var decisions []*pb.Decision
 	for _, en := range entries {
@@ -569,10 +613,16 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		}
 		cp.NextOffset = en.Offset + 1
 	}
+	if err := t.flushState(); err != nil {
+		return err
+	}
 	if err := t.flushCounters(); err != nil {
 		return err
 	}
 	if err := t.put(checkpointKey(p), cp); err != nil {
+		return err
+	}
+	if err := t.fill(); err != nil {
 		return err
 	}
 	// The filter learns the batch's keys before Commit, not after: Pebble
@@ -599,11 +649,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	}
 	// What the batch committed is what Pebble now holds: keep the hot part.
 	if ps.hot != nil {
-		for k, v := range t.overlay {
-			if hotTable(k[0]) && ownsHotKey(k, p, r.partitions) {
-				ps.hot.put(k, v, t.decoded[k])
-			}
-		}
+		t.keepHot(ps.hot, p, r.partitions)
 	}
 	// Only now, after Commit returned, do waiters see the new position.
 	ps.mu.Lock()
@@ -726,19 +772,6 @@ func actorRefusal(get func([]byte, proto.Message) (bool, error), sessions func(a
 		return nil, err
 	}
 	return engine.CheckActor(st, loginID, last), nil
-}
-
-// policyOf is app's policy as partition p applies it, as of this batch.
-func policyOf(t *Txn, app string, p int32) (*pb.Policy, error) {
-	pol := &pb.Policy{}
-	ok, err := t.get(policyKey(app, p), pol)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return engine.DefaultPolicy(), nil
-	}
-	return pol, nil
 }
 
 // Run projects every partition of log, from each partition's checkpoint,

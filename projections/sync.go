@@ -84,13 +84,9 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 			gid = m.GroupId
 		}
 		k := groupKey(ev.App, gid)
-		g := &pb.Group{}
-		ok, err := t.get(k, g)
+		g, err := t.groupOf(k)
 		if err != nil {
 			return nil, err
-		}
-		if !ok {
-			g = nil
 		}
 		var next *pb.Group
 		next, d, dls = engine.ApplyGroup(g, pol, ev, pos)
@@ -187,75 +183,62 @@ func sameCopy(a, b *pb.Deliver) bool {
 }
 
 // applyDelivery applies one copy to its recipient's state and timeline on
-// partition p; refs collects the event's references to bodies.
+// partition p; refs collects the event's references to bodies. The
+// recipient's contacts, groups, meta and conversation are the batch's
+// decoded values (txnstate.go), changed in place and written once per
+// batch.
 func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) error {
 	app, user := dl.Source.App, dl.Recipient
 	pol, err := policyOf(t, app, p)
 	if err != nil {
 		return err
 	}
-	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: &pb.TimelineMeta{}}
-	var found [3]bool
-	for i, x := range []struct {
-		k []byte
-		m proto.Message
-	}{{contactsKey(app, user), st.Contacts}, {userGroupsKey(app, user), st.Groups}, {metaKey(app, user), st.Meta}} {
-		if found[i], err = t.get(x.k, x.m); err != nil {
-			return err
-		}
+	r, err := t.recipientOf(app, user)
+	if err != nil {
+		return err
 	}
-	var ck []byte
+	ks, svs := &r.keys, &r.svs
+	st := engine.UserState{Contacts: svs[0].m.(*pb.Contacts), Groups: svs[1].m.(*pb.UserGroups), Meta: svs[2].m.(*pb.TimelineMeta)}
+	var (
+		ck []byte
+		cv *stateVal
+	)
 	if ct, id, ok := engine.ConversationOf(dl); ok {
-		ck = convKey(app, user, int32(ct), id)
-		c := &pb.Conversation{}
-		if found, err := t.get(ck, c); err != nil {
+		if ck, cv, err = t.convOf(r, app, user, int32(ct), id); err != nil {
 			return err
-		} else if found {
-			st.Conv = c
+		}
+		if cv.present {
+			st.Conv = cv.m.(*pb.Conversation)
 		}
 	}
-	next, e := engine.ApplyDelivery(st, pol, dl)
+	oldFirst := st.Meta.FirstSeq
+	e, ch := engine.ApplyDeliveryInPlace(&st, pol, dl)
 	if e == nil {
 		return nil
 	}
+	if cv != nil {
+		cv.m = st.Conv // created by the delivery when there was none
+	}
 	// Retention first: it moves the meta's first position, and the meta
 	// is then written once.
-	if err := s.trim(t, app, user, st.Meta.FirstSeq, next.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
+	if err := s.trim(t, app, user, oldFirst, st.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
 		return err
 	}
 	// Contacts and groups a delivery did not change (a message, most
-	// often: ApplyDelivery returns them as they were, so no compare) are
-	// not written again: a stored value equal to the new one holds its
-	// exact bytes already (a deterministic encoding), so skipping the
-	// write changes no byte of state.
-	var puts []struct {
-		k []byte
-		m proto.Message
-	}
-	if !found[0] || next.Contacts != st.Contacts && !proto.Equal(st.Contacts, next.Contacts) {
-		puts = append(puts, struct {
-			k []byte
-			m proto.Message
-		}{contactsKey(app, user), next.Contacts})
-	}
-	if !found[1] || next.Groups != st.Groups && !proto.Equal(st.Groups, next.Groups) {
-		puts = append(puts, struct {
-			k []byte
-			m proto.Message
-		}{userGroupsKey(app, user), next.Groups})
-	}
-	puts = append(puts, struct {
-		k []byte
-		m proto.Message
-	}{metaKey(app, user), next.Meta})
-	if ck != nil {
-		puts = append(puts, struct {
-			k []byte
-			m proto.Message
-		}{ck, next.Conv})
-	}
-	for _, x := range puts {
-		if err := t.put(x.k, x.m); err != nil {
+	// often) are not written again: a stored value equal to the new one
+	// holds its exact bytes already (a deterministic encoding), so skipping
+	// the write changes no byte of state. A value not present is written,
+	// as it always was.
+	dirty := [4]bool{!svs[0].present || ch.Contacts, !svs[1].present || ch.Groups, true, cv != nil}
+	for i, sv := range [4]*stateVal{svs[0], svs[1], svs[2], cv} {
+		if !dirty[i] {
+			continue
+		}
+		k := ck
+		if i < 3 {
+			k = ks[i]
+		}
+		if err := t.changed(k, sv); err != nil {
 			return err
 		}
 	}
@@ -287,6 +270,11 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	}
 	return nil
 }
+
+func newContacts() proto.Message     { return &pb.Contacts{} }
+func newUserGroups() proto.Message   { return &pb.UserGroups{} }
+func newMeta() proto.Message         { return &pb.TimelineMeta{} }
+func newConversation() proto.Message { return &pb.Conversation{} }
 
 // sourceJSON returns engine.MarshalPart(src), encoded once for the copies
 // of one source applied one after another on partition p (the members of
