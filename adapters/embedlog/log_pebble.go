@@ -129,7 +129,7 @@ type Log struct {
 
 	mu      sync.Mutex
 	durable []int64       // per partition: end of the fsynced records
-	changed chan struct{} // closed and replaced whenever durable moves
+	changed []chan struct{} // per partition: closed and replaced when its durable end moves
 	failed  error         // sticky: a commit failed, the log is unusable
 
 	commits, appends, records, bytes atomic.Uint64
@@ -218,7 +218,10 @@ func Open(opts Options) (*Log, error) {
 				closing:    make(chan struct{}),
 				stopped:    make(chan struct{}),
 				durable:    ends,
-				changed:    make(chan struct{}),
+				changed:    make([]chan struct{}, parts),
+			}
+			for p := range l.changed {
+				l.changed[p] = make(chan struct{})
 			}
 			if opts.ReadOnly {
 				l.readOnly = true
@@ -441,11 +444,17 @@ func (l *Log) writer(next []int64) {
 		l.records.Add(nrec)
 		l.bytes.Add(nbytes)
 
-		// Only now, after the fsync, may readers see the records.
+		// Only now, after the fsync, may readers see the records. Only the
+		// readers of partitions this commit wrote are woken: one wake-up per
+		// fsync for each, whatever the number of appends it carried.
 		l.mu.Lock()
-		copy(l.durable, next)
-		close(l.changed)
-		l.changed = make(chan struct{})
+		for p, end := range next {
+			if end != l.durable[p] {
+				l.durable[p] = end
+				close(l.changed[p])
+				l.changed[p] = make(chan struct{})
+			}
+		}
 		l.mu.Unlock()
 
 		for i, r := range group {
@@ -472,7 +481,7 @@ func (l *Log) Read(ctx context.Context, p int32, from int64, max int) ([]engine.
 	}
 	for {
 		l.mu.Lock()
-		end, changed := l.durable[p], l.changed
+		end, changed := l.durable[p], l.changed[p]
 		l.mu.Unlock()
 		if from < 0 || from > end {
 			return nil, fmt.Errorf("embedlog: read %d/%d, end %d: %w", p, from, end, engine.ErrOffsetRange)
