@@ -245,8 +245,10 @@ func (r *Runner) takeFanout(p int32, from int64) (items []handed, to int64, ok b
 		drop()
 	}
 	if len(f.batches) == 0 || f.batches[0].from > from {
+		ps.missed++
 		return nil, from, false
 	}
+	ps.fed++
 	to = from
 	for len(f.batches) > 0 && f.batches[0].from <= to && to-from < readBatch {
 		for _, it := range f.batches[0].items {
@@ -258,4 +260,16 @@ func (r *Runner) takeFanout(p int32, from int64) (items []handed, to int64, ok b
 		drop()
 	}
 	return items, to, true
+}
+
+// relayCounts returns how many relay batches were taken from the feeds
+// and how many were read from the log instead, over every partition.
+func (r *Runner) relayCounts() (fed, missed int64) {
+	for _, ps := range r.parts {
+		ps.mu.Lock()
+		fed += ps.fed
+		missed += ps.missed
+		ps.mu.Unlock()
+	}
+	return fed, missed
 }

@@ -387,6 +387,8 @@ type partState struct {
 	waiters map[int64][]decisionWaiter // by offset, not applied yet
 	recent  [recentDecisions]handed    // the newest decisions, by offset mod size
 	feed    fanoutFeed                 // committed fan-outs for the live relay
+	fed     int64                      // relay batches taken from feed
+	missed  int64                      // relay batches read from the log instead
 }
 
 // NewRunner returns a runner over db, which it owns from then on (Close
