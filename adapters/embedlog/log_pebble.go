@@ -128,9 +128,9 @@ type Log struct {
 	closed bool // under life
 
 	mu      sync.Mutex
-	durable []int64       // per partition: end of the fsynced records
+	durable []int64         // per partition: end of the fsynced records
 	changed []chan struct{} // per partition: closed and replaced when its durable end moves
-	failed  error         // sticky: a commit failed, the log is unusable
+	failed  error           // sticky: a commit failed, the log is unusable
 
 	commits, appends, records, bytes atomic.Uint64
 }
