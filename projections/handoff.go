@@ -30,15 +30,28 @@ import (
 // decisions after its own reads the decision from Pebble.
 const recentDecisions = 1024
 
-// maxFeedSpan bounds the offsets a partition's fan-out feed covers while
-// its relay is behind; past it the oldest batch is dropped and the relay
-// reads those offsets from the log.
-const maxFeedSpan = 8 * readBatch
+// maxFeedSpan and maxFeedBytes bound what a partition's fan-out feed holds
+// while its relay is behind (offsets covered, bytes of the events held);
+// past either the oldest batch is dropped and the relay reads those
+// offsets from the log.
+const (
+	maxFeedSpan  = 8 * readBatch
+	maxFeedBytes = 8 << 20
+)
 
-// handed is a decision made at offset off, with its event.
+// handed is a decision made at offset off, with its event and the size of
+// its record.
 type handed struct {
+	off  int64
+	ev   *pb.Event
+	d    *pb.Decision
+	size int
+}
+
+// recentDecision is a decision kept by offset (without its event: a ring
+// of events would hold their bodies).
+type recentDecision struct {
 	off int64
-	ev  *pb.Event
 	d   *pb.Decision
 }
 
@@ -60,6 +73,7 @@ type readyWaiter struct {
 type fanoutBatch struct {
 	from, to int64
 	items    []handed
+	bytes    int // the items' record sizes
 }
 
 // fanoutFeed is a partition's committed batches not yet taken by its live
@@ -68,6 +82,7 @@ type fanoutFeed struct {
 	on      bool
 	batches []fanoutBatch
 	span    int64 // offsets the batches cover
+	bytes   int   // the batches' bytes
 }
 
 // handOff records the batch [from, to) just committed with the decisions
@@ -75,22 +90,22 @@ type fanoutFeed struct {
 // the same critical section that publishes the new checkpoint.
 func (ps *partState) handOff(from, to int64, made []handed) []readyWaiter {
 	for _, m := range made {
-		ps.recent[m.off&(recentDecisions-1)] = m
+		ps.recent[m.off&(recentDecisions-1)] = recentDecision{off: m.off, d: m.d}
 	}
 	if ps.feed.on {
-		var items []handed
+		b := fanoutBatch{from: from, to: to}
 		for _, m := range made {
 			if len(m.d.Fanout) > 0 {
-				items = append(items, m)
+				b.items = append(b.items, m)
+				b.bytes += m.size
 			}
 		}
 		f := &ps.feed
-		f.batches = append(f.batches, fanoutBatch{from: from, to: to, items: items})
+		f.batches = append(f.batches, b)
 		f.span += to - from
-		for f.span > maxFeedSpan && len(f.batches) > 1 {
-			f.span -= f.batches[0].to - f.batches[0].from
-			f.batches[0] = fanoutBatch{}
-			f.batches = f.batches[1:]
+		f.bytes += b.bytes
+		for (f.span > maxFeedSpan || f.bytes > maxFeedBytes) && len(f.batches) > 1 {
+			f.dropFirst()
 		}
 	}
 	if len(ps.waiters) == 0 {
@@ -236,13 +251,8 @@ func (r *Runner) takeFanout(p int32, from int64) (items []handed, to int64, ok b
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	f := &ps.feed
-	drop := func() {
-		f.span -= f.batches[0].to - f.batches[0].from
-		f.batches[0] = fanoutBatch{}
-		f.batches = f.batches[1:]
-	}
 	for len(f.batches) > 0 && f.batches[0].to <= from {
-		drop()
+		f.dropFirst()
 	}
 	if len(f.batches) == 0 || f.batches[0].from > from {
 		ps.missed++
@@ -257,9 +267,18 @@ func (r *Runner) takeFanout(p int32, from int64) (items []handed, to int64, ok b
 			}
 		}
 		to = f.batches[0].to
-		drop()
+		f.dropFirst()
 	}
 	return items, to, true
+}
+
+// dropFirst drops the feed's oldest batch.
+func (f *fanoutFeed) dropFirst() {
+	b := f.batches[0]
+	f.span -= b.to - b.from
+	f.bytes -= b.bytes
+	f.batches[0] = fanoutBatch{}
+	f.batches = f.batches[1:]
 }
 
 // relayCounts returns how many relay batches were taken from the feeds

@@ -384,11 +384,11 @@ type partState struct {
 	hot     *hotCache      // used under apply; nil when HotKeys < 0
 
 	// The hand-off of committed batches (handoff.go), under mu.
-	waiters map[int64][]decisionWaiter // by offset, not applied yet
-	recent  [recentDecisions]handed    // the newest decisions, by offset mod size
-	feed    fanoutFeed                 // committed fan-outs for the live relay
-	fed     int64                      // relay batches taken from feed
-	missed  int64                      // relay batches read from the log instead
+	waiters map[int64][]decisionWaiter      // by offset, not applied yet
+	recent  [recentDecisions]recentDecision // the newest decisions, by offset mod size
+	feed    fanoutFeed                      // committed fan-outs for the live relay
+	fed     int64                           // relay batches taken from feed
+	missed  int64                           // relay batches read from the log instead
 }
 
 // NewRunner returns a runner over db, which it owns from then on (Close
@@ -576,7 +576,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		default:
 			cp.Applied++
 			decisions = append(decisions, d)
-			made = append(made, handed{off: en.Offset, ev: ev, d: d})
+			made = append(made, handed{off: en.Offset, ev: ev, d: d, size: len(en.Value)})
 		}
 		cp.NextOffset = en.Offset + 1
 	}
