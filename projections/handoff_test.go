@@ -210,7 +210,18 @@ func TestRelayLiveEqualsLogRead(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i >= half && i < half+50 {
-			time.Sleep(20 * time.Millisecond) // applied while no relay runs
+			// Applied while no relay runs: the restarted relay must read it.
+			live.mu.Lock()
+			var at []engine.Position
+			for p := range live.parts {
+				at = append(at, engine.Position{Partition: int32(p), Offset: int64(len(live.parts[p])) - 1})
+			}
+			live.mu.Unlock()
+			for _, pos := range at {
+				if err := ls.WaitApplied(ctx, pos); err != nil {
+					t.Fatal(err)
+				}
+			}
 			go func() { _ = ls.RunRelay(ctx, live) }()
 		}
 		time.Sleep(time.Millisecond)
