@@ -633,10 +633,10 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 }
 
 // applyOne applies one entry (steps 1-7 at the top of this file). It
-// returns the decoded event and its decision, or dup=true for a retried append of an operation
-// already decided, or (nil, false) for a record this build cannot apply
-// (undecodable or of an unknown kind): such records are skipped
-// deterministically and counted.
+// returns the decoded event and its decision, or dup=true for a retried
+// append of an operation already decided, or no decision for a record this
+// build cannot apply (undecodable or of an unknown kind): such records are
+// skipped deterministically and counted.
 func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Event, *pb.Decision, bool, error) {
 	ev, err := engine.Decode(en.Value)
 	if err != nil {
