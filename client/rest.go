@@ -26,6 +26,11 @@ const maxResponseBytes = 8 << 20
 type REST struct {
 	base string
 	hc   *http.Client
+	// ReturnBusy makes a call refused as busy (429/1019) return at once,
+	// its *Error carrying the server's RetryAfter, instead of being sent
+	// again (Config.ReturnBusy for the REST API): for callers that count
+	// refusals or schedule their own retries, such as load generators.
+	ReturnBusy bool
 }
 
 // NewREST returns a client of the API at baseURL (http://127.0.0.1:8080).
@@ -106,7 +111,7 @@ func (r *REST) do(ctx context.Context, method, p, auth string, body any, out any
 	for attempt := 1; ; attempt++ {
 		err := r.once(ctx, method, p, auth, b, body != nil, out)
 		var e *Error
-		if !errors.As(err, &e) || !retryable(method, e) || attempt == maxRetries {
+		if !errors.As(err, &e) || !retryable(method, e) || attempt == maxRetries || r.ReturnBusy && e.Code == CodeBusy {
 			return err
 		}
 		wait := e.RetryAfter

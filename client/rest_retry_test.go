@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // A refusal a retry cures is sent again after the delay the server asked
@@ -42,6 +43,15 @@ func TestRESTRetriesWhatARetryCures(t *testing.T) {
 			func(r *REST) error { _, err := r.FetchLoggedInDevices(ctx, "demo", "alice", cred); return err }, 2, 0},
 		{"busy for ever", seq(100, 429, `{"code":1019,"message":"busy","retry_after_ms":1}`),
 			func(r *REST) error { return r.KickAllDevices(ctx, "demo", "alice", cred) }, maxRetries, 1019},
+		{"busy, returned to the caller", seq(100, 429, `{"code":1019,"message":"busy","retry_after_ms":70}`),
+			func(r *REST) error {
+				r.ReturnBusy = true
+				err := r.KickAllDevices(ctx, "demo", "alice", cred)
+				if e, ok := err.(*Error); !ok || e.RetryAfter != 70*time.Millisecond {
+					t.Errorf("ReturnBusy: %#v, want the server's retry_after_ms (70 ms)", err)
+				}
+				return err
+			}, 1, 1019},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n.Store(0)

@@ -182,8 +182,9 @@ func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event, acto
 		return d, nil
 	}
 	var e struct {
-		Code    int32  `json:"code"`
-		Message string `json:"message"`
+		Code         int32  `json:"code"`
+		Message      string `json:"message"`
+		RetryAfterMs int64  `json:"retry_after_ms"`
 	}
 	if json.Unmarshal(out, &e) != nil || e.Code == 0 {
 		return nil, engine.Errorf(engine.CodeUnavailable, "forward to the owner %s: status %d: %.200q", addr, resp.StatusCode, out)
@@ -193,8 +194,19 @@ func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event, acto
 		s.opts.Logger.Error("forward: the owner refused the cluster credential; do all processes share --admin-token?", "owner", addr)
 		return nil, engine.Errorf(engine.CodeUnavailable, "forward to the owner %s: cluster credential refused", addr)
 	}
-	return nil, engine.Errorf(engine.Code(e.Code), "%s", e.Message)
+	// The owner's refusal is passed on whole: a 1019 keeps the owner's
+	// retry_after_ms, the only measure of when the owner can take it.
+	refusal := engine.Errorf(engine.Code(e.Code), "%s", e.Message)
+	if e.RetryAfterMs > 0 {
+		refusal.RetryAfter = min(time.Duration(e.RetryAfterMs)*time.Millisecond, maxRetryAfter)
+	}
+	return nil, refusal
 }
+
+// maxRetryAfter bounds the delay an owner's answer can ask for: a bad or
+// hostile answer must not park a device for long (the engine's own
+// refusals stay within 5 s).
+const maxRetryAfter = 5 * time.Second
 
 // Begin is engine.Engine.Begin across processes, keeping the ops' order:
 // it walks ops in order, hands each run of ops decided here (Owner says

@@ -311,6 +311,19 @@ func TestSubmitterEdges(t *testing.T) {
 	if _, err := mk(fakeLocal{notOwner}, addr(moved)).Submit(ctx, anOp); engine.CodeOf(err) != engine.CodeNotOwner || !strings.Contains(err.Error(), "10.0.0.9") {
 		t.Fatalf("owner's 1018: %v", err)
 	}
+	// The owner's 1019 keeps its retry_after_ms, bounded, so the device
+	// waits what the owner asked, not a guess of this process.
+	for body, want := range map[string]time.Duration{
+		`{"code":1019,"message":"busy","retry_after_ms":120}`:     120 * time.Millisecond,
+		`{"code":1019,"message":"busy","retry_after_ms":9000000}`: 5 * time.Second,
+		`{"code":1019,"message":"busy"}`:                          0,
+	} {
+		_, err := mk(fakeLocal{notOwner}, addr(answer(429, body))).Submit(ctx, anOp)
+		var e *engine.Error
+		if !errors.As(err, &e) || e.Code != engine.CodeBusy || e.RetryAfter != want {
+			t.Fatalf("owner's 1019 %s: %#v, want 1019 with RetryAfter %v", body, err, want)
+		}
+	}
 	// A refused cluster credential, a garbage or oversized answer, an
 	// unreachable owner: 1009, retry.
 	unavailable := map[string]string{
