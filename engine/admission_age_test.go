@@ -84,6 +84,10 @@ func (p *gatedProjector) Decision(app, stream, user, op string) (*pb.Decision, b
 	return d, true, nil
 }
 
+func (p *gatedProjector) AwaitDecision(pos Position, app, stream, user, op string, done func(*pb.Decision, bool, error)) {
+	AwaitByWaiting(p, pos, app, stream, user, op, done)
+}
+
 func waitAll(t *testing.T, ps ...*Pending) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -89,6 +89,10 @@ func (p *heldProjector) Decision(app, stream, user, op string) (*pb.Decision, bo
 	return d, true, nil
 }
 
+func (p *heldProjector) AwaitDecision(pos Position, app, stream, user, op string, done func(*pb.Decision, bool, error)) {
+	AwaitByWaiting(p, pos, app, stream, user, op, done)
+}
+
 func pinOp(user, id string) *pb.Event {
 	return &pb.Event{App: "a", ClientOpId: id, Kind: pb.Kind_KIND_CONVERSATION_PIN, Actor: &pb.Actor{User: user},
 		Payload: &pb.Event_Conversation{Conversation: &pb.ConversationRef{ChatType: pb.ChatType_CHAT_TYPE_USER, ConversationId: "bob"}}}

@@ -18,6 +18,17 @@ type Projector interface {
 	// WaitApplied blocks until the event at pos has been applied and is
 	// visible to Decision, or ctx is done.
 	WaitApplied(ctx context.Context, pos Position) error
+	// AwaitDecision calls done exactly once: with the decision recorded for
+	// the operation (app, streamKey, user, clientOpID) whose event was
+	// appended at pos, once that event is applied and visible to Decision
+	// (ok false when none is recorded: the event was skipped), as Decision
+	// would then return it; or with an error once it cannot be awaited (the
+	// projector stopped, it was closed, or, with a Membership, pos's
+	// partition stopped being served here). done runs on the caller's
+	// goroutine before AwaitDecision returns, or on the projector's: it
+	// must not block. The decision may be shared with the projector's other
+	// readers: nobody may modify it.
+	AwaitDecision(pos Position, app, streamKey, user, clientOpID string, done func(d *pb.Decision, ok bool, err error))
 	// Decision returns the decision recorded for an operation, keyed by
 	// its stream, acting user and client op id; ok is false when none.
 	Decision(app, streamKey, user, clientOpID string) (d *pb.Decision, ok bool, err error)
@@ -186,18 +197,13 @@ func Resolved(d *pb.Decision, err error) *Pending {
 	return &Pending{c: c}
 }
 
-// decideTimeout bounds how long a batch's decisions are awaited after its
-// append when no caller is waiting any more: the projector answers or fails
-// long before (WaitApplied returns an error once a partition is not served).
-const decideTimeout = 2 * time.Minute
-
 // Begin validates ops and appends every one that needs appending in ONE log
 // append, in slice order, and returns once they are durable: one Pending per
 // op, in the same order. Ops of a later Begin call, made after this one
 // returned, are ordered after these on every partition they share; this is
 // how a connection keeps its operations in the order it received them
-// (invariant 8) while pipelining: the decisions are awaited in the
-// background, and each Pending's Wait returns its own.
+// (invariant 8) while pipelining: the projector hands each op its decision
+// (Projector.AwaitDecision), and each Pending's Wait returns its own.
 //
 // An op refused before the append (invalid, not owned here, a duplicate
 // already decided) resolves at once; a policy change (POLICY_SET), which
@@ -318,9 +324,9 @@ type queued struct {
 	c           *call
 }
 
-// flush appends batch, admitted at t, in one log append and awaits its
-// decisions in the background; it returns once the append is durable (or
-// failed).
+// flush appends batch, admitted at t, in one log append and registers
+// for its decisions, which the projector hands over as it applies them; it
+// returns once the append is durable (or failed).
 func (e *Engine) flush(ctx context.Context, batch []queued, t time.Time) {
 	if len(batch) == 0 {
 		return
@@ -341,16 +347,15 @@ func (e *Engine) flush(ctx context.Context, batch []queued, t time.Time) {
 		return
 	}
 	// The decisions outlive the caller's context: they are the log's, and
-	// other submitters of the same op may be waiting on them.
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), decideTimeout)
-	go func() {
-		defer cancel()
-		for i, q := range batch {
-			d, err := e.await(wctx, q.op, q.stream, pos[i])
+	// other submitters of the same op may be waiting on them. No goroutine
+	// waits for them: the projector's, which makes each, wakes its waiters.
+	for i, q := range batch {
+		e.proj.AwaitDecision(pos[i], q.op.App, q.stream, q.op.Actor.User, q.op.ClientOpId, func(d *pb.Decision, ok bool, err error) {
+			d, err = decided(q.op, pos[i], d, ok, err)
 			e.adm.decided(ab, 1, true)
 			e.finish(q.key, q.c, d, err)
-		}
-	}()
+		})
+	}
 }
 
 // finish records an in-flight op's outcome and wakes its waiters.
@@ -393,11 +398,29 @@ func (e *Engine) append(ctx context.Context, evs []*pb.Event, parts []int32) ([]
 	return pos, nil
 }
 
-func (e *Engine) await(ctx context.Context, op *pb.Event, stream string, pos Position) (*pb.Decision, error) {
-	if err := e.proj.WaitApplied(ctx, pos); err != nil {
-		return nil, unavailable(err)
-	}
-	d, ok, err := e.proj.Decision(op.App, stream, op.Actor.User, op.ClientOpId)
+// AwaitTimeout bounds how long AwaitByWaiting waits for a decision: the
+// projector answers or fails long before (WaitApplied returns an error
+// once a partition is not served).
+const AwaitTimeout = 2 * time.Minute
+
+// AwaitByWaiting is AwaitDecision for a Projector that cannot hand its
+// decisions over: a goroutine of its own waits with p.WaitApplied (for at
+// most AwaitTimeout) and reads the decision with p.Decision.
+func AwaitByWaiting(p Projector, pos Position, app, streamKey, user, clientOpID string, done func(d *pb.Decision, ok bool, err error)) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), AwaitTimeout)
+		defer cancel()
+		if err := p.WaitApplied(ctx, pos); err != nil {
+			done(nil, false, err)
+			return
+		}
+		done(p.Decision(app, streamKey, user, clientOpID))
+	}()
+}
+
+// decided is the outcome of op, appended at pos, from what AwaitDecision
+// handed over.
+func decided(op *pb.Event, pos Position, d *pb.Decision, ok bool, err error) (*pb.Decision, error) {
 	if err != nil {
 		return nil, unavailable(err)
 	}

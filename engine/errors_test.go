@@ -31,6 +31,9 @@ func (emptyProjector) Decision(string, string, string, string) (*pb.Decision, bo
 }
 func (emptyProjector) Policy(string) (*pb.Policy, error)         { return DefaultPolicy(), nil }
 func (emptyProjector) ActorSession(string, string, string) error { return nil }
+func (p emptyProjector) AwaitDecision(pos Position, app, stream, user, op string, done func(*pb.Decision, bool, error)) {
+	AwaitByWaiting(p, pos, app, stream, user, op, done)
+}
 
 // A Submit on a closed log is refused as unavailable (1009) and keeps its
 // cause: callers can tell a closed log from another failure.

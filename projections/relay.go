@@ -80,56 +80,89 @@ func (s *Store) relayPartition(ctx context.Context, log engine.Log, p int32) (er
 			s.relayStopped(p, err)
 		}
 	}()
+	// The live path: the batches the projector commits from now on come
+	// with their decisions (handoff.go). What it does not hold (everything
+	// before this start, or a stretch the relay fell behind on) is read
+	// from the log, as after a crash.
+	s.followFanout(p, true)
+	defer s.followFanout(p, false)
 	from := s.RelayPosition(p)
 	for {
 		// Relay only what the projection applied: its decision holds the fan-out.
 		if err := s.WaitApplied(ctx, engine.Position{Partition: p, Offset: from}); err != nil {
 			return err
 		}
-		applied := s.Checkpoint(p).NextOffset
-		max := int(min(applied-from, readBatch))
-		entries, err := log.Read(ctx, p, from, max)
-		if err != nil {
-			return fmt.Errorf("projections: relay read %d/%d: %w", p, from, err)
-		}
 		var recs []engine.Record
-		for _, en := range entries {
-			ev, err := engine.Decode(en.Value)
-			if err != nil || ev.Actor == nil {
-				continue
-			}
-			d, ok, err := s.Decision(ev.App, ev.StreamKey, ev.Actor.User, ev.ClientOpId)
-			if err != nil {
-				return err
-			}
-			// A retried duplicate shares the first append's decision: relay once.
-			if !ok || d.Partition != p || d.Offset != en.Offset {
-				continue
-			}
-			for _, f := range d.Fanout {
-				dl := proto.Clone(f).(*pb.Deliver)
-				dl.Source = ev
-				de := engine.DeliverEvent(dl)
-				b, err := engine.Encode(de)
-				if err != nil {
+		items, to, ok := s.takeFanout(p, from)
+		if ok {
+			for _, it := range items {
+				if recs, err = s.deliveries(recs, it.ev, it.d); err != nil {
 					return err
 				}
-				recs = append(recs, engine.Record{
-					Partition: engine.PartitionFor([]byte(de.StreamKey), s.opts.Partitions),
-					Key:       []byte(de.StreamKey), Value: b,
-				})
 			}
+		} else if recs, to, err = s.relayRead(ctx, log, p, from); err != nil {
+			return err
 		}
 		if len(recs) > 0 {
 			if _, err := log.Append(ctx, recs); err != nil {
 				return fmt.Errorf("projections: relay append: %w", err)
 			}
 		}
-		from += int64(len(entries))
+		from = to
 		if err := s.setRelayPosition(p, from); err != nil {
 			return err
 		}
 	}
+}
+
+// relayRead reads applied entries of p from offset from on and returns the
+// DELIVER records their decisions fan out, and the end of what it read:
+// the relay's path where the projector's hand-off does not reach.
+func (s *Store) relayRead(ctx context.Context, log engine.Log, p int32, from int64) ([]engine.Record, int64, error) {
+	applied := s.Checkpoint(p).NextOffset
+	max := int(min(applied-from, readBatch))
+	entries, err := log.Read(ctx, p, from, max)
+	if err != nil {
+		return nil, from, fmt.Errorf("projections: relay read %d/%d: %w", p, from, err)
+	}
+	var recs []engine.Record
+	for _, en := range entries {
+		ev, err := engine.Decode(en.Value)
+		if err != nil || ev.Actor == nil {
+			continue
+		}
+		d, ok, err := s.Decision(ev.App, ev.StreamKey, ev.Actor.User, ev.ClientOpId)
+		if err != nil {
+			return nil, from, err
+		}
+		// A retried duplicate shares the first append's decision: relay once.
+		if !ok || d.Partition != p || d.Offset != en.Offset {
+			continue
+		}
+		if recs, err = s.deliveries(recs, ev, d); err != nil {
+			return nil, from, err
+		}
+	}
+	return recs, from + int64(len(entries)), nil
+}
+
+// deliveries appends to recs the DELIVER records of the copies d (the
+// decision made for ev) fans out. Neither ev nor d is modified.
+func (s *Store) deliveries(recs []engine.Record, ev *pb.Event, d *pb.Decision) ([]engine.Record, error) {
+	for _, f := range d.Fanout {
+		dl := proto.Clone(f).(*pb.Deliver)
+		dl.Source = ev
+		de := engine.DeliverEvent(dl)
+		b, err := engine.Encode(de)
+		if err != nil {
+			return recs, err
+		}
+		recs = append(recs, engine.Record{
+			Partition: engine.PartitionFor([]byte(de.StreamKey), s.opts.Partitions),
+			Key:       []byte(de.StreamKey), Value: b,
+		})
+	}
+	return recs, nil
 }
 
 // RelayPosition returns the next offset of partition p the relay will

@@ -426,6 +426,13 @@ type partState struct {
 	changed chan struct{}  // closed and replaced when cp advances
 	apply   sync.Mutex     // one applier at a time
 	hot     *hotCache      // used under apply; nil when HotKeys < 0
+
+	// The hand-off of committed batches (handoff.go), under mu.
+	waiters map[int64][]decisionWaiter      // by offset, not applied yet
+	recent  [recentDecisions]recentDecision // the newest decisions, by offset mod size
+	feed    fanoutFeed                      // committed fan-outs for the live relay
+	fed     int64                           // relay batches taken from feed
+	missed  int64                           // relay batches read from the log instead
 }
 
 // NewRunner returns a runner over db, which it owns from then on (Close
@@ -488,7 +495,7 @@ func NewRunner(db *pebble.DB, o RunnerOptions) (*Runner, error) {
 		if _, err := getProto(db, checkpointKey(p), cp); err != nil {
 			return nil, err
 		}
-		ps := &partState{cp: cp, changed: make(chan struct{})}
+		ps := &partState{cp: cp, changed: make(chan struct{}), waiters: map[int64][]decisionWaiter{}}
 		if o.HotKeys > 0 {
 			ps.hot = newHotCache(o.HotKeys)
 		}
@@ -502,6 +509,7 @@ func (r *Runner) Close() error {
 	var err error
 	r.closeOnce.Do(func() {
 		close(r.closed)
+		r.dropWaiters(ErrClosed)
 		// Take every applier lock so no batch is mid-commit when the DB closes.
 		for _, ps := range r.parts {
 			ps.apply.Lock()
@@ -539,6 +547,7 @@ func (r *Runner) fail(err error) {
 	r.failOnce.Do(func() {
 		r.failErr = err
 		close(r.failed)
+		r.dropWaiters(fmt.Errorf("projections: projector stopped: %w", err))
 	})
 }
 
@@ -594,11 +603,12 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}, state: map[string]*stateVal{}}
 	defer t.b.Close()
 	var decisions []*pb.Decision
+	var made []handed // the decisions made, with their events and offsets
 	for _, en := range entries {
 		if en.Partition != p || en.Offset != cp.NextOffset {
 			return fmt.Errorf("%w: partition %d at %d, got %d/%d", ErrGap, p, cp.NextOffset, en.Partition, en.Offset)
 		}
-		d, dup, err := r.applyOne(t, en)
+		ev, d, dup, err := r.applyOne(t, en)
 		if err != nil {
 			return err
 		}
@@ -610,6 +620,7 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 		default:
 			cp.Applied++
 			decisions = append(decisions, d)
+			made = append(made, handed{off: en.Offset, ev: ev, d: d, size: len(en.Value)})
 		}
 		cp.NextOffset = en.Offset + 1
 	}
@@ -651,12 +662,16 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	if ps.hot != nil {
 		t.keepHot(ps.hot, p, r.partitions)
 	}
-	// Only now, after Commit returned, do waiters see the new position.
+	// Only now, after Commit returned, do waiters see the new position, and
+	// the operations waiting on this batch get their decisions (handoff.go).
 	ps.mu.Lock()
+	from := ps.cp.NextOffset
 	ps.cp = cp
 	close(ps.changed)
 	ps.changed = make(chan struct{})
+	ready := ps.handOff(from, cp.NextOffset, made)
 	ps.mu.Unlock()
+	handOut(ready, made)
 	if r.onApplied != nil && (len(decisions) > 0 || len(t.entries) > 0) {
 		r.onApplied(p, Applied{Decisions: decisions, Entries: t.entries, Events: len(entries), Duration: time.Since(start)})
 	}
@@ -664,36 +679,36 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 }
 
 // applyOne applies one entry (steps 1-7 at the top of this file). It
-// returns the decision, or dup=true for a retried append of an operation
-// already decided, or (nil, false) for a record this build cannot apply
-// (undecodable or of an unknown kind): such records are skipped
-// deterministically and counted.
-func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
+// returns the decoded event and its decision, or dup=true for a retried
+// append of an operation already decided, or no decision for a record this
+// build cannot apply (undecodable or of an unknown kind): such records are
+// skipped deterministically and counted.
+func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Event, *pb.Decision, bool, error) {
 	ev, err := engine.Decode(en.Value)
 	if err != nil {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	if _, known := engine.LookupKind(ev.Kind); !known || ev.Actor == nil {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	if r.only && r.deciders[ev.Kind] == nil && len(r.watchers[ev.Kind]) == 0 {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	pos := engine.Position{Partition: en.Partition, Offset: en.Offset}
 	dk := decisionKey(ev.StreamKey, ev.Actor.User, ev.ClientOpId)
 	if _, ok, err := t.raw(dk); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	} else if ok {
-		return nil, true, nil
+		return nil, nil, true, nil
 	}
 	pol, err := policyOf(t, ev.App, en.Partition)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	t.sessions = t.sessions[:0]
 	var d *pb.Decision
 	if refused, err := checkActor(t, ev); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	} else if refused != nil {
 		d = engine.NewDecision(ev, pos, pol)
 		d.Code, d.Message = int32(refused.Code), refused.Message
@@ -702,10 +717,10 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 		d, err = h.Decide(t, ev, pos, pol)
 		t.owner, t.own = nil, &r.runnerOwn
 		if err != nil {
-			return nil, false, fmt.Errorf("projections: %s: %w", h.Name, err)
+			return nil, nil, false, fmt.Errorf("projections: %s: %w", h.Name, err)
 		}
 		if d == nil {
-			return nil, false, nil // malformed derived record: skipped, counted
+			return nil, nil, false, nil // malformed derived record: skipped, counted
 		}
 	} else {
 		d = engine.NewDecision(ev, pos, pol)
@@ -716,7 +731,7 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 		err = t.put(dk, compactDecision(ev, d))
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	if ws := r.watchers[ev.Kind]; len(ws) > 0 {
 		o := &Outcome{Event: ev, Pos: pos, Decision: d, Sessions: t.sessions}
@@ -725,11 +740,11 @@ func (r *Runner) applyOne(t *Txn, en engine.Entry) (*pb.Decision, bool, error) {
 			err := h.Observe(t, o)
 			t.owner, t.own = nil, &r.runnerOwn
 			if err != nil {
-				return nil, false, fmt.Errorf("projections: %s: %w", h.Name, err)
+				return nil, nil, false, fmt.Errorf("projections: %s: %w", h.Name, err)
 			}
 		}
 	}
-	return d, false, nil
+	return ev, d, false, nil
 }
 
 // checkActor applies engine.CheckActor to an operation decided on its

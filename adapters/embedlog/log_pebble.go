@@ -28,6 +28,10 @@ const (
 	// never carries an unbounded batch; the writer still takes at least one
 	// Append whatever its size.
 	maxGroupBytes = 16 << 20
+	// tailRecords and tailBytes bound each partition's tail: the newest
+	// records kept in memory for the readers that follow the end.
+	tailRecords = 4096
+	tailBytes   = 4 << 20
 )
 
 // Options configure Open. The zero value plus a Dir is valid.
@@ -129,14 +133,42 @@ type Log struct {
 	closed bool // under life
 
 	mu      sync.Mutex
-	durable []int64       // per partition: end of the fsynced records
-	changed chan struct{} // closed and replaced whenever durable moves
-	failed  error         // sticky: a commit failed, the log is unusable
+	durable []int64         // per partition: end of the fsynced records
+	changed []chan struct{} // per partition: closed and replaced when its durable end moves
+	tails   []tail          // per partition: the newest durable records, in memory
+	failed  error           // sticky: a commit failed, the log is unusable
 
 	commits, appends, records, bytes atomic.Uint64
 }
 
 var _ engine.Log = (*Log)(nil)
+
+// tail is a partition's newest durable records as stored (encodeValue),
+// from offset first on: a reader that follows the end (the projectors, the
+// relay) reads them from here instead of through a Pebble iterator. A
+// stored value is never modified once written: a reader copies the slice
+// headers it needs under mu and reads the bytes after.
+type tail struct {
+	first int64
+	vals  [][]byte
+	bytes int
+}
+
+// add appends the value of the record at offset off (the next one) and
+// drops the oldest past the bounds.
+func (t *tail) add(off int64, v []byte) {
+	if len(t.vals) == 0 {
+		t.first = off
+	}
+	t.vals = append(t.vals, v)
+	t.bytes += len(v)
+	for len(t.vals) > 1 && (len(t.vals) > tailRecords || t.bytes > tailBytes) {
+		t.bytes -= len(t.vals[0])
+		t.vals[0] = nil
+		t.vals = t.vals[1:]
+		t.first++
+	}
+}
 
 type appendReq struct {
 	ctx   context.Context
@@ -220,7 +252,11 @@ func Open(opts Options) (*Log, error) {
 				closing:    make(chan struct{}),
 				stopped:    make(chan struct{}),
 				durable:    ends,
-				changed:    make(chan struct{}),
+				changed:    make([]chan struct{}, parts),
+				tails:      make([]tail, parts),
+			}
+			for p := range l.changed {
+				l.changed[p] = make(chan struct{})
 			}
 			if opts.ReadOnly {
 				l.readOnly = true
@@ -496,11 +532,22 @@ func (l *Log) writer(next []int64) {
 		l.records.Add(nrec)
 		l.bytes.Add(nbytes)
 
-		// Only now, after the fsync, may readers see the records.
+		// Only now, after the fsync, may readers see the records. Only the
+		// readers of partitions this commit wrote are woken: one wake-up per
+		// fsync for each, whatever the number of appends it carried.
 		l.mu.Lock()
-		copy(l.durable, next)
-		close(l.changed)
-		l.changed = make(chan struct{})
+		for i, r := range group {
+			for j, v := range r.vals {
+				l.tails[r.parts[j]].add(pos[i][j].Offset, v)
+			}
+		}
+		for p, end := range next {
+			if end != l.durable[p] {
+				l.durable[p] = end
+				close(l.changed[p])
+				l.changed[p] = make(chan struct{})
+			}
+		}
 		l.mu.Unlock()
 
 		for i, r := range group {
@@ -527,14 +574,23 @@ func (l *Log) Read(ctx context.Context, p int32, from int64, max int) ([]engine.
 	}
 	for {
 		l.mu.Lock()
-		end, changed := l.durable[p], l.changed
-		l.mu.Unlock()
+		end, changed := l.durable[p], l.changed[p]
 		if from < 0 || from > end {
+			l.mu.Unlock()
 			return nil, fmt.Errorf("embedlog: read %d/%d, end %d: %w", p, from, end, engine.ErrOffsetRange)
 		}
 		if from < end {
-			return l.readRange(p, from, min(end, from+int64(max)))
+			to := min(end, from+int64(max))
+			if t := l.tails[p]; len(t.vals) > 0 && from >= t.first {
+				// Copy the headers: the tail drops its oldest in place.
+				vals := append([][]byte(nil), t.vals[from-t.first:to-t.first]...)
+				l.mu.Unlock()
+				return tailEntries(p, from, vals)
+			}
+			l.mu.Unlock()
+			return l.readRange(p, from, to)
 		}
+		l.mu.Unlock()
 		select {
 		case <-changed:
 		case <-l.closing:
@@ -543,6 +599,20 @@ func (l *Log) Read(ctx context.Context, p int32, from int64, max int) ([]engine.
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// tailEntries copies the stored values of the records from offset from
+// into fresh Entries.
+func tailEntries(p int32, from int64, vals [][]byte) ([]engine.Entry, error) {
+	out := make([]engine.Entry, len(vals))
+	for i, v := range vals {
+		e, err := decodeEntry(p, from+int64(i), v)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = e
+	}
+	return out, nil
 }
 
 // readRange reads the records [from, to) of p, all known durable.

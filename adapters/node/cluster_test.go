@@ -207,6 +207,10 @@ func (c *clusterRoute) Decision(app, stream, user, op string) (*pb.Decision, boo
 	return n.Store.Decision(app, stream, user, op)
 }
 
+func (c *clusterRoute) AwaitDecision(pos engine.Position, app, stream, user, op string, done func(*pb.Decision, bool, error)) {
+	engine.AwaitByWaiting(c, pos, app, stream, user, op, done)
+}
+
 func (c *clusterRoute) Policy(app string) (*pb.Policy, error) {
 	n, err := c.owner(0) // partition 0's owner decides versions
 	if err != nil {

@@ -207,6 +207,13 @@ func (p groupProjector) WaitApplied(ctx context.Context, pos engine.Position) er
 	return p.g.WaitApplied(ctx, pos)
 }
 
+// AwaitDecision waits through the group, like WaitApplied, so that the
+// wait ends when its partition moves: the store's hand-off does not know
+// when a partition stops being served here.
+func (p groupProjector) AwaitDecision(pos engine.Position, app, stream, user, op string, done func(*pb.Decision, bool, error)) {
+	engine.AwaitByWaiting(p, pos, app, stream, user, op, done)
+}
+
 // Owner tells where the user's partition is served: locally (local true,
 // addr this process's Addr), by another process (its address), or nobody
 // known right now (addr "", local false: the partition is moving or being

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
 )
 
 // testProjector checks what the engine reads of a store that is also its
@@ -50,6 +52,27 @@ func testProjector(t *testing.T, h Harness, log [][]engine.Entry) {
 		}
 		if d.Partition != at.Partition || d.Offset != at.Offset {
 			t.Fatalf("Decision%v at %d/%d, the op was first appended at %v", k, d.Partition, d.Offset, at)
+		}
+		// AwaitDecision answers once, with what Decision returns.
+		type answer struct {
+			d   *pb.Decision
+			ok  bool
+			err error
+		}
+		got := make(chan answer, 2)
+		pr.AwaitDecision(at, k.app, k.stream, k.user, k.op, func(d *pb.Decision, ok bool, err error) { got <- answer{d, ok, err} })
+		select {
+		case a := <-got:
+			if a.err != nil || !a.ok || !proto.Equal(a.d, d) {
+				t.Fatalf("AwaitDecision%v: %v %v %v, Decision %v", k, a.d, a.ok, a.err, d)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("AwaitDecision%v of an applied entry did not answer", k)
+		}
+		select {
+		case <-got:
+			t.Fatalf("AwaitDecision%v answered twice", k)
+		default:
 		}
 	}
 	if len(first) < 100 {
