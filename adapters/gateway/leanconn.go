@@ -45,7 +45,16 @@ const (
 	maxOutBuf  = 256 << 10
 )
 
-var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); return &b }}
+// outBuf is what a write that sends more than its own bytes needs: the
+// bytes collected while corked and the writev's vector. Pooled, so that an
+// idle connection holds none of it.
+type outBuf struct {
+	b    []byte
+	iov  [3][]byte
+	bufs net.Buffers // over iov
+}
+
+var outBufs = sync.Pool{New: func() any { return &outBuf{b: make([]byte, 0, outBufSize)} }}
 
 // leanWriter is a ResponseWriter whose Hijack returns a leanConn (conn).
 type leanWriter struct {
@@ -103,9 +112,7 @@ type leanConn struct {
 	// corked: writes collect in out instead of leaving (cork). Set by the
 	// connection's writer outside the library's frame lock, hence atomic.
 	corked atomic.Bool
-	out    *[]byte     // pooled, only while it holds bytes not yet written
-	iov    [3][]byte   // out, held and p: one writev
-	bufs   net.Buffers // over iov
+	out    *outBuf // pooled, only while it holds bytes not yet written
 
 	// The frame being written (unmasked or masked, any length): hn header
 	// bytes seen (hdr), then left payload bytes to come. held bytes of it
@@ -238,7 +245,7 @@ func (c *leanConn) Write(p []byte) (int, error) {
 	}
 	before := c.held
 	if c.out != nil {
-		before += len(*c.out)
+		before += len(c.out.b)
 	}
 	n, err := c.writev(p)
 	return max(int(n)-before, 0), err
@@ -248,32 +255,33 @@ func (c *leanConn) Write(p []byte) (int, error) {
 // pool when out has none).
 func (c *leanConn) collect(p []byte) {
 	if c.out == nil {
-		c.out = outBufs.Get().(*[]byte)
+		c.out = outBufs.Get().(*outBuf)
 	}
-	*c.out = append(append(*c.out, c.hold[:c.held]...), p...)
+	c.out.b = append(append(c.out.b, c.hold[:c.held]...), p...)
 	c.held = 0
 }
 
 // writev writes out, the held bytes and p in one writev (one syscall, one
 // segment) and lets out and the held bytes go.
 func (c *leanConn) writev(p []byte) (int64, error) {
-	c.bufs = c.iov[:0]
-	if c.out != nil {
-		c.bufs = append(c.bufs, *c.out)
+	o := c.out
+	if o == nil {
+		o = outBufs.Get().(*outBuf)
+	}
+	o.bufs = o.iov[:0]
+	if len(o.b) > 0 {
+		o.bufs = append(o.bufs, o.b)
 	}
 	if c.held > 0 {
-		c.bufs = append(c.bufs, c.hold[:c.held])
+		o.bufs = append(o.bufs, c.hold[:c.held])
 	}
-	c.bufs = append(c.bufs, p)
-	n, err := c.bufs.WriteTo(c.Conn)
-	c.iov, c.bufs = [3][]byte{}, nil // keep no reference to p
-	c.held = 0
-	if b := c.out; b != nil {
-		c.out = nil
-		if cap(*b) <= maxOutBuf {
-			*b = (*b)[:0]
-			outBufs.Put(b)
-		}
+	o.bufs = append(o.bufs, p)
+	n, err := o.bufs.WriteTo(c.Conn)
+	o.iov, o.bufs = [3][]byte{}, nil // keep no reference to p or to c
+	c.held, c.out = 0, nil
+	if cap(o.b) <= maxOutBuf {
+		o.b = o.b[:0]
+		outBufs.Put(o)
 	}
 	return n, err
 }
