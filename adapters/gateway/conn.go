@@ -48,6 +48,7 @@ type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
 	lean   *leanConn // ws's socket when it can wait for readability (leanconn.go), else nil
+	sock   *leanConn // ws's socket when it is a leanConn (the writer corks it), else nil
 	remote string
 	number uint64 // within the gateway's incarnation, for presence ops
 
@@ -111,11 +112,12 @@ type conn struct {
 
 func newConn(g *Gateway, ws *websocket.Conn, lean *leanConn, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
+	sock := lean
 	if lean != nil && lean.raw == nil {
 		lean = nil
 	}
 	c := &conn{
-		g: g, ws: ws, lean: lean, remote: remote, number: g.connSeq.Add(1),
+		g: g, ws: ws, lean: lean, sock: sock, remote: remote, number: g.connSeq.Add(1),
 		ctx: ctx, cancel: cancel,
 	}
 	c.lastSeen.Store(g.o.Now().UnixNano())
@@ -140,9 +142,9 @@ func (c *conn) sessionOver() bool {
 // connection's other goroutines.
 //
 // While the device sends nothing, serve's goroutine only waits for the
-// socket to be readable (leanConn.waitReadable: a few frames deep, no
-// buffer), and what arrives is read and handled on a short-lived goroutine
-// (readAside). Reading and handling frames goes deep (the library's
+// socket to be readable (leanConn.waitRead: a few frames deep, no buffer
+// until bytes arrive), and what arrives is read and handled on a
+// short-lived goroutine (readAside). Reading and handling frames goes deep (the library's
 // reader, JSON, a login's decision and store reads); a goroutine that did
 // it and then parks for the connection's life keeps that stack, 8-32 KiB
 // per idle device, where the waiting one needs 2 KiB.
@@ -151,7 +153,7 @@ func (c *conn) serve() {
 	c.watchdog = time.AfterFunc(c.g.o.LoginTimeout, c.checkIdle)
 	end := readIdle
 	for end == readIdle {
-		if c.lean != nil && c.lean.waitReadable() != nil {
+		if c.lean != nil && c.lean.waitRead() != nil {
 			end = readFailed
 			break
 		}

@@ -260,3 +260,82 @@ func BenchmarkDecodeOpFrame(b *testing.B) {
 		})
 	}
 }
+
+// FuzzFastMessageEvent: fastMessageEvent accepts only events protojson
+// (engine.DecodeEventJSON, as the gateway reads them) accepts, with the
+// same result.
+func FuzzFastMessageEvent(f *testing.F) {
+	for _, s := range fastEventSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := fastMessageEvent(b)
+		if !ok {
+			return
+		}
+		full, err := engine.DecodeEventJSON(b, false)
+		if err != nil {
+			t.Fatalf("fast path accepted what protojson refuses (%v)", err)
+		}
+		if !proto.Equal(fast, full) {
+			t.Fatalf("fast %v\nfull %v", fast, full)
+		}
+	})
+}
+
+// fastEventSeeds: the SDK's shape in both key spellings, and near misses
+// protojson must answer (repeated keys, numbers and null for strings and
+// enums, URL or unpadded base64, escapes, other payloads, unknown names).
+var fastEventSeeds = []string{
+	`{"kind":"KIND_MESSAGE_SEND","client_op_id":"c-7-1042","message":{"chat_type":"CHAT_TYPE_USER","to":"u00042","client_msg_id":"c-7-1042","body":"aGVsbG8gZnJvbSB0aGUgbG9hZCBnZW5lcmF0b3I="}}`,
+	`{"clientOpId":"c","kind":"KIND_MESSAGE_SEND","message":{"chatType":"CHAT_TYPE_GROUP","to":"g","clientMsgId":"c","contentType":"text/plain","body":"","groupId":"g"}}`,
+	` { "kind" : "KIND_MESSAGE_SEND" , "message" : { "chat_type" : "CHAT_TYPE_THREAD" , "to" : "t" , "group_id" : "g" , "body" : "aGk=" } } `,
+	`{"kind":"KIND_MESSAGE_SEND","kind":"KIND_MESSAGE_SEND","message":{"to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","client_op_id":"a","clientOpId":"b","message":{"to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a","to":"b"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"clientMsgId":"a","client_msg_id":"b"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a"},"message":{"to":"b"}}`,
+	`{"kind":6,"message":{"to":"a"}}`, `{"kind":"KIND_MESSAGE_SEND","message":{"chat_type":1,"to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"chat_type":"CHAT_TYPE_NOPE","to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":null}}`, `{"kind":"KIND_MESSAGE_SEND","message":null}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"body":"aGk"}}`, `{"kind":"KIND_MESSAGE_SEND","message":{"body":"a-_k"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"body":"aG=k"}}`, `{"kind":"KIND_MESSAGE_SEND","message":{"body":"aGl="}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a\u0041"}}`, `{"kind":"KIND_MESSAGE_SEND","message":{"to":"é"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{}}`, `{"kind":"KIND_MESSAGE_SEND"}`, `{}`, `{"kind":"KIND_UNSPECIFIED","message":{"to":"a"}}`,
+	`{"kind":"KIND_NOPE","message":{"to":"a"}}`, `{"kind":"KIND_LOGOUT","message":{"to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a"},"receipt":{}}`, `{"kind":"KIND_MESSAGE_SEND","app":"x","message":{"to":"a"}}`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a","extra":"b"}}`, `{"kind":"KIND_MESSAGE_SEND","message":{"to":"a"}} x`,
+	`{"kind":"KIND_MESSAGE_SEND","message":{"to":"a",}}`, `{"kind":"KIND_MESSAGE_SEND",,"message":{"to":"a"}}`,
+}
+
+// The SDK's own encoding of a message takes the fast path, and the seeds
+// pass FuzzFastMessageEvent's check in every test run.
+func TestFastMessageEvent(t *testing.T) {
+	ev := &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, ClientOpId: "m-1", Payload: &pb.Event_Message{Message: &pb.MessageSend{
+		ChatType: pb.ChatType_CHAT_TYPE_USER, To: "bob", ClientMsgId: "m-1", ContentType: "text/plain", Body: []byte("hello")}}}
+	for _, opts := range []protojson.MarshalOptions{{UseProtoNames: true}, {}} {
+		b, err := opts.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := fastMessageEvent(b)
+		if !ok || !proto.Equal(got, ev) {
+			t.Fatalf("fast path on %s: %v, %v", b, got, ok)
+		}
+	}
+	for _, s := range fastEventSeeds[:3] {
+		if _, ok := fastMessageEvent([]byte(s)); !ok {
+			t.Errorf("fast path refused %s", s)
+		}
+	}
+	for _, s := range fastEventSeeds {
+		fast, ok := fastMessageEvent([]byte(s))
+		if !ok {
+			continue
+		}
+		full, err := engine.DecodeEventJSON([]byte(s), false)
+		if err != nil || !proto.Equal(fast, full) {
+			t.Errorf("%s: fast %v, protojson %v (%v)", s, fast, full, err)
+		}
+	}
+}

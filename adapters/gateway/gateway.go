@@ -150,8 +150,9 @@ type Options struct {
 	HeartbeatTimeout time.Duration
 	// LoginTimeout bounds the wait for the first frame. Default 10s.
 	LoginTimeout time.Duration
-	// WriteTimeout bounds one frame's write; a device whose socket accepts
-	// nothing for this long is a slow consumer (error 1016). Default 10s.
+	// WriteTimeout bounds one socket write (the frames queued together, up
+	// to 32 KiB of them); a device whose socket accepts nothing for this
+	// long is a slow consumer (error 1016). Default 10s.
 	WriteTimeout time.Duration
 	// SubmitTimeout bounds one operation (login included). Default 10s.
 	SubmitTimeout time.Duration
@@ -679,6 +680,7 @@ type metrics struct {
 	disconnects *prometheus.CounterVec
 	busy        *prometheus.CounterVec
 	opBatch     prometheus.Histogram
+	writeGroup  prometheus.Histogram // frames per socket write (sendq.go)
 	// live counts events sent from a delivery effect without a store
 	// read; storeReads the timeline reads a woken follower made instead.
 	live, storeReads prometheus.Counter
@@ -725,6 +727,11 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		Help:    "Operations of one connection submitted in one Begin.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 	})
+	m.writeGroup = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "mdsync_gateway_write_frames",
+		Help:    "Frames of one connection that left in one socket write (the frames its writer found queued together).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
 	m.sessionChecks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mdsync_gateway_session_check_closes_total",
 		Help: "Connections closed by the periodic session check (their session had ended and no effect closed them, or their user's partition moved to another process).",
@@ -737,7 +744,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		Name: "mdsync_gateway_live_store_reads_total",
 		Help: "Timeline reads of a caught-up connection woken by a delivery: a gap, an overflow of its live queue, or the session sweep.",
 	})
-	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.sessionChecks, m.live, m.storeReads} {
+	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.writeGroup, m.sessionChecks, m.live, m.storeReads} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -12,5 +12,3 @@ import (
 func rawConnOf(net.Conn) syscall.RawConn { return nil }
 
 func sysRead(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
-
-func sysPeek(uintptr, []byte) error { return errors.ErrUnsupported }

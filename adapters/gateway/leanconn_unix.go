@@ -29,13 +29,3 @@ func sysRead(fd uintptr, b []byte) (int, error) {
 		}
 	}
 }
-
-// sysPeek is one recv(2) of b with MSG_PEEK.
-func sysPeek(fd uintptr, b []byte) error {
-	for {
-		_, _, err := syscall.Recvfrom(int(fd), b, syscall.MSG_PEEK) // the socket is non-blocking
-		if err != syscall.EINTR {
-			return err
-		}
-	}
-}

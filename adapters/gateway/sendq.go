@@ -87,8 +87,15 @@ func (c *conn) enqueueLocked(f outFrame) {
 	}
 }
 
-// writer writes queued frames in order, each within WriteTimeout, until
-// the queue is empty or the connection closes.
+// coalesceBytes bounds the frames the writer sends in one write: a group
+// ends with the frame that reaches it, and what is queued behind goes in
+// the next write. Past a few tens of KiB one write per frame costs little
+// next to copying the bytes, and the socket's buffer takes no more at once.
+const coalesceBytes = 32 << 10
+
+// writer writes queued frames in order until the queue is empty or the
+// connection closes: what it finds queued at each wake-up in groups
+// (groupLen) that each leave in one write (writeGroup).
 func (c *conn) writer(done chan struct{}) {
 	defer c.wg.Done()
 	defer close(done)
@@ -103,38 +110,84 @@ func (c *conn) writer(done chan struct{}) {
 			return
 		}
 		c.qmu.Unlock()
-		for _, f := range batch {
+		for len(batch) > 0 {
 			if c.ctx.Err() != nil {
 				return
 			}
-			if f.close {
+			if f := batch[0]; f.close {
 				c.terminate(f.code, f.status, f.b)
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
-			err := c.ws.Write(ctx, websocket.MessageText, f.b)
-			timedOut := ctx.Err() != nil
-			cancel()
-			if err != nil {
-				if timedOut {
-					// The socket took nothing for WriteTimeout: the device
-					// does not read. (The library closed the socket.)
-					c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
-				} else {
-					c.terminate(0, websocket.StatusNormalClosure, nil)
-				}
+			n := groupLen(batch)
+			if !c.writeGroup(batch[:n]) {
 				return
 			}
-			c.g.m.frames.WithLabelValues("out", f.typ).Inc()
-			c.qmu.Lock()
-			c.qn--
-			if c.qspace != nil {
-				close(c.qspace)
-				c.qspace = nil
-			}
-			c.qmu.Unlock()
+			clear(batch[:n]) // the frames' bytes are the socket's now
+			batch = batch[n:]
 		}
 	}
+}
+
+// groupLen returns how many frames at the start of batch go in one write:
+// up to the first close order (not included) or the frame that brings
+// their bytes to coalesceBytes (included). batch[0] is not a close order.
+func groupLen(batch []outFrame) int {
+	size := 0
+	for i, f := range batch {
+		if f.close {
+			return i
+		}
+		if size += len(f.b); size >= coalesceBytes {
+			return i + 1
+		}
+	}
+	return len(batch)
+}
+
+// writeGroup writes fs in order within WriteTimeout, in one write when the
+// socket is a leanConn (corked until the last frame), then gives their
+// queue slots back. False when the connection ends: the write failed or
+// timed out, and the teardown is started.
+func (c *conn) writeGroup(fs []outFrame) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
+	defer cancel()
+	cork := c.sock != nil && len(fs) > 1
+	if cork {
+		c.sock.cork()
+		defer c.sock.uncork() // a failed write leaves it corked otherwise
+	}
+	for i, f := range fs {
+		if cork && i == len(fs)-1 {
+			c.sock.uncork() // this frame's write sends the group
+		}
+		if err := c.ws.Write(ctx, websocket.MessageText, f.b); err != nil {
+			if ctx.Err() != nil {
+				// The socket took nothing for WriteTimeout: the device
+				// does not read. (The library closed the socket.)
+				c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
+			} else {
+				c.terminate(0, websocket.StatusNormalClosure, nil)
+			}
+			return false
+		}
+	}
+	c.g.m.writeGroup.Observe(float64(len(fs)))
+	for i := 0; i < len(fs); {
+		j := i + 1
+		for j < len(fs) && fs[j].typ == fs[i].typ {
+			j++
+		}
+		c.g.m.frames.WithLabelValues("out", fs[i].typ).Add(float64(j - i))
+		i = j
+	}
+	c.qmu.Lock()
+	c.qn -= len(fs)
+	if c.qspace != nil {
+		close(c.qspace)
+		c.qspace = nil
+	}
+	c.qmu.Unlock()
+	return true
 }
 
 // stopWriter closes the queue for good and waits for the writer, if one
