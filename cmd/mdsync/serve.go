@@ -264,7 +264,14 @@ func runServe(args []string) error {
 	case err := <-errc:
 		return err
 	case err := <-busErr:
-		return fmt.Errorf("serve: delivery bus: %w", err)
+		// As for the aggregates below: on a signal the bus's Run returns
+		// nil and may win this select over ctx.Done.
+		if ctx.Err() == nil || err != nil {
+			if err == nil {
+				err = errors.New("stopped")
+			}
+			return fmt.Errorf("serve: delivery bus: %w", err)
+		}
 	case err := <-aggErr:
 		// On a signal Run returns nil and may win this select over
 		// ctx.Done: that is the shutdown, not a failure.
