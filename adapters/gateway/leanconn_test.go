@@ -77,21 +77,7 @@ func TestLeanConnHoldsOnlyAnIncompleteFrame(t *testing.T) {
 // Reads return what net/http read behind the upgrade first, then the
 // socket's bytes; the pooled buffer is let go once drained.
 func TestLeanConnReadsWithoutKeepingABuffer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	client, sc := loopbackPair(t)
 	lc := &leanConn{Conn: sc, raw: rawConnOf(sc), pending: []byte("early ")}
 	if lc.raw == nil {
 		t.Skip("no RawConn on this platform")
@@ -183,21 +169,7 @@ func TestLeanConnCorkLetsControlFramesThrough(t *testing.T) {
 // buffer, which the next Read returns; at the peer's close it reports the
 // end.
 func TestLeanConnWaitReadBuffersWhatArrives(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	client, sc := loopbackPair(t)
 	lc := &leanConn{Conn: sc, raw: rawConnOf(sc)}
 	if lc.raw == nil {
 		t.Skip("no RawConn on this platform")
@@ -233,4 +205,26 @@ func TestLeanConnWaitReadBuffersWhatArrives(t *testing.T) {
 	if err := lc.waitRead(); err != io.EOF {
 		t.Fatalf("after the peer closed: %v, want EOF", err)
 	}
+}
+
+// loopbackPair returns both ends of a TCP connection on 127.0.0.1, closed
+// when the test ends.
+func loopbackPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
 }
