@@ -154,13 +154,15 @@ func TestOversizedFrame(t *testing.T) {
 // closed; one that never logs in gets 1013 after the login timeout.
 func TestIdleAndLoginTimeouts(t *testing.T) {
 	e := newEnv(t, func(o *gateway.Options) {
-		o.HeartbeatTimeout, o.LoginTimeout = 400*time.Millisecond, 300*time.Millisecond
+		// Margins for a loaded CI machine: alice's login must finish within
+		// the login timeout, and a ping's round trip within the heartbeat.
+		o.HeartbeatTimeout, o.LoginTimeout = 1200*time.Millisecond, 900*time.Millisecond
 	})
 	a, _ := login(t, e, "alice", "A1", 1)
 	a.expect("snapshot")
-	// Pings keep it alive past the timeout.
+	// Pings keep it alive past the timeout (4 × 400 ms > 1.2 s).
 	for i := 0; i < 4; i++ {
-		time.Sleep(150 * time.Millisecond)
+		time.Sleep(400 * time.Millisecond)
 		a.send(map[string]string{"type": "ping"})
 		a.expect("pong")
 	}
