@@ -203,7 +203,7 @@ func rowsOf(ctx context.Context, lg engine.Log, st *projections.Store, cfg Confi
 			Event: "ended", App: cfg.App, User: cfg.User, LoginID: s.GetLoginId(), Platform: s.GetPlatform(),
 			DeviceName: s.GetDeviceName(), Extension: s.GetExtension(), Partition: e.Partition, Offset: e.Offset,
 			TimeMs: e.TimeUnixMs, PolicyVersion: e.PolicyVersion, Code: e.Code, Reason: opjson.ReasonName(e.Reason),
-			ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
+			ByLoginID: engine.EndedByLoginID(e), ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
 			ByUser: e.GetByActor().GetUser(), ByAdmin: e.GetByActor().GetAdmin(), LoginOffset: &lo,
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"sync"
 
+	"github.com/mdsync/mdsync/engine"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"github.com/mdsync/mdsync/projections"
 )
@@ -63,7 +64,7 @@ func ItemsOf(a projections.Applied) []Item {
 			s := e.GetSession()
 			out = append(out, Item{Type: "ended", App: d.GetApp(), User: user, LoginID: s.GetLoginId(), Code: e.GetCode(),
 				Reason: e.GetReason().String(), Platform: s.GetPlatform(), DeviceName: s.GetDeviceName(),
-				ByLoginID: e.GetByLoginId(), ByDeviceName: e.GetByDeviceName(), ByExtension: e.GetByExtension(),
+				ByLoginID: engine.EndedByLoginID(e), ByDeviceName: e.GetByDeviceName(), ByExtension: e.GetByExtension(),
 				ByUser: e.GetByActor().GetUser(), ByAdmin: e.GetByActor().GetAdmin(), PolicyVersion: e.GetPolicyVersion(),
 				Partition: e.GetPartition(), Offset: e.GetOffset(), TimeUnixMs: e.GetTimeUnixMs()})
 		}

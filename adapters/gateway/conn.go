@@ -635,7 +635,7 @@ func (c *conn) end(e *pb.Ended, afterQueued bool) {
 	}
 	b, _ := json.Marshal(kickedFrame{
 		Type: "kicked", Code: e.Code, Reason: e.Reason.String(),
-		ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
+		ByLoginID: engine.EndedByLoginID(e), ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
 	})
 	c.close(afterQueued, engine.Code(e.Code), statusEnded, b)
 }

@@ -265,7 +265,7 @@ func TestKickNeverLost(t *testing.T) {
 		d1 := evict(t, e)
 		k1 := kick(t, e)
 		closedWith(t, d1, 206, "D5")
-		closedWith(t, k1, 217, "") // a kick names no device (as on the effect path)
+		closedWith(t, k1, 217, "K2") // the kicking device, as on the effect path
 		eventually(t, "session check closes counted", func() bool {
 			return metric(t, e, "mdsync_gateway_session_check_closes_total") == 2
 		})
@@ -295,7 +295,7 @@ func opRefused(t *testing.T, rule string, closedWith func(*testing.T, *client, i
 		end  func(*testing.T, *env) *client
 		code int32
 		by   string
-	}{{"evicted", evict, 206, "D5"}, {"kicked", kick, 217, ""}} {
+	}{{"evicted", evict, 206, "D5"}, {"kicked", kick, 217, "K2"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.end(t, e)
 			id := "after-" + tc.name

@@ -138,7 +138,7 @@ func endedRows(app string, es []*pb.Ended) []EndedRow {
 		out = append(out, EndedRow{
 			App: app, User: e.User, LoginID: s.GetLoginId(), Platform: s.GetPlatform(), DeviceName: s.GetDeviceName(),
 			Code: e.Code, Reason: opjson.ReasonName(e.Reason),
-			ByLoginID: e.ByLoginId, ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
+			ByLoginID: engine.EndedByLoginID(e), ByDeviceName: e.ByDeviceName, ByExtension: e.ByExtension,
 			PolicyVersion: e.PolicyVersion, Partition: e.Partition, Offset: e.Offset,
 		})
 	}
