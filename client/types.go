@@ -123,7 +123,7 @@ type Snapshot struct {
 type Kicked struct {
 	Code         int32  // 206, 207, 216 or 217
 	Reason       string // e.g. REASON_LOGIN_OTHER_DEVICE
-	ByLoginID    string // 206: the new device's login ID
+	ByLoginID    string // 206: the new device's login ID; 217: the kicking device's, when a device kicked
 	ByDeviceName string // 206: the new device's name
 	ByExtension  string // 206: the new device's login extension
 }
