@@ -82,6 +82,9 @@ func Encode(ev *pb.Event) ([]byte, error) { return marshal.Marshal(ev) }
 // Decode parses a log record. Unknown fields are kept (forward compatible);
 // an event of an unknown kind decodes and is left to the caller.
 func Decode(b []byte) (*pb.Event, error) {
+	if ev, ok := decodeEvent(b, 0); ok {
+		return ev, nil
+	}
 	ev := &pb.Event{}
 	if err := proto.Unmarshal(b, ev); err != nil {
 		return nil, Errorf(CodeInvalidArgument, "decode event: %v", err)
