@@ -140,3 +140,25 @@ func BenchmarkDecodeUnmarshal(b *testing.B) {
 		}
 	}
 }
+
+// TestIsEventID: IsEventID is EventID compared, for short and long inputs
+// (past its stack buffer) and for ids that differ in one character.
+func TestIsEventID(t *testing.T) {
+	long := string(make([]byte, 300))
+	for _, in := range [][3]string{{"u\x00app\x00alice", "alice", "op-1"}, {"", "", ""}, {long, "u", "op"}, {"s", long, long}} {
+		id := EventID(in[0], in[1], in[2])
+		if !IsEventID(id, in[0], in[1], in[2]) {
+			t.Fatalf("%q: its own id refused", in)
+		}
+		for i := range id {
+			b := []byte(id)
+			b[i] ^= 1
+			if IsEventID(string(b), in[0], in[1], in[2]) {
+				t.Fatalf("%q: %s taken for %s", in, b, id)
+			}
+		}
+		if IsEventID(id[:31], in[0], in[1], in[2]) || IsEventID(id, in[0], in[1], in[2]+"x") {
+			t.Fatalf("%q: a short id or another op taken", in)
+		}
+	}
+}
