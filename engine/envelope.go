@@ -74,6 +74,29 @@ func EventID(streamKey, user, clientOpID string) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
+// IsEventID reports whether id is EventID(streamKey, user, clientOpID),
+// without allocating: the projector asks it of every decision it stores
+// (projections' compactDecision drops an id it can derive).
+func IsEventID(id, streamKey, user, clientOpID string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	var buf [256]byte
+	in := buf[:0]
+	if n := len(streamKey) + len(user) + len(clientOpID) + 2; n > len(buf) {
+		in = make([]byte, 0, n)
+	}
+	in = append(in, streamKey...)
+	in = append(in, 0)
+	in = append(in, user...)
+	in = append(in, 0)
+	in = append(in, clientOpID...)
+	sum := sha256.Sum256(in)
+	var h [32]byte
+	hex.Encode(h[:], sum[:16])
+	return string(h[:]) == id
+}
+
 var marshal = proto.MarshalOptions{Deterministic: true}
 
 // Encode is the log encoding of an event: deterministic protobuf binary.
@@ -82,6 +105,9 @@ func Encode(ev *pb.Event) ([]byte, error) { return marshal.Marshal(ev) }
 // Decode parses a log record. Unknown fields are kept (forward compatible);
 // an event of an unknown kind decodes and is left to the caller.
 func Decode(b []byte) (*pb.Event, error) {
+	if ev, ok := decodeEvent(b, 0); ok {
+		return ev, nil
+	}
 	ev := &pb.Event{}
 	if err := proto.Unmarshal(b, ev); err != nil {
 		return nil, Errorf(CodeInvalidArgument, "decode event: %v", err)

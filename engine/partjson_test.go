@@ -294,3 +294,49 @@ func setStrings(m protoreflect.Message, s string) {
 		return true
 	})
 }
+
+// FuzzAppendEvent: the direct encoding of an event with no payload or a
+// message payload is the reference's (protojson, then numbers64) byte for
+// byte, strings needing escapes and not UTF-8 included; other payloads
+// and a nil message are left to the general way.
+func FuzzAppendEvent(f *testing.F) {
+	f.Add(uint32(1), "app", "u\x00app\x00alice", "0123456789abcdef", "op-1", int32(23), "alice", "dev-1", false,
+		int64(1_700_000_000_123), uint8(1), int32(1), "bob", "cm-1", "text/plain", []byte("hello"), "")
+	f.Add(uint32(0), "", "", "", "", int32(0), "", "", true, int64(-5), uint8(0), int32(0), "", "", "", []byte(nil), "")
+	f.Add(uint32(7), "a\"\\\n\x01\u2028é", "s", "e", "c", int32(999), "u\xff", "l", true, int64(0), uint8(2), int32(77), "t", "m", "ct", []byte{0, 1, 2}, "g")
+	f.Add(uint32(1), "app", "s", "e", "c", int32(1), "u", "l", false, int64(1), uint8(3), int32(1), "", "", "", []byte(nil), "")
+	f.Fuzz(func(t *testing.T, sv uint32, app, stream, id, op string, kind int32, user, login string, admin bool,
+		ms int64, shape uint8, ct int32, to, cmid, ctype string, body []byte, gid string) {
+		ev := &pb.Event{SchemaVersion: sv, App: app, StreamKey: stream, EventId: id, ClientOpId: op, Kind: pb.Kind(kind), TimeUnixMs: ms}
+		if user != "" || login != "" || admin {
+			ev.Actor = &pb.Actor{User: user, LoginId: login, Admin: admin}
+		}
+		msg := &pb.MessageSend{ChatType: pb.ChatType(ct), To: to, ClientMsgId: cmid, ContentType: ctype, Body: body, GroupId: gid}
+		switch shape % 5 {
+		case 1:
+			ev.Payload = &pb.Event_Message{Message: msg}
+		case 2:
+			ev.Payload = &pb.Event_Message{Message: &pb.MessageSend{}}
+		case 3:
+			ev.Payload = &pb.Event_Login{Login: &pb.Login{LoginId: login}}
+		case 4:
+			ev.Payload = &pb.Event_Message{}
+		}
+		want, werr := marshalPartReference(ev)
+		got, ok := appendEvent([]byte("x"), ev)
+		direct := shape%5 < 3
+		if ok != (direct && werr == nil) {
+			t.Fatalf("%v: direct %v, reference error %v", ev, ok, werr)
+		}
+		if ok && !bytes.Equal(got[1:], want) {
+			t.Fatalf("%v:\n got %s\nwant %s", ev, got[1:], want)
+		}
+		if !ok && string(got) != "x" {
+			t.Fatalf("refused, but appended %q", got)
+		}
+		// MarshalPart, the way callers take, agrees whichever way it went.
+		if mp, err := MarshalPart(ev); (err == nil) != (werr == nil) || !bytes.Equal(mp, want) {
+			t.Fatalf("MarshalPart(%v) = %s, %v; want %s, %v", ev, mp, err, want, werr)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package engine
 import (
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // This file is the pure core of device sessions: who may stay logged in.
@@ -14,7 +15,7 @@ import (
 // new state and the decision. Refused operations return st unchanged.
 func ApplySession(st *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Position) (*pb.UserSessions, *pb.Decision) {
 	d := NewDecision(ev, pos, pol)
-	next := proto.Clone(st).(*pb.UserSessions)
+	next := nextSessions(st)
 	switch ev.Kind {
 	case pb.Kind_KIND_LOGIN:
 		return applyLogin(st, next, pol, ev, pos, d)
@@ -55,7 +56,10 @@ func applyLogin(st, next *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Pos
 			return st, refuse(d, CodeConflict, "login ID %s is active on platform %d, not %d", l.LoginId, s.Platform, l.Platform)
 		}
 		// The same device reconnecting keeps its place in login order and
-		// never evicts another device.
+		// never evicts another device. The session is st's (nextSessions
+		// shares them): change a copy.
+		s = proto.Clone(s).(*pb.Session)
+		next.Sessions[i] = s
 		s.DeviceName, s.Extension = l.DeviceName, l.Extension
 		s.LastLoginOffset, s.LastLoginTimeUnixMs = pos.Offset, ev.TimeUnixMs
 		d.Reconnect = true
@@ -102,6 +106,28 @@ func applyLogin(st, next *pb.UserSessions, pol *pb.Policy, ev *pb.Event, pos Pos
 		LastLoginTimeUnixMs: ev.TimeUnixMs,
 	})
 	return next, d
+}
+
+// nextSessions is the state ApplySession changes instead of st: a new
+// message with st's fields and a new slice of st's sessions. The sessions
+// themselves are shared, not cloned (cloning them was a tenth of a login's
+// apply): nothing changes a *pb.Session once it is in a state, since
+// states are shared by the projector's caches and the decisions' Ended
+// rows; the one change of a kept session (a reconnect) replaces it with a
+// changed copy. TestNextSessionsCopiesEveryField fails when a field is
+// added to UserSessions and not copied here.
+func nextSessions(st *pb.UserSessions) *pb.UserSessions {
+	next := &pb.UserSessions{CredentialEpoch: st.GetCredentialEpoch()}
+	if ss := st.GetSessions(); len(ss) > 0 {
+		next.Sessions = append(make([]*pb.Session, 0, len(ss)+1), ss...)
+	}
+	if st == nil {
+		return next
+	}
+	if u := st.ProtoReflect().GetUnknown(); len(u) > 0 {
+		next.ProtoReflect().SetUnknown(append(protoreflect.RawFields(nil), u...))
+	}
+	return next
 }
 
 // CheckActor is the rule that an ended session can do nothing (invariant 9):

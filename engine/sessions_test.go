@@ -8,6 +8,8 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // TestSessionsGolden plays the seed rules as datadriven files: each file is
@@ -171,4 +173,79 @@ func atoi(t *testing.T, s string) int {
 		t.Fatalf("bad number %q", s)
 	}
 	return n
+}
+
+// TestNextSessionsCopiesEveryField: the state ApplySession starts from
+// holds every field of st, the unknown ones too, and shares no slice with
+// it; a field added to UserSessions and not copied fails here.
+func TestNextSessionsCopiesEveryField(t *testing.T) {
+	st := &pb.UserSessions{}
+	m := st.ProtoReflect()
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			l := m.Mutable(fd).List()
+			for j := 0; j < 2; j++ {
+				l.Append(protoreflect.ValueOfMessage((&pb.Session{LoginId: fmt.Sprint("d", j), Platform: int32(j + 1)}).ProtoReflect()))
+			}
+		case fd.Kind() == protoreflect.Uint64Kind && !fd.IsList():
+			m.Set(fd, protoreflect.ValueOfUint64(7))
+		default:
+			t.Fatalf("field %s: teach this test (and nextSessions) its kind", fd.Name())
+		}
+	}
+	m.SetUnknown(protoreflect.RawFields{0xf8, 0x01, 0x05}) // field 31, varint 5
+	next := nextSessions(st)
+	if !proto.Equal(st, next) {
+		t.Fatalf("nextSessions(%v) = %v", st, next)
+	}
+	next.Sessions = append(next.Sessions[:0], &pb.Session{LoginId: "x"})
+	if st.Sessions[0].LoginId != "d0" {
+		t.Fatal("nextSessions shares st's slice")
+	}
+	if got := nextSessions(nil); len(got.Sessions) != 0 || got.CredentialEpoch != 0 {
+		t.Fatalf("nextSessions(nil) = %v", got)
+	}
+}
+
+// TestApplySessionLeavesStateAlone: ApplySession never changes the state
+// it is given (the projector shares it between batches and decisions),
+// for every session kind, a reconnect (which changes a kept session)
+// included.
+func TestApplySessionLeavesStateAlone(t *testing.T) {
+	pol := DefaultPolicy()
+	st := &pb.UserSessions{CredentialEpoch: 2, Sessions: []*pb.Session{
+		{LoginId: "a", Platform: 1, DeviceName: "old", LoginOffset: 1, LastLoginOffset: 1},
+		{LoginId: "b", Platform: 2, LoginOffset: 2, LastLoginOffset: 2},
+	}}
+	want := proto.Clone(st).(*pb.UserSessions)
+	evs := []*pb.Event{
+		{Kind: pb.Kind_KIND_LOGIN, Payload: &pb.Event_Login{Login: &pb.Login{LoginId: "a", Platform: 1, DeviceName: "new"}}},
+		{Kind: pb.Kind_KIND_LOGIN, Payload: &pb.Event_Login{Login: &pb.Login{LoginId: "c", Platform: 1}}},
+		{Kind: pb.Kind_KIND_LOGOUT, Actor: &pb.Actor{User: "u", LoginId: "a"}},
+		{Kind: pb.Kind_KIND_KICK_DEVICE, Payload: &pb.Event_KickDevice{KickDevice: &pb.KickDevice{LoginId: "b"}}},
+		{Kind: pb.Kind_KIND_KICK_ALL_DEVICES},
+		{Kind: pb.Kind_KIND_PASSWORD_CHANGE},
+		{Kind: pb.Kind_KIND_USER_REMOVE},
+	}
+	for i, ev := range evs {
+		ev.App = "app"
+		if ev.Actor == nil {
+			ev.Actor = &pb.Actor{User: "u", LoginId: "b"}
+		}
+		next, d := ApplySession(st, pol, ev, Position{Offset: int64(10 + i)})
+		if d.Code != 0 || next == st {
+			t.Fatalf("%v: code %d, changed %v", ev.Kind, d.Code, next != st)
+		}
+		if !proto.Equal(st, want) {
+			t.Fatalf("%v changed the state it was given: %v", ev.Kind, st)
+		}
+		if ev.Kind == pb.Kind_KIND_LOGIN && ev.GetLogin().LoginId == "a" {
+			if !d.Reconnect || next.Sessions[0].DeviceName != "new" || next.Sessions[0].LastLoginOffset != 10 {
+				t.Fatalf("reconnect: %v %v", d, next)
+			}
+		}
+	}
 }

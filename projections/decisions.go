@@ -41,7 +41,7 @@ func compactDecision(ev *pb.Event, d *pb.Decision) *pb.Decision {
 	if c.ClientOpId == op && op != "" {
 		c.ClientOpId = ""
 	}
-	if id := engine.EventID(stream, user, op); c.EventId == id {
+	if engine.IsEventID(c.EventId, stream, user, op) {
 		c.EventId = ""
 	}
 	if d.MessageId != "" && d.MessageId == d.EventId {

@@ -123,8 +123,10 @@ func (s *Store) applySync(t *Txn, pol *pb.Policy, ev *pb.Event, pos engine.Posit
 			}
 		}
 	case m != nil:
-		st := &pb.UserSessions{}
-		if _, err := t.get(sessionsKey(ev.App, ev.Actor.User), st); err != nil {
+		// The batch's decoded sessions (the actor rule read them already):
+		// ApplyUserMessage only reads them.
+		st, err := t.sessionsOf(ev.App, ev.Actor.User)
+		if err != nil {
 			return nil, err
 		}
 		d, dls = engine.ApplyUserMessage(st, pol, ev, pos)
