@@ -71,27 +71,24 @@ func bodyCensus(t *testing.T, s *Store) (bodies, refs int) {
 		refs++
 	}
 	scan(t, s, tagTimeline, func(k, v []byte) {
-		app, user, _ := splitPair(k[2 : len(k)-9])
-		h, err := parseEntry(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !h.run {
+		app, _, _ := splitPair(k[2 : len(k)-9])
+		if h, err := parseEntry(v); err != nil || !h.run {
 			count(app, v)
-			return
-		}
-		for i := uint64(0); i < h.runLen; i++ {
-			ik := runIndexKey(app, h.chatType, string(h.conv), h.runPart, h.runOrd+i)
-			iv, closer, err := s.db.Get(ik)
-			if err != nil {
-				t.Fatalf("%s/%s run at %d: index entry %q: %v", app, user, seqOf(k), ik, err)
-			}
-			count(app, iv)
-			ih, _ := parseEntry(iv)
-			wantIdx[string(ik)] = string(bodyKey(tagBodyRefs, app, ih.id, ih.bodyPart))
-			closer.Close()
 		}
 	})
+	for _, r := range storedRuns(t, s) {
+		for seq := r.start; seq <= r.end; seq++ {
+			ik := runIndexKey(r.app, r.h.chatType, string(r.h.conv), r.h.runPart, r.h.runOrd+seq-r.start)
+			iv, closer, err := s.db.Get(ik)
+			if err != nil {
+				t.Fatalf("%s/%s run at %d: index entry %q: %v", r.app, r.user, r.start, ik, err)
+			}
+			count(r.app, iv)
+			ih, _ := parseEntry(iv)
+			wantIdx[string(ik)] = string(bodyKey(tagBodyRefs, r.app, ih.id, ih.bodyPart))
+			closer.Close()
+		}
+	}
 	got := map[string]int64{}
 	gotIdx := map[string]string{}
 	scan(t, s, tagBodyRefs, func(k, v []byte) {

@@ -41,9 +41,9 @@ func TestDigestGolden(t *testing.T) {
 		seed  uint64
 		want  string
 	}{
-		{3, 20_000, 1, "6d48b1bd2ea1a647bce91a445b4ab5328bf87109232027e76f8f622aa168b81c"},
-		{1, 5_000, 2, "10c053949c37330d6290b90e6b2476b8af1b196d56c3a0898b2e9adadd68b3ab"},
-		{4, 20_000, 3, "e01bd04bdff9de9ecd94f0dcffa816efc7dbb0c3bc2fe27d22585277404f146d"},
+		{3, 20_000, 1, "85b33d72fc95cf57af35ecf5fa7cedabeaaeef7aa29dde8960b4c6d7842edac1"},
+		{1, 5_000, 2, "0d51d0b917d4d56c41691921abe7780fa5150a5bd7d53ed3b22b38b1b0c0ae3b"},
+		{4, 20_000, 3, "7135f1aa25062c2d0e8e03545c85048461be25b697feb330c76a567cd1ca51fc"},
 	} {
 		s, err := Open(Options{FS: vfs.NewMem(), Partitions: c.parts})
 		if err != nil {

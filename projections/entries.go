@@ -50,13 +50,13 @@ import (
 // still accepts them.
 
 // Format 4 (a run, runs.go) stands for several entries: consecutive seqs
-// of the user whose entries are consecutive entries of a conversation's
-// run index on one partition, each a format-3 value:
+// of the user, from its key's to the seq before the user's next key (or
+// to the timeline's last seq), whose entries are consecutive entries of a
+// conversation's run index on one partition, each a format-3 value:
 //
 //	0x00 4
 //	uvarint partition, uvarint chat_type, uvarint n, n bytes conversation
 //	uvarint ordinal                       the index entry of the run's first seq
-//	uvarint count                         the seqs (and index entries) it spans
 
 const (
 	entryFormat    = 2 // inline
@@ -90,22 +90,21 @@ type entryHead struct {
 	id       []byte
 
 	// Format 4: a run (kind, chatType and conv are set; no login fields).
+	// Its length is not stored: the reader sets runLen (runExtent).
 	run     bool
 	runPart int32
 	runOrd  uint64
 	runLen  uint64
 }
 
-// encodeRun returns a run's value (format 4).
-func encodeRun(p int32, ct int32, conv string, ord, n uint64) []byte {
-	b := make([]byte, 0, 2+5+2+len(conv)+1+10+5)
+// appendRunValue appends a run's value (format 4).
+func appendRunValue(b []byte, p int32, ct int32, conv string, ord uint64) []byte {
 	b = append(b, 0, entryFormatRun)
 	b = binary.AppendUvarint(b, uint64(p))
 	b = binary.AppendUvarint(b, uint64(ct))
 	b = binary.AppendUvarint(b, uint64(len(conv)))
 	b = append(b, conv...)
-	b = binary.AppendUvarint(b, ord)
-	return binary.AppendUvarint(b, n)
+	return binary.AppendUvarint(b, ord)
 }
 
 // parseRun reads a format-4 value.
@@ -125,11 +124,7 @@ func parseRun(v []byte) (entryHead, error) {
 	if h.conv, i, ok = lenBytes(v, i); !ok {
 		return h, errBadEntry
 	}
-	if h.runOrd, n = binary.Uvarint(v[i:]); n <= 0 {
-		return h, errBadEntry
-	}
-	i += n
-	if h.runLen, n = binary.Uvarint(v[i:]); n <= 0 || h.runLen == 0 || i+n != len(v) {
+	if h.runOrd, n = binary.Uvarint(v[i:]); n <= 0 || i+n != len(v) {
 		return h, errBadEntry
 	}
 	return h, nil

@@ -17,19 +17,23 @@ import (
 // the entry's value once, in the conversation's run index on the partition
 // (g 0 <app> 0 <ct><conv> 0 <p> <ordinal>, ordinals counted per
 // conversation and partition in g 0 <app> 0 <ct><conv> 0 <p>), and a
-// member's timeline holds runs (format 4 at t…<s>): "seqs s .. s+n-1 are
-// the index entries ord .. ord+n-1 of conversation C on partition p". A
-// member's new entry extends its newest run when that run ends at the
-// member's previous seq and the entry is the next index entry of the same
-// conversation and partition (the member received every message between);
-// otherwise it starts a run. The rule reads only state the log built, so
-// every batching of a history writes the same bytes.
+// member's timeline holds runs (format 4 at t…<s>): "seqs from s on are
+// the index entries from ord on of conversation C on partition p". A run
+// stores no length: it stands for the seqs up to the user's next timeline
+// key, or to the meta's last seq (seqs are dense: every seq is a key or in
+// the run before it). A member's new entry extends the run holding its
+// last entry when it is that run's next index entry (the member received
+// every message of C on p in between: a partition copy names its
+// recipients); otherwise it starts a run. The rule reads only state the
+// log built, so every batching of a history writes the same bytes.
 //
-// A member's writes per batch are then its run (rewritten in place), meta
-// and conversation, once each, whatever the number of messages; the history
-// index (h) is written once per run, at its first seq; r 0 <app> 0 <user>
-// names the first seq of the user's newest run, so the next message finds
-// it, and is written once per run.
+// r 0 <app> 0 <user> names the run holding the user's last entry (its
+// first seq and value), written when a run starts and deleted when an
+// entry that is not a run member follows it; it is a hot key (hot.go), so
+// the check costs no read of Pebble. Extending a run writes nothing: a
+// member's writes per message are its meta and conversation (state, as
+// before); per run, the run key, the pointer and the history key (h, at
+// the run's first seq).
 //
 // Only entries every login of the user may see are run members (no
 // only/exclude login: the sender's own copy stays a format-3 entry), and
@@ -41,21 +45,32 @@ import (
 // format-3 entry does, and the body's count names the index entry (after
 // the count): the index entry goes with the body, when no entry can be read
 // through either. Retention trims a run from its front (the run moves to
-// its new first seq, with its history key and the newest-run pointer).
+// its new first seq, with its history key and the pointer).
 
 // runsOn: entries of messages to many are stored in runs. A constant of
 // the code; tests switch it off to compare with the per-entry layout.
 var runsOn = true
 
-// openRun is a user's newest run as of the batch; n == 0: none.
+// openRun is the run holding a user's last entry, as of the batch; ok
+// false: the last entry is not a run member.
 type openRun struct {
-	start, ord, n uint64
-	p, ct         int32
-	conv          string
+	ok         bool
+	start, ord uint64
+	p, ct      int32
+	conv       string
 }
 
-// openRunOf returns r's newest run, read once per batch (and again after
-// trim moved or dropped it).
+// runPointer is the value of a user's r key: the first seq of the run
+// holding the user's last entry, then the run's value.
+func runPointer(start uint64, p, ct int32, conv string, ord uint64) []byte {
+	b := make([]byte, 8, 8+2+5+2+len(conv)+1+10)
+	binary.BigEndian.PutUint64(b, start)
+	return appendRunValue(b, p, ct, conv, ord)
+}
+
+// openRunOf returns the run holding r's last entry, read once per batch
+// (and again after trim moved or dropped it). The pointer is a hot key:
+// read from the partition's cache, or known absent by its filter.
 func (t *Txn) openRunOf(r *recipient, app, user string) (*openRun, error) {
 	if r.runLoaded {
 		return &r.run, nil
@@ -65,21 +80,14 @@ func (t *Txn) openRunOf(r *recipient, app, user string) (*openRun, error) {
 	if err != nil || !ok {
 		return &r.run, err
 	}
-	if len(v) != 8 {
+	if len(v) < 10 {
 		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x", app, user, v)
 	}
-	start := binary.BigEndian.Uint64(v)
-	rv, ok, err := t.raw(timelineKey(app, user, start))
-	if err != nil || !ok {
-		return &r.run, err // trimmed
+	h, err := parseEntry(v[8:])
+	if err != nil || !h.run {
+		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x (%v)", app, user, v, err)
 	}
-	h, err := parseEntry(rv)
-	if err != nil {
-		return nil, err
-	}
-	if h.run {
-		r.run = openRun{start: start, ord: h.runOrd, n: h.runLen, p: h.runPart, ct: h.chatType, conv: string(h.conv)}
-	}
+	r.run = openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv)}
 	return &r.run, nil
 }
 
@@ -118,8 +126,10 @@ func (x *bodyRef) runIndex(t *Txn, app string, ct int32, conv string, p int32, v
 }
 
 // appendRun stores entry e of user (value v, format 3, referencing body x
-// on partition p) in a run, extending the user's newest run when the rule
-// allows. ok is false when e is not a run member: the caller stores v.
+// on partition p) in a run: the run holding the user's last entry when
+// e is its next index entry (nothing is written: a run's extent is implied
+// by the next key and the meta's last seq), else a new run. ok is false
+// when e is not a run member: the caller stores v.
 func (s *Store) appendRun(t *Txn, r *recipient, app, user string, p int32, e *pb.TimelineEntry, x *bodyRef, v []byte) (bool, error) {
 	ct, conv := int32(e.ChatType), e.ConversationId
 	ord, ok, err := x.runIndex(t, app, ct, conv, p, v)
@@ -130,28 +140,50 @@ func (s *Store) appendRun(t *Txn, r *recipient, app, user string, p int32, e *pb
 	if err != nil {
 		return false, err
 	}
-	if run.n > 0 && run.start+run.n == e.Seq && run.ord+run.n == ord && run.p == p && run.ct == ct && run.conv == conv {
-		run.n++
-		return true, t.set(timelineKey(app, user, run.start), encodeRun(p, ct, conv, run.ord, run.n))
+	if run.ok && run.start < e.Seq && run.ord+(e.Seq-run.start) == ord && run.p == p && run.ct == ct && run.conv == conv {
+		return true, nil
 	}
-	*run = openRun{start: e.Seq, ord: ord, n: 1, p: p, ct: ct, conv: conv}
-	if err := t.set(timelineKey(app, user, e.Seq), encodeRun(p, ct, conv, ord, 1)); err != nil {
+	*run = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv}
+	if err := t.set(timelineKey(app, user, e.Seq), appendRunValue(nil, p, ct, conv, ord)); err != nil {
 		return false, err
 	}
-	if err := t.set(runOpenKey(app, user), binary.BigEndian.AppendUint64(nil, e.Seq)); err != nil {
+	if err := t.set(runOpenKey(app, user), runPointer(e.Seq, p, ct, conv, ord)); err != nil {
 		return false, err
 	}
 	return true, t.setBlind(historyKey(app, user, ct, conv, e.Seq), nil)
 }
 
+// endRun is called before an entry that is not a run member is appended:
+// the run holding the user's last entry ends there.
+func (t *Txn) endRun(r *recipient, app, user string) error {
+	run, err := t.openRunOf(r, app, user)
+	if err != nil || !run.ok {
+		return err
+	}
+	run.ok = false
+	return t.del(runOpenKey(app, user))
+}
+
 // trimRun trims the run h at seq first of user from its front: its members
 // below m.FirstSeq, and older than cutoff while n (the age trims so far)
-// is below maxAgeTrimPerApply. It returns the members trimmed and whether
-// it stopped inside the run (the member kept is the oldest entry).
+// is below maxAgeTrimPerApply. The run's members end before the user's
+// next key, or at m.LastSeq-1 (trim runs before the new entry is written).
+// It returns the members trimmed and whether it stopped inside the run (the
+// member kept is the oldest entry).
 func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m *pb.TimelineMeta, cutoff int64, n *int, refs *bodyRefs) (uint64, bool, error) {
 	conv := string(h.conv)
 	k, stopped := uint64(0), false
-	for ; k < h.runLen; k++ {
+	for ; first+k < m.LastSeq; k++ {
+		seq := first + k
+		if k > 0 {
+			_, next, err := t.raw(timelineKey(app, user, seq))
+			if err != nil {
+				return 0, false, err
+			}
+			if next {
+				break // the run ended at seq-1
+			}
+		}
 		iv, ok, err := t.raw(runIndexKey(app, h.chatType, conv, h.runPart, h.runOrd+k))
 		if err != nil {
 			return 0, false, err
@@ -163,7 +195,7 @@ func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m 
 		if err != nil {
 			return 0, false, err
 		}
-		if seq := first + k; seq >= m.FirstSeq {
+		if seq >= m.FirstSeq {
 			if e.time >= cutoff || *n >= maxAgeTrimPerApply {
 				m.FirstTimeUnixMs, stopped = e.time, true
 				break
@@ -183,25 +215,29 @@ func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m 
 	if err := t.deleteBlind(historyKey(app, user, h.chatType, conv, first)); err != nil {
 		return 0, false, err
 	}
-	if k == h.runLen {
-		return k, stopped, nil // the pointer, if it names this run, names nothing now
-	}
-	rest := first + k
-	if err := t.set(timelineKey(app, user, rest), encodeRun(h.runPart, h.chatType, conv, h.runOrd+k, h.runLen-k)); err != nil {
-		return 0, false, err
-	}
-	if err := t.setBlind(historyKey(app, user, h.chatType, conv, rest), nil); err != nil {
-		return 0, false, err
-	}
 	pk := runOpenKey(app, user)
 	pv, ok, err := t.raw(pk)
 	if err != nil {
 		return 0, false, err
 	}
-	if ok && len(pv) == 8 && binary.BigEndian.Uint64(pv) == first {
-		err = t.set(pk, binary.BigEndian.AppendUint64(nil, rest))
+	named := ok && len(pv) >= 8 && binary.BigEndian.Uint64(pv) == first
+	if !stopped { // the whole run
+		if named {
+			err = t.del(pk)
+		}
+		return k, false, err
 	}
-	return k, stopped, err
+	rest := first + k
+	if err := t.set(timelineKey(app, user, rest), appendRunValue(nil, h.runPart, h.chatType, conv, h.runOrd+k)); err != nil {
+		return 0, false, err
+	}
+	if err := t.setBlind(historyKey(app, user, h.chatType, conv, rest), nil); err != nil {
+		return 0, false, err
+	}
+	if named {
+		err = t.set(pk, runPointer(rest, h.runPart, h.chatType, conv, h.runOrd+k))
+	}
+	return k, true, err
 }
 
 // runIndexReader reads the index entries runs stand for, from one view:

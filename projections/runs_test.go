@@ -214,16 +214,70 @@ func applyRandom(t *testing.T, s *Store, log [][]engine.Entry, seed uint64, max 
 	}
 }
 
+// runExtent is a stored run and the seqs it stands for.
+type runExtent struct {
+	app, user  string
+	start, end uint64
+	h          entryHead
+}
+
+// storedRuns returns the runs of s with their extents: to the seq before
+// the user's next key, or to the timeline's last seq.
+func storedRuns(t *testing.T, s *Store) []runExtent {
+	t.Helper()
+	var out []runExtent
+	var open *runExtent
+	close := func(end uint64) {
+		if open != nil {
+			open.end = end
+			out = append(out, *open)
+			open = nil
+		}
+	}
+	last := func(app, user string) uint64 {
+		m := &pb.TimelineMeta{}
+		if _, err := s.getProto(metaKey(app, user), m); err != nil {
+			t.Fatal(err)
+		}
+		return m.LastSeq
+	}
+	scan(t, s, tagTimeline, func(k, v []byte) {
+		app, user, _ := splitPair(k[2 : len(k)-9])
+		seq := seqOf(k)
+		if open != nil {
+			if open.app == app && open.user == user {
+				close(seq - 1)
+			} else {
+				close(last(open.app, open.user))
+			}
+		}
+		h, err := parseEntry(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.run {
+			h.conv = bytes.Clone(h.conv)
+			open = &runExtent{app: app, user: user, start: seq, h: h}
+		}
+	})
+	if open != nil {
+		close(last(open.app, open.user))
+	}
+	return out
+}
+
 // runCensus counts the runs of s and their members.
 func runCensus(t *testing.T, s *Store) (runs, members, longest int) {
 	t.Helper()
-	scan(t, s, tagTimeline, func(_, v []byte) {
-		if h, err := parseEntry(v); err == nil && h.run {
-			runs++
-			members += int(h.runLen)
-			longest = max(longest, int(h.runLen))
+	for _, r := range storedRuns(t, s) {
+		n := int(r.end - r.start + 1)
+		if r.end < r.start {
+			t.Fatalf("%s/%s: a run at %d ends at %d", r.app, r.user, r.start, r.end)
 		}
-	})
+		runs++
+		members += n
+		longest = max(longest, n)
+	}
 	return runs, members, longest
 }
 

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -269,6 +270,9 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 			return err
 		}
 	}
+	if err := t.endRun(r, app, user); err != nil {
+		return err
+	}
 	if err := t.set(timelineKey(app, user, e.Seq), v); err != nil {
 		return err
 	}
@@ -429,6 +433,12 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 // members as the format-3 values they stand for), until fn returns false.
 // It returns the seq of the last entry fn accepted (after if none).
 func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint64, fn func(seq uint64, h *entryHead, v []byte) (bool, error)) (uint64, error) {
+	// A run ends before the next key, the last one at the timeline's
+	// last seq, read in the same view.
+	meta := &pb.TimelineMeta{}
+	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+		return 0, err
+	}
 	prefix := timelinePrefix(app, user)
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
@@ -440,31 +450,30 @@ func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint
 	next := after
 	// The entry at after+1 may be a member of a run that starts before
 	// it: start at the last key at or below after+1.
-	if !it.SeekLT(timelineKey(app, user, after+2)) {
-		it.First()
-	}
-	for ; it.Valid(); it.Next() {
+	valid := it.SeekLT(timelineKey(app, user, after+2)) || it.First()
+	for valid {
 		h, err := parseEntry(it.Value())
 		if err != nil {
 			return 0, err
 		}
 		seq := seqOf(it.Key())
 		if !h.run {
-			if seq <= after {
-				continue
+			if seq > after {
+				if more, err := fn(seq, &h, it.Value()); err != nil || !more {
+					return next, err
+				}
+				next = seq
 			}
-			if more, err := fn(seq, &h, it.Value()); err != nil || !more {
-				return next, err
-			}
-			next = seq
+			valid = it.Next()
 			continue
 		}
-		i := uint64(0)
-		if after >= seq {
-			i = after + 1 - seq
+		h.conv = bytes.Clone(h.conv) // the value goes with Next
+		end := meta.LastSeq
+		if valid = it.Next(); valid {
+			end = seqOf(it.Key()) - 1
 		}
-		for ; i < h.runLen; i++ {
-			v, err := ix.value(&h, i)
+		for es := max(seq, after+1); es <= end; es++ {
+			v, err := ix.value(&h, es-seq)
 			if err != nil {
 				return 0, err
 			}
@@ -472,10 +481,10 @@ func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint
 			if err != nil {
 				return 0, err
 			}
-			if more, err := fn(seq+i, &m, v); err != nil || !more {
+			if more, err := fn(es, &m, v); err != nil || !more {
 				return next, err
 			}
-			next = seq + i
+			next = es
 		}
 	}
 	return next, it.Error()
@@ -661,6 +670,34 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 		out = append(out, e)
 		return nil
 	}
+	// A run ends before the user's next timeline key, the last one at the
+	// timeline's last seq.
+	var (
+		tl   *pebble.Iterator
+		meta *pb.TimelineMeta
+	)
+	defer func() {
+		if tl != nil {
+			tl.Close()
+		}
+	}()
+	runEnd := func(seq uint64) (uint64, error) {
+		if tl == nil {
+			meta = &pb.TimelineMeta{}
+			if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+				return 0, err
+			}
+			tp := timelinePrefix(app, user)
+			if tl, err = snap.NewIter(&pebble.IterOptions{LowerBound: tp, UpperBound: prefixEnd(tp)}); err != nil {
+				tl = nil
+				return 0, err
+			}
+		}
+		if tl.SeekGE(timelineKey(app, user, seq+1)) {
+			return seqOf(tl.Key()) - 1, nil
+		}
+		return meta.LastSeq, tl.Error()
+	}
 	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
 		seq := seqOf(it.Key())
 		v, closer, err := snap.Get(timelineKey(app, user, seq))
@@ -678,14 +715,16 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 		case err != nil:
 		case h.run:
 			// Members newest first, below before and above cleared_seq.
-			// The index reader reads forward: members are read one by one.
-			for i := h.runLen; i > 0 && len(out) < limit && err == nil; i-- {
-				es := seq + i - 1
+			var end uint64
+			if end, err = runEnd(seq); err != nil {
+				break
+			}
+			for es := end; es >= seq && len(out) < limit && err == nil; es-- {
 				if (before > 0 && es >= before) || es <= c.ClearedSeq {
 					continue
 				}
 				var iv []byte
-				if iv, err = ix.value(&h, i-1); err == nil {
+				if iv, err = ix.value(&h, es-seq); err == nil {
 					err = add(iv, es)
 				}
 			}
