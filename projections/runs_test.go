@@ -316,7 +316,7 @@ func TestRunsReadAsEntries(t *testing.T) {
 			}
 			runs, members, longest := runCensus(t, withRuns)
 			t.Logf("%d runs of %d members, the longest %d", runs, members, longest)
-			if runs < 100 || members < 3*runs || longest < c.longest {
+			if runs < 50 || members < 3*runs || longest < c.longest {
 				t.Fatalf("%d runs of %d members (longest %d): the log does not exercise runs", runs, members, longest)
 			}
 			one := open(true, 5, 1)

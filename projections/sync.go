@@ -253,7 +253,11 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 				return err
 			}
 			v = rv
-			if runsOn && e.OnlyLoginId == "" && e.ExcludeLoginId == "" {
+			// The sender's own copy is not a run member: it differs from
+			// the members' (multi_device, a device excluded), and the
+			// first member's value is the index entry every other
+			// member's must equal.
+			if runsOn && e.OnlyLoginId == "" && e.ExcludeLoginId == "" && user != dl.Source.GetActor().GetUser() {
 				ran, err := s.appendRun(t, r, app, user, p, e, refs.last, rv)
 				if err != nil {
 					return err
