@@ -455,9 +455,11 @@ func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint
 	// The entry at after+1 may be a member of a run that starts before
 	// it: start at the last key at or below after+1.
 	valid := it.SeekLT(timelineKey(app, user, after+2)) || it.First()
+	// h and m go to fn by pointer, so they live on the heap: once per
+	// scan, not once per entry.
+	var h, m entryHead
 	for valid {
-		h, err := parseEntry(it.Value())
-		if err != nil {
+		if h, err = parseEntry(it.Value()); err != nil {
 			return 0, err
 		}
 		seq := seqOf(it.Key())
@@ -481,8 +483,7 @@ func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint
 			if err != nil {
 				return 0, err
 			}
-			m, err := parseEntry(v)
-			if err != nil {
+			if m, err = parseEntry(v); err != nil {
 				return 0, err
 			}
 			if more, err := fn(es, &m, v); err != nil || !more {
