@@ -53,6 +53,11 @@ type bodyRefs struct {
 type bodyRef struct {
 	countKey, bodyKey []byte
 	cur, delta        int64
+	// idx is the body's run index entry (runs.go), nil when it has none;
+	// stored after the count, so the entry goes with the body. tmpl is
+	// its value once read or written; idxNew: the count's value changes.
+	idx, tmpl []byte
+	idxNew    bool
 }
 
 func (r *bodyRefs) load(t *Txn, app string, id []byte, p int32) (*bodyRef, error) {
@@ -65,8 +70,11 @@ func (r *bodyRefs) load(t *Txn, app string, id []byte, p int32) (*bodyRef, error
 		return nil, err
 	}
 	x := &bodyRef{countKey: ck, bodyKey: bodyKey(tagBody, app, id, p)}
-	if len(v) == 8 {
+	if len(v) >= 8 {
 		x.cur = int64(binary.BigEndian.Uint64(v))
+		if len(v) > 8 {
+			x.idx = v[8:len(v):len(v)]
+		}
 	}
 	if r.refs == nil {
 		r.refs = map[string]*bodyRef{}
@@ -108,12 +116,12 @@ func (r *bodyRefs) release(t *Txn, app string, id []byte, p int32) error {
 }
 
 // flush writes the counts the event changed; a body without references
-// is deleted with its count.
+// is deleted with its count and its run index entry.
 func (r *bodyRefs) flush(t *Txn) error {
 	for _, x := range r.order {
 		n := x.cur + x.delta
 		switch {
-		case x.delta == 0:
+		case x.delta == 0 && !x.idxNew:
 		case n <= 0:
 			if err := t.del(x.countKey); err != nil {
 				return err
@@ -121,12 +129,20 @@ func (r *bodyRefs) flush(t *Txn) error {
 			if err := t.deleteBlind(x.bodyKey); err != nil {
 				return err
 			}
+			if x.idx != nil {
+				if err := t.del(x.idx); err != nil {
+					return err
+				}
+				x.idx, x.tmpl = nil, nil
+			}
 		default:
-			if err := t.set(x.countKey, binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+			v := make([]byte, 8, 8+len(x.idx))
+			binary.BigEndian.PutUint64(v, uint64(n))
+			if err := t.set(x.countKey, append(v, x.idx...)); err != nil {
 				return err
 			}
 		}
-		x.cur, x.delta = n, 0
+		x.cur, x.delta, x.idxNew = n, 0, false
 	}
 	return nil
 }
@@ -310,6 +326,13 @@ func migrateTimelines(db *pebble.DB, parts int32) (int, error) {
 		h, err := parseEntry(v)
 		if err != nil {
 			return fail(fmt.Errorf("projections: migrate %q: %w", k, err))
+		}
+		if h.run {
+			// Runs are written only by code that marks the store at
+			// layout 3 or later before anything applies, so a store
+			// holding one is never migrated: its counts also name run
+			// index entries, which this rewrite would drop.
+			return fail(fmt.Errorf("projections: migrate: %q is a run in a store at an older layout", k))
 		}
 		if h.ref {
 			counts[string(bodyKey(tagBodyRefs, app, h.id, h.bodyPart))]++

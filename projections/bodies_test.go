@@ -47,34 +47,72 @@ func applyLog(t *testing.T, s *Store, log [][]engine.Entry) {
 }
 
 // bodyCensus checks the body tables against the timelines: every
-// reference count equals the number of format-3 entries naming its body,
-// every body has a count and every count a body. It returns the number of
-// bodies and of format-3 entries.
+// reference count equals the number of format-3 entries naming its body
+// (a run's members counted as the index entries they stand for), every
+// body has a count and every count a body; every run index entry is named
+// by its body's count, and every run member's index entry exists. It
+// returns the number of bodies and of format-3 entries.
 func bodyCensus(t *testing.T, s *Store) (bodies, refs int) {
 	t.Helper()
 	want := map[string]int64{}
-	scan(t, s, tagTimeline, func(k, v []byte) {
+	wantIdx := map[string]string{} // index key → its body's count key
+	count := func(app string, v []byte) {
 		h, err := parseEntry(v)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !h.ref {
 			if sharesBodyHead(&h) {
-				t.Errorf("%q: a message to many stored inline", k)
+				t.Errorf("%x: a message to many stored inline", v)
 			}
 			return
 		}
-		app, _, _ := splitPair(k[2 : len(k)-9])
 		want[string(bodyKey(tagBodyRefs, app, h.id, h.bodyPart))]++
 		refs++
+	}
+	scan(t, s, tagTimeline, func(k, v []byte) {
+		app, _, _ := splitPair(k[2 : len(k)-9])
+		if h, err := parseEntry(v); err != nil || !h.run {
+			count(app, v)
+		}
 	})
+	for _, r := range storedRuns(t, s) {
+		for seq := r.start; seq <= r.end; seq++ {
+			ik := runIndexKey(r.app, r.h.chatType, string(r.h.conv), r.h.runPart, r.h.runOrd+seq-r.start)
+			iv, closer, err := s.db.Get(ik)
+			if err != nil {
+				t.Fatalf("%s/%s run at %d: index entry %q: %v", r.app, r.user, r.start, ik, err)
+			}
+			count(r.app, iv)
+			ih, _ := parseEntry(iv)
+			wantIdx[string(ik)] = string(bodyKey(tagBodyRefs, r.app, ih.id, ih.bodyPart))
+			closer.Close()
+		}
+	}
 	got := map[string]int64{}
+	gotIdx := map[string]string{}
 	scan(t, s, tagBodyRefs, func(k, v []byte) {
-		if len(v) != 8 {
+		if len(v) < 8 {
 			t.Fatalf("count %q = %x", k, v)
 		}
 		got[string(k)] = int64(binary.BigEndian.Uint64(v))
+		if len(v) > 8 {
+			gotIdx[string(v[8:])] = string(k)
+		}
 	})
+	scan(t, s, tagRunIndex, func(k, v []byte) {
+		if len(v) == 8 {
+			return // a counter
+		}
+		if gotIdx[string(k)] == "" {
+			t.Errorf("run index entry %q named by no count", k)
+		}
+	})
+	for ik, ck := range wantIdx {
+		if gotIdx[ik] != ck {
+			t.Errorf("run index entry %q: named by %q, its body's count is %q", ik, gotIdx[ik], ck)
+		}
+	}
 	scan(t, s, tagBody, func(k, v []byte) {
 		bodies++
 		ck := append([]byte{tagBodyRefs}, k[1:]...)
@@ -160,6 +198,7 @@ func TestBodiesCountedAndDropped(t *testing.T) {
 // bodies and counts included; and so is one whose migration was
 // interrupted halfway (some entries rewritten, no counts written).
 func TestBodiesMigratedOnOpen(t *testing.T) {
+	withoutRuns(t) // the migration to layout 3 builds no runs (runs.go)
 	const parts = 2
 	log := retainedHistory(t, parts, 4000, 9, 60, 0)
 	for _, half := range []bool{false, true} {

@@ -49,9 +49,19 @@ import (
 // are rewritten when a store opens (migrateTimelines), and every reader
 // still accepts them.
 
+// Format 4 (a run, runs.go) stands for several entries: consecutive seqs
+// of the user, from its key's to the seq before the user's next key (or
+// to the timeline's last seq), whose entries are consecutive entries of a
+// conversation's run index on one partition, each a format-3 value:
+//
+//	0x00 4
+//	uvarint partition, uvarint chat_type, uvarint n, n bytes conversation
+//	uvarint ordinal                       the index entry of the run's first seq
+
 const (
 	entryFormat    = 2 // inline
 	entryFormatRef = 3 // reference to a body
+	entryFormatRun = 4 // a run of references to a conversation's run index
 	// timelineLayout is the layout migrateTimelines brings a store to:
 	// format 2, and format 3 for every message to many.
 	timelineLayout = 3
@@ -78,6 +88,46 @@ type entryHead struct {
 	srcOff   int64
 	bodyPart int32
 	id       []byte
+
+	// Format 4: a run (kind, chatType and conv are set; no login fields).
+	// Its length is not stored: the reader sets runLen (runExtent).
+	run     bool
+	runPart int32
+	runOrd  uint64
+	runLen  uint64
+}
+
+// appendRunValue appends a run's value (format 4).
+func appendRunValue(b []byte, p int32, ct int32, conv string, ord uint64) []byte {
+	b = append(b, 0, entryFormatRun)
+	b = binary.AppendUvarint(b, uint64(p))
+	b = binary.AppendUvarint(b, uint64(ct))
+	b = binary.AppendUvarint(b, uint64(len(conv)))
+	b = append(b, conv...)
+	return binary.AppendUvarint(b, ord)
+}
+
+// parseRun reads a format-4 value.
+func parseRun(v []byte) (entryHead, error) {
+	h := entryHead{run: true, kind: pb.Kind_KIND_MESSAGE_SEND}
+	i := 2
+	x, n := binary.Uvarint(v[i:])
+	if n <= 0 || x > 1<<31-1 {
+		return h, errBadEntry
+	}
+	h.runPart, i = int32(x), i+n
+	if x, n = binary.Uvarint(v[i:]); n <= 0 {
+		return h, errBadEntry
+	}
+	h.chatType, i = int32(x), i+n
+	var ok bool
+	if h.conv, i, ok = lenBytes(v, i); !ok {
+		return h, errBadEntry
+	}
+	if h.runOrd, n = binary.Uvarint(v[i:]); n <= 0 || i+n != len(v) {
+		return h, errBadEntry
+	}
+	return h, nil
 }
 
 // visibleTo is engine.Visible on the stored fields.
@@ -281,6 +331,9 @@ func parseEntry(v []byte) (entryHead, error) {
 			conv: []byte(e.ConversationId), only: []byte(e.OnlyLoginId), exclude: []byte(e.ExcludeLoginId), proto: v}
 		return h, nil
 	}
+	if len(v) >= 2 && v[1] == entryFormatRun {
+		return parseRun(v)
+	}
 	if len(v) < 2 || (v[1] != entryFormat && v[1] != entryFormatRef) {
 		return h, errBadEntry
 	}
@@ -364,7 +417,7 @@ func (h *entryHead) refJSON(b []byte, seq uint64, body []byte) []byte {
 // format-2 value's entry, without decoding a format-2 value. A format-3
 // value needs its body: see Store.entryJSON.
 func (h *entryHead) entryJSON() ([]byte, error) {
-	if h.ref {
+	if h.ref || h.run {
 		return nil, errors.New("projections: entry references a body")
 	}
 	if h.proto == nil {

@@ -84,7 +84,7 @@ func filtered(tag byte) bool { return tag == tagDecision || hotTable(tag) }
 // loadKeyFilter scans the filtered tables of db into a new filter.
 func loadKeyFilter(db *pebble.DB) (*keyFilter, error) {
 	var keys [][]byte
-	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy, tagContacts, tagUserGroups, tagConv} {
+	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy, tagContacts, tagUserGroups, tagConv, tagRunOpen} {
 		prefix := []byte{tag, 0}
 		it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 		if err != nil {
@@ -173,7 +173,7 @@ func (h *hotCache) put(k string, v []byte, s *pb.UserSessions, m proto.Message) 
 // the user's groups, the conversation).
 func hotTable(tag byte) bool {
 	switch tag {
-	case tagSessions, tagPolicy, tagMeta, tagContacts, tagUserGroups, tagConv:
+	case tagSessions, tagPolicy, tagMeta, tagContacts, tagUserGroups, tagConv, tagRunOpen:
 		return true
 	}
 	return false
@@ -192,7 +192,7 @@ func ownsHotKey(k string, p, n int32) bool {
 	switch k[0] {
 	case tagPolicy:
 		return len(k) >= 4 && int32(binary.BigEndian.Uint32([]byte(k[len(k)-4:]))) == p
-	case tagSessions, tagMeta, tagContacts, tagUserGroups, tagConv:
+	case tagSessions, tagMeta, tagContacts, tagUserGroups, tagConv, tagRunOpen:
 		app, rest, ok := strings.Cut(k[2:], "\x00")
 		if !ok {
 			return false

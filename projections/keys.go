@@ -88,7 +88,10 @@ func prefixEnd(prefix []byte) []byte {
 //	G 0 <app> 0 <group>                              group (with its threads)
 //	R 0 <app> 0 <room>                               chatroom membership
 //	b 0 <app> 0 <event id> 0 <p:4>                   body: a message to many, once per partition (bodies.go)
-//	B 0 <app> 0 <event id> 0 <p:4>                   the body's reference count (8 bytes)
+//	B 0 <app> 0 <event id> 0 <p:4>                   the body's reference count (8 bytes), and its run index key
+//	g 0 <app> 0 <ct:1><conv> 0 <p:4>                 run index: the last ordinal of the conversation on p (runs.go)
+//	g 0 <app> 0 <ct:1><conv> 0 <p:4> <ord:8>         run index entry: a message to many as its members' entry template
+//	r 0 <app> 0 <user>                               the first seq of the user's newest run (runs.go)
 //
 // Operational tables, outside the digest (not a function of the log):
 //
@@ -105,6 +108,8 @@ const (
 	tagRoom        = 'R'
 	tagBody        = 'b'
 	tagBodyRefs    = 'B'
+	tagRunIndex    = 'g'
+	tagRunOpen     = 'r'
 	tagOperational = 'z'
 )
 
@@ -149,6 +154,24 @@ func bodyKey(tag byte, app string, id []byte, p int32) []byte {
 	k = append(k, 0)
 	return binary.BigEndian.AppendUint32(k, uint32(p))
 }
+
+// runCounterKey is the key of conversation (ct, conv)'s run index on
+// partition p; its entries are this key followed by their ordinal.
+func runCounterKey(app string, ct int32, conv string, p int32) []byte {
+	k := make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+8)
+	k = append(k, tagRunIndex, 0)
+	k = append(k, app...)
+	k = append(k, 0, byte(ct))
+	k = append(k, conv...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(p))
+}
+
+func runIndexKey(app string, ct int32, conv string, p int32, ord uint64) []byte {
+	return binary.BigEndian.AppendUint64(runCounterKey(app, ct, conv, p), ord)
+}
+
+func runOpenKey(app, user string) []byte { return key(tagRunOpen, app, user) }
 
 func relayKey(p int32) []byte {
 	return binary.BigEndian.AppendUint32(key(tagOperational, "relay", ""), uint32(p))

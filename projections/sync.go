@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -223,7 +224,7 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	}
 	// Retention first: it moves the meta's first position, and the meta
 	// is then written once.
-	if err := s.trim(t, app, user, oldFirst, st.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
+	if err := s.trim(t, r, app, user, oldFirst, st.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
 		return err
 	}
 	// Contacts and groups a delivery did not change (a message, most
@@ -254,12 +255,29 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 				return err
 			}
 			v = rv
+			// The sender's own copy is not a run member: it differs from
+			// the members' (multi_device, a device excluded), and the
+			// first member's value is the index entry every other
+			// member's must equal.
+			if runsOn && e.OnlyLoginId == "" && e.ExcludeLoginId == "" && user != dl.Source.GetActor().GetUser() {
+				ran, err := s.appendRun(t, r, app, user, p, e, refs.last, rv)
+				if err != nil {
+					return err
+				}
+				if ran { // its history key is the run's
+					t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
+					return nil
+				}
+			}
 		}
 	}
 	if v == nil {
 		if v, err = encodeEntryWith(e, srcJSON); err != nil {
 			return err
 		}
+	}
+	if err := t.endRun(r, app, user); err != nil {
+		return err
 	}
 	if err := t.set(timelineKey(app, user, e.Seq), v); err != nil {
 		return err
@@ -303,13 +321,16 @@ func (s *Store) sourceJSON(p int32, src *pb.Event) []byte {
 // The common case, nothing due, reads nothing: the oldest entry's time is
 // kept in the timeline's meta. It updates m; the caller writes it. A
 // trimmed entry that references a body releases it (refs).
-func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64, refs *bodyRefs) error {
+func (s *Store) trim(t *Txn, rc *recipient, app, user string, oldFirst uint64, m *pb.TimelineMeta, pol *pb.Policy, now int64, refs *bodyRefs) error {
 	_, maxAge := engine.Retention(pol)
 	cutoff := now - maxAge
 	first := max(oldFirst, 1)
 	if first >= m.FirstSeq && m.FirstTimeUnixMs >= cutoff {
 		return nil
 	}
+	// A run is trimmed from its front and moves: the newest run is read
+	// again when next needed.
+	rc.runLoaded = false
 	for n := 0; first < m.LastSeq; {
 		v, ok, err := t.raw(timelineKey(app, user, first))
 		if err != nil {
@@ -320,6 +341,17 @@ func (s *Store) trim(t *Txn, app, user string, oldFirst uint64, m *pb.TimelineMe
 			if e, err = parseEntry(v); err != nil {
 				return err
 			}
+		}
+		if ok && e.run {
+			k, stopped, err := s.trimRun(t, app, user, first, &e, m, cutoff, &n, refs)
+			if err != nil {
+				return err
+			}
+			first += k
+			if stopped {
+				break
+			}
+			continue
 		}
 		if ok && first >= m.FirstSeq && (e.time >= cutoff || n >= maxAgeTrimPerApply) {
 			m.FirstTimeUnixMs = e.time
@@ -381,31 +413,88 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	// entry that referenced it was trimmed would be gone.
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	it, err := snap.NewIter(&pebble.IterOptions{
-		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
+	var out []*pb.TimelineEntry
+	r := newBodyReader(snap, app, &s.bodies)
+	next, err := s.scanTimeline(snap, app, user, after, func(seq uint64, h *entryHead, v []byte) (bool, error) {
+		if len(out) >= limit {
+			return false, nil
+		}
+		if h.visibleTo(loginID) {
+			e, err := r.entry(v, seq)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, e)
+		}
+		return true, nil
 	})
 	if err != nil {
 		return nil, 0, nil, err
 	}
+	return out, next, meta, nil
+}
+
+// scanTimeline calls fn, in order, for each entry of user's timeline after
+// seq after, in view snap, with its seq, head and stored value (a run's
+// members as the format-3 values they stand for), until fn returns false.
+// It returns the seq of the last entry fn accepted (after if none).
+func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint64, fn func(seq uint64, h *entryHead, v []byte) (bool, error)) (uint64, error) {
+	// A run ends before the next key, the last one at the timeline's
+	// last seq, read in the same view.
+	meta := &pb.TimelineMeta{}
+	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+		return 0, err
+	}
+	prefix := timelinePrefix(app, user)
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return 0, err
+	}
 	defer it.Close()
-	var out []*pb.TimelineEntry
+	ix := runIndexReader{snap: snap, app: app}
+	defer ix.close()
 	next := after
-	r := newBodyReader(snap, app, &s.bodies)
-	for it.First(); it.Valid() && len(out) < limit; it.Next() {
-		h, err := parseEntry(it.Value())
-		if err != nil {
-			return nil, 0, nil, err
+	// The entry at after+1 may be a member of a run that starts before
+	// it: start at the last key at or below after+1.
+	valid := it.SeekLT(timelineKey(app, user, after+2)) || it.First()
+	// h and m go to fn by pointer, so they live on the heap: once per
+	// scan, not once per entry.
+	var h, m entryHead
+	for valid {
+		if h, err = parseEntry(it.Value()); err != nil {
+			return 0, err
 		}
-		next = seqOf(it.Key())
-		if h.visibleTo(loginID) {
-			e, err := r.entry(it.Value(), next)
-			if err != nil {
-				return nil, 0, nil, err
+		seq := seqOf(it.Key())
+		if !h.run {
+			if seq > after {
+				if more, err := fn(seq, &h, it.Value()); err != nil || !more {
+					return next, err
+				}
+				next = seq
 			}
-			out = append(out, e)
+			valid = it.Next()
+			continue
+		}
+		h.conv = bytes.Clone(h.conv) // the value goes with Next
+		end := meta.LastSeq
+		if valid = it.Next(); valid {
+			end = seqOf(it.Key()) - 1
+		}
+		for es := max(seq, after+1); es <= end; es++ {
+			v, err := ix.value(&h, es-seq)
+			if err != nil {
+				return 0, err
+			}
+			if m, err = parseEntry(v); err != nil {
+				return 0, err
+			}
+			if more, err := fn(es, &m, v); err != nil || !more {
+				return next, err
+			}
+			next = es
 		}
 	}
-	return out, next, meta, it.Error()
+	return next, it.Error()
 }
 
 // EntryJSON is a timeline entry as catch-up sends it.
@@ -450,34 +539,29 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	// entry that referenced it was trimmed would be gone.
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	it, err := snap.NewIter(&pebble.IterOptions{
-		LowerBound: timelineKey(app, user, after+1), UpperBound: prefixEnd(timelinePrefix(app, user)),
+	n := 0
+	r := newBodyReader(snap, app, &s.bodies)
+	next, err := s.scanTimeline(snap, app, user, after, func(seq uint64, h *entryHead, _ []byte) (bool, error) {
+		if n >= limit {
+			return false, nil
+		}
+		if !h.visibleTo(loginID) {
+			return true, nil
+		}
+		j, err := r.entryJSON(h, seq)
+		if err != nil {
+			return false, err
+		}
+		if err := fn(meta.Epoch, seq, h.kind, j); err != nil {
+			return false, err
+		}
+		n++
+		return true, nil
 	})
 	if err != nil {
 		return 0, nil, err
 	}
-	defer it.Close()
-	next, n := after, 0
-	r := newBodyReader(snap, app, &s.bodies)
-	for it.First(); it.Valid() && n < limit; it.Next() {
-		h, err := parseEntry(it.Value())
-		if err != nil {
-			return 0, nil, err
-		}
-		next = seqOf(it.Key())
-		if !h.visibleTo(loginID) {
-			continue
-		}
-		j, err := r.entryJSON(&h, next)
-		if err != nil {
-			return 0, nil, err
-		}
-		if err := fn(meta.Epoch, next, h.kind, j); err != nil {
-			return 0, nil, err
-		}
-		n++
-	}
-	return next, meta, it.Error()
+	return next, meta, nil
 }
 
 // TimelineJSON is TimelineEach collected: the entries with their JSON
@@ -571,7 +655,9 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}
 	snap := s.db.NewSnapshot() // one view for the index, the entries and their bodies
 	defer snap.Close()
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: historyKey(app, user, int32(ct), conv, c.ClearedSeq+1), UpperBound: upper})
+	// No lower bound at cleared_seq: a run's history key is at its first
+	// seq, which may be at or below cleared_seq with members above it.
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
 	if err != nil {
 		return nil, err
 	}
@@ -581,23 +667,86 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}
 	var out []*pb.TimelineEntry
 	r := newBodyReader(snap, app, &s.bodies)
+	ix := runIndexReader{snap: snap, app: app}
+	defer ix.close()
+	add := func(v []byte, seq uint64) error {
+		e, err := r.entry(v, seq)
+		if err != nil {
+			return err
+		}
+		out = append(out, e)
+		return nil
+	}
+	// A run ends before the user's next timeline key, the last one at the
+	// timeline's last seq.
+	var (
+		tl   *pebble.Iterator
+		meta *pb.TimelineMeta
+	)
+	defer func() {
+		if tl != nil {
+			tl.Close()
+		}
+	}()
+	runEnd := func(seq uint64) (uint64, error) {
+		if tl == nil {
+			meta = &pb.TimelineMeta{}
+			if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+				return 0, err
+			}
+			tp := timelinePrefix(app, user)
+			if tl, err = snap.NewIter(&pebble.IterOptions{LowerBound: tp, UpperBound: prefixEnd(tp)}); err != nil {
+				tl = nil
+				return 0, err
+			}
+		}
+		if tl.SeekGE(timelineKey(app, user, seq+1)) {
+			return seqOf(tl.Key()) - 1, nil
+		}
+		return meta.LastSeq, tl.Error()
+	}
 	for it.Last(); it.Valid() && len(out) < limit; it.Prev() {
 		seq := seqOf(it.Key())
 		v, closer, err := snap.Get(timelineKey(app, user, seq))
 		if errors.Is(err, pebble.ErrNotFound) {
+			if seq <= c.ClearedSeq {
+				break
+			}
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("projections: get: %w", err)
 		}
-		e, err := r.entry(v, seq)
+		h, err := parseEntry(v)
+		switch {
+		case err != nil:
+		case h.run:
+			// Members newest first, below before and above cleared_seq.
+			var end uint64
+			if end, err = runEnd(seq); err != nil {
+				break
+			}
+			for es := end; es >= seq && len(out) < limit && err == nil; es-- {
+				if (before > 0 && es >= before) || es <= c.ClearedSeq {
+					continue
+				}
+				var iv []byte
+				if iv, err = ix.value(&h, es-seq); err == nil {
+					err = add(iv, es)
+				}
+			}
+		case seq > c.ClearedSeq:
+			err = add(v, seq)
+		}
 		if cerr := closer.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, e)
+		if seq <= c.ClearedSeq {
+			break
+		}
 	}
 	return out, it.Error()
 }

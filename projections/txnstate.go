@@ -101,6 +101,9 @@ type recipient struct {
 	convID   string
 	convKey  []byte
 	conv     *stateVal
+	// the user's newest run (runs.go), once loaded
+	run       openRun
+	runLoaded bool
 }
 
 type userID struct{ app, user string }

@@ -1,0 +1,286 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "github.com/mdsync/mdsync/engine/enginepb"
+)
+
+// Runs: a group's messages written once per partition, not once per member
+// (issue 13, docs/design-notes.md "Group fan-out").
+//
+// A member's entry of a message to many (format 3) differs from the other
+// members' only in its seq. So a partition applying such a message writes
+// the entry's value once, in the conversation's run index on the partition
+// (g 0 <app> 0 <ct><conv> 0 <p> <ordinal>, ordinals counted per
+// conversation and partition in g 0 <app> 0 <ct><conv> 0 <p>), and a
+// member's timeline holds runs (format 4 at t…<s>): "seqs from s on are
+// the index entries from ord on of conversation C on partition p". A run
+// stores no length: it stands for the seqs up to the user's next timeline
+// key, or to the meta's last seq (seqs are dense: every seq is a key or in
+// the run before it). A member's new entry extends the run holding its
+// last entry when it is that run's next index entry (the member received
+// every message of C on p in between: a partition copy names its
+// recipients); otherwise it starts a run. The rule reads only state the
+// log built, so every batching of a history writes the same bytes.
+//
+// r 0 <app> 0 <user> names the run holding the user's last entry (its
+// first seq and value), written when a run starts and deleted when an
+// entry that is not a run member follows it; it is a hot key (hot.go), so
+// the check costs no read of Pebble. Extending a run writes nothing: a
+// member's writes per message are its meta and conversation (state, as
+// before); per run, the run key, the pointer and the history key (h, at
+// the run's first seq).
+//
+// Only entries every login of the user may see are run members (no
+// only/exclude login: the sender's own copy stays a format-3 entry), and
+// only entries whose value is exactly the index entry's. Readers expand a
+// run into the format-3 values it stands for: each expanded entry is byte
+// for byte what the per-entry layout stores at its seq.
+//
+// Lifetimes: each run member counts one reference to its body, as a
+// format-3 entry does, and the body's count names the index entry (after
+// the count): the index entry goes with the body, when no entry can be read
+// through either. Retention trims a run from its front (the run moves to
+// its new first seq, with its history key and the pointer).
+
+// runsOn: entries of messages to many are stored in runs. A constant of
+// the code; tests switch it off to compare with the per-entry layout.
+var runsOn = true
+
+// openRun is the run holding a user's last entry, as of the batch; ok
+// false: the last entry is not a run member.
+type openRun struct {
+	ok         bool
+	start, ord uint64
+	p, ct      int32
+	conv       string
+}
+
+// runPointer is the value of a user's r key: the first seq of the run
+// holding the user's last entry, then the run's value.
+func runPointer(start uint64, p, ct int32, conv string, ord uint64) []byte {
+	b := make([]byte, 8, 8+2+5+2+len(conv)+1+10)
+	binary.BigEndian.PutUint64(b, start)
+	return appendRunValue(b, p, ct, conv, ord)
+}
+
+// openRunOf returns the run holding r's last entry, read once per batch
+// (and again after trim moved or dropped it). The pointer is a hot key:
+// read from the partition's cache, or known absent by its filter.
+func (t *Txn) openRunOf(r *recipient, app, user string) (*openRun, error) {
+	if r.runLoaded {
+		return &r.run, nil
+	}
+	r.run, r.runLoaded = openRun{}, true
+	v, ok, err := t.raw(runOpenKey(app, user))
+	if err != nil || !ok {
+		return &r.run, err
+	}
+	if len(v) < 10 {
+		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x", app, user, v)
+	}
+	h, err := parseEntry(v[8:])
+	if err != nil || !h.run {
+		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x (%v)", app, user, v, err)
+	}
+	r.run = openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv)}
+	return &r.run, nil
+}
+
+// runIndex returns the ordinal of x's body's index entry, writing the entry
+// (value v, the member's format-3 value) the first time a member needs it;
+// ok is false when v is not the entry's value (the member's entry differs
+// from the others': stored as its own format-3 value).
+func (x *bodyRef) runIndex(t *Txn, app string, ct int32, conv string, p int32, v []byte) (uint64, bool, error) {
+	if x.idx == nil {
+		ck := runCounterKey(app, ct, conv, p)
+		cv, ok, err := t.raw(ck)
+		if err != nil {
+			return 0, false, err
+		}
+		var ord uint64 = 1
+		if ok && len(cv) == 8 {
+			ord = binary.BigEndian.Uint64(cv) + 1
+		}
+		if err := t.set(ck, binary.BigEndian.AppendUint64(nil, ord)); err != nil {
+			return 0, false, err
+		}
+		x.idx, x.tmpl, x.idxNew = binary.BigEndian.AppendUint64(ck, ord), v, true
+		return ord, true, t.set(x.idx, v)
+	}
+	if x.tmpl == nil {
+		tv, ok, err := t.raw(x.idx)
+		if err != nil {
+			return 0, false, err
+		}
+		if !ok {
+			return 0, false, fmt.Errorf("projections: run index entry %q missing", x.idx)
+		}
+		x.tmpl = tv
+	}
+	return binary.BigEndian.Uint64(x.idx[len(x.idx)-8:]), bytes.Equal(x.tmpl, v), nil
+}
+
+// appendRun stores entry e of user (value v, format 3, referencing body x
+// on partition p) in a run: the run holding the user's last entry when
+// e is its next index entry (nothing is written: a run's extent is implied
+// by the next key and the meta's last seq), else a new run. ok is false
+// when e is not a run member: the caller stores v.
+func (s *Store) appendRun(t *Txn, r *recipient, app, user string, p int32, e *pb.TimelineEntry, x *bodyRef, v []byte) (bool, error) {
+	ct, conv := int32(e.ChatType), e.ConversationId
+	ord, ok, err := x.runIndex(t, app, ct, conv, p, v)
+	if err != nil || !ok {
+		return false, err
+	}
+	run, err := t.openRunOf(r, app, user)
+	if err != nil {
+		return false, err
+	}
+	if run.ok && run.start < e.Seq && run.ord+(e.Seq-run.start) == ord && run.p == p && run.ct == ct && run.conv == conv {
+		return true, nil
+	}
+	*run = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv}
+	if err := t.set(timelineKey(app, user, e.Seq), appendRunValue(nil, p, ct, conv, ord)); err != nil {
+		return false, err
+	}
+	if err := t.set(runOpenKey(app, user), runPointer(e.Seq, p, ct, conv, ord)); err != nil {
+		return false, err
+	}
+	return true, t.setBlind(historyKey(app, user, ct, conv, e.Seq), nil)
+}
+
+// endRun is called before an entry that is not a run member is appended:
+// the run holding the user's last entry ends there.
+func (t *Txn) endRun(r *recipient, app, user string) error {
+	run, err := t.openRunOf(r, app, user)
+	if err != nil || !run.ok {
+		return err
+	}
+	run.ok = false
+	return t.del(runOpenKey(app, user))
+}
+
+// trimRun trims the run h at seq first of user from its front: its members
+// below m.FirstSeq, and older than cutoff while n (the age trims so far)
+// is below maxAgeTrimPerApply. The run's members end before the user's
+// next key, or at m.LastSeq-1 (trim runs before the new entry is written).
+// It returns the members trimmed and whether it stopped inside the run (the
+// member kept is the oldest entry).
+func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m *pb.TimelineMeta, cutoff int64, n *int, refs *bodyRefs) (uint64, bool, error) {
+	conv := string(h.conv)
+	k, stopped := uint64(0), false
+	for ; first+k < m.LastSeq; k++ {
+		seq := first + k
+		if k > 0 {
+			_, next, err := t.raw(timelineKey(app, user, seq))
+			if err != nil {
+				return 0, false, err
+			}
+			if next {
+				break // the run ended at seq-1
+			}
+		}
+		iv, ok, err := t.raw(runIndexKey(app, h.chatType, conv, h.runPart, h.runOrd+k))
+		if err != nil {
+			return 0, false, err
+		}
+		if !ok {
+			return 0, false, fmt.Errorf("projections: run of %s/%s at %d: index entry %d missing", app, user, first, h.runOrd+k)
+		}
+		e, err := parseEntry(iv)
+		if err != nil {
+			return 0, false, err
+		}
+		if seq >= m.FirstSeq {
+			if e.time >= cutoff || *n >= maxAgeTrimPerApply {
+				m.FirstTimeUnixMs, stopped = e.time, true
+				break
+			}
+			*n++ // an age trim
+		}
+		if err := refs.release(t, app, e.id, e.bodyPart); err != nil {
+			return 0, false, err
+		}
+	}
+	if k == 0 {
+		return 0, stopped, nil
+	}
+	if err := t.del(timelineKey(app, user, first)); err != nil {
+		return 0, false, err
+	}
+	if err := t.deleteBlind(historyKey(app, user, h.chatType, conv, first)); err != nil {
+		return 0, false, err
+	}
+	pk := runOpenKey(app, user)
+	pv, ok, err := t.raw(pk)
+	if err != nil {
+		return 0, false, err
+	}
+	named := ok && len(pv) >= 8 && binary.BigEndian.Uint64(pv) == first
+	if !stopped { // the whole run
+		if named {
+			err = t.del(pk)
+		}
+		return k, false, err
+	}
+	rest := first + k
+	if err := t.set(timelineKey(app, user, rest), appendRunValue(nil, h.runPart, h.chatType, conv, h.runOrd+k)); err != nil {
+		return 0, false, err
+	}
+	if err := t.setBlind(historyKey(app, user, h.chatType, conv, rest), nil); err != nil {
+		return 0, false, err
+	}
+	if named {
+		err = t.set(pk, runPointer(rest, h.runPart, h.chatType, conv, h.runOrd+k))
+	}
+	return k, true, err
+}
+
+// runIndexReader reads the index entries runs stand for, from one view:
+// the members of a run are consecutive keys, read with one seek and nexts.
+type runIndexReader struct {
+	snap *pebble.Snapshot
+	app  string
+	it   *pebble.Iterator
+	key  []byte
+}
+
+// value returns the index entry of member i of run h. Valid until the
+// next call.
+func (x *runIndexReader) value(h *entryHead, i uint64) ([]byte, error) {
+	x.key = x.key[:0]
+	x.key = append(x.key, tagRunIndex, 0)
+	x.key = append(x.key, x.app...)
+	x.key = append(x.key, 0, byte(h.chatType))
+	x.key = append(x.key, h.conv...)
+	x.key = append(x.key, 0)
+	x.key = binary.BigEndian.AppendUint32(x.key, uint32(h.runPart))
+	x.key = binary.BigEndian.AppendUint64(x.key, h.runOrd+i)
+	if x.it == nil {
+		it, err := x.snap.NewIter(&pebble.IterOptions{LowerBound: []byte{tagRunIndex, 0}, UpperBound: []byte{tagRunIndex, 1}})
+		if err != nil {
+			return nil, err
+		}
+		x.it = it
+	}
+	if !(x.it.Valid() && x.it.Next() && bytes.Equal(x.it.Key(), x.key)) {
+		if !x.it.SeekGE(x.key) || !bytes.Equal(x.it.Key(), x.key) {
+			if err := x.it.Error(); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("projections: run index entry %q missing", x.key)
+		}
+	}
+	return x.it.Value(), nil
+}
+
+func (x *runIndexReader) close() error {
+	if x.it == nil {
+		return nil
+	}
+	return x.it.Close()
+}
