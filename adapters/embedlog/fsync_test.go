@@ -24,9 +24,6 @@ type gatedFS struct {
 	gate    sync.RWMutex
 	waiting atomic.Int32 // syncs held at the gate
 	fail    atomic.Pointer[error]
-	// steps, when set, lets syncs through one per value received (all once
-	// it is closed).
-	steps atomic.Pointer[chan struct{}]
 }
 
 func (fs *gatedFS) wrap(name string, f vfs.File, err error) (vfs.File, error) {
@@ -60,9 +57,6 @@ func (f gatedFile) pass() error {
 	f.fs.waiting.Add(1)
 	f.fs.gate.RLock()
 	f.fs.gate.RUnlock()
-	if ch := f.fs.steps.Load(); ch != nil {
-		<-*ch
-	}
 	f.fs.waiting.Add(-1)
 	if e := f.fs.fail.Load(); e != nil {
 		return *e
@@ -181,100 +175,5 @@ func TestNothingVisibleBeforeFsync(t *testing.T) {
 		if err != nil || len(es) != 1 || string(es[0].Value) != w.value {
 			t.Fatalf("Read at %+v = %v, %v; want %q", w.pos, es, err, w.value)
 		}
-	}
-}
-
-// The writer does not wait for an fsync before writing the next group: an
-// Append made while another's fsync is held is handed to Pebble at once, so
-// the fsync after it can start as soon as the held one ends, and it is still
-// neither answered nor readable until that fsync returned.
-func TestAppendWrittenDuringFsync(t *testing.T) {
-	l, fs := openGated(t)
-	defer l.Close()
-	ctx := context.Background()
-	if _, err := l.Append(ctx, []engine.Record{{Partition: 0, Value: []byte("a")}}); err != nil {
-		t.Fatal(err)
-	}
-	base := l.Stats().Written
-
-	fs.gate.Lock()
-	var release sync.Once
-	open := func() { release.Do(fs.gate.Unlock) }
-	defer open()
-	first := goAppend(l, engine.Record{Partition: 0, Value: []byte("b")})
-	waitHeld(t, fs)
-	second := goAppend(l, engine.Record{Partition: 1, Value: []byte("c")})
-	for deadline := time.Now().Add(5 * time.Second); l.Stats().Written < base+2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("an Append made during a held fsync was not written before it ended: %+v", l.Stats())
-		}
-	}
-	nothingVisible(t, l, 0, 1)
-	nothingVisible(t, l, 1, 0)
-	select {
-	case r := <-first:
-		t.Fatalf("Append returned %+v before its fsync", r)
-	case r := <-second:
-		t.Fatalf("Append written during another's fsync returned %+v before its own", r)
-	default:
-	}
-	if s := l.Stats(); s.Records != base {
-		t.Fatalf("records counted durable while the fsync is held: %+v", s)
-	}
-	open()
-
-	for _, w := range []struct {
-		ch  <-chan appendResult
-		pos engine.Position
-	}{{first, engine.Position{Partition: 0, Offset: 1}}, {second, engine.Position{Partition: 1, Offset: 0}}} {
-		if r := <-w.ch; r.err != nil || len(r.pos) != 1 || r.pos[0] != w.pos {
-			t.Fatalf("Append = %+v, want position %+v", r, w.pos)
-		}
-	}
-	if s := l.Stats(); s.Records != base+2 || s.Written != base+2 {
-		t.Fatalf("after the fsyncs: %+v, want %d records durable", s, base+2)
-	}
-}
-
-// An fsync publishes only the groups written before it was asked for: with
-// one group's fsync held and the next group written behind it, letting the
-// first fsync through answers the first Append alone; the second waits,
-// unanswered and unreadable, for the fsync that covers it.
-func TestFsyncPublishesOnlyWhatItCovers(t *testing.T) {
-	l, fs := openGated(t)
-	defer l.Close()
-	ctx := context.Background()
-	if _, err := l.Append(ctx, []engine.Record{{Partition: 0, Value: []byte("a")}}); err != nil {
-		t.Fatal(err)
-	}
-	base := l.Stats().Written
-
-	steps := make(chan struct{})
-	fs.steps.Store(&steps)
-	var release sync.Once
-	open := func() { release.Do(func() { close(steps) }) }
-	defer open()
-	first := goAppend(l, engine.Record{Partition: 0, Value: []byte("b")})
-	waitHeld(t, fs)
-	second := goAppend(l, engine.Record{Partition: 1, Value: []byte("c")})
-	for deadline := time.Now().Add(5 * time.Second); l.Stats().Written < base+2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the second Append was not written during the first's fsync: %+v", l.Stats())
-		}
-	}
-	steps <- struct{}{} // the first fsync only
-	if r := <-first; r.err != nil || len(r.pos) != 1 || r.pos[0] != (engine.Position{Partition: 0, Offset: 1}) {
-		t.Fatalf("first Append = %+v", r)
-	}
-	waitHeld(t, fs) // the second's fsync
-	nothingVisible(t, l, 1, 0)
-	select {
-	case r := <-second:
-		t.Fatalf("Append returned %+v on an fsync asked for before it was written", r)
-	default:
-	}
-	open()
-	if r := <-second; r.err != nil || len(r.pos) != 1 || r.pos[0] != (engine.Position{Partition: 1, Offset: 0}) {
-		t.Fatalf("second Append = %+v", r)
 	}
 }

@@ -28,11 +28,6 @@ const (
 	// never carries an unbounded batch; the writer still takes at least one
 	// Append whatever its size.
 	maxGroupBytes = 16 << 20
-	// maxSyncsInFlight bounds the WAL fsyncs requested and not yet
-	// returned. Two keep the disk busy back to back (one running, the next
-	// queued behind it in Pebble); the bound only stops a stalled disk from
-	// collecting goroutines.
-	maxSyncsInFlight = 4
 	// tailRecords and tailBytes bound each partition's tail: the newest
 	// records kept in memory for the readers that follow the end.
 	tailRecords = 4096
@@ -107,35 +102,20 @@ func (o *Options) Validate() error {
 
 // Stats are counters since Open, for benchmarks and metrics.
 type Stats struct {
-	Commits uint64 // fsyncs that made groups durable
+	Commits uint64 // fsynced group commits
 	Appends uint64 // Append calls answered by a commit
-	Records uint64 // records made durable
+	Records uint64 // records written
 	Bytes   uint64 // stored record bytes (key, value and their length prefix)
-	Written uint64 // records handed to Pebble, durable or not yet
 }
 
 // Log is the embedded engine.Log. Use Open to make one.
 //
 // Appends go through one writer goroutine: it takes every Append waiting,
-// assigns offsets, writes them all in one Pebble batch committed without
-// fsync, and asks for a WAL fsync (a LogData barrier with pebble.Sync) on a
-// goroutine of its own, then takes the next Appends at once. So the group
-// that arrives during an fsync is already in the WAL when that fsync ends,
-// and Pebble's WAL writer starts the next fsync with no hop through this
-// writer: the pipeline is one fsync running and one group waiting behind
-// it, as for concurrent Sync commits to Pebble itself.
-//
-// Why that is as durable as committing each group with pebble.Sync: one
-// goroutine commits the groups, so the WAL holds them in offset order, and
-// a barrier requested after a group's commit returned covers it (the WAL is
-// synced as a prefix). An fsync's return publishes the groups committed
-// before its request, in order; nothing is answered or shown to a reader
-// before. A crash may keep written groups never answered (a prefix of the
-// WAL, so offsets stay dense), as a crash between a Sync commit's write and
-// its fsync did: Append's callers may find records they were not told of.
-// Pebble makes a batch visible to its own iterators at commit, so readers
-// never trust Pebble's view of the end: they read below the durable end
-// kept here, which moves only after the fsync.
+// assigns offsets, writes them all in one Pebble batch committed with
+// pebble.Sync, and only then publishes the new ends to readers and answers
+// the callers. Pebble makes a synced batch visible to its iterators before
+// Commit returns, so readers never trust Pebble's view of the end: they read
+// below the durable end kept here, which moves only after the fsync.
 type Log struct {
 	db         *pebble.DB
 	partitions int32
@@ -152,31 +132,13 @@ type Log struct {
 	life   sync.RWMutex
 	closed bool // under life
 
-	// Committed groups wait in pending, in commit order, for an fsync;
-	// pmu orders their publication. syncs counts the fsync goroutines, sem
-	// bounds them (maxSyncsInFlight).
-	pmu     sync.Mutex
-	pending []*group // under pmu
-	seq     uint64   // under pmu: the seq of the newest group in pending
-	syncs   sync.WaitGroup
-	sem     chan struct{}
-
 	mu      sync.Mutex
 	durable []int64         // per partition: end of the fsynced records
 	changed []chan struct{} // per partition: closed and replaced when its durable end moves
 	tails   []tail          // per partition: the newest durable records, in memory
 	failed  error           // sticky: a commit failed, the log is unusable
 
-	commits, appends, records, bytes, written atomic.Uint64
-}
-
-// group is one commit of the writer: its Appends and their positions,
-// answered once an fsync requested after the commit returned.
-type group struct {
-	seq    uint64
-	reqs   []*appendReq
-	pos    [][]engine.Position
-	nbytes uint64
+	commits, appends, records, bytes atomic.Uint64
 }
 
 var _ engine.Log = (*Log)(nil)
@@ -287,7 +249,6 @@ func Open(opts Options) (*Log, error) {
 				partitions: parts,
 				maxRecord:  opts.MaxRecordBytes,
 				reqs:       make(chan *appendReq),
-				sem:        make(chan struct{}, maxSyncsInFlight),
 				closing:    make(chan struct{}),
 				stopped:    make(chan struct{}),
 				durable:    ends,
@@ -432,7 +393,6 @@ func (l *Log) Stats() Stats {
 		Appends: l.appends.Load(),
 		Records: l.records.Load(),
 		Bytes:   l.bytes.Load(),
-		Written: l.written.Load(),
 	}
 }
 
@@ -487,28 +447,29 @@ func (l *Log) Append(ctx context.Context, recs []engine.Record) ([]engine.Positi
 // partition's next record gets) is owned by it.
 func (l *Log) writer(next []int64) {
 	defer close(l.stopped)
-	// The fsync goroutines publish and answer: Close waits for them.
-	defer l.syncs.Wait()
 	b := l.db.NewBatch()
 	defer b.Close()
-	var reqs []*appendReq
+	var (
+		group []*appendReq
+		pos   [][]engine.Position
+	)
 	key := make([]byte, 0, recordKeyLen)
 	staged := make([]int64, len(next))
 	for {
-		reqs = reqs[:0]
+		group = group[:0]
 		select {
 		case r := <-l.reqs:
-			reqs = append(reqs, r)
+			group = append(group, r)
 		case <-l.closing:
 			return
 		}
 		// Take every Append already waiting: they share the next fsync.
-		size := reqs[0].size
+		size := group[0].size
 	drain:
 		for size < maxGroupBytes {
 			select {
 			case r := <-l.reqs:
-				reqs = append(reqs, r)
+				group = append(group, r)
 				size += r.size
 			default:
 				break drain
@@ -516,7 +477,7 @@ func (l *Log) writer(next []int64) {
 		}
 
 		if err := l.failure(); err != nil {
-			for _, r := range reqs {
+			for _, r := range group {
 				r.reply <- appendReply{err: err}
 			}
 			continue
@@ -524,9 +485,10 @@ func (l *Log) writer(next []int64) {
 
 		b.Reset()
 		copy(staged, next)
-		g := &group{}
-		var nrec uint64
-		for _, r := range reqs {
+		pos = pos[:0]
+		live := 0
+		var nrec, nbytes uint64
+		for _, r := range group {
 			// A caller that gave up is not written: its Append has already
 			// returned ctx.Err(), and fewer surprises beat a wasted fsync.
 			if err := r.ctx.Err(); err != nil {
@@ -540,126 +502,57 @@ func (l *Log) writer(next []int64) {
 				key = recordKey(key[:0], p, staged[p])
 				staged[p]++
 				_ = b.Set(key, v, nil) // Set copies; it only fails on a read-only batch.
-				g.nbytes += uint64(len(v))
+				nbytes += uint64(len(v))
 			}
 			nrec += uint64(len(r.vals))
-			g.reqs = append(g.reqs, r)
-			g.pos = append(g.pos, ps)
+			group[live] = r
+			pos = append(pos, ps)
+			live++
 		}
-		if len(g.reqs) == 0 {
+		group = group[:live]
+		if live == 0 {
 			continue
 		}
 
-		// No fsync here: the barrier below covers this commit, and the
-		// writer is free to write the next group while it runs.
-		if err := b.Commit(pebble.NoSync); err != nil {
+		if err := b.Commit(pebble.Sync); err != nil {
 			// The WAL's state is unknown now: refuse all further appends
 			// rather than risk reusing offsets that may be on disk.
-			l.fail(fmt.Errorf("embedlog: commit: %w", err), g)
+			err = fmt.Errorf("embedlog: commit: %w", err)
+			l.mu.Lock()
+			l.failed = err
+			l.mu.Unlock()
+			for _, r := range group {
+				r.reply <- appendReply{err: err}
+			}
 			continue
 		}
 		copy(next, staged)
-		l.written.Add(nrec)
+		l.commits.Add(1)
+		l.appends.Add(uint64(live))
+		l.records.Add(nrec)
+		l.bytes.Add(nbytes)
 
-		l.pmu.Lock()
-		l.seq++
-		g.seq = l.seq
-		l.pending = append(l.pending, g)
-		l.pmu.Unlock()
-
-		l.sem <- struct{}{}
-		l.syncs.Add(1)
-		go l.syncThrough(g.seq)
-	}
-}
-
-// syncThrough fsyncs the WAL, which then holds every group committed up to
-// seq (and maybe later ones), and publishes those groups.
-func (l *Log) syncThrough(seq uint64) {
-	defer l.syncs.Done()
-	err := l.db.LogData(nil, pebble.Sync)
-	<-l.sem
-	if err != nil {
-		l.fail(fmt.Errorf("embedlog: sync: %w", err), nil)
-		return
-	}
-	l.pmu.Lock()
-	if l.failure() != nil {
-		// fail answered every pending group (under pmu).
-		l.pmu.Unlock()
-		return
-	}
-	n := 0
-	for n < len(l.pending) && l.pending[n].seq <= seq {
-		n++
-	}
-	done := l.pending[:n:n]
-	l.pending = l.pending[n:]
-	if len(done) > 0 {
-		l.publish(done)
-	}
-	l.pmu.Unlock()
-	for _, g := range done {
-		for i, r := range g.reqs {
-			r.reply <- appendReply{pos: g.pos[i]}
-		}
-	}
-}
-
-// publish makes groups, fsynced, visible to readers: the tails, the durable
-// ends and their wake-ups, in commit order (the caller holds pmu, and the
-// log has not failed). Only the
-// readers of partitions the groups wrote are woken: one wake-up per fsync
-// for each, whatever the number of appends it carried.
-func (l *Log) publish(groups []*group) {
-	var appends, recs, nbytes uint64
-	l.mu.Lock()
-	moved := make([]bool, len(l.durable))
-	for _, g := range groups {
-		for i, r := range g.reqs {
+		// Only now, after the fsync, may readers see the records. Only the
+		// readers of partitions this commit wrote are woken: one wake-up per
+		// fsync for each, whatever the number of appends it carried.
+		l.mu.Lock()
+		for i, r := range group {
 			for j, v := range r.vals {
-				p := g.pos[i][j]
-				l.tails[p.Partition].add(p.Offset, v)
-				l.durable[p.Partition] = p.Offset + 1
-				moved[p.Partition] = true
+				l.tails[r.parts[j]].add(pos[i][j].Offset, v)
 			}
-			recs += uint64(len(r.vals))
 		}
-		appends += uint64(len(g.reqs))
-		nbytes += g.nbytes
-	}
-	for p, m := range moved {
-		if m {
-			close(l.changed[p])
-			l.changed[p] = make(chan struct{})
+		for p, end := range next {
+			if end != l.durable[p] {
+				l.durable[p] = end
+				close(l.changed[p])
+				l.changed[p] = make(chan struct{})
+			}
 		}
-	}
-	l.mu.Unlock()
-	l.commits.Add(1)
-	l.appends.Add(appends)
-	l.records.Add(recs)
-	l.bytes.Add(nbytes)
-}
+		l.mu.Unlock()
 
-// fail makes err the log's sticky failure and answers every group not yet
-// published (and g, which never reached pending) with it.
-func (l *Log) fail(err error, g *group) {
-	l.pmu.Lock()
-	l.mu.Lock()
-	if l.failed == nil {
-		l.failed = err
-	}
-	err = l.failed
-	l.mu.Unlock()
-	groups := l.pending
-	l.pending = nil
-	l.pmu.Unlock()
-	if g != nil {
-		groups = append(groups, g)
-	}
-	for _, g := range groups {
-		for _, r := range g.reqs {
-			r.reply <- appendReply{err: err}
+		for i, r := range group {
+			r.reply <- appendReply{pos: pos[i]}
+			group[i] = nil
 		}
 	}
 }
