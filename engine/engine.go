@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -137,10 +136,6 @@ type call struct {
 	done chan struct{}
 	d    *pb.Decision
 	err  error
-	// settled is set by the one outcome that counts: with an AsyncLog an
-	// op registered for its decision can also fail when its append does,
-	// and the projector then drops its waiter with an error of its own.
-	settled atomic.Bool
 }
 
 // New returns an Engine over log and proj.
@@ -177,10 +172,8 @@ func (e *Engine) Submit(ctx context.Context, op *pb.Event) (*pb.Decision, error)
 	return e.Begin(ctx, []*pb.Event{op})[0].Wait(ctx)
 }
 
-// Pending is one operation handed to Begin: taken by the log (durable, or
-// with an AsyncLog ordered and on its way to durable), or refused before
-// the append. Its decision is known once the projection applied it, which
-// it does only to durable records.
+// Pending is one operation handed to Begin: appended and durable, or refused
+// before the append. Its decision is known once the projection applied it.
 type Pending struct {
 	c *call
 }
@@ -205,9 +198,8 @@ func Resolved(d *pb.Decision, err error) *Pending {
 }
 
 // Begin validates ops and appends every one that needs appending in ONE log
-// append, in slice order, and returns once they are durable or, with an
-// AsyncLog, once the log has taken them (ordered them): one Pending per op,
-// in the same order. Ops of a later Begin call, made after this one
+// append, in slice order, and returns once they are durable: one Pending per
+// op, in the same order. Ops of a later Begin call, made after this one
 // returned, are ordered after these on every partition they share; this is
 // how a connection keeps its operations in the order it received them
 // (invariant 8) while pipelining: the projector hands each op its decision
@@ -334,8 +326,7 @@ type queued struct {
 
 // flush appends batch, admitted at t, in one log append and registers
 // for its decisions, which the projector hands over as it applies them; it
-// returns once the append is durable (or failed), or with an AsyncLog once
-// the log took it.
+// returns once the append is durable (or failed).
 func (e *Engine) flush(ctx context.Context, batch []queued, t time.Time) {
 	if len(batch) == 0 {
 		return
@@ -347,60 +338,24 @@ func (e *Engine) flush(ctx context.Context, batch []queued, t time.Time) {
 	for i, q := range batch {
 		evs[i] = e.envelope(q.op, q.stream)
 	}
-	failed := func(err error) {
+	pos, err := e.append(ctx, evs, nil)
+	if err != nil {
+		e.adm.decided(ab, len(batch), false)
 		for _, q := range batch {
-			e.settle(q, ab, nil, err, false)
-		}
-	}
-	recs, err := e.records(evs, nil)
-	if err != nil {
-		failed(err)
-		return
-	}
-	if al, ok := e.log.(AsyncLog); ok {
-		// The ops are registered for their decisions as soon as they have
-		// positions, before the fsync, so nobody needs to wake when it
-		// returns: the caller sleeps until its decision. Order across
-		// Begin calls holds from AppendAsync's return.
-		err := al.AppendAsync(ctx, recs, func(pos []Position) { e.await(batch, ab, pos) }, func(err error) {
-			if err != nil {
-				failed(unavailable(err))
-			}
-		})
-		if err != nil {
-			failed(unavailable(err))
+			e.finish(q.key, q.c, nil, err)
 		}
 		return
 	}
-	pos, err := e.log.Append(ctx, recs)
-	if err != nil {
-		failed(unavailable(err))
-		return
-	}
-	e.await(batch, ab, pos)
-}
-
-// await registers batch, appended at pos, for its decisions. The
-// decisions outlive the caller's context: they are the log's, and other
-// submitters of the same op may be waiting on them. No goroutine waits for
-// them: the projector's, which makes each, wakes its waiters.
-func (e *Engine) await(batch []queued, ab *ageBatch, pos []Position) {
+	// The decisions outlive the caller's context: they are the log's, and
+	// other submitters of the same op may be waiting on them. No goroutine
+	// waits for them: the projector's, which makes each, wakes its waiters.
 	for i, q := range batch {
 		e.proj.AwaitDecision(pos[i], q.op.App, q.stream, q.op.Actor.User, q.op.ClientOpId, func(d *pb.Decision, ok bool, err error) {
 			d, err = decided(q.op, pos[i], d, ok, err)
-			e.settle(q, ab, d, err, true)
+			e.adm.decided(ab, 1, true)
+			e.finish(q.key, q.c, d, err)
 		})
 	}
-}
-
-// settle gives q its outcome and its admission slot back, unless it has
-// one already.
-func (e *Engine) settle(q queued, ab *ageBatch, d *pb.Decision, err error, counted bool) {
-	if !q.c.settled.CompareAndSwap(false, true) {
-		return
-	}
-	e.adm.decided(ab, 1, counted)
-	e.finish(q.key, q.c, d, err)
 }
 
 // finish records an in-flight op's outcome and wakes its waiters.
@@ -420,23 +375,9 @@ func (e *Engine) envelope(op *pb.Event, stream string) *pb.Event {
 	return ev
 }
 
-// append encodes evs and appends them (records), and waits until they are
-// durable.
-func (e *Engine) append(ctx context.Context, evs []*pb.Event, parts []int32) ([]Position, error) {
-	recs, err := e.records(evs, parts)
-	if err != nil {
-		return nil, err
-	}
-	pos, err := e.log.Append(ctx, recs)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return pos, nil
-}
-
-// records encodes evs as log records; parts, when set, pins each event's
+// append encodes evs and appends them; parts, when set, pins each event's
 // partition (policy copies), otherwise the stream key picks it.
-func (e *Engine) records(evs []*pb.Event, parts []int32) ([]Record, error) {
+func (e *Engine) append(ctx context.Context, evs []*pb.Event, parts []int32) ([]Position, error) {
 	n := e.log.Partitions()
 	recs := make([]Record, len(evs))
 	for i, ev := range evs {
@@ -450,7 +391,11 @@ func (e *Engine) records(evs []*pb.Event, parts []int32) ([]Record, error) {
 		}
 		recs[i] = Record{Partition: p, Key: []byte(ev.StreamKey), Value: b}
 	}
-	return recs, nil
+	pos, err := e.log.Append(ctx, recs)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return pos, nil
 }
 
 // AwaitTimeout bounds how long AwaitByWaiting waits for a decision: the

@@ -73,23 +73,6 @@ type Log interface {
 	Close() error
 }
 
-// AsyncLog is a Log whose Append can be taken without its caller waiting
-// for the fsync (the embedded log). The engine uses it when the log has it:
-// an op's caller then sleeps once, until its decision, instead of waking
-// when the append is durable and sleeping again until the decision.
-type AsyncLog interface {
-	Log
-	// AppendAsync validates recs and hands them to the log. Once it
-	// returned nil, every later Append or AppendAsync is ordered after
-	// them on every partition they share (the order Append's return gives).
-	// Then ordered is called at most once, with their positions, before
-	// they are durable, and durable exactly once, after ordered: with nil
-	// once they are durable, or with the error that stopped them (none,
-	// some or all may be written, as for Append). Both run on the log's
-	// goroutine and must not block. On an error return neither is called.
-	AppendAsync(ctx context.Context, recs []Record, ordered func(pos []Position), durable func(err error)) error
-}
-
 // PartitionFor maps a stream key to a partition: FNV-1a 32 of the key,
 // modulo the partition count. Every adapter uses the partition the engine
 // chose (Record.Partition), so this function is the only partitioner.

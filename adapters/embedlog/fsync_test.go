@@ -3,7 +3,6 @@ package embedlog_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,74 +175,5 @@ func TestNothingVisibleBeforeFsync(t *testing.T) {
 		if err != nil || len(es) != 1 || string(es[0].Value) != w.value {
 			t.Fatalf("Read at %+v = %v, %v; want %q", w.pos, es, err, w.value)
 		}
-	}
-}
-
-// AppendAsync returns once the writer took the records; it gives their
-// positions (ordered) before the fsync and says they are durable only after
-// it, and nothing is readable before. An Append made after it returned is
-// ordered after it; one whose ctx ended before the writer reached it is
-// not written and told so.
-func TestAppendAsync(t *testing.T) {
-	l, fs := openGated(t)
-	defer l.Close()
-	ctx := context.Background()
-	if _, err := l.Append(ctx, []engine.Record{{Partition: 0, Value: []byte("a")}}); err != nil {
-		t.Fatal(err)
-	}
-
-	fs.gate.Lock()
-	var release sync.Once
-	open := func() { release.Do(fs.gate.Unlock) }
-	defer open()
-
-	ordered := make(chan []engine.Position, 1)
-	durable := make(chan error, 1)
-	if err := l.AppendAsync(ctx, []engine.Record{{Partition: 0, Value: []byte("b")}, {Partition: 0, Value: []byte("c")}},
-		func(pos []engine.Position) { ordered <- pos }, func(err error) { durable <- err }); err != nil {
-		t.Fatal(err)
-	}
-	later := goAppend(l, engine.Record{Partition: 0, Value: []byte("d")})
-	waitHeld(t, fs) // the fsync of the AppendAsync's records
-	var pos []engine.Position
-	select {
-	case pos = <-ordered:
-	default:
-		t.Fatal("no positions while the fsync is held: ordered waits for the fsync")
-	}
-	if want := []engine.Position{{Partition: 0, Offset: 1}, {Partition: 0, Offset: 2}}; !slices.Equal(pos, want) {
-		t.Fatalf("ordered %v, want %v", pos, want)
-	}
-	select {
-	case err := <-durable:
-		t.Fatalf("durable(%v) before the fsync covering the records returned", err)
-	default:
-	}
-	nothingVisible(t, l, 0, 1)
-	open()
-	if err := <-durable; err != nil {
-		t.Fatal(err)
-	}
-	es, err := l.Read(ctx, 0, 1, 2)
-	if err != nil || len(es) != 2 || string(es[0].Value) != "b" || string(es[1].Value) != "c" {
-		t.Fatalf("Read after durable = %v, %v", es, err)
-	}
-	if r := <-later; r.err != nil || r.pos[0] != (engine.Position{Partition: 0, Offset: 3}) {
-		t.Fatalf("Append after AppendAsync returned = %+v, want offset 3", r)
-	}
-
-	// A caller gone before the writer reached it.
-	gone, cancel := context.WithCancel(ctx)
-	cancel()
-	err = l.AppendAsync(gone, []engine.Record{{Partition: 0, Value: []byte("e")}},
-		func([]engine.Position) { t.Error("ordered called for a caller that was gone") }, func(err error) { durable <- err })
-	if err == nil {
-		err = <-durable
-	}
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("AppendAsync with an ended ctx: %v", err)
-	}
-	if end, _ := l.End(ctx, 0); end != 4 {
-		t.Fatalf("end %d after a refused AppendAsync, want 4", end)
 	}
 }

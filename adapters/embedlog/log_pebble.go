@@ -141,7 +141,7 @@ type Log struct {
 	commits, appends, records, bytes atomic.Uint64
 }
 
-var _ engine.AsyncLog = (*Log)(nil)
+var _ engine.Log = (*Log)(nil)
 
 // tail is a partition's newest durable records as stored (encodeValue),
 // from offset first on: a reader that follows the end (the projectors, the
@@ -176,18 +176,6 @@ type appendReq struct {
 	vals  [][]byte // encoded value of each record, copied from the caller
 	size  int
 	reply chan appendReply // buffered 1: the writer never blocks on it
-	// An AppendAsync is answered through these instead of reply.
-	ordered func([]engine.Position)
-	durable func(error)
-}
-
-// answer gives r its outcome: its positions once durable, or err.
-func (r *appendReq) answer(pos []engine.Position, err error) {
-	if r.durable != nil {
-		r.durable(err)
-		return
-	}
-	r.reply <- appendReply{pos: pos, err: err}
 }
 
 type appendReply struct {
@@ -412,51 +400,6 @@ func (l *Log) Stats() Stats {
 // group commit that fsyncs them. If ctx ends first Append returns ctx.Err()
 // and the records may or may not be written.
 func (l *Log) Append(ctx context.Context, recs []engine.Record) ([]engine.Position, error) {
-	req, err := l.request(ctx, recs)
-	if err != nil {
-		return nil, err
-	}
-	req.reply = make(chan appendReply, 1)
-	if err := l.hand(ctx, req); err != nil {
-		return nil, err
-	}
-	select {
-	case rep := <-req.reply:
-		return rep.pos, rep.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// AppendAsync is Append without the wait (engine.AsyncLog): it returns
-// once the writer has taken the records, which orders every later Append
-// after them. The writer calls ordered with their positions before the
-// group commit that fsyncs them, and durable after it. A caller whose ctx
-// ended before the writer reached its records gets durable(ctx.Err()),
-// without ordered, and nothing is written.
-func (l *Log) AppendAsync(ctx context.Context, recs []engine.Record, ordered func([]engine.Position), durable func(error)) error {
-	req, err := l.request(ctx, recs)
-	if err != nil {
-		return err
-	}
-	req.ordered, req.durable = ordered, durable
-	return l.hand(ctx, req)
-}
-
-// hand gives req to the writer.
-func (l *Log) hand(ctx context.Context, req *appendReq) error {
-	select {
-	case l.reqs <- req:
-		return nil
-	case <-l.closing:
-		return fmt.Errorf("embedlog: append: %w", engine.ErrLogClosed)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// request validates and encodes recs for the writer.
-func (l *Log) request(ctx context.Context, recs []engine.Record) (*appendReq, error) {
 	if l.isClosed() {
 		return nil, fmt.Errorf("embedlog: append: %w", engine.ErrLogClosed)
 	}
@@ -470,6 +413,7 @@ func (l *Log) request(ctx context.Context, recs []engine.Record) (*appendReq, er
 		ctx:   ctx,
 		parts: make([]int32, len(recs)),
 		vals:  make([][]byte, len(recs)),
+		reply: make(chan appendReply, 1),
 	}
 	for i, r := range recs {
 		if r.Partition < 0 || r.Partition >= l.partitions {
@@ -484,7 +428,19 @@ func (l *Log) request(ctx context.Context, recs []engine.Record) (*appendReq, er
 		req.vals[i] = encodeValue(r.Key, r.Value)
 		req.size += recordKeyLen + len(req.vals[i])
 	}
-	return req, nil
+	select {
+	case l.reqs <- req:
+	case <-l.closing:
+		return nil, fmt.Errorf("embedlog: append: %w", engine.ErrLogClosed)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case rep := <-req.reply:
+		return rep.pos, rep.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // writer is the only goroutine that writes records; next (the offset each
@@ -522,7 +478,7 @@ func (l *Log) writer(next []int64) {
 
 		if err := l.failure(); err != nil {
 			for _, r := range group {
-				r.answer(nil, err)
+				r.reply <- appendReply{err: err}
 			}
 			continue
 		}
@@ -536,7 +492,7 @@ func (l *Log) writer(next []int64) {
 			// A caller that gave up is not written: its Append has already
 			// returned ctx.Err(), and fewer surprises beat a wasted fsync.
 			if err := r.ctx.Err(); err != nil {
-				r.answer(nil, err)
+				r.reply <- appendReply{err: err}
 				continue
 			}
 			ps := make([]engine.Position, len(r.vals))
@@ -557,14 +513,6 @@ func (l *Log) writer(next []int64) {
 		if live == 0 {
 			continue
 		}
-		// Positions are known: an AppendAsync caller registers for what
-		// follows the fsync now, so that nobody has to wake when it
-		// returns but those waiting for what the records decide.
-		for i, r := range group {
-			if r.ordered != nil {
-				r.ordered(pos[i])
-			}
-		}
 
 		if err := b.Commit(pebble.Sync); err != nil {
 			// The WAL's state is unknown now: refuse all further appends
@@ -574,7 +522,7 @@ func (l *Log) writer(next []int64) {
 			l.failed = err
 			l.mu.Unlock()
 			for _, r := range group {
-				r.answer(nil, err)
+				r.reply <- appendReply{err: err}
 			}
 			continue
 		}
@@ -603,7 +551,7 @@ func (l *Log) writer(next []int64) {
 		l.mu.Unlock()
 
 		for i, r := range group {
-			r.answer(pos[i], nil)
+			r.reply <- appendReply{pos: pos[i]}
 			group[i] = nil
 		}
 	}
