@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,12 +27,36 @@ func uniqueTopic(t *testing.T) string { return kt.UniqueTopic(t) }
 func kafkaOptions(t *testing.T, brokers []string, topic string) Options {
 	// ReadMaxWait 1 s: each Close waits for the fetches in flight.
 	return Options{Brokers: brokers, Topic: topic, Partitions: 4, Registerer: prometheus.NewRegistry(), ReadMaxWait: time.Second,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		Logger: slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter logs through t while the test runs and to stderr after it:
+// kafka-go's readers, closed in the background, may still warn after the
+// test (one of Watermill's suite's subtests) has completed, and t.Log then
+// panics. The cleanup and every t.Log hold mu, so none runs after it.
+type testWriter struct {
+	t    *testing.T
+	mu   *sync.Mutex
+	done *bool
+}
+
+func newTestWriter(t *testing.T) testWriter {
+	w := testWriter{t: t, mu: new(sync.Mutex), done: new(bool)}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		*w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if *w.done {
+		fmt.Fprintf(os.Stderr, "%s (after %s)\n", strings.TrimSpace(string(p)), w.t.Name())
+		return len(p), nil
+	}
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
