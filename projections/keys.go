@@ -158,7 +158,12 @@ func bodyKey(tag byte, app string, id []byte, p int32) []byte {
 // runCounterKey is the key of conversation (ct, conv)'s run index on
 // partition p; its entries are this key followed by their ordinal.
 func runCounterKey(app string, ct int32, conv string, p int32) []byte {
-	k := make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+8)
+	return appendRunCounterKey(make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+8), app, ct, conv, p)
+}
+
+// appendRunCounterKey appends the counter key; conv as a string or as the
+// bytes of a parsed value (catch-up: no conversion per entry).
+func appendRunCounterKey[S ~string | ~[]byte](k []byte, app string, ct int32, conv S, p int32) []byte {
 	k = append(k, tagRunIndex, 0)
 	k = append(k, app...)
 	k = append(k, 0, byte(ct))

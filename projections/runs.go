@@ -252,13 +252,7 @@ type runIndexReader struct {
 // value returns the index entry of member i of run h. Valid until the
 // next call.
 func (x *runIndexReader) value(h *entryHead, i uint64) ([]byte, error) {
-	x.key = x.key[:0]
-	x.key = append(x.key, tagRunIndex, 0)
-	x.key = append(x.key, x.app...)
-	x.key = append(x.key, 0, byte(h.chatType))
-	x.key = append(x.key, h.conv...)
-	x.key = append(x.key, 0)
-	x.key = binary.BigEndian.AppendUint32(x.key, uint32(h.runPart))
+	x.key = appendRunCounterKey(x.key[:0], x.app, h.chatType, h.conv, h.runPart)
 	x.key = binary.BigEndian.AppendUint64(x.key, h.runOrd+i)
 	if x.it == nil {
 		it, err := x.snap.NewIter(&pebble.IterOptions{LowerBound: []byte{tagRunIndex, 0}, UpperBound: []byte{tagRunIndex, 1}})

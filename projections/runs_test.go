@@ -32,19 +32,7 @@ func runsHistory(parts int32, n int, seed uint64, maxEntries, maxAgeMs int64) []
 	rng := rand.New(rand.NewPCG(seed, seed^0x7275))
 	log := make([][]engine.Entry, parts)
 	const app = "app"
-	add := func(ev *pb.Event) {
-		ev.SchemaVersion, ev.App = engine.SchemaVersion, app
-		if ev.StreamKey == "" {
-			ev.StreamKey = engine.StreamKeyFor(ev)
-		}
-		ev.EventId = engine.EventID(ev.StreamKey, ev.Actor.User, ev.ClientOpId)
-		b, err := engine.Encode(ev)
-		if err != nil {
-			panic(err)
-		}
-		p := engine.PartitionFor([]byte(ev.StreamKey), parts)
-		log[p] = append(log[p], engine.Entry{Partition: p, Offset: int64(len(log[p])), Key: []byte(ev.StreamKey), Value: b})
-	}
+	add := historyAppender(log, app)
 	users := make([]string, 32)
 	for i := range users {
 		users[i] = fmt.Sprint("u", i)

@@ -13,18 +13,12 @@ import (
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 )
 
-// burstHistory is a log of group bursts (runs of messages to two groups
-// whose members span the partitions) mixed with what else reads or writes
-// a recipient's state in the same batch: logins (a first login opens the
-// timeline's meta), contact operations and bans (the actor's contacts are
-// read and written as bytes while deliveries change the peer's decoded),
-// group joins, leaves and kicks, conversation operations, 1:1 messages,
-// and a policy with short retention (entries trimmed by count and by age).
-func burstHistory(parts int32, n int, seed uint64) [][]engine.Entry {
-	rng := rand.New(rand.NewPCG(seed, seed^0xb0057))
-	log := make([][]engine.Entry, parts)
-	const app = "app"
-	add := func(ev *pb.Event) {
+// historyAppender returns add for the test histories: it gives ev the
+// envelope the engine would (schema version, app, stream key, event id) and
+// appends it to its partition's log (len(log) partitions).
+func historyAppender(log [][]engine.Entry, app string) func(*pb.Event) {
+	parts := int32(len(log))
+	return func(ev *pb.Event) {
 		ev.SchemaVersion, ev.App = engine.SchemaVersion, app
 		if ev.StreamKey == "" {
 			ev.StreamKey = engine.StreamKeyFor(ev)
@@ -37,6 +31,20 @@ func burstHistory(parts int32, n int, seed uint64) [][]engine.Entry {
 		p := engine.PartitionFor([]byte(ev.StreamKey), parts)
 		log[p] = append(log[p], engine.Entry{Partition: p, Offset: int64(len(log[p])), Key: []byte(ev.StreamKey), Value: b})
 	}
+}
+
+// burstHistory is a log of group bursts (runs of messages to two groups
+// whose members span the partitions) mixed with what else reads or writes
+// a recipient's state in the same batch: logins (a first login opens the
+// timeline's meta), contact operations and bans (the actor's contacts are
+// read and written as bytes while deliveries change the peer's decoded),
+// group joins, leaves and kicks, conversation operations, 1:1 messages,
+// and a policy with short retention (entries trimmed by count and by age).
+func burstHistory(parts int32, n int, seed uint64) [][]engine.Entry {
+	rng := rand.New(rand.NewPCG(seed, seed^0xb0057))
+	log := make([][]engine.Entry, parts)
+	const app = "app"
+	add := historyAppender(log, app)
 	users := make([]string, 24)
 	for i := range users {
 		users[i] = fmt.Sprint("u", i)
