@@ -397,8 +397,13 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	if s.isClosed() {
 		return nil, 0, nil, ErrClosed
 	}
+	// One view for the meta, the entries and their bodies: a body read
+	// after the entry that referenced it was trimmed would be gone, and a
+	// run ends at the meta's last seq of the same view.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
 	meta := &pb.TimelineMeta{}
-	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
+	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
 		return nil, 0, nil, err
 	}
 	if after > 0 || epoch != "" {
@@ -409,13 +414,9 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	if limit <= 0 {
 		limit = 100
 	}
-	// One view for the entries and their bodies: a body read after the
-	// entry that referenced it was trimmed would be gone.
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
 	var out []*pb.TimelineEntry
 	r := newBodyReader(snap, app, &s.bodies)
-	next, err := s.scanTimeline(snap, app, user, after, func(seq uint64, h *entryHead, v []byte) (bool, error) {
+	next, err := s.scanTimeline(snap, app, user, after, meta.LastSeq, func(seq uint64, h *entryHead, v []byte) (bool, error) {
 		if len(out) >= limit {
 			return false, nil
 		}
@@ -438,13 +439,9 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 // seq after, in view snap, with its seq, head and stored value (a run's
 // members as the format-3 values they stand for), until fn returns false.
 // It returns the seq of the last entry fn accepted (after if none).
-func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint64, fn func(seq uint64, h *entryHead, v []byte) (bool, error)) (uint64, error) {
+func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after, lastSeq uint64, fn func(seq uint64, h *entryHead, v []byte) (bool, error)) (uint64, error) {
 	// A run ends before the next key, the last one at the timeline's
-	// last seq, read in the same view.
-	meta := &pb.TimelineMeta{}
-	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
-		return 0, err
-	}
+	// last seq (lastSeq: the meta's, read by the caller in view snap).
 	prefix := timelinePrefix(app, user)
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
@@ -476,7 +473,7 @@ func (s *Store) scanTimeline(snap *pebble.Snapshot, app, user string, after uint
 			continue
 		}
 		h.conv = bytes.Clone(h.conv) // the value goes with Next
-		end := meta.LastSeq
+		end := lastSeq
 		if valid = it.Next(); valid {
 			end = seqOf(it.Key()) - 1
 		}
@@ -523,8 +520,13 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	if s.isClosed() {
 		return 0, nil, ErrClosed
 	}
+	// One view for the meta, the entries and their bodies: a body read
+	// after the entry that referenced it was trimmed would be gone, and a
+	// run ends at the meta's last seq of the same view.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
 	meta := &pb.TimelineMeta{}
-	if _, err := s.getProto(metaKey(app, user), meta); err != nil {
+	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
 		return 0, nil, err
 	}
 	if after > 0 || epoch != "" {
@@ -535,13 +537,9 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	if limit <= 0 {
 		limit = 100
 	}
-	// One view for the entries and their bodies: a body read after the
-	// entry that referenced it was trimmed would be gone.
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
 	n := 0
 	r := newBodyReader(snap, app, &s.bodies)
-	next, err := s.scanTimeline(snap, app, user, after, func(seq uint64, h *entryHead, _ []byte) (bool, error) {
+	next, err := s.scanTimeline(snap, app, user, after, meta.LastSeq, func(seq uint64, h *entryHead, _ []byte) (bool, error) {
 		if n >= limit {
 			return false, nil
 		}
