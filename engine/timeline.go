@@ -195,9 +195,19 @@ func ApplyDeliveryInPlace(st *UserState, pol *pb.Policy, d *pb.Deliver) (*pb.Tim
 		if st.Conv == nil {
 			st.Conv = &pb.Conversation{ChatType: ct, ConversationId: id}
 		}
-		applyConversation(st.Conv, src, e, d.Recipient == actor)
+		ApplyConversation(st.Conv, d, e)
 	}
 	return e, ch
+}
+
+// ApplyConversation applies delivery d, whose timeline entry is e, to c,
+// its recipient's conversation: the conversation step of
+// ApplyDeliveryInPlace, for a caller that applied d with a throwaway
+// conversation and loads the real one only when it needs it (the
+// projector: a group message extending a member's run leaves the stored
+// conversation as it is, projections/runs.go).
+func ApplyConversation(c *pb.Conversation, d *pb.Deliver, e *pb.TimelineEntry) {
+	applyConversation(c, d.Source, e, d.Recipient == d.Source.Actor.User)
 }
 
 // dropped reports whether a recipient with contacts c drops d: a message

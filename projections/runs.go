@@ -80,15 +80,91 @@ func (t *Txn) openRunOf(r *recipient, app, user string) (*openRun, error) {
 	if err != nil || !ok {
 		return &r.run, err
 	}
+	if r.run, err = parseRunPointer(v); err != nil {
+		return nil, fmt.Errorf("projections: run pointer of %s/%s: %w", app, user, err)
+	}
+	return &r.run, nil
+}
+
+// parseRunPointer decodes a user's r value (runPointer).
+func parseRunPointer(v []byte) (openRun, error) {
 	if len(v) < 10 {
-		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x", app, user, v)
+		return openRun{}, fmt.Errorf("short value %x", v)
 	}
 	h, err := parseEntry(v[8:])
 	if err != nil || !h.run {
-		return nil, fmt.Errorf("projections: run pointer of %s/%s: %x (%v)", app, user, v, err)
+		return openRun{}, fmt.Errorf("value %x (%v)", v, err)
 	}
-	r.run = openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv)}
-	return &r.run, nil
+	return openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv)}, nil
+}
+
+// The conversation of an open run (its unread count and last message) is
+// not written while the run is extended (docs/design-notes.md, "The
+// member's conversation off the write path"): the stored value is the
+// conversation as of some seq L at or after the run's first member, and
+// every seq from L+1 to the user's last is a member of the run, a message
+// to the conversation from another user. So the conversation as of the
+// user's last seq is the stored one advanced by those messages
+// (advanceConv): what reads derive (Snapshot) and what the projector
+// writes (settleRun) before the run stops being the open one: before any
+// entry that does not extend it, and when retention drops it whole.
+
+// advanceConv advances c, stored while the user's open run was in it, to
+// the user's last seq last, whose message is lastID: each seq after
+// c.LastSeq is one message to c from another user (engine.ApplyConversation
+// of a group message). It reports whether c changed.
+func advanceConv(c *pb.Conversation, last uint64, lastID []byte) bool {
+	if c.LastSeq >= last {
+		return false
+	}
+	c.Unread += last - c.LastSeq
+	c.LastSeq, c.LastMessageId, c.Deleted = last, string(lastID), false
+	return true
+}
+
+// runMemberID returns the entry id of the member of run at seq (start <=
+// seq), read from its index entry with get.
+func runMemberID(get func([]byte) ([]byte, bool, error), app string, run *openRun, seq uint64) ([]byte, error) {
+	if seq < run.start {
+		return nil, fmt.Errorf("projections: seq %d before its run at %d", seq, run.start)
+	}
+	k := runIndexKey(app, run.ct, run.conv, run.p, run.ord+(seq-run.start))
+	v, ok, err := get(k)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("projections: run index entry %q missing", k)
+	}
+	h, err := parseEntry(v)
+	if err != nil {
+		return nil, err
+	}
+	return h.id, nil
+}
+
+// settleRun writes the conversation of the run holding r's last entry as
+// of last, the user's last seq before the entry being applied: called
+// before that run stops being the open one.
+func (t *Txn) settleRun(r *recipient, app, user string, last uint64) error {
+	run, err := t.openRunOf(r, app, user)
+	if err != nil || !run.ok {
+		return err
+	}
+	ck, cv, err := t.convOf(r, app, user, run.ct, run.conv)
+	if err != nil {
+		return err
+	}
+	c := cv.m.(*pb.Conversation)
+	if !cv.present || c.LastSeq >= last {
+		return nil
+	}
+	id, err := runMemberID(t.raw, app, run, last)
+	if err != nil {
+		return err
+	}
+	advanceConv(c, last, id)
+	return t.changed(ck, cv)
 }
 
 // runIndex returns the ordinal of x's body's index entry, writing the entry
@@ -125,36 +201,43 @@ func (x *bodyRef) runIndex(t *Txn, app string, ct int32, conv string, p int32, v
 	return binary.BigEndian.Uint64(x.idx[len(x.idx)-8:]), bytes.Equal(x.tmpl, v), nil
 }
 
-// appendRun stores entry e of user (value v, format 3, referencing body x
-// on partition p) in a run: the run holding the user's last entry when
-// e is its next index entry (nothing is written: a run's extent is implied
-// by the next key and the meta's last seq), else a new run. ok is false
-// when e is not a run member: the caller stores v.
-func (s *Store) appendRun(t *Txn, r *recipient, app, user string, p int32, e *pb.TimelineEntry, x *bodyRef, v []byte) (bool, error) {
+// runMember reports whether user's entry e (value v, format 3,
+// referencing body x on partition p) is a run member, its index entry's
+// ordinal, and whether it extends the run holding the user's last entry:
+// e is that run's next index entry, and nothing is written (a run's extent
+// is implied by the next key and the meta's last seq). Not a member: the
+// caller stores v.
+func (s *Store) runMember(t *Txn, r *recipient, app, user string, p int32, e *pb.TimelineEntry, x *bodyRef, v []byte) (ord uint64, member, extends bool, err error) {
 	ct, conv := int32(e.ChatType), e.ConversationId
 	ord, ok, err := x.runIndex(t, app, ct, conv, p, v)
 	if err != nil || !ok {
-		return false, err
+		return 0, false, false, err
 	}
 	run, err := t.openRunOf(r, app, user)
 	if err != nil {
-		return false, err
+		return 0, false, false, err
 	}
-	if run.ok && run.start < e.Seq && run.ord+(e.Seq-run.start) == ord && run.p == p && run.ct == ct && run.conv == conv {
-		return true, nil
-	}
-	*run = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv}
+	return ord, true, run.ok && run.start < e.Seq && run.ord+(e.Seq-run.start) == ord && run.p == p && run.ct == ct && run.conv == conv, nil
+}
+
+// startRun starts a run at user's entry e, index entry ord of its
+// conversation on partition p: the run key, the pointer and the history
+// key. The caller settled the run it replaces (settleRun).
+func (t *Txn) startRun(r *recipient, app, user string, p int32, e *pb.TimelineEntry, ord uint64) error {
+	ct, conv := int32(e.ChatType), e.ConversationId
+	r.run, r.runLoaded = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv}, true
 	if err := t.set(timelineKey(app, user, e.Seq), appendRunValue(nil, p, ct, conv, ord)); err != nil {
-		return false, err
+		return err
 	}
 	if err := t.set(runOpenKey(app, user), runPointer(e.Seq, p, ct, conv, ord)); err != nil {
-		return false, err
+		return err
 	}
-	return true, t.setBlind(historyKey(app, user, ct, conv, e.Seq), nil)
+	return t.setBlind(historyKey(app, user, ct, conv, e.Seq), nil)
 }
 
 // endRun is called before an entry that is not a run member is appended:
-// the run holding the user's last entry ends there.
+// the run holding the user's last entry ends there. The caller settled it
+// (settleRun).
 func (t *Txn) endRun(r *recipient, app, user string) error {
 	run, err := t.openRunOf(r, app, user)
 	if err != nil || !run.ok {
@@ -170,7 +253,7 @@ func (t *Txn) endRun(r *recipient, app, user string) error {
 // next key, or at m.LastSeq-1 (trim runs before the new entry is written).
 // It returns the members trimmed and whether it stopped inside the run (the
 // member kept is the oldest entry).
-func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m *pb.TimelineMeta, cutoff int64, n *int, refs *bodyRefs) (uint64, bool, error) {
+func (s *Store) trimRun(t *Txn, rc *recipient, app, user string, first uint64, h *entryHead, m *pb.TimelineMeta, cutoff int64, n *int, refs *bodyRefs) (uint64, bool, error) {
 	conv := string(h.conv)
 	k, stopped := uint64(0), false
 	for ; first+k < m.LastSeq; k++ {
@@ -223,6 +306,15 @@ func (s *Store) trimRun(t *Txn, app, user string, first uint64, h *entryHead, m 
 	named := ok && len(pv) >= 8 && binary.BigEndian.Uint64(pv) == first
 	if !stopped { // the whole run
 		if named {
+			// It stops being the open run: its conversation is written
+			// as of the last entry before the one being applied (trim
+			// runs after the meta counted it), while its index entries
+			// are still there (released references go at the event's end).
+			rc.runLoaded = false
+			if err := t.settleRun(rc, app, user, m.LastSeq-1); err != nil {
+				return 0, false, err
+			}
+			rc.runLoaded = false
 			err = t.del(pk)
 		}
 		return k, false, err

@@ -493,3 +493,100 @@ func TestRunNeedsEveryMessage(t *testing.T) {
 		compareUser(t, stores[false], stores[true], "app", u)
 	}
 }
+
+// A member's conversation is not written while its run is extended
+// (advanceConv): Snapshot reads it as of the last seq, and the projector
+// writes it when the run stops being the open one. The end state
+// (TestRunsReadAsEntries) sees only the runs open at the end; here the
+// snapshots of every user are compared after every few entries of each
+// partition, with and without runs, so they are read with runs open at
+// every point of the history, and after runs ended by every kind of entry.
+func TestRunConversationsReadMidStream(t *testing.T) {
+	const parts = 3
+	for _, c := range []struct {
+		name               string
+		n                  int
+		maxEntries, maxAge int64
+	}{{"default retention", 600, 0, 0}, {"short retention", 1500, 30, 400_000}} {
+		t.Run(c.name, func(t *testing.T) {
+			log := relayed(t, parts, runsHistory(parts, c.n, 7, c.maxEntries, c.maxAge), 11)
+			flat, withRuns := openMem(t, parts, nil), openMem(t, parts, nil)
+			defer flat.Close()
+			defer withRuns.Close()
+			rng := rand.New(rand.NewPCG(13, 3))
+			apply := func(s *Store, runs bool, p int, es []engine.Entry) {
+				old := runsOn
+				runsOn = runs
+				defer func() { runsOn = old }()
+				for i := 0; i < len(es); { // random batches inside the step
+					n := min(1+rng.IntN(8), len(es)-i)
+					if err := s.Apply(int32(p), es[i:i+n]); err != nil {
+						t.Fatal(err)
+					}
+					i += n
+				}
+			}
+			next := make([]int, parts)
+			compared, derived := 0, 0
+			for more := true; more; {
+				more = false
+				for p := range parts {
+					end := min(next[p]+1+rng.IntN(25), len(log[p]))
+					apply(flat, false, p, log[p][next[p]:end])
+					apply(withRuns, true, p, log[p][next[p]:end])
+					next[p] = end
+					more = more || end < len(log[p])
+				}
+				for _, au := range timelineUsers(t, flat) {
+					ws, err := flat.Snapshot(au[0], au[1])
+					if err != nil {
+						t.Fatal(err)
+					}
+					gs, err := withRuns.Snapshot(au[0], au[1])
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !proto.Equal(ws.Meta, gs.Meta) || len(ws.Conversations) != len(gs.Conversations) {
+						t.Fatalf("%s: snapshot %v, want %v", au[1], gs, ws)
+					}
+					for i := range ws.Conversations {
+						if !proto.Equal(ws.Conversations[i], gs.Conversations[i]) {
+							t.Fatalf("%s at %v: conversation %v, want %v", au[1], next, gs.Conversations[i], ws.Conversations[i])
+						}
+						compared++
+					}
+					derived += staleConversations(t, withRuns, au[0], au[1])
+				}
+			}
+			t.Logf("%d conversation reads compared, %d of them derived from an open run", compared, derived)
+			if derived < 100 {
+				t.Fatalf("only %d conversations read from an open run: the log does not exercise the derivation", derived)
+			}
+		})
+	}
+}
+
+// staleConversations counts user's stored conversations that are behind
+// its last seq: those Snapshot advances from the open run.
+func staleConversations(t *testing.T, s *Store, app, user string) int {
+	t.Helper()
+	m := &pb.TimelineMeta{}
+	if _, err := s.getProto(metaKey(app, user), m); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	scan(t, s, tagConv, func(k, v []byte) {
+		c := &pb.Conversation{}
+		if err := proto.Unmarshal(v, c); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.HasPrefix(k, convPrefix(app, user)) && c.LastSeq < m.LastSeq && c.ChatType == pb.ChatType_CHAT_TYPE_GROUP {
+			if v, ok, err := getRaw(s.db, runOpenKey(app, user)); err != nil || !ok {
+				return
+			} else if r, err := parseRunPointer(v); err == nil && r.conv == c.ConversationId {
+				n++
+			}
+		}
+	})
+	return n
+}

@@ -189,7 +189,8 @@ func sameCopy(a, b *pb.Deliver) bool {
 // partition p; refs collects the event's references to bodies. The
 // recipient's contacts, groups, meta and conversation are the batch's
 // decoded values (txnstate.go), changed in place and written once per
-// batch.
+// batch. An entry that extends the recipient's open run reads and writes
+// nothing of its conversation (runs.go, settleRun).
 func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) error {
 	app, user := dl.Source.App, dl.Recipient
 	pol, err := policyOf(t, app, p)
@@ -201,26 +202,14 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 		return err
 	}
 	ks, svs := &r.keys, &r.svs
+	// The conversation is applied below (engine.ApplyConversation), once
+	// it is known that the entry does not extend a run: st.Conv is nil,
+	// so ApplyDeliveryInPlace applies the delivery to a throwaway one.
 	st := engine.UserState{Contacts: svs[0].m.(*pb.Contacts), Groups: svs[1].m.(*pb.UserGroups), Meta: svs[2].m.(*pb.TimelineMeta)}
-	var (
-		ck []byte
-		cv *stateVal
-	)
-	if ct, id, ok := engine.ConversationOf(dl); ok {
-		if ck, cv, err = t.convOf(r, app, user, int32(ct), id); err != nil {
-			return err
-		}
-		if cv.present {
-			st.Conv = cv.m.(*pb.Conversation)
-		}
-	}
-	oldFirst := st.Meta.FirstSeq
+	oldFirst, oldLast := st.Meta.FirstSeq, st.Meta.LastSeq
 	e, ch := engine.ApplyDeliveryInPlace(&st, pol, dl)
 	if e == nil {
 		return nil
-	}
-	if cv != nil {
-		cv.m = st.Conv // created by the delivery when there was none
 	}
 	// Retention first: it moves the meta's first position, and the meta
 	// is then written once.
@@ -232,22 +221,21 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	// holds its exact bytes already (a deterministic encoding), so skipping
 	// the write changes no byte of state. A value not present is written,
 	// as it always was.
-	dirty := [4]bool{!svs[0].present || ch.Contacts, !svs[1].present || ch.Groups, true, cv != nil}
-	for i, sv := range [4]*stateVal{svs[0], svs[1], svs[2], cv} {
-		if !dirty[i] {
-			continue
-		}
-		k := ck
-		if i < 3 {
-			k = ks[i]
-		}
-		if err := t.changed(k, sv); err != nil {
-			return err
+	dirty := [3]bool{!svs[0].present || ch.Contacts, !svs[1].present || ch.Groups, true}
+	for i := range svs {
+		if dirty[i] {
+			if err := t.changed(ks[i], svs[i]); err != nil {
+				return err
+			}
 		}
 	}
 	// A message to many: the member's entry references the body, written
 	// once per partition (bodies.go).
-	var v []byte
+	var (
+		v      []byte
+		ord    uint64
+		member bool
+	)
 	srcJSON := s.sourceJSON(p, dl.Source)
 	if srcJSON != nil && sharesBody(dl.Source) {
 		if rv, ok := encodeRefEntry(e, p); ok {
@@ -260,16 +248,41 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 			// first member's value is the index entry every other
 			// member's must equal.
 			if runsOn && e.OnlyLoginId == "" && e.ExcludeLoginId == "" && user != dl.Source.GetActor().GetUser() {
-				ran, err := s.appendRun(t, r, app, user, p, e, refs.last, rv)
-				if err != nil {
+				var extends bool
+				if ord, member, extends, err = s.runMember(t, r, app, user, p, e, refs.last, rv); err != nil {
 					return err
 				}
-				if ran { // its history key is the run's
+				if extends { // nothing written: not even the conversation
 					t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
 					return nil
 				}
 			}
 		}
+	}
+	// The open run, if any, stops being the user's last entry here: its
+	// conversation is written as of the seq before this entry.
+	if err := t.settleRun(r, app, user, oldLast); err != nil {
+		return err
+	}
+	if ct, id, ok := engine.ConversationOf(dl); ok {
+		ck, cv, err := t.convOf(r, app, user, int32(ct), id)
+		if err != nil {
+			return err
+		}
+		if !cv.present {
+			cv.m = &pb.Conversation{ChatType: ct, ConversationId: id}
+		}
+		engine.ApplyConversation(cv.m.(*pb.Conversation), dl, e)
+		if err := t.changed(ck, cv); err != nil {
+			return err
+		}
+	}
+	if member { // a new run; its history key is the run's
+		if err := t.startRun(r, app, user, p, e, ord); err != nil {
+			return err
+		}
+		t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
+		return nil
 	}
 	if v == nil {
 		if v, err = encodeEntryWith(e, srcJSON); err != nil {
@@ -343,7 +356,7 @@ func (s *Store) trim(t *Txn, rc *recipient, app, user string, oldFirst uint64, m
 			}
 		}
 		if ok && e.run {
-			k, stopped, err := s.trimRun(t, app, user, first, &e, m, cutoff, &n, refs)
+			k, stopped, err := s.trimRun(t, rc, app, user, first, &e, m, cutoff, &n, refs)
 			if err != nil {
 				return err
 			}
@@ -625,14 +638,46 @@ func (s *Store) Snapshot(app, user string) (*Snapshot, error) {
 		return nil, err
 	}
 	defer it.Close()
+	// The conversation of the user's open run is stored as of the run's
+	// start or later, and read as of the last seq (runs.go, advanceConv).
+	var run openRun
+	if v, closer, err := snap.Get(runOpenKey(app, user)); err == nil {
+		run, err = parseRunPointer(v)
+		closer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("projections: run pointer of %s/%s: %w", app, user, err)
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, err
+	}
 	for it.First(); it.Valid(); it.Next() {
 		c := &pb.Conversation{}
 		if err := unmarshal(it.Value(), c); err != nil {
 			return nil, err
 		}
+		if run.ok && int32(c.ChatType) == run.ct && c.ConversationId == run.conv && c.LastSeq < out.Meta.LastSeq {
+			id, err := runMemberID(func(k []byte) ([]byte, bool, error) { return getRaw(snap, k) }, app, &run, out.Meta.LastSeq)
+			if err != nil {
+				return nil, err
+			}
+			advanceConv(c, out.Meta.LastSeq, id)
+		}
 		out.Conversations = append(out.Conversations, c)
 	}
 	return out, it.Error()
+}
+
+// getRaw reads k's value from g, a copy; ok is false when there is none.
+func getRaw(g getter, k []byte) ([]byte, bool, error) {
+	v, closer, err := g.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	out := bytes.Clone(v)
+	return out, true, closer.Close()
 }
 
 // History pages a conversation's messages for a user, newest first, with
