@@ -226,6 +226,32 @@ func dropped(c *pb.Contacts, d *pb.Deliver) bool {
 	return false
 }
 
+// ReadsContacts reports whether applying d reads or changes its
+// recipient's contacts (the block list, the other side's contact
+// operations). When it does not (a group message), ApplyDeliveryInPlace
+// may be given any Contacts, unchanged by it: a caller need not load them.
+func ReadsContacts(d *pb.Deliver) bool {
+	if touchesContacts(d) {
+		return true
+	}
+	src := d.Source
+	if d.Recipient == src.Actor.User {
+		return false
+	}
+	switch src.Kind {
+	case pb.Kind_KIND_MESSAGE_SEND:
+		return src.GetMessage().GetChatType() == pb.ChatType_CHAT_TYPE_USER
+	case pb.Kind_KIND_CONTACT_REQUEST:
+		return true
+	}
+	return false
+}
+
+// ReadsGroups reports whether applying d reads or changes its recipient's
+// groups and threads; when it does not, ApplyDeliveryInPlace may be given
+// any UserGroups, unchanged by it.
+func ReadsGroups(d *pb.Deliver) bool { return touchesGroups(d) }
+
 // touchesContacts reports whether d may change its recipient's contacts:
 // the other side's contact operations.
 func touchesContacts(d *pb.Deliver) bool {

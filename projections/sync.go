@@ -201,11 +201,25 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	if err != nil {
 		return err
 	}
-	ks, svs := &r.keys, &r.svs
+	// Contacts and groups are loaded only for a delivery that reads them;
+	// the others are given empty ones, which they neither read nor change.
 	// The conversation is applied below (engine.ApplyConversation), once
 	// it is known that the entry does not extend a run: st.Conv is nil,
 	// so ApplyDeliveryInPlace applies the delivery to a throwaway one.
-	st := engine.UserState{Contacts: svs[0].m.(*pb.Contacts), Groups: svs[1].m.(*pb.UserGroups), Meta: svs[2].m.(*pb.TimelineMeta)}
+	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: r.svs[2].m.(*pb.TimelineMeta)}
+	var cs, gs *stateVal
+	if engine.ReadsContacts(dl) {
+		if cs, err = t.userTable(r, 0); err != nil {
+			return err
+		}
+		st.Contacts = cs.m.(*pb.Contacts)
+	}
+	if engine.ReadsGroups(dl) {
+		if gs, err = t.userTable(r, 1); err != nil {
+			return err
+		}
+		st.Groups = gs.m.(*pb.UserGroups)
+	}
 	oldFirst, oldLast := st.Meta.FirstSeq, st.Meta.LastSeq
 	e, ch := engine.ApplyDeliveryInPlace(&st, pol, dl)
 	if e == nil {
@@ -216,17 +230,22 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	if err := s.trim(t, r, app, user, oldFirst, st.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
 		return err
 	}
-	// Contacts and groups a delivery did not change (a message, most
-	// often) are not written again: a stored value equal to the new one
-	// holds its exact bytes already (a deterministic encoding), so skipping
-	// the write changes no byte of state. A value not present is written,
-	// as it always was.
-	dirty := [3]bool{!svs[0].present || ch.Contacts, !svs[1].present || ch.Groups, true}
-	for i := range svs {
-		if dirty[i] {
-			if err := t.changed(ks[i], svs[i]); err != nil {
-				return err
-			}
+	// Only what a delivery changed is written: contacts and groups it did
+	// not change (a message, most often) hold their exact bytes already (a
+	// deterministic encoding). An absent value it did not change stays
+	// absent (it was written empty per delivery before: a key per member
+	// per batch for users without contacts).
+	if err := t.changed(r.keys[2], r.svs[2]); err != nil {
+		return err
+	}
+	if ch.Contacts {
+		if err := t.changed(r.keys[0], cs); err != nil {
+			return err
+		}
+	}
+	if ch.Groups {
+		if err := t.changed(r.keys[1], gs); err != nil {
+			return err
 		}
 	}
 	// A message to many: the member's entry references the body, written
