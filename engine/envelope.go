@@ -116,4 +116,14 @@ func Decode(b []byte) (*pb.Event, error) {
 }
 
 // EncodeState encodes projection state deterministically (digests depend on it).
-func EncodeState(m proto.Message) ([]byte, error) { return marshal.Marshal(m) }
+// The common state is encoded directly (appendState), the rest by proto.Marshal.
+func EncodeState(m proto.Message) ([]byte, error) {
+	var scratch [256]byte
+	if b, ok := appendState(scratch[:0], m); ok {
+		// One allocation of the exact size: the value may be kept long (the
+		// hot cache), and a non-nil empty slice for an empty message, as
+		// proto.Marshal gives.
+		return append(make([]byte, 0, len(b)), b...), nil
+	}
+	return marshal.Marshal(m)
+}
