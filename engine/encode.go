@@ -11,12 +11,14 @@ import (
 // appendState is EncodeState, byte for byte, for the state the projector
 // writes for nearly every event (issue 12: proto.Marshal's reflection was
 // most of the cost of writing a user's sessions and a decision): a user's
-// sessions, a decision without a fan-out, an ended session, a timeline
-// meta, a conversation, a checkpoint. Fields go in field-number order,
+// sessions, a decision (its fan-out without source events, as the store
+// records it), an ended session, a timeline meta, a conversation, a
+// checkpoint. Fields go in field-number order,
 // zero values of proto3 scalars are left out and a set sub-message is
 // written even when empty, as the deterministic proto.Marshal does. It
 // gives up (false) on anything else: another type, a nil message, unknown
-// fields, a string that is not UTF-8 (proto.Marshal's error), a fan-out.
+// fields, a string that is not UTF-8 (proto.Marshal's error), a fan-out
+// copy that carries its source event.
 // The caller then takes proto.Marshal, so what is stored is always its
 // output (FuzzEncodeState).
 func appendState(b []byte, m proto.Message) ([]byte, bool) {
@@ -105,7 +107,7 @@ func endedOK(e *pb.Ended) bool {
 }
 
 func decisionOK(d *pb.Decision) bool {
-	if len(d.Fanout) > 0 || !noUnknown(d) {
+	if !noUnknown(d) {
 		return false
 	}
 	for _, s := range [...]string{d.App, d.User, d.ClientOpId, d.EventId, d.Message, d.LoginId, d.MessageId} {
@@ -118,7 +120,54 @@ func decisionOK(d *pb.Decision) bool {
 			return false
 		}
 	}
+	for _, f := range d.Fanout {
+		if f == nil || !deliverOK(f) {
+			return false
+		}
+	}
 	return true
+}
+
+func deliverOK(f *pb.Deliver) bool {
+	if f.Source != nil || !noUnknown(f) {
+		return false
+	}
+	for _, s := range [...]string{f.Recipient, f.From, f.ExcludeLoginId, f.OnlyLoginId} {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	for _, s := range f.Recipients {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	return true
+}
+
+func deliverSize(f *pb.Deliver) int {
+	n := sizeStr(1, f.Recipient) + sizeStr(2, f.From) + sizeBool(3, f.MultiDevice) + sizeStr(4, f.ExcludeLoginId) +
+		sizeStr(5, f.OnlyLoginId) + sizeI32(7, f.SourcePartition) + sizeI64(8, f.SourceOffset)
+	for _, s := range f.Recipients {
+		n += sizeMsg(9, len(s)) // every element, empty or not
+	}
+	return n
+}
+
+// appendDeliver writes a fan-out copy without its source (deliverOK).
+func appendDeliver(b []byte, f *pb.Deliver) []byte {
+	b = appendStr(b, 1, f.Recipient)
+	b = appendStr(b, 2, f.From)
+	b = appendBool(b, 3, f.MultiDevice)
+	b = appendStr(b, 4, f.ExcludeLoginId)
+	b = appendStr(b, 5, f.OnlyLoginId)
+	b = appendI32(b, 7, f.SourcePartition)
+	b = appendI64(b, 8, f.SourceOffset)
+	for _, s := range f.Recipients {
+		b = protowire.AppendTag(b, 9, protowire.BytesType)
+		b = protowire.AppendString(b, s)
+	}
+	return b
 }
 
 func sessionSize(s *pb.Session) int {
@@ -200,7 +249,11 @@ func appendDecision(b []byte, d *pb.Decision) []byte {
 	b = appendU64(b, 11, d.PolicyVersion)
 	b = appendStr(b, 12, d.LoginId)
 	b = appendBool(b, 13, d.Reconnect)
-	// 14, the fan-out, is empty (decisionOK).
+	for _, f := range d.Fanout {
+		b = protowire.AppendTag(b, 14, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(deliverSize(f)))
+		b = appendDeliver(b, f)
+	}
 	b = appendStr(b, 15, d.MessageId)
 	b = appendU64(b, 16, uint64(d.AuditEnded))
 	return appendBool(b, 17, d.MessageIdIsEventId)

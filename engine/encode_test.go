@@ -25,7 +25,9 @@ func stateShapes() []proto.Message {
 		&pb.Decision{App: "app", User: "alice", ClientOpId: "op-1", EventId: "0123", Kind: pb.Kind_KIND_LOGIN, Code: 409,
 			Message: "limit", Ended: []*pb.Ended{ended, {}, {Session: &pb.Session{}, ByActor: &pb.Actor{}}}, Partition: 3,
 			Offset: 99, PolicyVersion: 2, LoginId: "dev-1", Reconnect: true, MessageId: "m", AuditEnded: 300,
-			MessageIdIsEventId: true},
+			MessageIdIsEventId: true, Fanout: []*pb.Deliver{
+				{Recipient: "bob", From: "alice", MultiDevice: true, ExcludeLoginId: "dev-1", OnlyLoginId: "x", SourcePartition: -2, SourceOffset: 1 << 35},
+				{Recipients: []string{"c", "", "d"}, From: "alice"}, {}}},
 		&pb.Decision{Kind: pb.Kind(-2), Code: -1, Offset: -7},
 		ended,
 		&pb.Ended{Reason: 1, Partition: 2, Offset: 3},
@@ -71,7 +73,8 @@ func TestEncodeStateLeavesTheRest(t *testing.T) {
 	for _, m := range []proto.Message{
 		(*pb.UserSessions)(nil),
 		&pb.UserSessions{Sessions: []*pb.Session{{LoginId: "a\xffb"}}},
-		&pb.Decision{Fanout: []*pb.Deliver{{Recipient: "bob"}}},
+		&pb.Decision{Fanout: []*pb.Deliver{{Recipient: "bob", Source: &pb.Event{}}}},
+		&pb.Decision{Fanout: []*pb.Deliver{{Recipients: []string{"a", "\xff"}}}},
 		&pb.Decision{Ended: []*pb.Ended{{ByActor: &pb.Actor{User: "\xff"}}}},
 		&pb.Conversation{LastMessageId: "\xc0"},
 		withUnknown,
@@ -137,6 +140,12 @@ func setSomeString(m proto.Message, s string, i int) {
 		fs := []*string{&m.App, &m.User, &m.ClientOpId, &m.EventId, &m.Message, &m.LoginId, &m.MessageId}
 		if len(m.Ended) > 0 && m.Ended[0] != nil {
 			fs = append(fs, &m.Ended[0].User)
+		}
+		if len(m.Fanout) > 0 && m.Fanout[0] != nil {
+			fs = append(fs, &m.Fanout[0].Recipient, &m.Fanout[0].OnlyLoginId)
+			if len(m.Fanout[0].Recipients) > 0 {
+				fs = append(fs, &m.Fanout[0].Recipients[0])
+			}
 		}
 		*fs[i%len(fs)] = s
 	case *pb.Ended:
