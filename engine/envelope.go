@@ -24,6 +24,14 @@ const (
 // contact and conversation operations, in one partition (invariant 4).
 func UserStream(app, user string) string { return streamUser + "\x00" + app + "\x00" + user }
 
+// IsUserStream reports stream == UserStream(app, user) without building
+// the stream (the projector asks it of every operation).
+func IsUserStream(stream, app, user string) bool {
+	n := len(streamUser)
+	return len(stream) == n+2+len(app)+len(user) && stream[:n] == streamUser && stream[n] == 0 &&
+		stream[n+1:n+1+len(app)] == app && stream[n+1+len(app)] == 0 && stream[n+2+len(app):] == user
+}
+
 // GroupStream is the stream of a group and its threads: operations decided
 // by the group's rules are ordered there, so one partition owns the group.
 func GroupStream(app, group string) string { return streamGroup + "\x00" + app + "\x00" + group }

@@ -812,7 +812,7 @@ func checkActor(t *Txn, ev *pb.Event) (*engine.Error, error) {
 		// (accounts.go); a device never changes one (engine.Validate).
 		return nil, nil
 	}
-	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
+	if ev.Actor.LoginId == "" || !engine.IsUserStream(ev.StreamKey, ev.App, ev.Actor.User) {
 		return nil, nil
 	}
 	return actorRefusal(t.get, t.sessionsOf, ev.App, ev.Actor.User, ev.Actor.LoginId)
