@@ -2,6 +2,7 @@ package projections
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -185,4 +186,65 @@ func TestFailedBatchLeavesNothingForTheNext(t *testing.T) {
 	if a, b := digest(false), digest(true); a != b {
 		t.Fatalf("digest %s after a failed batch was applied again, %s without the failure", b, a)
 	}
+}
+
+// BenchmarkApplyLogin: Runner.Apply of session operations in batches of
+// readBatch, the shape of benchmarks' ProjectionApply (logins on rotating
+// platforms, so the limit ends sessions, and a kick of the previous device
+// every fourth operation of a user) over 4,096 users, on disk (an
+// in-memory FS spends its time growing the WAL's buffer). Reported per
+// event.
+func BenchmarkApplyLogin(b *testing.B) {
+	const users = 4096
+	s, err := Open(Options{Dir: b.TempDir(), Partitions: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var off int64
+	batch := func(first int) []engine.Entry {
+		out := make([]engine.Entry, readBatch)
+		for i := range out {
+			n := first + i
+			u, seq := n%users, n/users
+			user := fmt.Sprintf("user-%07d", u)
+			dev := func(s int) string { return fmt.Sprintf("dev-%s-%06d", user, s) }
+			ev := &pb.Event{App: "app", ClientOpId: fmt.Sprintf("op-%06d", seq), Kind: pb.Kind_KIND_LOGIN,
+				Actor: &pb.Actor{User: user, LoginId: dev(seq)},
+				Payload: &pb.Event_Login{Login: &pb.Login{Platform: int32(1 + seq%2), LoginId: dev(seq),
+					DeviceName: "Pixel 8 Pro / Android 15", Extension: `{"appVersion":"4.9.1"}`}}}
+			if seq%4 == 3 {
+				ev.Kind, ev.Actor.LoginId = pb.Kind_KIND_KICK_DEVICE, dev(seq-1)
+				ev.Payload = &pb.Event_KickDevice{KickDevice: &pb.KickDevice{LoginId: dev(seq - 2)}}
+			}
+			ev.SchemaVersion, ev.StreamKey = engine.SchemaVersion, engine.UserStream("app", user)
+			ev.EventId, ev.TimeUnixMs = engine.EventID(ev.StreamKey, user, ev.ClientOpId), 1_700_000_000_000+int64(n)
+			v, err := engine.Encode(ev)
+			if err != nil {
+				b.Fatal(err)
+			}
+			out[i] = engine.Entry{Partition: 0, Offset: off, Key: []byte(ev.StreamKey), Value: v}
+			off++
+		}
+		return out
+	}
+	// Every user has sessions before the timing starts.
+	for first := 0; first < 2*users; first += readBatch {
+		if err := s.Apply(0, batch(first)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	var events int
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		es := batch(2*users + i*readBatch)
+		b.StartTimer()
+		if err := s.Apply(0, es); err != nil {
+			b.Fatal(err)
+		}
+		events += len(es)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
 }
