@@ -126,7 +126,7 @@ func Decode(b []byte) (*pb.Event, error) {
 // EncodeState encodes projection state deterministically (digests depend on it).
 // The common state is encoded directly (appendState), the rest by proto.Marshal.
 func EncodeState(m proto.Message) ([]byte, error) {
-	var scratch [256]byte
+	var scratch [1024]byte // a user's sessions on several devices pass 256 bytes
 	if b, ok := appendState(scratch[:0], m); ok {
 		// One allocation of the exact size: the value may be kept long (the
 		// hot cache), and a non-nil empty slice for an empty message, as
