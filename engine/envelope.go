@@ -24,6 +24,14 @@ const (
 // contact and conversation operations, in one partition (invariant 4).
 func UserStream(app, user string) string { return streamUser + "\x00" + app + "\x00" + user }
 
+// IsUserStream reports stream == UserStream(app, user) without building
+// the stream (the projector asks it of every operation).
+func IsUserStream(stream, app, user string) bool {
+	n := len(streamUser)
+	return len(stream) == n+2+len(app)+len(user) && stream[:n] == streamUser && stream[n] == 0 &&
+		stream[n+1:n+1+len(app)] == app && stream[n+1+len(app)] == 0 && stream[n+2+len(app):] == user
+}
+
 // GroupStream is the stream of a group and its threads: operations decided
 // by the group's rules are ordered there, so one partition owns the group.
 func GroupStream(app, group string) string { return streamGroup + "\x00" + app + "\x00" + group }
@@ -116,4 +124,14 @@ func Decode(b []byte) (*pb.Event, error) {
 }
 
 // EncodeState encodes projection state deterministically (digests depend on it).
-func EncodeState(m proto.Message) ([]byte, error) { return marshal.Marshal(m) }
+// The common state is encoded directly (appendState), the rest by proto.Marshal.
+func EncodeState(m proto.Message) ([]byte, error) {
+	var scratch [1024]byte // a user's sessions on several devices pass 256 bytes
+	if b, ok := appendState(scratch[:0], m); ok {
+		// One allocation of the exact size: the value may be kept long (the
+		// hot cache), and a non-nil empty slice for an empty message, as
+		// proto.Marshal gives.
+		return append(make([]byte, 0, len(b)), b...), nil
+	}
+	return marshal.Marshal(m)
+}

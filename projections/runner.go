@@ -133,6 +133,50 @@ type Txn struct {
 	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
 }
 
+// reset readies t for a new batch b. A partition's batches reuse one Txn,
+// so its maps keep their room from one batch to the next: growing them
+// again in every batch was a twentieth of applying a login. What a batch
+// hands out (entries, to OnApplied) is never reused.
+func (t *Txn) reset(b *pebble.Batch, own *[256]bool) {
+	t.b, t.owner, t.own = b, nil, own
+	t.overlay = resetMap(t.overlay)
+	t.deltas = resetMap(t.deltas)
+	t.decoded = resetMap(t.decoded)
+	t.state = resetMap(t.state)
+	t.pols = resetMap(t.pols)
+	t.recipients = resetMap(t.recipients)
+	t.groups = resetMap(t.groups)
+	t.entries = nil
+	t.sessions = resetSlice(t.sessions)
+	t.written = resetSlice(t.written)
+	t.dirty = resetSlice(t.dirty)
+	t.ops = resetSlice(t.ops)
+	t.stateGen++
+}
+
+// reuseMax bounds the maps and slices a Txn keeps for the next batch: one
+// that a large batch grew (a policy change visits every user) is dropped,
+// as clearing it would cost its size in every later batch.
+const reuseMax = 1 << 14
+
+func resetMap[K comparable, V any](m map[K]V) map[K]V {
+	if m == nil || len(m) > reuseMax {
+		return map[K]V{}
+	}
+	clear(m)
+	return m
+}
+
+// resetSlice empties s, dropping what it points to, so a reused slice
+// does not keep the last batch's keys and values alive.
+func resetSlice[E any](s []E) []E {
+	if cap(s) > reuseMax {
+		return nil
+	}
+	clear(s[:cap(s)])
+	return s[:0]
+}
+
 // sessionsOf returns a user's sessions as of this batch, decoding the
 // stored value at most once per batch (and, with the hot cache, once per
 // change). The result is shared: callers must not modify it.
@@ -426,6 +470,7 @@ type partState struct {
 	changed chan struct{}  // closed and replaced when cp advances
 	apply   sync.Mutex     // one applier at a time
 	hot     *hotCache      // used under apply; nil when HotKeys < 0
+	txn     *Txn           // the batch's Txn, reused under apply (Txn.reset)
 
 	// The hand-off of committed batches (handoff.go), under mu.
 	waiters map[int64][]decisionWaiter      // by offset, not applied yet
@@ -599,8 +644,11 @@ func (r *Runner) Apply(p int32, entries []engine.Entry) error {
 	cp := proto.Clone(ps.cp).(*pb.Checkpoint)
 	ps.mu.Unlock()
 
-	t := &Txn{db: r.db, b: r.db.NewBatch(), overlay: map[string][]byte{}, deltas: map[string]int64{}, own: &r.runnerOwn,
-		hot: ps.hot, filter: r.filter, decoded: map[string]*pb.UserSessions{}, state: map[string]*stateVal{}}
+	if ps.txn == nil {
+		ps.txn = &Txn{db: r.db, hot: ps.hot, filter: r.filter}
+	}
+	t := ps.txn
+	t.reset(r.db.NewBatch(), &r.runnerOwn)
 	defer t.b.Close()
 	var decisions []*pb.Decision
 	var made []handed // the decisions made, with their events and offsets
@@ -764,7 +812,7 @@ func checkActor(t *Txn, ev *pb.Event) (*engine.Error, error) {
 		// (accounts.go); a device never changes one (engine.Validate).
 		return nil, nil
 	}
-	if ev.Actor.LoginId == "" || ev.StreamKey != engine.UserStream(ev.App, ev.Actor.User) {
+	if ev.Actor.LoginId == "" || !engine.IsUserStream(ev.StreamKey, ev.App, ev.Actor.User) {
 		return nil, nil
 	}
 	return actorRefusal(t.get, t.sessionsOf, ev.App, ev.Actor.User, ev.Actor.LoginId)

@@ -87,7 +87,16 @@ func putSessions(t *Txn, app, user string, before, st *pb.UserSessions) error {
 		t.decoded[string(sk)] = &pb.UserSessions{} // what a read of the deleted key gives
 		return nil
 	}
-	if err := t.put(sk, st); err != nil {
+	v, err := engine.EncodeState(st)
+	if err != nil {
+		return err
+	}
+	if err := t.may(sk); err != nil {
+		return err
+	}
+	// Not t.set: its forget would delete the decoded form that the next
+	// line replaces (a map delete and a new key per event).
+	if err := t.write(sk, v); err != nil {
 		return err
 	}
 	// st is new (ApplySession and EnforcePolicy clone what they change) and
