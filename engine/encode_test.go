@@ -7,6 +7,7 @@ import (
 	pb "github.com/mdsync/mdsync/engine/enginepb"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // stateShapes are values of every type appendState encodes, with every
@@ -200,5 +201,60 @@ func benchStates() []proto.Message {
 		&pb.UserSessions{Sessions: []*pb.Session{s("dev-1", 1200), s("dev-2", 4321)}},
 		&pb.Decision{Kind: pb.Kind_KIND_LOGIN, Partition: 3, Offset: 4321, PolicyVersion: 1, LoginId: "dev-2", AuditEnded: 1},
 		e,
+	}
+}
+
+// TestStateShapesSetEveryField: every field of every message appendState
+// writes is set in some shape, so TestEncodeStateTakesTheCommonShapes
+// compares it with proto.Marshal. A field added to one of these messages
+// and not to appendState would otherwise be dropped from what is stored
+// without a test noticing: this fails first, naming the field. The one
+// field appendState never writes is a fan-out copy's source (such a
+// decision goes to proto.Marshal).
+func TestStateShapesSetEveryField(t *testing.T) {
+	skip := map[protoreflect.FullName]bool{"mdsync.v1.Deliver.source": true}
+	set := map[protoreflect.FullName]bool{}
+	var walk func(m protoreflect.Message)
+	walk = func(m protoreflect.Message) {
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			set[fd.FullName()] = true
+			if fd.Message() == nil || skip[fd.FullName()] {
+				return true
+			}
+			if fd.IsList() {
+				for i := 0; i < v.List().Len(); i++ {
+					walk(v.List().Get(i).Message())
+				}
+			} else {
+				walk(v.Message())
+			}
+			return true
+		})
+	}
+	for _, m := range stateShapes() {
+		walk(m.ProtoReflect())
+	}
+	seen := map[protoreflect.FullName]bool{}
+	var check func(md protoreflect.MessageDescriptor)
+	check = func(md protoreflect.MessageDescriptor) {
+		if seen[md.FullName()] {
+			return
+		}
+		seen[md.FullName()] = true
+		for i := 0; i < md.Fields().Len(); i++ {
+			fd := md.Fields().Get(i)
+			if skip[fd.FullName()] {
+				continue
+			}
+			if !set[fd.FullName()] {
+				t.Errorf("%s is set in no stateShapes value: add it there and to appendState", fd.FullName())
+			}
+			if fd.Message() != nil {
+				check(fd.Message())
+			}
+		}
+	}
+	for _, fresh := range stateTypes {
+		check(fresh().ProtoReflect().Descriptor())
 	}
 }
