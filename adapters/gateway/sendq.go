@@ -52,7 +52,15 @@ func (c *conn) pushWithin(f outFrame, limit int) bool {
 // reply queues an answer without waiting: a device whose answers overflow
 // the queue is not reading them (1016). False when the connection is closing.
 func (c *conn) reply(v any, typ string) bool {
-	b, err := json.Marshal(v)
+	var (
+		b   []byte
+		err error
+	)
+	if r, ok := v.(resultFrame); ok {
+		b = r.appendJSON(make([]byte, 0, 128))
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
 		return false
