@@ -366,12 +366,28 @@ func (e *Engine) finish(key string, c *call, d *pb.Decision, err error) {
 	e.mu.Unlock()
 	close(c.done)
 }
+
+// envelope returns op with the envelope fields the engine assigns. It is
+// op's fields in a new Event, sharing op's actor and payload, not a
+// proto.Clone (a deep, reflective copy was 1.5% of the server's CPU in the
+// throughput scenario): the result is encoded inside flush and dropped,
+// so op's messages are only read while shared. TestEnvelopeCopiesEveryField fails
+// when Event gains a field this does not copy.
 func (e *Engine) envelope(op *pb.Event, stream string) *pb.Event {
-	ev := proto.Clone(op).(*pb.Event)
-	ev.SchemaVersion = SchemaVersion
-	ev.StreamKey = stream
-	ev.EventId = EventID(stream, op.Actor.User, op.ClientOpId)
-	ev.TimeUnixMs = e.now().UnixMilli()
+	ev := &pb.Event{
+		SchemaVersion: SchemaVersion,
+		App:           op.App,
+		StreamKey:     stream,
+		EventId:       EventID(stream, op.Actor.User, op.ClientOpId),
+		ClientOpId:    op.ClientOpId,
+		Kind:          op.Kind,
+		Actor:         op.Actor,
+		TimeUnixMs:    e.now().UnixMilli(),
+		Payload:       op.Payload,
+	}
+	if u := op.ProtoReflect().GetUnknown(); len(u) > 0 {
+		ev.ProtoReflect().SetUnknown(u)
+	}
 	return ev
 }
 

@@ -104,6 +104,8 @@ type conn struct {
 	writerDone chan struct{} // closed when the current writer returns
 	qclosed    bool          // teardown: no writer starts again
 
+	cursor cursorState // the acknowledged position (cursor.go)
+
 	// The op pipeline (pipeline.go).
 	queue    []*opReq // admitted, not yet handed to Begin, in receive order
 	draining bool     // the drainer goroutine runs
@@ -159,6 +161,7 @@ func (c *conn) serve() {
 		}
 		end = c.readAside()
 	}
+	c.endCursor() // no ack comes after the reader
 	if end == readFailed {
 		// The peer went away or the socket was closed: stop the rest.
 		c.terminate(0, websocket.StatusNormalClosure, nil)
@@ -311,7 +314,7 @@ func (c *conn) handle(f *frame) bool {
 		if !ok {
 			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeInvalidArgument), Message: "ack beyond the last event sent"}, "error")
 		}
-		if err := c.g.o.Store.SetCursor(c.app, c.user, c.loginID, f.Epoch, f.Seq); err != nil {
+		if err := c.ack(f.Epoch, f.Seq); err != nil {
 			return c.reply(errorFrame{Type: "error", ID: f.ID, Code: int32(engine.CodeUnavailable), Message: wireMessage(err)}, "error")
 		}
 		return true

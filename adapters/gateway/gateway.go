@@ -156,6 +156,11 @@ type Options struct {
 	WriteTimeout time.Duration
 	// SubmitTimeout bounds one operation (login included). Default 10s.
 	SubmitTimeout time.Duration
+	// CursorInterval bounds how often a connection writes its device's
+	// acknowledged position (Store.SetCursor): an ack within this of the
+	// connection's last write is written when it has passed (the latest
+	// one then), and at the end of the connection (cursor.go). Default 1s.
+	CursorInterval time.Duration
 	// MaxConnections refuses upgrades beyond it (HTTP 503). Default 100,000.
 	MaxConnections int
 	// MaxOpsInFlight bounds one connection's operations admitted and not
@@ -230,6 +235,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.SubmitTimeout == 0 {
 		o.SubmitTimeout = 10 * time.Second
+	}
+	if o.CursorInterval == 0 {
+		o.CursorInterval = time.Second
 	}
 	if o.MaxConnections == 0 {
 		o.MaxConnections = 100_000

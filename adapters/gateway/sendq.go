@@ -3,6 +3,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"os"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/mdsync/mdsync/engine"
@@ -49,7 +52,15 @@ func (c *conn) pushWithin(f outFrame, limit int) bool {
 // reply queues an answer without waiting: a device whose answers overflow
 // the queue is not reading them (1016). False when the connection is closing.
 func (c *conn) reply(v any, typ string) bool {
-	b, err := json.Marshal(v)
+	var (
+		b   []byte
+		err error
+	)
+	if r, ok := v.(resultFrame); ok {
+		b = r.appendJSON(make([]byte, 0, 128))
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		c.terminate(engine.CodeInternal, statusEnded, errorJSON("", engine.CodeInternal, wireMessage(err)))
 		return false
@@ -148,9 +159,21 @@ func groupLen(batch []outFrame) int {
 // socket is a leanConn (corked until the last frame), then gives their
 // queue slots back. False when the connection ends: the write failed or
 // timed out, and the teardown is started.
+//
+// On a leanConn the bound is the socket's write deadline, cleared after
+// the group, and the library is given a context that never ends: with a
+// context that can end it arms and disarms a context.AfterFunc for every
+// frame, which was a timer, a context and an AfterFunc allocated per frame
+// (3% of the server's allocations in the throughput scenario).
 func (c *conn) writeGroup(fs []outFrame) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), c.g.o.WriteTimeout)
-	defer cancel()
+	ctx := context.Background()
+	if c.sock != nil {
+		c.sock.SetWriteDeadline(time.Now().Add(c.g.o.WriteTimeout))
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.g.o.WriteTimeout)
+		defer cancel()
+	}
 	cork := c.sock != nil && len(fs) > 1
 	if cork {
 		c.sock.cork()
@@ -161,15 +184,24 @@ func (c *conn) writeGroup(fs []outFrame) bool {
 			c.sock.uncork() // this frame's write sends the group
 		}
 		if err := c.ws.Write(ctx, websocket.MessageText, f.b); err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 				// The socket took nothing for WriteTimeout: the device
-				// does not read. (The library closed the socket.)
+				// does not read. (On a context, the library closed the
+				// socket; past the deadline, the teardown's final frame
+				// fails at once and the socket is closed.)
 				c.terminate(engine.CodeSlowConsumer, statusEnded, errorJSON("", engine.CodeSlowConsumer, "send queue full"))
 			} else {
 				c.terminate(0, websocket.StatusNormalClosure, nil)
 			}
 			return false
 		}
+	}
+	if c.sock != nil {
+		// Cleared once the group is written: the library's own control
+		// frames (a pong, the close handshake) and the teardown's final
+		// frame are written outside it. A failed group leaves it passed,
+		// so the teardown's final frame fails at once on a stuck socket.
+		c.sock.SetWriteDeadline(time.Time{})
 	}
 	c.g.m.writeGroup.Observe(float64(len(fs)))
 	for i := 0; i < len(fs); {

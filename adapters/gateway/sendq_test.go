@@ -262,3 +262,30 @@ func TestWriterSlowReaderIsClosed(t *testing.T) {
 	}
 	t.Logf("the device read %d of %d frames before the close", n, len(fs))
 }
+
+// The write bound of a group is the socket's deadline, and it ends with
+// the group: a connection idle for longer than WriteTimeout still writes
+// its next frames and the teardown's final frame.
+func TestWriterDeadlineEndsWithTheGroup(t *testing.T) {
+	c, dev := sendqPair(t, func(o *Options) { o.WriteTimeout = 50 * time.Millisecond }, nil)
+	fs := textFrames(3, 100, "first", "event")
+	queueAll(c, fs...)
+	readFrames(t, dev, fs)
+	time.Sleep(200 * time.Millisecond) // four WriteTimeouts, idle
+	more := textFrames(2, 100, "later", "event")
+	queueAll(c, more...)
+	readFrames(t, dev, more)
+	time.Sleep(200 * time.Millisecond)
+	final := []byte(`{"type":"kicked","code":1}`)
+	c.terminate(engine.Code(1), statusEnded, final)
+	readFrames(t, dev, []outFrame{{b: final}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, b, err := dev.Read(ctx); websocket.CloseStatus(err) != statusEnded {
+		t.Fatalf("after the final frame: %q, %v; want the close status %d", b, err, statusEnded)
+	}
+	c.wg.Wait()
+	if code := engine.Code(c.closeCode.Load()); code != 1 {
+		t.Fatalf("closed with %d, want 1", code)
+	}
+}
