@@ -84,7 +84,7 @@ func filtered(tag byte) bool { return tag == tagDecision || hotTable(tag) }
 // loadKeyFilter scans the filtered tables of db into a new filter.
 func loadKeyFilter(db *pebble.DB) (*keyFilter, error) {
 	var keys [][]byte
-	for _, tag := range []byte{tagDecision, tagSessions, tagMeta, tagPolicy, tagContacts, tagUserGroups, tagConv, tagRunOpen} {
+	for _, tag := range append([]byte{tagDecision}, hotTables...) {
 		prefix := []byte{tag, 0}
 		it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 		if err != nil {
@@ -167,17 +167,31 @@ func (h *hotCache) put(k string, v []byte, s *pb.UserSessions, m proto.Message) 
 	h.young[k] = hotVal{b: v, s: s, m: m}
 }
 
-// hotTable reports the tables whose keys the hot cache may hold: what
-// every event reads (policy, its actor's sessions) and what every copy
+// userHotTables are the hot tables whose keys name a user after the app:
+// what every event reads of its actor (sessions) and what every copy
 // applied to a recipient reads (applyDelivery: timeline meta, contacts,
-// the user's groups, the conversation).
-func hotTable(tag byte) bool {
-	switch tag {
-	case tagSessions, tagPolicy, tagMeta, tagContacts, tagUserGroups, tagConv, tagRunOpen:
-		return true
+// the user's groups, the conversation, the open run). hotTables adds the
+// policy. They are listed once: the key filter's scan (loadKeyFilter),
+// hotTable and ownsHotKey all read these, so a table added here is
+// scanned, cached and owned alike (a table cached but not scanned would
+// have the filter deny its keys after a reopen).
+var (
+	userHotTables    = []byte{tagSessions, tagMeta, tagContacts, tagUserGroups, tagConv, tagRunOpen}
+	hotTables        = append([]byte{tagPolicy}, userHotTables...)
+	isHot, isUserHot [256]bool
+)
+
+func init() {
+	for _, t := range hotTables {
+		isHot[t] = true
 	}
-	return false
+	for _, t := range userHotTables {
+		isUserHot[t] = true
+	}
 }
+
+// hotTable reports the tables whose keys the hot cache may hold.
+func hotTable(tag byte) bool { return isHot[tag] }
 
 // ownsHotKey reports whether partition p of n is the one writer of k, a
 // key of a hot table: a policy key names its partition; a sessions,
@@ -189,10 +203,10 @@ func hotTable(tag byte) bool {
 // table, written by the group's partition) is not cached. Only owned keys
 // are cached: another partition's could change behind the cache.
 func ownsHotKey(k string, p, n int32) bool {
-	switch k[0] {
-	case tagPolicy:
+	switch {
+	case k[0] == tagPolicy:
 		return len(k) >= 4 && int32(binary.BigEndian.Uint32([]byte(k[len(k)-4:]))) == p
-	case tagSessions, tagMeta, tagContacts, tagUserGroups, tagConv, tagRunOpen:
+	case isUserHot[k[0]]:
 		app, rest, ok := strings.Cut(k[2:], "\x00")
 		if !ok {
 			return false
