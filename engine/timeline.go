@@ -213,8 +213,14 @@ func ApplyConversation(c *pb.Conversation, d *pb.Deliver, e *pb.TimelineEntry) {
 // dropped reports whether a recipient with contacts c drops d: a message
 // or contact request from a user it blocked.
 func dropped(c *pb.Contacts, d *pb.Deliver) bool {
+	return blockable(d) && has(c.Blocked, d.Source.Actor.User)
+}
+
+// blockable reports whether the recipient's block list decides d: a
+// one-to-one message or a contact request from another user.
+func blockable(d *pb.Deliver) bool {
 	src := d.Source
-	if d.Recipient == src.Actor.User || !has(c.Blocked, src.Actor.User) {
+	if d.Recipient == src.Actor.User {
 		return false
 	}
 	switch src.Kind {
@@ -230,22 +236,7 @@ func dropped(c *pb.Contacts, d *pb.Deliver) bool {
 // recipient's contacts (the block list, the other side's contact
 // operations). When it does not (a group message), ApplyDeliveryInPlace
 // may be given any Contacts, unchanged by it: a caller need not load them.
-func ReadsContacts(d *pb.Deliver) bool {
-	if touchesContacts(d) {
-		return true
-	}
-	src := d.Source
-	if d.Recipient == src.Actor.User {
-		return false
-	}
-	switch src.Kind {
-	case pb.Kind_KIND_MESSAGE_SEND:
-		return src.GetMessage().GetChatType() == pb.ChatType_CHAT_TYPE_USER
-	case pb.Kind_KIND_CONTACT_REQUEST:
-		return true
-	}
-	return false
-}
+func ReadsContacts(d *pb.Deliver) bool { return touchesContacts(d) || blockable(d) }
 
 // ReadsGroups reports whether applying d reads or changes its recipient's
 // groups and threads; when it does not, ApplyDeliveryInPlace may be given
