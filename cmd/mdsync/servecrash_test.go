@@ -267,13 +267,34 @@ type crashDevice struct {
 	stable  bool
 	c       *client.Client
 	// from: per stream, the number of messages whose send had started when
-	// this device's login was answered; later ones must all reach it.
+	// this device took its first snapshot; later ones must all reach it.
+	// Not the login's answer: the gateway reads the snapshot after it, and
+	// a message applied in between (or while a kill made the device log in
+	// again before any snapshot) is in the snapshot, as state, not an
+	// event (docs/protocol.md, snapshot).
 	from map[crashStream]int
 
-	mu    sync.Mutex
-	got   map[crashStream][]int
-	kicks []client.Kicked
-	bad   []string
+	mu     sync.Mutex
+	got    map[crashStream][]int
+	kicks  []client.Kicked
+	bad    []string
+	snaps  int
+	snapOK chan struct{} // closed at the first snapshot
+}
+
+func (d *crashDevice) onSnapshot(s client.Snapshot) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.snaps++
+	switch {
+	case d.snaps == 1:
+		close(d.snapOK)
+	default:
+		// The SDK acks a snapshot's position as it takes it and resumes from
+		// there, and the embedded log keeps its epoch: a second snapshot
+		// would mean a position was lost.
+		d.bad = append(d.bad, fmt.Sprintf("snapshot %d at %s/%d (resync %v): the device's position was lost", d.snaps, s.Epoch, s.Seq, s.Resync))
+	}
 }
 
 func (d *crashDevice) onMessage(e client.Event) {
@@ -317,11 +338,11 @@ type crashWorld struct {
 // with its login ID is then a reconnect that evicts nobody). nil when the
 // deadline passes.
 func (w *crashWorld) login(es e2eServer, u int, platform int32, loginID string, stable bool) *crashDevice {
-	d := &crashDevice{user: u, loginID: loginID, stable: stable, got: map[crashStream][]int{}}
+	d := &crashDevice{user: u, loginID: loginID, stable: stable, got: map[crashStream][]int{}, snapOK: make(chan struct{})}
 	mod := func(c *client.Config) {
 		c.AutoLogin = true
 		c.Handlers = client.Handlers{
-			OnMessage:                     d.onMessage,
+			OnMessage: d.onMessage, OnSnapshot: d.onSnapshot,
 			OnUserDidLoginFromOtherDevice: d.onKick, OnUserKickedByOtherDevice: d.onKick,
 			OnUserRemoved: d.onKick, OnPasswordChanged: d.onKick,
 			OnReconnected: func() { w.reconnects.Add(1) },
@@ -339,6 +360,24 @@ func (w *crashWorld) login(es e2eServer, u int, platform int32, loginID string, 
 			return nil
 		}
 		time.Sleep(30 * time.Millisecond)
+	}
+	// The device's position starts at its snapshot (see from). One evicted
+	// before it had one starts nowhere: verify checks only its order.
+	for waiting := true; waiting; {
+		select {
+		case <-d.snapOK:
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+			d.mu.Lock()
+			kicked := len(d.kicks) > 0
+			d.mu.Unlock()
+			if kicked {
+				waiting = false
+			} else if time.Now().After(deadline) {
+				w.t.Errorf("login %s: no snapshot after 60s", loginID)
+				waiting = false
+			}
+		}
 	}
 	w.mu.Lock()
 	d.from = make(map[crashStream]int, len(w.started))
