@@ -2,6 +2,7 @@ package projections
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -307,6 +308,7 @@ func TestRunsReadAsEntries(t *testing.T) {
 				s := openMem(t, parts, nil)
 				applyRandom(t, s, log, seed, max)
 				bodyCensus(t, s)
+				runSetCensus(t, s)
 				return s
 			}
 			flat := open(false, 3, 50)
@@ -551,6 +553,7 @@ func TestRunConversationsReadMidStream(t *testing.T) {
 					next[p] = end
 					more = more || end < len(log[p])
 				}
+				runSetCensus(t, withRuns)
 				for _, au := range timelineUsers(t, flat) {
 					ws, err := flat.Snapshot(au[0], au[1])
 					if err != nil {
@@ -677,7 +680,65 @@ func TestRunsFromBeforeDerivedRead(t *testing.T) {
 	defer s.Close()
 	applyRandom(t, s, rest, 5, 30)
 	bodyCensus(t, s)
+	runSetCensus(t, s)
 	want = flat(log)
 	defer want.Close()
 	compareStores(t, want, s, false)
+}
+
+// runSetCensus checks the set of open runs against the pointers: each
+// member of a conversation's set on p is a user whose pointer names a
+// derived run of that conversation on p, every derived pointer is in its
+// set, each counter counts its set, and no stored meta is ahead of the
+// last seq its run derives. Reads cannot see a stale member (it is ended
+// as skipped at the next index entry), so it is checked here.
+func runSetCensus(t *testing.T, s *Store) {
+	t.Helper()
+	inSet := map[string]bool{}
+	sizes := map[string]uint64{}
+	scan(t, s, tagRunSet, func(k, v []byte) {
+		rest := k[2:]
+		i := bytes.IndexByte(rest, 0)
+		app := string(rest[:i])
+		rest = rest[i+1:]
+		ct := int32(rest[0])
+		j := bytes.IndexByte(rest[1:], 0)
+		conv := string(rest[1 : 1+j])
+		rest = rest[1+j+1:]
+		p := int32(binary.BigEndian.Uint32(rest[:4]))
+		user := string(rest[4:])
+		m, run, err := readMeta(s.db, app, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !run.ok || !run.derived || run.ct != ct || run.conv != conv || run.p != p {
+			t.Errorf("%s/%s in the open runs of %d/%s on %d, its run is %+v", app, user, ct, conv, p, run)
+		}
+		stored := &pb.TimelineMeta{}
+		if _, err := s.getProto(metaKey(app, user), stored); err != nil {
+			t.Fatal(err)
+		}
+		if stored.LastSeq > m.LastSeq {
+			t.Errorf("%s/%s: stored last seq %d ahead of the derived %d", app, user, stored.LastSeq, m.LastSeq)
+		}
+		inSet[app+"\x00"+user] = true
+		sizes[string(runCounterKey(app, ct, conv, p))]++
+	})
+	scan(t, s, tagRunOpen, func(k, v []byte) {
+		run, err := parseRunPointer(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run.derived && !inSet[string(k[2:])] {
+			t.Errorf("derived run %q not in its set", k)
+		}
+	})
+	scan(t, s, tagRunIndex, func(k, v []byte) {
+		if !isRunCounterKey(k) {
+			return
+		}
+		if _, open := parseCounter(v); open != sizes[string(k)] {
+			t.Errorf("counter %q counts %d open runs, its set has %d", k, open, sizes[string(k)])
+		}
+	})
 }
