@@ -58,6 +58,13 @@ type bodyRef struct {
 	// its value once read or written; idxNew: the count's value changes.
 	idx, tmpl []byte
 	idxNew    bool
+	// The index entry's conversation and partition, and the users whose
+	// derived run reached it in this event (runs.go, endSkipped).
+	app     string
+	ct      int32
+	conv    string
+	p       int32
+	reached []string
 }
 
 func (r *bodyRefs) load(t *Txn, app string, id []byte, p int32) (*bodyRef, error) {
@@ -118,6 +125,13 @@ func (r *bodyRefs) release(t *Txn, app string, id []byte, p int32) error {
 // flush writes the counts the event changed; a body without references
 // is deleted with its count and its run index entry.
 func (r *bodyRefs) flush(t *Txn) error {
+	for _, x := range r.order {
+		if x.idxNew && x.idx != nil {
+			if err := t.endSkipped(x, r); err != nil {
+				return err
+			}
+		}
+	}
 	for _, x := range r.order {
 		n := x.cur + x.delta
 		switch {

@@ -101,7 +101,7 @@ func bodyCensus(t *testing.T, s *Store) (bodies, refs int) {
 		}
 	})
 	scan(t, s, tagRunIndex, func(k, v []byte) {
-		if len(v) == 8 {
+		if isRunCounterKey(k) {
 			return // a counter
 		}
 		if gotIdx[string(k)] == "" {
@@ -345,4 +345,17 @@ func TestCatchUpWhileBodiesAreDropped(t *testing.T) {
 	if reads < 50 || refs == 0 {
 		t.Fatalf("%d catch-ups, %d messages: the reads did not overlap the trims", reads, refs)
 	}
+}
+
+// isRunCounterKey reports whether k, a key of the run index table, is a
+// conversation's counter (g 0 <app> 0 <ct><conv> 0 <p:4>), not one of its
+// entries (the counter's key and an 8-byte ordinal).
+func isRunCounterKey(k []byte) bool {
+	i := bytes.IndexByte(k[2:], 0) // after the app
+	if i < 0 {
+		return false
+	}
+	rest := k[2+i+1:]
+	j := bytes.IndexByte(rest[1:], 0) // after the conversation
+	return j >= 0 && len(rest[1+j+1:]) == 4
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "github.com/mdsync/mdsync/engine/enginepb"
@@ -58,14 +60,29 @@ type openRun struct {
 	start, ord uint64
 	p, ct      int32
 	conv       string
+	// derived: the run is in its conversation's set of open runs on p and
+	// reaches the index head, and the user's last seq is derived from
+	// it (the meta is not written per entry; "The meta off the write
+	// path" below). false: a run written by a build before it, whose
+	// meta's last seq is stored.
+	derived bool
 }
 
+// runDerivedMark ends the pointer of a derived run: no run value ends
+// with it (a uvarint's last byte is below 0x80).
+const runDerivedMark = 0xff
+
 // runPointer is the value of a user's r key: the first seq of the run
-// holding the user's last entry, then the run's value.
-func runPointer(start uint64, p, ct int32, conv string, ord uint64) []byte {
-	b := make([]byte, 8, 8+2+5+2+len(conv)+1+10)
+// holding the user's last entry, then the run's value, then
+// runDerivedMark for a derived run.
+func runPointer(start uint64, p, ct int32, conv string, ord uint64, derived bool) []byte {
+	b := make([]byte, 8, 8+2+5+2+len(conv)+1+10+1)
 	binary.BigEndian.PutUint64(b, start)
-	return appendRunValue(b, p, ct, conv, ord)
+	b = appendRunValue(b, p, ct, conv, ord)
+	if derived {
+		b = append(b, runDerivedMark)
+	}
+	return b
 }
 
 // openRunOf returns the run holding r's last entry, read once per batch
@@ -91,11 +108,15 @@ func parseRunPointer(v []byte) (openRun, error) {
 	if len(v) < 10 {
 		return openRun{}, fmt.Errorf("short value %x", v)
 	}
-	h, err := parseEntry(v[8:])
+	rv, derived := v[8:], v[len(v)-1] == runDerivedMark
+	if derived {
+		rv = rv[:len(rv)-1]
+	}
+	h, err := parseEntry(rv)
 	if err != nil || !h.run {
 		return openRun{}, fmt.Errorf("value %x (%v)", v, err)
 	}
-	return openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv)}, nil
+	return openRun{ok: true, start: binary.BigEndian.Uint64(v), ord: h.runOrd, p: h.runPart, ct: h.chatType, conv: string(h.conv), derived: derived}, nil
 }
 
 // The conversation of an open run (its unread count and last message) is
@@ -174,18 +195,16 @@ func (t *Txn) settleRun(r *recipient, app, user string, last uint64) error {
 func (x *bodyRef) runIndex(t *Txn, app string, ct int32, conv string, p int32, v []byte) (uint64, bool, error) {
 	if x.idx == nil {
 		ck := runCounterKey(app, ct, conv, p)
-		cv, ok, err := t.raw(ck)
+		ord, open, err := t.runCounter(ck)
 		if err != nil {
 			return 0, false, err
 		}
-		var ord uint64 = 1
-		if ok && len(cv) == 8 {
-			ord = binary.BigEndian.Uint64(cv) + 1
-		}
-		if err := t.set(ck, binary.BigEndian.AppendUint64(nil, ord)); err != nil {
+		ord++
+		if err := t.set(ck, counterValue(ord, open)); err != nil {
 			return 0, false, err
 		}
 		x.idx, x.tmpl, x.idxNew = binary.BigEndian.AppendUint64(ck, ord), v, true
+		x.app, x.ct, x.conv, x.p, x.reached = app, ct, conv, p, x.reached[:0]
 		return ord, true, t.set(x.idx, v)
 	}
 	if x.tmpl == nil {
@@ -222,14 +241,24 @@ func (s *Store) runMember(t *Txn, r *recipient, app, user string, p int32, e *pb
 
 // startRun starts a run at user's entry e, index entry ord of its
 // conversation on partition p: the run key, the pointer and the history
-// key. The caller settled the run it replaces (settleRun).
+// key, and the user joins the set of open runs of the conversation on p
+// (leaving the set of the run it replaces). The caller settled the run it
+// replaces (settleRun).
 func (t *Txn) startRun(r *recipient, app, user string, p int32, e *pb.TimelineEntry, ord uint64) error {
 	ct, conv := int32(e.ChatType), e.ConversationId
-	r.run, r.runLoaded = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv}, true
+	if err := t.leaveRunSet(r, app, user); err != nil {
+		return err
+	}
+	r.run, r.runLoaded = openRun{ok: true, start: e.Seq, ord: ord, p: p, ct: ct, conv: conv, derived: derivedRunsOn}, true
+	if derivedRunsOn {
+		if err := t.joinRunSet(app, user, ct, conv, p); err != nil {
+			return err
+		}
+	}
 	if err := t.set(timelineKey(app, user, e.Seq), appendRunValue(nil, p, ct, conv, ord)); err != nil {
 		return err
 	}
-	if err := t.set(runOpenKey(app, user), runPointer(e.Seq, p, ct, conv, ord)); err != nil {
+	if err := t.set(runOpenKey(app, user), runPointer(e.Seq, p, ct, conv, ord, derivedRunsOn)); err != nil {
 		return err
 	}
 	return t.setBlind(historyKey(app, user, ct, conv, e.Seq), nil)
@@ -237,10 +266,13 @@ func (t *Txn) startRun(r *recipient, app, user string, p int32, e *pb.TimelineEn
 
 // endRun is called before an entry that is not a run member is appended:
 // the run holding the user's last entry ends there. The caller settled it
-// (settleRun).
+// (settleRun) and wrote the meta.
 func (t *Txn) endRun(r *recipient, app, user string) error {
 	run, err := t.openRunOf(r, app, user)
 	if err != nil || !run.ok {
+		return err
+	}
+	if err := t.leaveRunSet(r, app, user); err != nil {
 		return err
 	}
 	run.ok = false
@@ -314,6 +346,9 @@ func (s *Store) trimRun(t *Txn, rc *recipient, app, user string, first uint64, h
 			if err := t.settleRun(rc, app, user, m.LastSeq-1); err != nil {
 				return 0, false, err
 			}
+			if err := t.leaveRunSet(rc, app, user); err != nil {
+				return 0, false, err
+			}
 			rc.runLoaded = false
 			err = t.del(pk)
 		}
@@ -327,7 +362,7 @@ func (s *Store) trimRun(t *Txn, rc *recipient, app, user string, first uint64, h
 		return 0, false, err
 	}
 	if named {
-		err = t.set(pk, runPointer(rest, h.runPart, h.chatType, conv, h.runOrd+k))
+		err = t.set(pk, runPointer(rest, h.runPart, h.chatType, conv, h.runOrd+k, pv[len(pv)-1] == runDerivedMark))
 	}
 	return k, true, err
 }
@@ -369,4 +404,257 @@ func (x *runIndexReader) close() error {
 		return nil
 	}
 	return x.it.Close()
+}
+
+// The meta off the write path (docs/design-notes.md, "The meta off the
+// write path"). A derived run (openRun.derived) is in the set of open runs
+// of its conversation on its partition (o 0 <app> 0 <ct><conv> 0 <p:4>
+// <user>, counted in the counter's value after the ordinal), and every run
+// in the set reaches the index head: each index entry is either a member
+// of every run in the set (the member extended it, or started a run at
+// it), or the run was ended. A member a partition copy skips (not a
+// recipient, or a recipient whose delivery writes no entry) is ended at the
+// event's end (endSkipped): its meta and conversation written, its pointer
+// deleted. So while a derived run is open, the user's last seq is the
+// run's first seq plus the index entries after the run's first, up to the
+// head, and an entry that extends it writes nothing, not even the meta.
+// The stored meta is as of the run's start or later (it is written with
+// every entry that does not extend a run, and when anything but the last
+// seq changes); readers (readMeta) and the projector (metaOf) derive the
+// last seq from the pointer and the counter.
+
+// tagRunSet is the table of open runs per conversation and partition.
+const tagRunSet = 'o'
+
+// derivedRunsOn: new runs are derived runs. A constant of the code; tests
+// switch it off to write runs as the build before it did (no mark, no set,
+// the meta written per entry), to read such a store with this code.
+var derivedRunsOn = true
+
+func runSetPrefix(app string, ct int32, conv string, p int32) []byte {
+	k := make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+16)
+	k = append(k, tagRunSet, 0)
+	k = append(k, app...)
+	k = append(k, 0, byte(ct))
+	k = append(k, conv...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(p))
+}
+
+func runSetKey(app string, ct int32, conv string, p int32, user string) []byte {
+	return append(runSetPrefix(app, ct, conv, p), user...)
+}
+
+// counterValue is a run index counter's value: the last ordinal, then the
+// number of open runs in the set when there are any (a counter written
+// before the set existed holds the ordinal only).
+func counterValue(ord, open uint64) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), ord)
+	if open > 0 {
+		b = binary.BigEndian.AppendUint64(b, open)
+	}
+	return b
+}
+
+func parseCounter(v []byte) (ord, open uint64) {
+	if len(v) >= 8 {
+		ord = binary.BigEndian.Uint64(v)
+	}
+	if len(v) >= 16 {
+		open = binary.BigEndian.Uint64(v[8:])
+	}
+	return ord, open
+}
+
+// runCounter reads the counter at ck as of this batch.
+func (t *Txn) runCounter(ck []byte) (ord, open uint64, err error) {
+	v, _, err := t.raw(ck)
+	if err != nil {
+		return 0, 0, err
+	}
+	ord, open = parseCounter(v)
+	return ord, open, nil
+}
+
+// joinRunSet adds user's new run on (ct, conv, p) to the set.
+func (t *Txn) joinRunSet(app, user string, ct int32, conv string, p int32) error {
+	ck := runCounterKey(app, ct, conv, p)
+	ord, open, err := t.runCounter(ck)
+	if err != nil {
+		return err
+	}
+	if err := t.set(ck, counterValue(ord, open+1)); err != nil {
+		return err
+	}
+	return t.set(runSetKey(app, ct, conv, p, user), []byte{}) // not nil: the overlay reads nil as deleted
+}
+
+// leaveRunSet removes r's open run from its set, when it is a derived one.
+func (t *Txn) leaveRunSet(r *recipient, app, user string) error {
+	run, err := t.openRunOf(r, app, user)
+	if err != nil || !run.ok || !run.derived {
+		return err
+	}
+	ck := runCounterKey(app, run.ct, run.conv, run.p)
+	ord, open, err := t.runCounter(ck)
+	if err != nil {
+		return err
+	}
+	if open == 0 {
+		return fmt.Errorf("projections: run of %s/%s on %q: not counted", app, user, ck)
+	}
+	if err := t.set(ck, counterValue(ord, open-1)); err != nil {
+		return err
+	}
+	run.derived = false
+	return t.del(runSetKey(app, run.ct, run.conv, run.p, user))
+}
+
+// metaOf returns r's timeline meta as of this batch, with the last seq of
+// an open derived run: the run's first seq plus its index entries up to
+// the head. An index entry the current event wrote (refs) is not yet the
+// user's: the event reaches it when it extends the run. The value belongs
+// to r; writeMeta stores it.
+func (t *Txn) metaOf(r *recipient, app, user string, refs *bodyRefs) (*pb.TimelineMeta, error) {
+	if r.meta != nil {
+		return r.meta, nil
+	}
+	sm := r.svs[2].m.(*pb.TimelineMeta)
+	m := &pb.TimelineMeta{Epoch: sm.Epoch, FirstSeq: sm.FirstSeq, LastSeq: sm.LastSeq, FirstTimeUnixMs: sm.FirstTimeUnixMs}
+	run, err := t.openRunOf(r, app, user)
+	if err != nil {
+		return nil, err
+	}
+	if run.ok && run.derived {
+		ck := runCounterKey(app, run.ct, run.conv, run.p)
+		head, _, err := t.runCounter(ck)
+		if err != nil {
+			return nil, err
+		}
+		if x := refs.last; x != nil && x.idxNew && bytes.Equal(x.idx[:len(x.idx)-8], ck) {
+			head-- // this event's: the members it reaches are counted as they extend
+		}
+		if head < run.ord || run.start+(head-run.ord) < sm.LastSeq {
+			return nil, fmt.Errorf("projections: run of %s/%s at %d (ord %d): head %d behind the stored last seq %d", app, user, run.start, run.ord, head, sm.LastSeq)
+		}
+		m.LastSeq = run.start + (head - run.ord)
+	}
+	r.meta = m
+	return m, nil
+}
+
+// writeMeta stores r's meta (metaOf) in the batch.
+func (t *Txn) writeMeta(r *recipient) error {
+	sm := r.svs[2].m.(*pb.TimelineMeta)
+	sm.Epoch, sm.FirstSeq, sm.LastSeq, sm.FirstTimeUnixMs = r.meta.Epoch, r.meta.FirstSeq, r.meta.LastSeq, r.meta.FirstTimeUnixMs
+	return t.changed(r.keys[2], r.svs[2])
+}
+
+// endSkipped ends, at the end of the event that wrote index entry x, the
+// open runs of x's conversation on its partition that do not reach it (a
+// member the partition copy did not name, or whose delivery wrote no
+// entry): each such user's conversation and meta are written as of its
+// last entry and its pointer deleted, so its last seq is stored again.
+// The usual case, every run in the set reached x, reads only the counter.
+func (t *Txn) endSkipped(x *bodyRef, refs *bodyRefs) error {
+	ck := x.idx[:len(x.idx)-8]
+	_, open, err := t.runCounter(ck)
+	if err != nil {
+		return err
+	}
+	if open == uint64(len(x.reached)) {
+		return nil
+	}
+	if open < uint64(len(x.reached)) {
+		return fmt.Errorf("projections: %d runs reached %q, %d open", len(x.reached), x.idx, open)
+	}
+	reached := make(map[string]bool, len(x.reached))
+	for _, u := range x.reached {
+		reached[u] = true
+	}
+	users, err := t.runSet(runSetPrefix(x.app, x.ct, x.conv, x.p))
+	if err != nil {
+		return err
+	}
+	for _, u := range users {
+		if reached[u] {
+			continue
+		}
+		r, err := t.recipientOf(x.app, u)
+		if err != nil {
+			return err
+		}
+		m, err := t.metaOf(r, x.app, u, refs)
+		if err != nil {
+			return err
+		}
+		if err := t.settleRun(r, x.app, u, m.LastSeq); err != nil {
+			return err
+		}
+		if err := t.writeMeta(r); err != nil {
+			return err
+		}
+		if err := t.endRun(r, x.app, u); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runSet lists the users of the set at prefix as of this batch: the
+// committed keys and the batch's own (the overlay: nil is a delete).
+func (t *Txn) runSet(prefix []byte) ([]string, error) {
+	in := map[string]bool{}
+	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		in[string(it.Key()[len(prefix):])] = true
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	for k, v := range t.overlay {
+		if strings.HasPrefix(k, string(prefix)) {
+			in[k[len(prefix):]] = v != nil
+		}
+	}
+	var out []string
+	for u, ok := range in {
+		if ok {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out) // a fixed order: the batch's writes do not depend on map order
+	return out, nil
+}
+
+// readMeta reads user's timeline meta in view g, with the last seq of an
+// open derived run (metaOf's rule, for readers: a view holds whole events).
+func readMeta(g getter, app, user string) (*pb.TimelineMeta, openRun, error) {
+	meta := &pb.TimelineMeta{}
+	if _, err := getProto(g, metaKey(app, user), meta); err != nil {
+		return nil, openRun{}, err
+	}
+	pv, ok, err := getRaw(g, runOpenKey(app, user))
+	if err != nil || !ok {
+		return meta, openRun{}, err
+	}
+	run, err := parseRunPointer(pv)
+	if err != nil {
+		return nil, openRun{}, fmt.Errorf("projections: run pointer of %s/%s: %w", app, user, err)
+	}
+	if run.derived {
+		cv, _, err := getRaw(g, runCounterKey(app, run.ct, run.conv, run.p))
+		if err != nil {
+			return nil, openRun{}, err
+		}
+		head, _ := parseCounter(cv)
+		if head < run.ord {
+			return nil, openRun{}, fmt.Errorf("projections: run of %s/%s at %d: ord %d past the head %d", app, user, run.start, run.ord, head)
+		}
+		meta.LastSeq = run.start + (head - run.ord)
+	}
+	return meta, run, nil
 }

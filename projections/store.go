@@ -205,7 +205,7 @@ func (s *Store) topology() []Handler {
 			Name: "sync",
 			Categories: []engine.Category{engine.CatMessage, engine.CatContact, engine.CatGroup, engine.CatThread,
 				engine.CatConversation, engine.CatChatroom, engine.CatDerived},
-			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom, tagBody, tagBodyRefs, tagRunIndex, tagRunOpen},
+			Tables: []byte{tagTimeline, tagMeta, tagHistory, tagContacts, tagConv, tagUserGroups, tagGroup, tagRoom, tagBody, tagBodyRefs, tagRunIndex, tagRunOpen, tagRunSet},
 			Decide: s.decideSync,
 		},
 	}, PresenceHandlers()...)

@@ -206,7 +206,11 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	// The conversation is applied below (engine.ApplyConversation), once
 	// it is known that the entry does not extend a run: st.Conv is nil,
 	// so ApplyDeliveryInPlace applies the delivery to a throwaway one.
-	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: r.svs[2].m.(*pb.TimelineMeta)}
+	meta, err := t.metaOf(r, app, user, refs)
+	if err != nil {
+		return err
+	}
+	st := engine.UserState{Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}, Meta: meta}
 	var cs, gs *stateVal
 	if engine.ReadsContacts(dl) {
 		if cs, err = t.userTable(r, 0); err != nil {
@@ -220,7 +224,7 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 		}
 		st.Groups = gs.m.(*pb.UserGroups)
 	}
-	oldFirst, oldLast := st.Meta.FirstSeq, st.Meta.LastSeq
+	oldFirst, oldLast, oldTime, oldEpoch := meta.FirstSeq, meta.LastSeq, meta.FirstTimeUnixMs, meta.Epoch
 	e, ch := engine.ApplyDeliveryInPlace(&st, pol, dl)
 	if e == nil {
 		return nil
@@ -230,14 +234,14 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	if err := s.trim(t, r, app, user, oldFirst, st.Meta, pol, dl.Source.TimeUnixMs, refs); err != nil {
 		return err
 	}
+	// The meta changed by more than its last seq is written whatever the
+	// entry; one that extends a derived run is written only then.
+	quiet := meta.FirstSeq == oldFirst && meta.FirstTimeUnixMs == oldTime && meta.Epoch == oldEpoch && r.svs[2].present
 	// Only what a delivery changed is written: contacts and groups it did
 	// not change (a message, most often) hold their exact bytes already (a
 	// deterministic encoding). An absent value it did not change stays
 	// absent (it was written empty per delivery before: a key per member
 	// per batch for users without contacts).
-	if err := t.changed(r.keys[2], r.svs[2]); err != nil {
-		return err
-	}
 	if ch.Contacts {
 		if err := t.changed(r.keys[0], cs); err != nil {
 			return err
@@ -273,10 +277,20 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 				}
 				if extends { // nothing written: not even the conversation
 					t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
-					return nil
+					if !r.run.derived { // a run from before the set: its meta is stored
+						return t.writeMeta(r)
+					}
+					refs.last.reached = append(refs.last.reached, user)
+					if quiet {
+						return nil // not even the meta: its last seq is derived
+					}
+					return t.writeMeta(r)
 				}
 			}
 		}
+	}
+	if err := t.writeMeta(r); err != nil {
+		return err
 	}
 	// The open run, if any, stops being the user's last entry here: its
 	// conversation is written as of the seq before this entry.
@@ -299,6 +313,9 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	if member { // a new run; its history key is the run's
 		if err := t.startRun(r, app, user, p, e, ord); err != nil {
 			return err
+		}
+		if r.run.derived {
+			refs.last.reached = append(refs.last.reached, user)
 		}
 		t.entries = append(t.entries, AppliedEntry{App: app, User: user, Entry: e})
 		return nil
@@ -434,8 +451,8 @@ func (s *Store) Timeline(app, user, loginID, epoch string, after uint64, limit i
 	// run ends at the meta's last seq of the same view.
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	meta := &pb.TimelineMeta{}
-	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+	meta, _, err := readMeta(snap, app, user)
+	if err != nil {
 		return nil, 0, nil, err
 	}
 	if after > 0 || epoch != "" {
@@ -557,8 +574,8 @@ func (s *Store) TimelineEach(app, user, loginID, epoch string, after uint64, lim
 	// run ends at the meta's last seq of the same view.
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	meta := &pb.TimelineMeta{}
-	if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+	meta, _, err := readMeta(snap, app, user)
+	if err != nil {
 		return 0, nil, err
 	}
 	if after > 0 || epoch != "" {
@@ -642,11 +659,16 @@ func (s *Store) Snapshot(app, user string) (*Snapshot, error) {
 	// One Pebble snapshot, so the parts agree with the position.
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	out := &Snapshot{Meta: &pb.TimelineMeta{}, Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}}
+	// The meta with the last seq of the open run (runs.go, readMeta).
+	meta, run, err := readMeta(snap, app, user)
+	if err != nil {
+		return nil, err
+	}
+	out := &Snapshot{Meta: meta, Contacts: &pb.Contacts{}, Groups: &pb.UserGroups{}}
 	for _, x := range []struct {
 		k []byte
 		m proto.Message
-	}{{metaKey(app, user), out.Meta}, {contactsKey(app, user), out.Contacts}, {userGroupsKey(app, user), out.Groups}} {
+	}{{contactsKey(app, user), out.Contacts}, {userGroupsKey(app, user), out.Groups}} {
 		if _, err := getProto(snap, x.k, x.m); err != nil {
 			return nil, err
 		}
@@ -659,16 +681,6 @@ func (s *Store) Snapshot(app, user string) (*Snapshot, error) {
 	defer it.Close()
 	// The conversation of the user's open run is stored as of the run's
 	// start or later, and read as of the last seq (runs.go, advanceConv).
-	var run openRun
-	if v, closer, err := snap.Get(runOpenKey(app, user)); err == nil {
-		run, err = parseRunPointer(v)
-		closer.Close()
-		if err != nil {
-			return nil, fmt.Errorf("projections: run pointer of %s/%s: %w", app, user, err)
-		}
-	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return nil, err
-	}
 	for it.First(); it.Valid(); it.Next() {
 		c := &pb.Conversation{}
 		if err := unmarshal(it.Value(), c); err != nil {
@@ -752,8 +764,7 @@ func (s *Store) History(app, user string, ct pb.ChatType, conv string, before ui
 	}()
 	runEnd := func(seq uint64) (uint64, error) {
 		if tl == nil {
-			meta = &pb.TimelineMeta{}
-			if _, err := getProto(snap, metaKey(app, user), meta); err != nil {
+			if meta, _, err = readMeta(snap, app, user); err != nil {
 				return 0, err
 			}
 			tp := timelinePrefix(app, user)

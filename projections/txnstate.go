@@ -104,6 +104,9 @@ type recipient struct {
 	// the user's newest run (runs.go), once loaded
 	run       openRun
 	runLoaded bool
+	// meta is the timeline meta as of this batch with the derived last
+	// seq (runs.go, metaOf), once loaded; written by writeMeta.
+	meta *pb.TimelineMeta
 }
 
 type userID struct{ app, user string }
