@@ -215,3 +215,46 @@ func TestMaxPendingAgeRefusesBeforeAppending(t *testing.T) {
 		t.Fatalf("log %s, want %s,d1,e1,e2", got, want)
 	}
 }
+
+// Refusing answers what Begin would answer a new op now: nil while the
+// node admits, the same 1019 (with the age's message and a RetryAfter from
+// the drain) once the oldest op awaiting its decision is past the bound or
+// the count is at its cap, and nil again once they are decided.
+func TestRefusingAgreesWithBegin(t *testing.T) {
+	log := &memLog{}
+	proj := newGatedProjector(log)
+	clk := &fakeClock{t: time.Unix(1_000_000, 0)}
+	e := New(log, proj, Options{MaxPending: 3, MaxPendingAge: 200 * time.Millisecond, AdmissionClock: clk.Now})
+	ctx := context.Background()
+	if err := e.Refusing(); err != nil {
+		t.Fatalf("idle node: %v", err)
+	}
+	x := e.Begin(ctx, []*pb.Event{pinOp("ann", "x0")}) // offset 0
+	clk.advance(150 * time.Millisecond)
+	if err := e.Refusing(); err != nil {
+		t.Fatalf("oldest 150 ms old: %v", err)
+	}
+	clk.advance(100 * time.Millisecond) // x0 250 ms old
+	err := e.Refusing()
+	if err == nil || err.Code != CodeBusy || !strings.Contains(err.Message, "older than 200ms") || err.RetryAfter < minBusyRetry {
+		t.Fatalf("oldest 250 ms old: %+v, want 1019 for the age with a retry after", err)
+	}
+	if y := e.Begin(ctx, []*pb.Event{pinOp("bea", "y0")}); CodeOf(y[0].c.err) != CodeBusy {
+		t.Fatalf("Begin admitted what Refusing refused: %v", y[0].c.err)
+	}
+	proj.release(0)
+	waitAll(t, x...)
+	if err := e.Refusing(); err != nil {
+		t.Fatalf("after the decision: %v", err)
+	}
+	// The count: three ops awaiting decisions fill the cap of 3.
+	z := e.Begin(ctx, []*pb.Event{pinOp("cat", "z0"), pinOp("cat", "z1"), pinOp("cat", "z2")}) // 1-3
+	if err := e.Refusing(); err == nil || err.Code != CodeBusy {
+		t.Fatalf("count at its cap: %v, want 1019", err)
+	}
+	proj.release(1, 2, 3)
+	waitAll(t, z...)
+	if err := e.Refusing(); err != nil {
+		t.Fatalf("after the decisions: %v", err)
+	}
+}
