@@ -679,3 +679,71 @@ func TestAdmissionNodeArrival(t *testing.T) {
 		t.Fatalf("bob saw %v", seen)
 	}
 }
+
+// arrivals records, for each Begin of ops (not logins), when the engine is
+// told its oldest op arrived (engine.WithArrival), and holds the first
+// such Begin until release is closed.
+type arrivals struct {
+	inner   gateway.Submitter
+	mu      sync.Mutex
+	got     []time.Time
+	begun   []time.Time
+	held    bool
+	holding chan struct{} // closed when the first Begin is held
+	release chan struct{}
+}
+
+func (a *arrivals) Begin(ctx context.Context, ops []*pb.Event) []*engine.Pending {
+	if ops[0].Kind != pb.Kind_KIND_LOGIN {
+		at, _ := engine.ArrivedAt(ctx)
+		a.mu.Lock()
+		a.got, a.begun = append(a.got, at), append(a.begun, time.Now())
+		hold := !a.held
+		a.held = true
+		a.mu.Unlock()
+		if hold {
+			close(a.holding)
+			<-a.release
+		}
+	}
+	return a.inner.Begin(ctx, ops)
+}
+
+// The node's age bound counts an op's wait from its arrival at the
+// gateway: a batch queued behind its connection's previous Begin reaches
+// the engine with the arrival of its oldest op (engine.WithArrival), not
+// the time of its own Begin.
+func TestBeginCarriesArrival(t *testing.T) {
+	a := &arrivals{holding: make(chan struct{}), release: make(chan struct{})}
+	e := newEnvHooks(t, nil, envHooks{engine: func(_ *node.Node, s gateway.Submitter) gateway.Submitter { a.inner = s; return a }})
+	a1, _ := login(t, e, "alice", "A1", 1)
+	a1.expect("snapshot")
+	sent := time.Now()
+	for i := range 3 {
+		id := fmt.Sprintf("a-%02d", i)
+		a1.sendRaw([]byte(`{"type":"op","id":"` + id + `","event":` + msgJSON("bob", id, id) + `}`))
+		if i == 0 {
+			<-a.holding
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a-01 and a-02 wait behind a-00's held Begin
+	close(a.release)
+	for id, r := range a1.results(3) {
+		if r.Code != 0 {
+			t.Fatalf("%s: %+v", id, r)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.got) < 2 {
+		t.Fatalf("%d Begin calls for 3 ops sent while the first was held, want 2 or 3", len(a.got))
+	}
+	for i, at := range a.got {
+		if at.Before(sent) || at.After(a.begun[i]) {
+			t.Fatalf("Begin %d: arrival %v, want between the send (%v) and the Begin (%v)", i, at, sent, a.begun[i])
+		}
+	}
+	if d := a.begun[1].Sub(a.got[1]); d < 90*time.Millisecond {
+		t.Fatalf("the queued batch's arrival is %v before its Begin, want the ~100 ms it waited", d)
+	}
+}
