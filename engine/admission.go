@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -73,13 +72,10 @@ func newAdmission(maxCount int, maxAge time.Duration, now func() time.Time) *adm
 // of the oldest undecided op changes by microseconds within one call, and a
 // call's ops are refused together from the first refused one anyway.
 type verdict struct {
-	read bool
-	// arrived is when the call's oldest op reached this process, when its
-	// caller said (WithArrival): its batch's age counts from then.
-	arrived time.Time
-	t       time.Time // the batch's time in the FIFO: admitted, or arrived
-	old     bool      // the oldest undecided op is past maxAge
-	after   time.Duration
+	read  bool
+	t     time.Time // when the call admitted its ops
+	old   bool      // the oldest undecided op is past maxAge
+	after time.Duration
 }
 
 // check reads the admission state for a Begin call.
@@ -88,43 +84,15 @@ func (a *admission) check(v *verdict) {
 		return
 	}
 	v.read = true
-	now := a.now()
-	v.t = now
-	if !v.arrived.IsZero() && v.arrived.Before(now) {
-		v.t = v.arrived
-	}
+	v.t = a.now()
 	if a.maxAge <= 0 {
 		return
 	}
 	a.mu.Lock()
-	if a.head < len(a.fifo) && now.Sub(a.fifo[a.head].t) > a.maxAge+a.alone {
+	if a.head < len(a.fifo) && v.t.Sub(a.fifo[a.head].t) > a.maxAge+a.alone {
 		v.old = true
 	}
 	a.mu.Unlock()
-}
-
-type arrivalKey struct{}
-
-// WithArrival returns ctx telling Begin when the oldest of its ops arrived
-// (a gateway's op that waited in its connection's queue behind the
-// connection's previous Begin). The admission bound counts an op's age
-// from then, not from Begin: the age bounds the wait the device sees, and
-// that wait started on arrival. t must come from the same clock as
-// Options.AdmissionClock (the wall clock unless a test sets one).
-func WithArrival(ctx context.Context, t time.Time) context.Context {
-	return context.WithValue(ctx, arrivalKey{}, t)
-}
-
-// ArrivedAt returns the time WithArrival put in ctx, if any.
-func ArrivedAt(ctx context.Context) (time.Time, bool) {
-	t, ok := ctx.Value(arrivalKey{}).(time.Time)
-	return t, ok
-}
-
-// arrival starts a Begin call's verdict with ctx's WithArrival time.
-func arrival(ctx context.Context) verdict {
-	t, _ := ArrivedAt(ctx)
-	return verdict{arrived: t}
 }
 
 // admit takes a pending slot for op, or reports false when a bound refuses

@@ -258,35 +258,3 @@ func TestRefusingAgreesWithBegin(t *testing.T) {
 		t.Fatalf("after the decisions: %v", err)
 	}
 }
-
-// An op's age counts from its arrival when the caller says when that was
-// (WithArrival: a gateway's op that waited in its connection's queue), so
-// that the bound is on the wait the device sees; without it, from Begin.
-func TestMaxPendingAgeCountsFromArrival(t *testing.T) {
-	log := &memLog{}
-	proj := newGatedProjector(log)
-	clk := &fakeClock{t: time.Unix(1_000_000, 0)}
-	e := New(log, proj, Options{MaxPending: 1000, MaxPendingAge: 200 * time.Millisecond, AdmissionClock: clk.Now})
-	ctx := context.Background()
-	arrived := clk.Now()
-	clk.advance(150 * time.Millisecond) // queued 150 ms before its Begin
-	x := e.Begin(WithArrival(ctx, arrived), []*pb.Event{pinOp("ann", "x0")})
-	clk.advance(60 * time.Millisecond) // 210 ms since arrival, 60 ms since Begin
-	if err := e.Refusing(); err == nil || err.Code != CodeBusy {
-		t.Fatalf("oldest op arrived 210 ms ago: %v, want 1019", err)
-	}
-	if y := e.Begin(ctx, []*pb.Event{pinOp("bea", "y0")}); CodeOf(y[0].c.err) != CodeBusy {
-		t.Fatalf("Begin with the oldest op arrived 210 ms ago: %v, want 1019", y[0].c.err)
-	}
-	proj.release(0)
-	waitAll(t, x...)
-	// Without an arrival, the same wait counts from Begin.
-	clk.advance(150 * time.Millisecond)
-	z := e.Begin(ctx, []*pb.Event{pinOp("cat", "z0")})
-	clk.advance(60 * time.Millisecond)
-	if err := e.Refusing(); err != nil {
-		t.Fatalf("oldest op begun 60 ms ago: %v", err)
-	}
-	proj.release(1)
-	waitAll(t, z...)
-}

@@ -213,8 +213,8 @@ func Resolved(d *pb.Decision, err error) *Pending {
 func (e *Engine) Begin(ctx context.Context, ops []*pb.Event) []*Pending {
 	out := make([]*Pending, len(ops))
 	var batch []queued
-	adm := arrival(ctx) // read once, at this call's first op that needs a slot
-	var busy *Error     // an op of this call was refused as busy: so are the later ones
+	var adm verdict // read once, at this call's first op that needs a slot
+	var busy *Error // an op of this call was refused as busy: so are the later ones
 	for i, op := range ops {
 		if err := Validate(op); err != nil {
 			out[i] = Resolved(nil, err)

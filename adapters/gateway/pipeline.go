@@ -164,9 +164,7 @@ func (c *conn) drain() {
 		}
 		c.g.m.opBatch.Observe(float64(n))
 		ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
-		// The node's age bound counts from the batch's oldest arrival:
-		// the time queued here is part of the wait it bounds.
-		ps := c.g.o.Engine.Begin(engine.WithArrival(ctx, batch[0].at), evs)
+		ps := c.g.o.Engine.Begin(ctx, evs)
 		t1 := time.Now()
 		c.g.m.opStage.WithLabelValues("begin").Observe(t1.Sub(t0).Seconds())
 		c.wg.Add(1)
