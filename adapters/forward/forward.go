@@ -203,17 +203,6 @@ func (s *Submitter) forward(ctx context.Context, addr string, op *pb.Event, acto
 	return nil, refusal
 }
 
-// Refusing is the local engine's Refusing (engine.Engine.Refusing), when
-// it has one: the gateway asks it before queueing an op. A forwarded op
-// is refused by it too: it would wait in its connection's queue behind the
-// ops this node is too slow to decide, like any other.
-func (s *Submitter) Refusing() *engine.Error {
-	if r, ok := s.local.(interface{ Refusing() *engine.Error }); ok {
-		return r.Refusing()
-	}
-	return nil
-}
-
 // maxRetryAfter bounds the delay an owner's answer can ask for: a bad or
 // hostile answer must not park a device for long (the engine's own
 // refusals stay within 5 s).

@@ -343,29 +343,3 @@ func TestSubmitterEdges(t *testing.T) {
 		t.Fatal("New without a token succeeded")
 	}
 }
-
-// refusingLocal is a local engine that would refuse new ops as busy.
-type refusingLocal struct{ fakeLocal }
-
-func (refusingLocal) Refusing() *engine.Error {
-	return &engine.Error{Code: engine.CodeBusy, Message: "busy", RetryAfter: 7 * time.Millisecond}
-}
-
-// The gateway asks the Submitter it is given whether the node would refuse
-// an op (engine.Engine.Refusing): the wrapper passes the local engine's
-// answer on, and says nothing for a local engine without one.
-func TestSubmitterRefusing(t *testing.T) {
-	mk := func(local forward.Local) *forward.Submitter {
-		s, err := forward.New(local, fakeOwner{""}, forward.Options{Token: token})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	if err := mk(refusingLocal{}).Refusing(); err == nil || err.Code != engine.CodeBusy || err.RetryAfter != 7*time.Millisecond {
-		t.Fatalf("local engine refusing: %v, want its 1019", err)
-	}
-	if err := mk(fakeLocal{}).Refusing(); err != nil {
-		t.Fatalf("local engine without Refusing: %v", err)
-	}
-}
