@@ -198,20 +198,3 @@ func (a *admission) decided(b *ageBatch, n int, counted bool) {
 		a.lastT, a.sinceLast = now, 0
 	}
 }
-
-// Refusing returns the 1019 Begin would answer a new op (not a login) with
-// now, or nil when it would admit one. A gateway asks before queueing an
-// op on its connection, so that an op the node would refuse is refused on
-// arrival: it does not wait behind its connection's earlier ops for a Begin
-// that refuses it, nor cost the Begin's checks and the dedup read. The
-// answer is advice: Begin decides, and may still refuse an op this let
-// through (the state moves in between).
-func (e *Engine) Refusing() *Error {
-	a := e.adm
-	var v verdict
-	a.check(&v)
-	if !v.old && (a.maxCount <= 0 || a.pending.Load() < a.maxCount) {
-		return nil
-	}
-	return a.busy(&v)
-}

@@ -733,7 +733,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 	}
 	m.busy = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mdsync_gateway_ops_busy_total",
-		Help: "Operations refused with 1019 (busy), by the bound that was full (connection, gateway, node: the engine's ops awaiting decisions, refused by Begin; node_arrival: the same bound, refused on arrival before queueing).",
+		Help: "Operations refused with 1019 (busy), by the bound that was full (connection, gateway, node: the engine's ops awaiting decisions).",
 	}, []string{"bound"})
 	m.opBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "mdsync_gateway_op_batch_size",

@@ -29,12 +29,6 @@ import (
 //
 // An idle connection has neither goroutine.
 
-// refuser is a Submitter that can tell, before an op is queued, that it
-// would refuse it as busy (*engine.Engine).
-type refuser interface {
-	Refusing() *engine.Error
-}
-
 // opReq is one admitted op.
 type opReq struct {
 	id     string
@@ -78,13 +72,6 @@ func (c *conn) admitOp(f *frame) bool {
 	ev.App = c.app
 	ev.Actor = &pb.Actor{User: c.user, LoginId: c.loginID}
 
-	if rf, ok := c.g.o.Engine.(refuser); ok {
-		// Refused on arrival rather than after waiting in the queue for a
-		// Begin that would refuse it (engine.Engine.Refusing).
-		if err := rf.Refusing(); err != nil {
-			return c.busyReply(f.ID, "node_arrival", err.Message+"; retry after retry_after_ms", err.RetryAfter)
-		}
-	}
 	r := &opReq{id: f.ID, ev: ev, logout: ev.Kind == pb.Kind_KIND_LOGOUT, at: time.Now()}
 	c.mu.Lock()
 	if c.inflight >= c.g.o.MaxOpsInFlight {
