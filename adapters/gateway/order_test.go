@@ -581,6 +581,17 @@ func TestAdmissionNodeBound(t *testing.T) {
 	if got := metric(t, e, "mdsync_gateway_ops_busy_total", "bound", "node"); got != float64(refusals) {
 		t.Fatalf("busy{node} = %v, want %d", got, refusals)
 	}
+	// Where the ops' time went: every op sent was queued and handed to
+	// Begin; the refused ones are timed as busy, the decided ones by the
+	// wait for their decision and in total.
+	for _, s := range []struct {
+		stage string
+		want  int
+	}{{"queue", n + refusals}, {"busy", refusals}, {"decide", n}, {"total", n}} {
+		if got := metric(t, e, "mdsync_gateway_op_stage_seconds", "stage", s.stage); got != float64(s.want) {
+			t.Fatalf("op_stage_seconds{stage=%q} counted %v ops, want %d", s.stage, got, s.want)
+		}
+	}
 	var logged []string
 	for _, id := range streamOps(t, e.n, engine.UserStream("app", "alice")) {
 		if strings.HasPrefix(id, "a-") {

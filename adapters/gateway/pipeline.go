@@ -34,6 +34,7 @@ type opReq struct {
 	id     string
 	ev     *pb.Event
 	logout bool
+	at     time.Time // admitted by the reader (mdsync_gateway_op_stage_seconds)
 }
 
 // maxOpBatch bounds the ops of one Begin.
@@ -71,7 +72,7 @@ func (c *conn) admitOp(f *frame) bool {
 	ev.App = c.app
 	ev.Actor = &pb.Actor{User: c.user, LoginId: c.loginID}
 
-	r := &opReq{id: f.ID, ev: ev, logout: ev.Kind == pb.Kind_KIND_LOGOUT}
+	r := &opReq{id: f.ID, ev: ev, logout: ev.Kind == pb.Kind_KIND_LOGOUT, at: time.Now()}
 	c.mu.Lock()
 	if c.inflight >= c.g.o.MaxOpsInFlight {
 		c.mu.Unlock()
@@ -142,19 +143,24 @@ func (c *conn) drain() {
 		}
 		c.mu.Unlock()
 		evs := make([]*pb.Event, n)
+		t0 := time.Now()
+		queue := c.g.m.opStage.WithLabelValues("queue")
 		for i, r := range batch {
 			evs[i] = r.ev
+			queue.Observe(t0.Sub(r.at).Seconds())
 		}
 		c.g.m.opBatch.Observe(float64(n))
 		ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
 		ps := c.g.o.Engine.Begin(ctx, evs)
+		t1 := time.Now()
+		c.g.m.opStage.WithLabelValues("begin").Observe(t1.Sub(t0).Seconds())
 		c.wg.Add(1)
-		go c.answer(ctx, cancel, batch, ps)
+		go c.answer(ctx, cancel, batch, ps, t1)
 	}
 }
 
 // answer waits for a batch's decisions in order and answers each.
-func (c *conn) answer(ctx context.Context, cancel context.CancelFunc, batch []*opReq, ps []*engine.Pending) {
+func (c *conn) answer(ctx context.Context, cancel context.CancelFunc, batch []*opReq, ps []*engine.Pending, begun time.Time) {
 	defer c.wg.Done()
 	defer cancel()
 	for i, r := range batch {
@@ -164,6 +170,9 @@ func (c *conn) answer(ctx context.Context, cancel context.CancelFunc, batch []*o
 		)
 		if i < len(ps) && ps[i] != nil {
 			d, err = ps[i].Wait(ctx)
+			if err == nil {
+				c.g.m.opStage.WithLabelValues("decide").Observe(time.Since(begun).Seconds())
+			}
 		} else {
 			err = engine.Errorf(engine.CodeInternal, "gateway: the engine returned %d pendings for %d ops", len(ps), len(batch))
 		}
@@ -194,9 +203,11 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 			after = ee.RetryAfter
 		}
 		c.busyReply(r.id, "node", res.Message+"; retry after retry_after_ms", after)
+		c.g.m.opStage.WithLabelValues("busy").Observe(time.Since(r.at).Seconds())
 	} else {
 		res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
 		c.reply(res, "result")
+		c.g.m.opStage.WithLabelValues("total").Observe(time.Since(r.at).Seconds())
 	}
 	if r.logout {
 		c.mu.Lock()
