@@ -1,7 +1,10 @@
 package projections
 
 import (
+	"bytes"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -191,5 +194,57 @@ func TestOwnsHotKey(t *testing.T) {
 	}
 	if hotTable(groupKey("app", "g")[0]) || hotTable(roomKey("app", "r")[0]) {
 		t.Fatal("a group's or a room's state is cached: it is written by the group's partition")
+	}
+}
+
+// The hot cache answers with the last value put for a key, keeps at least
+// the max keys used last (a key used as its generation turns included),
+// and holds at most two generations of max keys.
+func TestHotCacheGenerations(t *testing.T) {
+	const size = 8
+	h := newHotCache(size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	last := map[string][]byte{} // the last value put, for keys still cached
+	var recent []string         // distinct keys, least recently used first
+	use := func(k string) {
+		recent = slices.DeleteFunc(recent, func(r string) bool { return r == k })
+		recent = append(recent, k)
+	}
+	turns := h.gen
+	for i := range 20_000 {
+		k := fmt.Sprint("k", rng.IntN(3*size))
+		switch rng.IntN(3) {
+		case 0:
+			v := []byte(fmt.Sprint(i))
+			h.put(k, v, nil, nil)
+			last[k] = v
+			use(k)
+		case 1:
+			hv, ok := h.get(k)
+			if ok {
+				if want, put := last[k]; !put || !bytes.Equal(hv.b, want) {
+					t.Fatalf("step %d: %s is %q, last put %q", i, k, hv.b, want)
+				}
+				use(k)
+			}
+		case 2:
+			if e, hv := h.take(k); e != nil {
+				if e.k != k || !bytes.Equal(hv.b, last[k]) {
+					t.Fatalf("step %d: take %s gave %s %q, last put %q", i, k, e.k, hv.b, last[k])
+				}
+				use(k)
+			}
+		}
+		if len(h.m) > 2*size {
+			t.Fatalf("step %d: %d keys cached, more than two generations of %d", i, len(h.m), size)
+		}
+		for _, r := range recent[max(0, len(recent)-size):] {
+			if _, ok := h.m[r]; !ok {
+				t.Fatalf("step %d: %s, among the %d keys used last, is not cached", i, r, size)
+			}
+		}
+	}
+	if h.gen-turns < 100 {
+		t.Fatalf("the generation turned %d times: the turnover is not exercised", h.gen-turns)
 	}
 }

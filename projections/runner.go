@@ -228,12 +228,11 @@ func (t *Txn) raw(k []byte) ([]byte, bool, error) {
 	}
 	v, ok := t.overlay[string(k)]
 	if !ok && t.hot != nil && hotTable(k[0]) {
-		var hv hotVal
-		if hv, ok = t.hot.get(string(k)); ok {
-			v = hv.b
-			t.overlay[string(k)] = v
-			if hv.s != nil {
-				t.decoded[string(k)] = hv.s
+		if e := t.hot.entry(string(k)); e != nil {
+			v, ok = e.b, true
+			t.overlay[e.k] = v // the entry's key: no new string
+			if e.s != nil {
+				t.decoded[e.k] = e.s
 			}
 		}
 	}

@@ -65,11 +65,11 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 		return sv, nil
 	}
 	if _, seen := t.overlay[string(k)]; !seen && t.hot != nil {
-		if hv, ok := t.hot.take(string(k)); ok {
-			t.overlay[string(k)] = hv.b
+		if e, hv := t.hot.take(string(k)); e != nil {
+			t.overlay[e.k] = hv.b
 			if hv.m != nil {
 				sv := &stateVal{m: hv.m, present: true}
-				t.state[string(k)] = sv
+				t.state[e.k] = sv
 				return sv, nil
 			}
 		}
@@ -204,14 +204,18 @@ func (t *Txn) flushState() error {
 // Only after Commit: the cache holds committed values.
 func (t *Txn) keepHot(h *hotCache, p, n int32) {
 	for k, v := range t.overlay {
-		if !hotTable(k[0]) || !ownsHotKey(k, p, n) {
+		if !hotTable(k[0]) {
 			continue
 		}
 		var m proto.Message
 		if sv := t.state[k]; sv != nil && !sv.dirty {
 			m = sv.m
 		}
-		h.put(k, v, t.decoded[k], m)
+		// A cached key is owned (only owned keys are ever put): only a
+		// new one needs ownsHotKey, which builds the user's stream.
+		if !h.update(k, v, t.decoded[k], m) && ownsHotKey(k, p, n) {
+			h.put(k, v, t.decoded[k], m)
+		}
 	}
 }
 
