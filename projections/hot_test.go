@@ -248,3 +248,48 @@ func TestHotCacheGenerations(t *testing.T) {
 		t.Fatalf("the generation turned %d times: the turnover is not exercised", h.gen-turns)
 	}
 }
+
+// A read in a batch answers what the batch wrote, not the committed value
+// the hot cache holds beside it: a sessions value written as bytes (Put,
+// which drops the decoded form) is what sessionsOf and raw return next.
+func TestBatchReadsItsWriteOverTheHotCache(t *testing.T) {
+	s, err := Open(Options{FS: vfs.NewMem(), Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	login := &pb.Event{SchemaVersion: engine.SchemaVersion, App: "app", ClientOpId: "op", Kind: pb.Kind_KIND_LOGIN,
+		StreamKey: engine.UserStream("app", "u"), Actor: &pb.Actor{User: "u"}, TimeUnixMs: 1000,
+		Payload: &pb.Event_Login{Login: &pb.Login{Platform: 1, LoginId: "d"}}}
+	b, err := engine.Encode(login)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(0, []engine.Entry{{Partition: 0, Offset: 0, Value: b}}); err != nil {
+		t.Fatal(err)
+	}
+	k := sessionsKey("app", "u")
+	if hv, ok := s.parts[0].hot.get(string(k)); !ok || hv.b == nil {
+		t.Fatal("the committed sessions are not in the hot cache: nothing to check")
+	}
+	tx := s.parts[0].txn
+	batch := s.db.NewBatch()
+	defer batch.Close()
+	tx.reset(batch, &[256]bool{tagSessions: true})
+	if st, err := tx.sessionsOf("app", "u"); err != nil || len(st.Sessions) != 1 {
+		t.Fatalf("committed sessions: %v, %v", st, err)
+	}
+	if err := tx.Put(k, &pb.UserSessions{CredentialEpoch: 7}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tx.sessionsOf("app", "u")
+	if err != nil || len(st.Sessions) != 0 || st.CredentialEpoch != 7 {
+		t.Fatalf("after the batch wrote them, sessionsOf gives %v, %v", st, err)
+	}
+	if err := tx.Delete(k); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := tx.raw(k); err != nil || ok || v != nil {
+		t.Fatalf("after the batch deleted it, raw gives %x, %v, %v", v, ok, err)
+	}
+}
