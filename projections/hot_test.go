@@ -292,4 +292,22 @@ func TestBatchReadsItsWriteOverTheHotCache(t *testing.T) {
 	if v, ok, err := tx.raw(k); err != nil || ok || v != nil {
 		t.Fatalf("after the batch deleted it, raw gives %x, %v, %v", v, ok, err)
 	}
+
+	// The same for a value read decoded (peekState: a login reads its
+	// timeline meta), which leaves the decoded committed value cached.
+	mk := metaKey("app", "u")
+	tx.own = &[256]bool{tagMeta: true}
+	m, err := tx.peekState(mk, newMeta)
+	if err != nil || m.(*pb.TimelineMeta).FirstSeq != 1 {
+		t.Fatalf("committed meta: %v, %v", m, err)
+	}
+	if hv, _ := s.parts[0].hot.get(string(mk)); hv.m != m {
+		t.Fatal("peekState did not leave the committed meta decoded in the hot cache")
+	}
+	if err := tx.Put(mk, &pb.TimelineMeta{Epoch: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := tx.peekState(mk, newMeta); err != nil || m.(*pb.TimelineMeta).Epoch != "other" {
+		t.Fatalf("after the batch wrote it, peekState gives %v, %v", m, err)
+	}
 }

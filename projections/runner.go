@@ -131,6 +131,18 @@ type Txn struct {
 	groups     map[string]*pb.Group // decoded groups (groupOf)
 
 	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
+
+	kbuf []byte // lookupKey's buffer
+}
+
+// lookupKey is key(tag, a, b) in a buffer the next lookupKey reuses: for
+// a key only looked up (a map index or Pebble read copies what it keeps),
+// never written (the batch keeps a written key until it commits).
+func (t *Txn) lookupKey(tag byte, a, b string) []byte {
+	k := append(t.kbuf[:0], tag, 0)
+	k = append(append(append(k, a...), 0), b...)
+	t.kbuf = k
+	return k
 }
 
 // reset readies t for a new batch b. A partition's batches reuse one Txn,
@@ -181,7 +193,7 @@ func resetSlice[E any](s []E) []E {
 // stored value at most once per batch (and, with the hot cache, once per
 // change). The result is shared: callers must not modify it.
 func (t *Txn) sessionsOf(app, user string) (*pb.UserSessions, error) {
-	k := sessionsKey(app, user)
+	k := t.lookupKey(tagSessions, app, user) // written only as a decoded key's string
 	if st, ok := t.decoded[string(k)]; ok {
 		return st, nil
 	}

@@ -89,6 +89,41 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 	return sv, nil
 }
 
+// peekState returns k's value as of this batch, decoded, for a caller
+// that only reads it, at once (a login's check that its user's timeline
+// is open): unlike stateOf, it takes nothing from the hot cache. A
+// committed value is decoded at most once while cached: the decoded form
+// is left on its entry, where the next batch's stateOf takes it (it is
+// the committed value decoded, so a batch that fails leaves it true).
+func (t *Txn) peekState(k []byte, fresh func() proto.Message) (proto.Message, error) {
+	if sv := t.state[string(k)]; sv != nil {
+		return sv.m, nil
+	}
+	if _, written := t.overlay[string(k)]; !written && t.hot != nil {
+		if e := t.hot.entry(string(k)); e != nil {
+			if e.m == nil {
+				m := fresh()
+				if err := proto.Unmarshal(e.b, m); err != nil {
+					return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+				}
+				e.m = m
+			}
+			return e.m, nil
+		}
+	}
+	v, ok, err := t.raw(k)
+	if err != nil {
+		return nil, err
+	}
+	m := fresh()
+	if ok {
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+		}
+	}
+	return m, nil
+}
+
 // recipient is one user's decoded state in the batch as deliveries use
 // it: found once per batch (or again after a write of its bytes), not
 // per delivery, with its keys built once.
