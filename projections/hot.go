@@ -33,7 +33,9 @@ import (
 //   - hotCache: per partition, the committed value (or known absence) of
 //     the hot keys the partition owns (hotTable, ownsHotKey), bounded by two
 //     generations of at most Options.HotKeys entries each, filled from each
-//     committed batch's overlay (what it read and wrote).
+//     committed batch's overlay (what it wrote, and what it read from
+//     Pebble). A batch reads a cached key from the cache each time, without
+//     a copy in its overlay (Txn.raw): it changes only after the commit.
 //
 // Neither changes what is applied: a read answered from memory returns the
 // bytes Pebble holds, so the digest is the same (TestDigestGolden).
