@@ -33,7 +33,9 @@ import (
 //   - hotCache: per partition, the committed value (or known absence) of
 //     the hot keys the partition owns (hotTable, ownsHotKey), bounded by two
 //     generations of at most Options.HotKeys entries each, filled from each
-//     committed batch's overlay (what it read and wrote).
+//     committed batch's overlay (what it wrote, and what it read from
+//     Pebble). A batch reads a cached key from the cache each time, without
+//     a copy in its overlay (Txn.raw): it changes only after the commit.
 //
 // Neither changes what is applied: a read answered from memory returns the
 // bytes Pebble holds, so the digest is the same (TestDigestGolden).
@@ -119,9 +121,20 @@ const DefaultHotKeys = 1 << 15
 // EnforcePolicy clone what they change). A value of a table a batch keeps
 // decoded (stateTable) may come with its decoded form too, which a batch
 // takes (take) and owns: it is never shared.
+//
+// One map of entries stamped with the generation that last used them: a
+// key used in the current generation is young, in the one before old, and
+// older ones are gone (swept when a generation turns, after max keys were
+// first used in it). That is the two-generation cache it replaces, key for
+// key, without the delete and insert that moved an old key into the young
+// map, and an update of a cached key (keepHot, every batch) changes its
+// entry in place instead of assigning a map slot. The entry holds its key,
+// so a batch that brings a value into its overlay reuses the string.
 type hotCache struct {
-	young, old map[string]hotVal
-	max        int
+	m     map[string]*hotEntry
+	max   int
+	gen   uint32 // the current generation
+	fresh int    // keys first used in gen
 }
 
 type hotVal struct {
@@ -130,41 +143,97 @@ type hotVal struct {
 	m proto.Message    // b decoded (stateTable), or nil
 }
 
+type hotEntry struct {
+	hotVal
+	k   string
+	gen uint32 // the generation that last used it
+}
+
 func newHotCache(max int) *hotCache {
-	return &hotCache{young: map[string]hotVal{}, old: map[string]hotVal{}, max: max}
+	return &hotCache{m: map[string]*hotEntry{}, max: max, gen: 1}
+}
+
+// use stamps e with the current generation, turning it first when max
+// keys were already first used in it.
+func (h *hotCache) use(e *hotEntry) {
+	if e.gen == h.gen {
+		return
+	}
+	if h.fresh >= h.max {
+		h.gen++
+		h.fresh = 0
+		for k, o := range h.m {
+			if o.gen+1 < h.gen && o != e { // e is used now: it stays
+				delete(h.m, k)
+			}
+		}
+	}
+	e.gen = h.gen
+	h.fresh++
+}
+
+// entry is k's entry, used, or nil when k is not cached.
+func (h *hotCache) entry(k string) *hotEntry {
+	e := h.m[k]
+	if e != nil {
+		h.use(e)
+	}
+	return e
 }
 
 func (h *hotCache) get(k string) (hotVal, bool) {
-	if v, ok := h.young[k]; ok {
-		return v, true
-	}
-	if v, ok := h.old[k]; ok {
-		delete(h.old, k)
-		h.put(k, v.b, v.s, v.m)
-		return v, true
+	if e := h.entry(k); e != nil {
+		return e.hotVal, true
 	}
 	return hotVal{}, false
 }
 
 // take is get for a caller that takes the decoded form m away: the cache
 // keeps the bytes without it, so a batch that changes m and then fails
-// leaves the cache as committed.
-func (h *hotCache) take(k string) (hotVal, bool) {
-	v, ok := h.get(k)
-	if ok && v.m != nil {
-		h.young[k] = hotVal{b: v.b, s: v.s} // get left k in young
+// leaves the cache as committed. It returns the entry, whose key the
+// caller may reuse.
+func (h *hotCache) take(k string) (*hotEntry, hotVal) {
+	e := h.entry(k)
+	if e == nil {
+		return nil, hotVal{}
 	}
-	return v, ok
+	v := e.hotVal
+	e.m = nil
+	return e, v
+}
+
+// update sets k's value when k is cached; false when it is not.
+func (h *hotCache) update(k string, v []byte, s *pb.UserSessions, m proto.Message) bool {
+	e := h.m[k]
+	if e == nil {
+		return false
+	}
+	e.hotVal = hotValOf(v, s, m)
+	h.use(e)
+	return true
 }
 
 func (h *hotCache) put(k string, v []byte, s *pb.UserSessions, m proto.Message) {
+	if h.update(k, v, s, m) {
+		return
+	}
+	e := &hotEntry{hotVal: hotValOf(v, s, m), k: k}
+	h.use(e)
+	h.m[k] = e
+}
+
+// each calls f for every cached key (tests).
+func (h *hotCache) each(f func(k string, v hotVal)) {
+	for k, e := range h.m {
+		f(k, e.hotVal)
+	}
+}
+
+func hotValOf(v []byte, s *pb.UserSessions, m proto.Message) hotVal {
 	if len(v) == 0 {
-		v, s, m = nil, nil, nil // as a later batch reads it from Pebble (Txn.raw)
+		return hotVal{} // as a later batch reads it from Pebble (Txn.raw)
 	}
-	if len(h.young) >= h.max {
-		h.old, h.young = h.young, make(map[string]hotVal, h.max)
-	}
-	h.young[k] = hotVal{b: v, s: s, m: m}
+	return hotVal{b: v, s: s, m: m}
 }
 
 // userHotTables are the hot tables whose keys name a user after the app:

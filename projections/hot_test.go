@@ -1,7 +1,10 @@
 package projections
 
 import (
+	"bytes"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -191,5 +194,120 @@ func TestOwnsHotKey(t *testing.T) {
 	}
 	if hotTable(groupKey("app", "g")[0]) || hotTable(roomKey("app", "r")[0]) {
 		t.Fatal("a group's or a room's state is cached: it is written by the group's partition")
+	}
+}
+
+// The hot cache answers with the last value put for a key, keeps at least
+// the max keys used last (a key used as its generation turns included),
+// and holds at most two generations of max keys.
+func TestHotCacheGenerations(t *testing.T) {
+	const size = 8
+	h := newHotCache(size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	last := map[string][]byte{} // the last value put, for keys still cached
+	var recent []string         // distinct keys, least recently used first
+	use := func(k string) {
+		recent = slices.DeleteFunc(recent, func(r string) bool { return r == k })
+		recent = append(recent, k)
+	}
+	turns := h.gen
+	for i := range 20_000 {
+		k := fmt.Sprint("k", rng.IntN(3*size))
+		switch rng.IntN(3) {
+		case 0:
+			v := []byte(fmt.Sprint(i))
+			h.put(k, v, nil, nil)
+			last[k] = v
+			use(k)
+		case 1:
+			hv, ok := h.get(k)
+			if ok {
+				if want, put := last[k]; !put || !bytes.Equal(hv.b, want) {
+					t.Fatalf("step %d: %s is %q, last put %q", i, k, hv.b, want)
+				}
+				use(k)
+			}
+		case 2:
+			if e, hv := h.take(k); e != nil {
+				if e.k != k || !bytes.Equal(hv.b, last[k]) {
+					t.Fatalf("step %d: take %s gave %s %q, last put %q", i, k, e.k, hv.b, last[k])
+				}
+				use(k)
+			}
+		}
+		if len(h.m) > 2*size {
+			t.Fatalf("step %d: %d keys cached, more than two generations of %d", i, len(h.m), size)
+		}
+		for _, r := range recent[max(0, len(recent)-size):] {
+			if _, ok := h.m[r]; !ok {
+				t.Fatalf("step %d: %s, among the %d keys used last, is not cached", i, r, size)
+			}
+		}
+	}
+	if h.gen-turns < 100 {
+		t.Fatalf("the generation turned %d times: the turnover is not exercised", h.gen-turns)
+	}
+}
+
+// A read in a batch answers what the batch wrote, not the committed value
+// the hot cache holds beside it: a sessions value written as bytes (Put,
+// which drops the decoded form) is what sessionsOf and raw return next.
+func TestBatchReadsItsWriteOverTheHotCache(t *testing.T) {
+	s, err := Open(Options{FS: vfs.NewMem(), Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	login := &pb.Event{SchemaVersion: engine.SchemaVersion, App: "app", ClientOpId: "op", Kind: pb.Kind_KIND_LOGIN,
+		StreamKey: engine.UserStream("app", "u"), Actor: &pb.Actor{User: "u"}, TimeUnixMs: 1000,
+		Payload: &pb.Event_Login{Login: &pb.Login{Platform: 1, LoginId: "d"}}}
+	b, err := engine.Encode(login)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(0, []engine.Entry{{Partition: 0, Offset: 0, Value: b}}); err != nil {
+		t.Fatal(err)
+	}
+	k := sessionsKey("app", "u")
+	if hv, ok := s.parts[0].hot.get(string(k)); !ok || hv.b == nil {
+		t.Fatal("the committed sessions are not in the hot cache: nothing to check")
+	}
+	tx := s.parts[0].txn
+	batch := s.db.NewBatch()
+	defer batch.Close()
+	tx.reset(batch, &[256]bool{tagSessions: true})
+	if st, err := tx.sessionsOf("app", "u"); err != nil || len(st.Sessions) != 1 {
+		t.Fatalf("committed sessions: %v, %v", st, err)
+	}
+	if err := tx.Put(k, &pb.UserSessions{CredentialEpoch: 7}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tx.sessionsOf("app", "u")
+	if err != nil || len(st.Sessions) != 0 || st.CredentialEpoch != 7 {
+		t.Fatalf("after the batch wrote them, sessionsOf gives %v, %v", st, err)
+	}
+	if err := tx.Delete(k); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := tx.raw(k); err != nil || ok || v != nil {
+		t.Fatalf("after the batch deleted it, raw gives %x, %v, %v", v, ok, err)
+	}
+
+	// The same for a value read decoded (peekState: a login reads its
+	// timeline meta), which leaves the decoded committed value cached.
+	mk := metaKey("app", "u")
+	tx.own = &[256]bool{tagMeta: true}
+	m, err := tx.peekState(mk, newMeta)
+	if err != nil || m.(*pb.TimelineMeta).FirstSeq != 1 {
+		t.Fatalf("committed meta: %v, %v", m, err)
+	}
+	if hv, _ := s.parts[0].hot.get(string(mk)); hv.m != m {
+		t.Fatal("peekState did not leave the committed meta decoded in the hot cache")
+	}
+	if err := tx.Put(mk, &pb.TimelineMeta{Epoch: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := tx.peekState(mk, newMeta); err != nil || m.(*pb.TimelineMeta).Epoch != "other" {
+		t.Fatalf("after the batch wrote it, peekState gives %v, %v", m, err)
 	}
 }

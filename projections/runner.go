@@ -131,6 +131,18 @@ type Txn struct {
 	groups     map[string]*pb.Group // decoded groups (groupOf)
 
 	ops []txnOp // the batch's writes, in order, until fill (txnstate.go)
+
+	kbuf []byte // lookupKey's buffer
+}
+
+// lookupKey is key(tag, a, b) in a buffer the next lookupKey reuses: for
+// a key only looked up (a map index or Pebble read copies what it keeps),
+// never written (the batch keeps a written key until it commits).
+func (t *Txn) lookupKey(tag byte, a, b string) []byte {
+	k := append(t.kbuf[:0], tag, 0)
+	k = append(append(append(k, a...), 0), b...)
+	t.kbuf = k
+	return k
 }
 
 // reset readies t for a new batch b. A partition's batches reuse one Txn,
@@ -181,16 +193,28 @@ func resetSlice[E any](s []E) []E {
 // stored value at most once per batch (and, with the hot cache, once per
 // change). The result is shared: callers must not modify it.
 func (t *Txn) sessionsOf(app, user string) (*pb.UserSessions, error) {
-	k := sessionsKey(app, user)
+	k := t.lookupKey(tagSessions, app, user) // written only as a decoded key's string
 	if st, ok := t.decoded[string(k)]; ok {
 		return st, nil
 	}
-	v, _, err := t.raw(k) // may bring the decoded form from the hot cache
+	if _, written := t.overlay[string(k)]; !written && t.hot != nil {
+		if e := t.hot.entry(string(k)); e != nil {
+			// The committed value: its decoded form is kept beside it,
+			// decoded once (shared, never modified, so a batch that fails
+			// leaves it true).
+			if e.s == nil {
+				st := &pb.UserSessions{}
+				if err := proto.Unmarshal(e.b, st); err != nil {
+					return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+				}
+				e.s = st
+			}
+			return e.s, nil
+		}
+	}
+	v, _, err := t.raw(k)
 	if err != nil {
 		return nil, err
-	}
-	if st, ok := t.decoded[string(k)]; ok {
-		return st, nil
 	}
 	st := &pb.UserSessions{}
 	if err := proto.Unmarshal(v, st); err != nil {
@@ -226,36 +250,36 @@ func (t *Txn) raw(k []byte) ([]byte, bool, error) {
 			}
 		}
 	}
-	v, ok := t.overlay[string(k)]
-	if !ok && t.hot != nil && hotTable(k[0]) {
-		var hv hotVal
-		if hv, ok = t.hot.get(string(k)); ok {
-			v = hv.b
-			t.overlay[string(k)] = v
-			if hv.s != nil {
-				t.decoded[string(k)] = hv.s
-			}
+	if v, ok := t.overlay[string(k)]; ok {
+		return v, v != nil, nil // nil: absent, or deleted in this batch
+	}
+	// What the batch has not written is the committed value. The hot cache
+	// and the key filter answer it the same way for the whole batch (they
+	// change only after the commit), so neither answer is copied into the
+	// overlay: a read of a committed key costs one lookup, and keepHot has
+	// nothing to put back for it.
+	if t.hot != nil && hotTable(k[0]) {
+		if e := t.hot.entry(string(k)); e != nil {
+			return e.b, e.b != nil, nil
 		}
 	}
-	if !ok && t.filter != nil && filtered(k[0]) && !t.filter.mayContain(k) {
-		ok = true // never written: a new operation's dedup, a new user's sessions
-		t.overlay[string(k)] = nil
+	if t.filter != nil && filtered(k[0]) && !t.filter.mayContain(k) {
+		return nil, false, nil // never written: a new operation's dedup, a new user's sessions
 	}
-	if !ok {
-		raw, closer, err := t.db.Get(k)
-		switch {
-		case errors.Is(err, pebble.ErrNotFound):
-		case err != nil:
+	var v []byte
+	raw, closer, err := t.db.Get(k)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return nil, false, fmt.Errorf("projections: get %q: %w", k, err)
+	default:
+		v = append([]byte(nil), raw...)
+		if err := closer.Close(); err != nil {
 			return nil, false, fmt.Errorf("projections: get %q: %w", k, err)
-		default:
-			v = append([]byte(nil), raw...)
-			if err := closer.Close(); err != nil {
-				return nil, false, fmt.Errorf("projections: get %q: %w", k, err)
-			}
 		}
-		t.overlay[string(k)] = v
 	}
-	return v, v != nil, nil // nil: absent, or deleted in this batch
+	t.overlay[string(k)] = v // read once a batch; keepHot caches it after the commit
+	return v, v != nil, nil
 }
 
 func (t *Txn) may(k []byte) error {

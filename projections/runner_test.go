@@ -115,7 +115,8 @@ func TestTxnResetForgetsTheBatch(t *testing.T) {
 	if tx == nil || len(tx.overlay) == 0 || len(tx.state) == 0 {
 		t.Fatal("the applied batch left no Txn, or an empty one: nothing to check")
 	}
-	kept := map[string]bool{"db": true, "b": true, "own": true, "hot": true, "filter": true, "stateGen": true}
+	kept := map[string]bool{"db": true, "b": true, "own": true, "hot": true, "filter": true, "stateGen": true,
+		"kbuf": true} // kbuf: a scratch buffer of bytes, no pointers
 	b := s.db.NewBatch()
 	defer b.Close()
 	tx.reset(b, &s.runnerOwn)

@@ -60,13 +60,12 @@ func (h sessionsHandler) applySession(t *Txn, pol *pb.Policy, ev *pb.Event, pos 
 		}
 	}
 	if ev.Kind == pb.Kind_KIND_LOGIN && d.Code == 0 {
-		mk := metaKey(ev.App, ev.Actor.User)
-		meta := &pb.TimelineMeta{}
-		if _, err := t.get(mk, meta); err != nil {
+		meta, err := t.peekState(t.lookupKey(tagMeta, ev.App, ev.Actor.User), newMeta)
+		if err != nil {
 			return nil, err
 		}
-		if m := engine.OpenTimeline(meta, ev); m != nil {
-			if err := t.put(mk, m); err != nil {
+		if m := engine.OpenTimeline(meta.(*pb.TimelineMeta), ev); m != nil {
+			if err := t.put(metaKey(ev.App, ev.Actor.User), m); err != nil {
 				return nil, err
 			}
 		}

@@ -65,11 +65,11 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 		return sv, nil
 	}
 	if _, seen := t.overlay[string(k)]; !seen && t.hot != nil {
-		if hv, ok := t.hot.take(string(k)); ok {
-			t.overlay[string(k)] = hv.b
+		if e, hv := t.hot.take(string(k)); e != nil {
+			t.overlay[e.k] = hv.b
 			if hv.m != nil {
 				sv := &stateVal{m: hv.m, present: true}
-				t.state[string(k)] = sv
+				t.state[e.k] = sv
 				return sv, nil
 			}
 		}
@@ -87,6 +87,41 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 	sv := &stateVal{m: m, present: ok}
 	t.state[string(k)] = sv
 	return sv, nil
+}
+
+// peekState returns k's value as of this batch, decoded, for a caller
+// that only reads it, at once (a login's check that its user's timeline
+// is open): unlike stateOf, it takes nothing from the hot cache. A
+// committed value is decoded at most once while cached: the decoded form
+// is left on its entry, where the next batch's stateOf takes it (it is
+// the committed value decoded, so a batch that fails leaves it true).
+func (t *Txn) peekState(k []byte, fresh func() proto.Message) (proto.Message, error) {
+	if sv := t.state[string(k)]; sv != nil {
+		return sv.m, nil
+	}
+	if _, written := t.overlay[string(k)]; !written && t.hot != nil {
+		if e := t.hot.entry(string(k)); e != nil {
+			if e.m == nil {
+				m := fresh()
+				if err := proto.Unmarshal(e.b, m); err != nil {
+					return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+				}
+				e.m = m
+			}
+			return e.m, nil
+		}
+	}
+	v, ok, err := t.raw(k)
+	if err != nil {
+		return nil, err
+	}
+	m := fresh()
+	if ok {
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+		}
+	}
+	return m, nil
 }
 
 // recipient is one user's decoded state in the batch as deliveries use
@@ -207,14 +242,18 @@ func (t *Txn) flushState() error {
 // Only after Commit: the cache holds committed values.
 func (t *Txn) keepHot(h *hotCache, p, n int32) {
 	for k, v := range t.overlay {
-		if !hotTable(k[0]) || !ownsHotKey(k, p, n) {
+		if !hotTable(k[0]) {
 			continue
 		}
 		var m proto.Message
 		if sv := t.state[k]; sv != nil && !sv.dirty {
 			m = sv.m
 		}
-		h.put(k, v, t.decoded[k], m)
+		// A cached key is owned (only owned keys are ever put): only a
+		// new one needs ownsHotKey, which builds the user's stream.
+		if !h.update(k, v, t.decoded[k], m) && ownsHotKey(k, p, n) {
+			h.put(k, v, t.decoded[k], m)
+		}
 	}
 }
 

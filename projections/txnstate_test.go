@@ -274,35 +274,33 @@ func checkHotCache(t *testing.T, s *Store) {
 	t.Helper()
 	n, decoded := 0, 0
 	for p, ps := range s.parts {
-		for _, gen := range []map[string]hotVal{ps.hot.young, ps.hot.old} {
-			for k, hv := range gen {
-				n++
-				v, closer, err := s.db.Get([]byte(k))
-				switch {
-				case errors.Is(err, pebble.ErrNotFound):
-					v = nil
-				case err != nil:
-					t.Fatal(err)
-				default:
-					v = bytes.Clone(v)
-					closer.Close()
-				}
-				if !bytes.Equal(v, hv.b) {
-					t.Fatalf("partition %d: hot %q is %x, Pebble holds %x", p, k, hv.b, v)
-				}
-				if hv.m != nil {
-					decoded++
-					if b, err := engine.EncodeState(hv.m); err != nil || !bytes.Equal(b, hv.b) {
-						t.Fatalf("partition %d: hot %q decoded encodes to %x (%v), its value is %x", p, k, b, err, hv.b)
-					}
-				}
-				if hv.s != nil {
-					if b, err := engine.EncodeState(hv.s); err != nil || !bytes.Equal(b, hv.b) {
-						t.Fatalf("partition %d: hot sessions %q decoded encodes to %x (%v), its value is %x", p, k, b, err, hv.b)
-					}
+		ps.hot.each(func(k string, hv hotVal) {
+			n++
+			v, closer, err := s.db.Get([]byte(k))
+			switch {
+			case errors.Is(err, pebble.ErrNotFound):
+				v = nil
+			case err != nil:
+				t.Fatal(err)
+			default:
+				v = bytes.Clone(v)
+				closer.Close()
+			}
+			if !bytes.Equal(v, hv.b) {
+				t.Fatalf("partition %d: hot %q is %x, Pebble holds %x", p, k, hv.b, v)
+			}
+			if hv.m != nil {
+				decoded++
+				if b, err := engine.EncodeState(hv.m); err != nil || !bytes.Equal(b, hv.b) {
+					t.Fatalf("partition %d: hot %q decoded encodes to %x (%v), its value is %x", p, k, b, err, hv.b)
 				}
 			}
-		}
+			if hv.s != nil {
+				if b, err := engine.EncodeState(hv.s); err != nil || !bytes.Equal(b, hv.b) {
+					t.Fatalf("partition %d: hot sessions %q decoded encodes to %x (%v), its value is %x", p, k, b, err, hv.b)
+				}
+			}
+		})
 	}
 	if n == 0 || decoded == 0 {
 		t.Fatalf("hot caches hold %d values, %d decoded: nothing checked", n, decoded)
