@@ -48,6 +48,8 @@ type bodyRefs struct {
 	last            *bodyRef
 	lastApp, lastID string
 	lastP           int32
+	// enc encodes the event's entries that reference a body (sync.go).
+	enc refEncoder
 }
 
 type bodyRef struct {

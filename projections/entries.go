@@ -214,6 +214,46 @@ func encodeRefEntry(e *pb.TimelineEntry, bodyPart int32) ([]byte, bool) {
 	return append(b, e.EntryId...), true
 }
 
+// refFields are all encodeRefEntry reads of an entry and its body's
+// partition: entries with equal fields have equal values (and ok). Not
+// the seq, nor the recipient: the members' copies of one group message
+// have equal fields.
+type refFields struct {
+	kind                                 pb.Kind
+	time, srcOff                         int64
+	ct                                   pb.ChatType
+	conv, only, exclude, from, id, srcID string
+	multi                                bool
+	srcPart, bodyPart                    int32
+}
+
+// refEncoder is encodeRefEntry remembering its last answer: a partition
+// copy's members encode the one value once instead of once each. The
+// value is shared by the keys it is written to; nothing changes a
+// written value in place.
+type refEncoder struct {
+	f   refFields
+	v   []byte
+	ok  bool
+	set bool
+}
+
+// encode is encodeRefEntry(e, bodyPart).
+func (c *refEncoder) encode(e *pb.TimelineEntry, bodyPart int32) ([]byte, bool) {
+	src := e.GetSource()
+	if src == nil {
+		return nil, false
+	}
+	f := refFields{kind: src.Kind, time: src.TimeUnixMs, srcOff: e.SourceOffset, ct: e.ChatType, conv: e.ConversationId,
+		only: e.OnlyLoginId, exclude: e.ExcludeLoginId, from: e.From, id: e.EntryId, srcID: src.EventId,
+		multi: e.MultiDevice, srcPart: e.SourcePartition, bodyPart: bodyPart}
+	if !c.set || f != c.f {
+		c.v, c.ok = encodeRefEntry(e, bodyPart)
+		c.f, c.set = f, true
+	}
+	return c.v[:len(c.v):len(c.v)], c.ok // an append to one copy does not reach the others
+}
+
 // wireFields are a TimelineEntry's own fields (all but the source), as
 // appendWireJSON writes them.
 type wireFields struct {

@@ -269,3 +269,53 @@ func TestEntryWireJSONIsMarshalPart(t *testing.T) {
 		t.Fatal("a string that needs escaping was written as it is")
 	}
 }
+
+// The members' copies of a group message encode their one value once; a
+// copy differing in any field encodeRefEntry reads is encoded anew.
+func TestRefEncoderIsEncodeRefEntry(t *testing.T) {
+	base := func() *pb.TimelineEntry {
+		src := &pb.Event{Kind: pb.Kind_KIND_MESSAGE_SEND, App: "app", TimeUnixMs: 1 << 41, EventId: "ev-1", Actor: &pb.Actor{User: "bob", LoginId: "B1"},
+			Payload: &pb.Event_Message{Message: &pb.MessageSend{ChatType: pb.ChatType_CHAT_TYPE_GROUP, To: "g1", Body: []byte("hi")}}}
+		return &pb.TimelineEntry{Seq: 7, EntryId: src.EventId, From: "bob", Source: src, SourcePartition: 3, SourceOffset: 1 << 40,
+			ConversationId: "g1", ChatType: pb.ChatType_CHAT_TYPE_GROUP}
+	}
+	variants := map[string]func(e *pb.TimelineEntry, p *int32){
+		"kind":         func(e *pb.TimelineEntry, _ *int32) { e.Source.Kind = pb.Kind_KIND_READ_RECEIPT },
+		"time":         func(e *pb.TimelineEntry, _ *int32) { e.Source.TimeUnixMs++ },
+		"chat type":    func(e *pb.TimelineEntry, _ *int32) { e.ChatType = pb.ChatType_CHAT_TYPE_THREAD },
+		"bad type":     func(e *pb.TimelineEntry, _ *int32) { e.ChatType = 99 },
+		"conversation": func(e *pb.TimelineEntry, _ *int32) { e.ConversationId = "g2" },
+		"only":         func(e *pb.TimelineEntry, _ *int32) { e.OnlyLoginId = "B2" },
+		"exclude":      func(e *pb.TimelineEntry, _ *int32) { e.ExcludeLoginId = "B1" },
+		"from":         func(e *pb.TimelineEntry, _ *int32) { e.From = "carol" },
+		"escaped from": func(e *pb.TimelineEntry, _ *int32) { e.From = "bo\"b" },
+		"entry id":     func(e *pb.TimelineEntry, _ *int32) { e.EntryId = "ev-2"; e.Source.EventId = "ev-2" },
+		"not source's": func(e *pb.TimelineEntry, _ *int32) { e.EntryId = "ev-2" },
+		"multi":        func(e *pb.TimelineEntry, _ *int32) { e.MultiDevice = true },
+		"src part":     func(e *pb.TimelineEntry, _ *int32) { e.SourcePartition = 4 },
+		"src offset":   func(e *pb.TimelineEntry, _ *int32) { e.SourceOffset++ },
+		"body part":    func(_ *pb.TimelineEntry, p *int32) { *p = 6 },
+	}
+	var c refEncoder
+	first, ok := c.encode(base(), 5)
+	if want, wok := encodeRefEntry(base(), 5); ok != wok || !bytes.Equal(first, want) {
+		t.Fatalf("first copy %x (%v), want %x (%v)", first, ok, want, wok)
+	}
+	member := base()
+	member.Seq = 900 // another member's seq: the same value
+	if v, ok := c.encode(member, 5); !ok || &v[0] != &first[0] {
+		t.Fatal("a member's copy was encoded again")
+	}
+	for name, change := range variants {
+		e, p := base(), int32(5)
+		change(e, &p)
+		got, ok := c.encode(e, p)
+		want, wok := encodeRefEntry(e, p)
+		if ok != wok || !bytes.Equal(got, want) {
+			t.Errorf("%s: %x (%v), want %x (%v)", name, got, ok, want, wok)
+		}
+		if back, ok := c.encode(base(), 5); !ok || !bytes.Equal(back, first) {
+			t.Errorf("%s: the base entry after it: %x (%v)", name, back, ok)
+		}
+	}
+}

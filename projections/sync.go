@@ -261,7 +261,7 @@ func (s *Store) applyDelivery(t *Txn, p int32, dl *pb.Deliver, refs *bodyRefs) e
 	)
 	srcJSON := s.sourceJSON(p, dl.Source)
 	if srcJSON != nil && sharesBody(dl.Source) {
-		if rv, ok := encodeRefEntry(e, p); ok {
+		if rv, ok := refs.enc.encode(e, p); ok {
 			if err := refs.acquire(t, app, e.EntryId, p, srcJSON); err != nil {
 				return err
 			}
