@@ -47,36 +47,11 @@ import (
 // pointer and the counter; the same reads (TestRunsReadAsEntries,
 // TestRunConversationsReadMidStream).
 func TestDigestGolden(t *testing.T) {
-	for _, c := range []struct {
-		parts int32
-		n     int
-		seed  uint64
-		want  string
-	}{
+	checkGoldens(t, []goldenDigest{
 		{3, 20_000, 1, "0d4440ec108d9d69845c7a77167deae3b735b6297d4c514ab51281f3a0195af9"},
 		{1, 5_000, 2, "402eb964b447c31beba6983e9bb68c7bebeae57af9bd1081383b258918a99704"},
 		{4, 20_000, 3, "661e53a59528dbf55a8ed17a112b0e15700fd5094cd10e1a76808934489ab62c"},
-	} {
-		s, err := Open(Options{FS: vfs.NewMem(), Partitions: c.parts})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for p, es := range storetest.History(c.parts, c.n, c.seed) {
-			for i := 0; i < len(es); i += 300 {
-				if err := s.Apply(int32(p), es[i:min(i+300, len(es))]); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		got, err := s.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Close()
-		if got != c.want {
-			t.Errorf("History(%d, %d, %d): digest %s, want %s", c.parts, c.n, c.seed, got, c.want)
-		}
-	}
+	})
 }
 
 // The build before derived runs wrote these digests (the values above
@@ -86,16 +61,24 @@ func TestDigestGolden(t *testing.T) {
 func TestDigestGoldenBeforeDerivedRuns(t *testing.T) {
 	derivedRunsOn = false
 	defer func() { derivedRunsOn = true }()
-	for _, c := range []struct {
-		parts int32
-		n     int
-		seed  uint64
-		want  string
-	}{
+	checkGoldens(t, []goldenDigest{
 		{3, 20_000, 1, "65367cbff733a98496d210a32fa7f807f30e44338a1fca53a68461e34400db48"},
 		{1, 5_000, 2, "d57e08a97857c2a3573063f21d79a953f2bd43f94b2c8160bf2e07cb42a2bf7f"},
 		{4, 20_000, 3, "cdc46aaac8f9ae01a574677121588a58b9e5221cef3271f86a6061a6228847b0"},
-	} {
+	})
+}
+
+// goldenDigest is the digest a store must have after History(parts, n, seed).
+type goldenDigest struct {
+	parts int32
+	n     int
+	seed  uint64
+	want  string
+}
+
+func checkGoldens(t *testing.T, cs []goldenDigest) {
+	t.Helper()
+	for _, c := range cs {
 		s, err := Open(Options{FS: vfs.NewMem(), Partitions: c.parts})
 		if err != nil {
 			t.Fatal(err)

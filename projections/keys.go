@@ -164,7 +164,13 @@ func runCounterKey(app string, ct int32, conv string, p int32) []byte {
 // appendRunCounterKey appends the counter key; conv as a string or as the
 // bytes of a parsed value (catch-up: no conversion per entry).
 func appendRunCounterKey[S ~string | ~[]byte](k []byte, app string, ct int32, conv S, p int32) []byte {
-	k = append(k, tagRunIndex, 0)
+	return appendConvPartKey(k, tagRunIndex, app, ct, conv, p)
+}
+
+// appendConvPartKey appends a key of a table kept per conversation and
+// partition (the run index and its counter, the set of open runs).
+func appendConvPartKey[S ~string | ~[]byte](k []byte, tag byte, app string, ct int32, conv S, p int32) []byte {
+	k = append(k, tag, 0)
 	k = append(k, app...)
 	k = append(k, 0, byte(ct))
 	k = append(k, conv...)

@@ -432,13 +432,7 @@ const tagRunSet = 'o'
 var derivedRunsOn = true
 
 func runSetPrefix(app string, ct int32, conv string, p int32) []byte {
-	k := make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+16)
-	k = append(k, tagRunSet, 0)
-	k = append(k, app...)
-	k = append(k, 0, byte(ct))
-	k = append(k, conv...)
-	k = append(k, 0)
-	return binary.BigEndian.AppendUint32(k, uint32(p))
+	return appendConvPartKey(make([]byte, 0, 2+len(app)+1+1+len(conv)+1+4+16), tagRunSet, app, ct, conv, p)
 }
 
 func runSetKey(app string, ct int32, conv string, p int32, user string) []byte {
