@@ -212,13 +212,9 @@ func (t *Txn) sessionsOf(app, user string) (*pb.UserSessions, error) {
 			return e.s, nil
 		}
 	}
-	v, _, err := t.raw(k)
-	if err != nil {
-		return nil, err
-	}
 	st := &pb.UserSessions{}
-	if err := proto.Unmarshal(v, st); err != nil {
-		return nil, fmt.Errorf("projections: decode %q: %w", k, err)
+	if _, err := t.decodeRaw(k, st); err != nil {
+		return nil, err
 	}
 	t.decoded[string(k)] = st
 	return st, nil

@@ -74,15 +74,10 @@ func (t *Txn) stateOf(k []byte, fresh func() proto.Message) (*stateVal, error) {
 			}
 		}
 	}
-	v, ok, err := t.raw(k)
+	m := fresh()
+	ok, err := t.decodeRaw(k, m)
 	if err != nil {
 		return nil, err
-	}
-	m := fresh()
-	if ok {
-		if err := proto.Unmarshal(v, m); err != nil {
-			return nil, fmt.Errorf("projections: decode %q: %w", k, err)
-		}
 	}
 	sv := &stateVal{m: m, present: ok}
 	t.state[string(k)] = sv
@@ -111,17 +106,24 @@ func (t *Txn) peekState(k []byte, fresh func() proto.Message) (proto.Message, er
 			return e.m, nil
 		}
 	}
-	v, ok, err := t.raw(k)
-	if err != nil {
+	m := fresh()
+	if _, err := t.decodeRaw(k, m); err != nil {
 		return nil, err
 	}
-	m := fresh()
-	if ok {
-		if err := proto.Unmarshal(v, m); err != nil {
-			return nil, fmt.Errorf("projections: decode %q: %w", k, err)
-		}
-	}
 	return m, nil
+}
+
+// decodeRaw decodes k's value as of this batch (t.raw) into m, leaving m
+// as it is when k is absent; ok reports whether it was present.
+func (t *Txn) decodeRaw(k []byte, m proto.Message) (ok bool, err error) {
+	v, ok, err := t.raw(k)
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("projections: decode %q: %w", k, err)
+	}
+	return true, nil
 }
 
 // recipient is one user's decoded state in the batch as deliveries use
