@@ -692,8 +692,10 @@ type metrics struct {
 	// (admitted → handed to Begin), begin (Begin: checks and the durable
 	// append), decide (Begin returned → its decision), total (admitted →
 	// its result queued), the last also for 1019s (stage busy).
-	opStage    *prometheus.HistogramVec
-	writeGroup prometheus.Histogram // frames per socket write (sendq.go)
+	opStage *prometheus.HistogramVec
+	// the stages' observers, resolved once (not a label lookup per op)
+	stageQueue, stageBegin, stageDecide, stageBusy, stageTotal prometheus.Observer
+	writeGroup                                                 prometheus.Histogram // frames per socket write (sendq.go)
 	// live counts events sent from a delivery effect without a store
 	// read; storeReads the timeline reads a woken follower made instead.
 	live, storeReads prometheus.Counter
@@ -762,6 +764,8 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		Name: "mdsync_gateway_live_store_reads_total",
 		Help: "Timeline reads of a caught-up connection woken by a delivery: a gap, an overflow of its live queue, or the session sweep.",
 	})
+	m.stageQueue, m.stageBegin, m.stageDecide = m.opStage.WithLabelValues("queue"), m.opStage.WithLabelValues("begin"), m.opStage.WithLabelValues("decide")
+	m.stageBusy, m.stageTotal = m.opStage.WithLabelValues("busy"), m.opStage.WithLabelValues("total")
 	for _, c := range []prometheus.Collector{m.connected, m.logins, m.frames, m.catchup, m.catchupTime, m.disconnects, m.busy, m.opBatch, m.opStage, m.writeGroup, m.sessionChecks, m.live, m.storeReads} {
 		if err := r.Register(c); err != nil {
 			return nil, err

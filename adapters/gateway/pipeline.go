@@ -144,16 +144,15 @@ func (c *conn) drain() {
 		c.mu.Unlock()
 		evs := make([]*pb.Event, n)
 		t0 := time.Now()
-		queue := c.g.m.opStage.WithLabelValues("queue")
 		for i, r := range batch {
 			evs[i] = r.ev
-			queue.Observe(t0.Sub(r.at).Seconds())
+			c.g.m.stageQueue.Observe(t0.Sub(r.at).Seconds())
 		}
 		c.g.m.opBatch.Observe(float64(n))
 		ctx, cancel := context.WithTimeout(c.ctx, c.g.o.SubmitTimeout)
 		ps := c.g.o.Engine.Begin(ctx, evs)
 		t1 := time.Now()
-		c.g.m.opStage.WithLabelValues("begin").Observe(t1.Sub(t0).Seconds())
+		c.g.m.stageBegin.Observe(t1.Sub(t0).Seconds())
 		c.wg.Add(1)
 		go c.answer(ctx, cancel, batch, ps, t1)
 	}
@@ -171,7 +170,7 @@ func (c *conn) answer(ctx context.Context, cancel context.CancelFunc, batch []*o
 		if i < len(ps) && ps[i] != nil {
 			d, err = ps[i].Wait(ctx)
 			if err == nil {
-				c.g.m.opStage.WithLabelValues("decide").Observe(time.Since(begun).Seconds())
+				c.g.m.stageDecide.Observe(time.Since(begun).Seconds())
 			}
 		} else {
 			err = engine.Errorf(engine.CodeInternal, "gateway: the engine returned %d pendings for %d ops", len(ps), len(batch))
@@ -203,11 +202,11 @@ func (c *conn) result(r *opReq, d *pb.Decision, err error) {
 			after = ee.RetryAfter
 		}
 		c.busyReply(r.id, "node", res.Message+"; retry after retry_after_ms", after)
-		c.g.m.opStage.WithLabelValues("busy").Observe(time.Since(r.at).Seconds())
+		c.g.m.stageBusy.Observe(time.Since(r.at).Seconds())
 	} else {
 		res.RetryAfterMs = c.g.retryAfter(engine.Code(res.Code), "")
 		c.reply(res, "result")
-		c.g.m.opStage.WithLabelValues("total").Observe(time.Since(r.at).Seconds())
+		c.g.m.stageTotal.Observe(time.Since(r.at).Seconds())
 	}
 	if r.logout {
 		c.mu.Lock()
